@@ -1,0 +1,38 @@
+# Two commands on a fresh machine: `make demo` and `make test`.
+# Both build .venv on first use and install atomlimit with what it needs.
+
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+READY := $(VENV)/.ready
+
+.PHONY: demo test pytest lint typecheck bench clean
+
+$(READY): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	touch $@
+
+demo: $(READY)
+	$(BIN)/atomlimit demo
+
+# The suite starts its own Redis and Valkey servers on free loopback ports;
+# requiring both makes a missing server fail the run instead of shrinking it.
+test: lint typecheck pytest
+
+pytest: $(READY)
+	ATOMLIMIT_REQUIRE_SERVERS=redis,valkey $(BIN)/python -m pytest -q
+
+lint: $(READY)
+	$(BIN)/ruff check src tests bench
+	$(BIN)/ruff format --check src tests bench
+
+typecheck: $(READY)
+	$(BIN)/mypy
+
+bench: $(READY)
+	$(BIN)/python bench/overhead.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis dist build
