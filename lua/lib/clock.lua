@@ -1,0 +1,39 @@
+-- lib/clock.lua: the clock, and which planned window holds it.
+-- Included by operation scripts; defines locals only.
+--
+-- Instants are integer microseconds since the Unix epoch. Lua numbers are
+-- doubles, exact for integers up to 2^53 (year 2255 in microseconds), so no
+-- rebasing is needed and every value crosses to and from Redis exactly.
+
+-- The server's TIME, unless the caller chose client time and sent it.
+local function clock_now(client_now)
+  if client_now ~= '' then
+    return tonumber(client_now)
+  end
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000000 + tonumber(t[2])
+end
+
+-- The client plans three consecutive windows from its calendar (Lua has no
+-- time zones): b1..b2, b2..b3, b3..b4. Returns the one holding now, or nil
+-- when now is outside all three, so the client re-plans around the server's
+-- time instead of the script guessing.
+local function pick_window(now, b1, b2, b3, b4)
+  if now < b1 or now >= b4 then
+    return nil
+  end
+  if now < b2 then
+    return b1, b2
+  end
+  if now < b3 then
+    return b2, b3
+  end
+  return b3, b4
+end
+
+-- A relative TTL in whole milliseconds, rounded up, covering until `stop`.
+-- Relative, not PEXPIREAT: with client time the server clock may disagree,
+-- and the key must outlive the window on the clock that defines it.
+local function ms_until(stop, now)
+  return math.max(1, math.ceil((stop - now) / 1000))
+end

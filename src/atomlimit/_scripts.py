@@ -1,0 +1,64 @@
+"""The script registry: Lua sources from ``lua/``, and their SHA1s.
+
+Each operation is one file in ``lua/``. Logic shared by several operations
+lives in ``lua/lib/`` and is pulled in by a line ``-- include: lib/<file>.lua``,
+replaced by that file's text. The SHA of a script is the SHA1 of the text
+after inclusion, which is exactly what ``SCRIPT LOAD`` returns for it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from dataclasses import dataclass
+from functools import cache
+from importlib import resources
+from importlib.resources.abc import Traversable
+from pathlib import Path
+
+_INCLUDE = re.compile(r"^-- include: (lib/[a-z_]+\.lua)$", re.MULTILINE)
+
+
+@dataclass(frozen=True, slots=True)
+class Script:
+    """One loadable script: its name, full source and SHA1."""
+
+    name: str
+    source: bytes
+    sha: str
+
+
+def _lua_dir() -> Traversable:
+    shipped = resources.files("atomlimit").joinpath("lua")
+    if shipped.is_dir():
+        return shipped
+    # Running from a source checkout (an editable install): the scripts sit
+    # at the repository root, two levels above this package.
+    return Path(__file__).resolve().parents[2] / "lua"
+
+
+@cache
+def script(name: str) -> Script:
+    """The script ``lua/<name>.lua`` with its includes expanded."""
+    root = _lua_dir()
+    text = root.joinpath(f"{name}.lua").read_text(encoding="utf-8")
+    included: set[str] = set()
+
+    def expand(match: re.Match[str]) -> str:
+        path = match.group(1)
+        if path in included:
+            return f"-- ({path} already included)"
+        included.add(path)
+        return root.joinpath(path).read_text(encoding="utf-8").rstrip("\n")
+
+    source = _INCLUDE.sub(expand, text).encode("utf-8")
+    return Script(name, source, hashlib.sha1(source).hexdigest())
+
+
+def all_names() -> list[str]:
+    """Names of every operation script shipped, for preloading and tests."""
+    return sorted(
+        entry.name.removesuffix(".lua")
+        for entry in _lua_dir().iterdir()
+        if entry.name.endswith(".lua")
+    )
