@@ -1,0 +1,37 @@
+"""atomlimit: rate limits and spend caps that stay exact under any concurrency.
+
+Every check-and-charge is one Lua script run on the Redis server, so no
+number of concurrent workers can push a limit past its value.
+
+>>> from atomlimit import Limiter, RateLimit
+>>> limiter = Limiter.from_url("redis://127.0.0.1:6380/0")          # doctest: +SKIP
+>>> daily = RateLimit(name="enrichment", limit=1000, window="day")
+>>> limiter.hit(daily, "client-42").allowed                          # doctest: +SKIP
+True
+"""
+
+from atomlimit.decision import Decision
+from atomlimit.errors import (
+    AtomlimitError,
+    BackendError,
+    InvalidInput,
+    LimitExceeded,
+    RequestIdReused,
+)
+from atomlimit.limiter import AsyncLimiter, Limiter
+from atomlimit.specs import RateLimit, Spec, SpendCap
+
+__all__ = [
+    "AsyncLimiter",
+    "AtomlimitError",
+    "BackendError",
+    "Decision",
+    "InvalidInput",
+    "LimitExceeded",
+    "Limiter",
+    "RateLimit",
+    "RequestIdReused",
+    "Spec",
+    "SpendCap",
+]
+__version__ = "0.1.0"
