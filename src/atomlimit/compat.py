@@ -1,0 +1,181 @@
+"""The seed application's Redis client, same names and keys, made race-free.
+
+Drop-in for the original ``RedisClient``: method names, signatures, key
+patterns and stored formats are unchanged, so old and new workers can share
+keys during a rolling deploy. Two calls are new, and they are the ones to
+use: :meth:`RedisClient.try_rate_limit` and :meth:`RedisClient.try_ai_spend`
+check and charge in one atomic script, where the old check-then-increment
+pairs let concurrent workers all pass the check and overshoot.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from decimal import Decimal
+from typing import Any
+from uuid import UUID
+from zoneinfo import ZoneInfo
+
+import redis.asyncio
+
+from atomlimit._money import to_units
+from atomlimit._scripts import script
+from atomlimit._windows import WindowPlan
+from atomlimit.errors import InvalidInput
+from atomlimit.limiter import DEFAULT_MAX_CONNECTIONS, DEFAULT_POOL_TIMEOUT, AsyncLimiter
+
+__all__ = ["CACHE_VERSION", "DAILY_AI_SPEND_LIMIT", "RedisClient", "cache_key"]
+
+CACHE_VERSION = "v1"
+DAILY_AI_SPEND_LIMIT = Decimal("100.00")
+"""AUD per client per day. A Decimal now: the old float 100.00 compared equal."""
+
+_PLACES = 6
+"""Spend is added in micro-AUD: amounts finer than 0.000001 are refused."""
+
+# Seed keys are built by plain interpolation, so a ":" inside an identifier
+# would make ("a:b", "c") and ("a", "b:c") share a key. Refuse such input.
+_IDENTIFIER = re.compile(r"[^\s:{}\x00-\x1f\x7f]{1,256}")
+
+
+def cache_key(category: str, identifier: str) -> str:
+    """The seed's versioned cache key: ``v1:{category}:{identifier}``."""
+    return f"{CACHE_VERSION}:{category}:{identifier}"
+
+
+class RedisClient:
+    """The seed's asyncio client. ``tz`` is where the daily keys' midnight falls.
+
+    ``redis`` is the underlying ``redis.asyncio.Redis`` (text replies), as in
+    the seed. It draws on a blocking pool of ``max_connections``, so a burst
+    of tasks waits for a connection rather than failing.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        tz: str = "UTC",
+        max_connections: int = DEFAULT_MAX_CONNECTIONS,
+        **redis_options: Any,
+    ) -> None:
+        try:
+            zone = ZoneInfo(tz)
+        except Exception as err:
+            raise InvalidInput(f"tz: unknown IANA time zone {tz!r}") from err
+        pool = redis.asyncio.BlockingConnectionPool.from_url(
+            url,
+            max_connections=max_connections,
+            timeout=DEFAULT_POOL_TIMEOUT,
+            encoding="utf-8",
+            decode_responses=True,
+            **redis_options,
+        )
+        self.redis = redis.asyncio.Redis.from_pool(pool)
+        self._runner = AsyncLimiter(self.redis)
+        self._day = WindowPlan("day", zone)
+
+    async def check_rate_limit(self, resource_type: str, resource_id: str, limit: int) -> bool:
+        """True if the resource has reached ``limit`` today. Read only.
+
+        Racy when paired with :meth:`increment_rate_limit`; prefer
+        :meth:`try_rate_limit`.
+        """
+        current = await self.redis.get(_rate_key(resource_type, resource_id))
+        return int(current or 0) >= limit
+
+    async def increment_rate_limit(self, resource_type: str, resource_id: str) -> int:
+        """Count one use; the key expires at the next midnight. Returns the count."""
+        _, count = await self._count(_rate_key(resource_type, resource_id), "")
+        return count
+
+    async def try_rate_limit(self, resource_type: str, resource_id: str, limit: int) -> bool:
+        """Count one use if the resource is under ``limit`` today, atomically.
+
+        Returns True if the use was counted, False (counting nothing) if the
+        limit was already reached.
+        """
+        if type(limit) is not int or limit < 0:
+            raise InvalidInput(f"limit must be a non-negative int, got {limit!r}")
+        status, _ = await self._count(_rate_key(resource_type, resource_id), limit)
+        return status == 1
+
+    async def check_ai_spend(self, client_id: UUID | str) -> bool:
+        """True if the client has spent ``DAILY_AI_SPEND_LIMIT`` or more today."""
+        current = await self.redis.get(_spend_key(client_id))
+        # The client decodes replies, so the value is text, read exactly.
+        return Decimal(str(current or 0)) >= DAILY_AI_SPEND_LIMIT
+
+    async def record_ai_spend(self, client_id: UUID | str, amount: float | Decimal) -> float:
+        """Add ``amount`` AUD to today's spend unconditionally; returns the new total."""
+        _, total = await self._spend(_spend_key(client_id), amount, "")
+        return float(total)
+
+    async def try_ai_spend(self, client_id: UUID | str, amount: float | Decimal) -> bool:
+        """Add ``amount`` only if today's total stays within ``DAILY_AI_SPEND_LIMIT``.
+
+        Atomic: concurrent calls can never push the total past the limit.
+        Returns False, adding nothing, when the amount does not fit.
+        """
+        cap = to_units(DAILY_AI_SPEND_LIMIT, _PLACES, "DAILY_AI_SPEND_LIMIT")
+        status, _ = await self._spend(_spend_key(client_id), amount, cap)
+        return status == 1
+
+    async def close(self) -> None:
+        """Close the connection pool."""
+        await self.redis.aclose()
+
+    async def _count(self, key: str, limit: int | str) -> tuple[int, int]:
+        def finish(status: int, now: int, reply: Sequence[Any]) -> tuple[int, int]:
+            return status, int(reply[2])
+
+        engine = self._runner._engine
+        call = engine.windowed(script("compat_count"), self._day, (key,), (limit,), (), finish)
+        result: tuple[int, int] = await self._runner._run(call)
+        return result
+
+    async def _spend(
+        self, key: str, amount: float | Decimal, cap: int | str
+    ) -> tuple[int, Decimal]:
+        units = to_units(_exact(amount), _PLACES, "amount")
+
+        def finish(status: int, now: int, reply: Sequence[Any]) -> tuple[int, Decimal]:
+            return status, Decimal(reply[2])
+
+        engine = self._runner._engine
+        call = engine.windowed(
+            script("compat_spend"), self._day, (key,), (units, cap, _PLACES), (), finish
+        )
+        result: tuple[int, Decimal] = await self._runner._run(call)
+        return result
+
+
+def _exact(amount: object) -> object:
+    """The seed passes floats; read one as the decimal it was written as.
+
+    ``repr`` of a float is the shortest text that round-trips, so 0.37 reads
+    as Decimal("0.37"), not as the binary value 0.36999999999999999555.
+    """
+    if isinstance(amount, float):
+        return Decimal(repr(amount))
+    return amount
+
+
+def _identifier(value: object, field: str) -> str:
+    text = str(value) if isinstance(value, UUID) else value
+    if not isinstance(text, str) or not _IDENTIFIER.fullmatch(text):
+        raise InvalidInput(
+            f"{field} must be 1-256 characters without whitespace, ':', '{{' or '}}', "
+            f"got {value!r:.80}"
+        )
+    return text
+
+
+def _rate_key(resource_type: str, resource_id: str) -> str:
+    kind = _identifier(resource_type, "resource_type")
+    return f"ratelimit:{kind}:{_identifier(resource_id, 'resource_id')}:daily"
+
+
+def _spend_key(client_id: UUID | str) -> str:
+    return f"ai_spend:{_identifier(client_id, 'client_id')}:daily"
