@@ -24,6 +24,9 @@ from atomlimit.specs import Spec
 TimeSource = Literal["server", "client"]
 Clock = Callable[[], float]
 
+DEFAULT_REQUEST_TTL = timedelta(days=1)
+DEFAULT_RETRY_TTL = timedelta(minutes=2)
+
 _OUTSIDE_PLAN = -1
 _REUSED = -2
 _MAX_SUBJECT = 65_536
@@ -53,14 +56,15 @@ class Engine:
     def __init__(
         self,
         *,
-        prefix: str,
-        time_source: TimeSource,
-        clock: Clock,
-        request_ttl: timedelta,
-        retry_ttl: timedelta,
+        prefix: str = "atomlimit",
+        time_source: TimeSource = "server",
+        clock: Clock | None = None,
+        request_ttl: timedelta = DEFAULT_REQUEST_TTL,
+        retry_ttl: timedelta = DEFAULT_RETRY_TTL,
     ) -> None:
         if time_source not in ("server", "client"):
             raise InvalidInput(f"time_source must be 'server' or 'client', got {time_source!r}")
+        clock = time.time if clock is None else clock
         if not callable(clock):
             raise InvalidInput(f"clock must be a callable returning epoch seconds, got {clock!r}")
         self._ns = _keys.namespace(prefix)
@@ -170,8 +174,3 @@ def _whole_ms(value: object, field: str) -> int:
     if not isinstance(value, timedelta) or value < timedelta(seconds=1):
         raise InvalidInput(f"{field} must be a timedelta of at least 1 second, got {value!r}")
     return int(value / timedelta(milliseconds=1))
-
-
-def wall_clock() -> float:
-    """The default clock: local epoch seconds."""
-    return time.time()

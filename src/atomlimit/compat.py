@@ -20,10 +20,12 @@ from zoneinfo import ZoneInfo
 import redis.asyncio
 
 from atomlimit._money import to_units
+from atomlimit._ops import Engine
+from atomlimit._runner import AsyncRunner
 from atomlimit._scripts import script
 from atomlimit._windows import WindowPlan
 from atomlimit.errors import InvalidInput
-from atomlimit.limiter import DEFAULT_MAX_CONNECTIONS, DEFAULT_POOL_TIMEOUT, AsyncLimiter
+from atomlimit.limiter import DEFAULT_MAX_CONNECTIONS, DEFAULT_POOL_TIMEOUT
 
 __all__ = ["CACHE_VERSION", "DAILY_AI_SPEND_LIMIT", "RedisClient", "cache_key"]
 
@@ -73,7 +75,8 @@ class RedisClient:
             **redis_options,
         )
         self.redis = redis.asyncio.Redis.from_pool(pool)
-        self._runner = AsyncLimiter(self.redis)
+        self._engine = Engine()
+        self._runner = AsyncRunner(self.redis)
         self._day = WindowPlan("day", zone)
 
     async def check_rate_limit(self, resource_type: str, resource_id: str, limit: int) -> bool:
@@ -130,9 +133,10 @@ class RedisClient:
         def finish(status: int, now: int, reply: Sequence[Any]) -> tuple[int, int]:
             return status, int(reply[2])
 
-        engine = self._runner._engine
-        call = engine.windowed(script("compat_count"), self._day, (key,), (limit,), (), finish)
-        result: tuple[int, int] = await self._runner._run(call)
+        call = self._engine.windowed(
+            script("compat_count"), self._day, (key,), (limit,), (), finish
+        )
+        result: tuple[int, int] = await self._runner.run(call)
         return result
 
     async def _spend(
@@ -143,11 +147,10 @@ class RedisClient:
         def finish(status: int, now: int, reply: Sequence[Any]) -> tuple[int, Decimal]:
             return status, Decimal(reply[2])
 
-        engine = self._runner._engine
-        call = engine.windowed(
+        call = self._engine.windowed(
             script("compat_spend"), self._day, (key,), (units, cap, _PLACES), (), finish
         )
-        result: tuple[int, Decimal] = await self._runner._run(call)
+        result: tuple[int, Decimal] = await self._runner.run(call)
         return result
 
 

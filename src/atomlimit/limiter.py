@@ -1,8 +1,8 @@
 """The two thin shells: :class:`Limiter` (sync) and :class:`AsyncLimiter`.
 
-They only send the calls that :mod:`atomlimit._ops` plans and feed the
-replies back; every rule lives there, once. Read the two classes side by
-side: they differ only in ``await``.
+They hand the calls that :mod:`atomlimit._ops` plans to a runner from
+:mod:`atomlimit._runner`; every rule lives in those two places, once. Read
+the two classes side by side: they differ only in ``await``.
 """
 
 from __future__ import annotations
@@ -15,19 +15,12 @@ import redis
 import redis.asyncio
 from redis.asyncio.cluster import RedisCluster as AsyncRedisCluster
 from redis.cluster import RedisCluster
-from redis.exceptions import NoScriptError, RedisError
 
-from atomlimit._ops import Call, Clock, Engine, TimeSource, wall_clock
+from atomlimit._ops import DEFAULT_REQUEST_TTL, DEFAULT_RETRY_TTL, Clock, Engine, TimeSource
+from atomlimit._runner import AsyncRunner, SyncRunner
 from atomlimit.decision import Amount, Decision
-from atomlimit.errors import BackendError
 from atomlimit.specs import Spec
 
-_REPLANS = 3
-"""A reply outside the planned windows re-plans around the server's clock;
-one re-plan always suffices unless the clock jumps again in between."""
-
-DEFAULT_REQUEST_TTL = timedelta(days=1)
-DEFAULT_RETRY_TTL = timedelta(minutes=2)
 DEFAULT_MAX_CONNECTIONS = 50
 DEFAULT_POOL_TIMEOUT = 20.0
 
@@ -55,7 +48,7 @@ class Limiter:
         *,
         prefix: str = "atomlimit",
         time_source: TimeSource = "server",
-        clock: Clock = wall_clock,
+        clock: Clock | None = None,
         request_ttl: timedelta = DEFAULT_REQUEST_TTL,
         retry_ttl: timedelta = DEFAULT_RETRY_TTL,
     ) -> None:
@@ -66,7 +59,7 @@ class Limiter:
             request_ttl=request_ttl,
             retry_ttl=retry_ttl,
         )
-        self._client = client
+        self._runner = SyncRunner(client)
         self._owns_client = False
 
     @classmethod
@@ -76,7 +69,7 @@ class Limiter:
         *,
         prefix: str = "atomlimit",
         time_source: TimeSource = "server",
-        clock: Clock = wall_clock,
+        clock: Clock | None = None,
         request_ttl: timedelta = DEFAULT_REQUEST_TTL,
         retry_ttl: timedelta = DEFAULT_RETRY_TTL,
         **redis_options: Any,
@@ -109,22 +102,24 @@ class Limiter:
         One atomic script run. With ``request_id``, a repeat of a charged
         request returns the original decision and charges nothing.
         """
-        result: Decision[Amount] = self._run(self._engine.hit(limit, subject, cost, request_id))
+        result: Decision[Amount] = self._runner.run(
+            self._engine.hit(limit, subject, cost, request_id)
+        )
         return result
 
     def peek(self, limit: Spec[Amount], subject: str, cost: Amount | int = 1) -> Decision[Amount]:
         """Would a hit of ``cost`` pass now? Charges nothing."""
-        result: Decision[Amount] = self._run(self._engine.peek(limit, subject, cost))
+        result: Decision[Amount] = self._runner.run(self._engine.peek(limit, subject, cost))
         return result
 
     def reset(self, limit: Spec[Any], subject: str) -> None:
         """Forget ``subject``'s usage of ``limit``."""
-        self._run(self._engine.reset(limit, subject))
+        self._runner.run(self._engine.reset(limit, subject))
 
     def close(self) -> None:
         """Close the client if this limiter created it (see :meth:`from_url`)."""
         if self._owns_client:
-            self._client.close()
+            self._runner.client.close()
 
     def __enter__(self) -> Self:
         return self
@@ -133,27 +128,6 @@ class Limiter:
         self, kind: type[BaseException] | None, err: BaseException | None, tb: TracebackType | None
     ) -> None:
         self.close()
-
-    def _run(self, call: Call) -> Any:
-        for _ in range(_REPLANS):
-            result = call.read(self._send(call))
-            if not isinstance(result, Call):
-                return result
-            call = result
-        raise BackendError("the server clock kept leaving the planned windows")
-
-    def _send(self, call: Call) -> Any:
-        sha, keys = call.script.sha, call.keys
-        try:
-            try:
-                return self._client.evalsha(sha, len(keys), *keys, *call.args)
-            except NoScriptError:
-                # The script cache is empty after SCRIPT FLUSH, a restart or a
-                # failover. NOSCRIPT means nothing ran, so sending again is safe.
-                self._client.script_load(call.script.source)
-                return self._client.evalsha(sha, len(keys), *keys, *call.args)
-        except RedisError as err:
-            raise BackendError(f"{call.script.name}: {type(err).__name__}: {err}") from err
 
 
 class AsyncLimiter:
@@ -169,7 +143,7 @@ class AsyncLimiter:
         *,
         prefix: str = "atomlimit",
         time_source: TimeSource = "server",
-        clock: Clock = wall_clock,
+        clock: Clock | None = None,
         request_ttl: timedelta = DEFAULT_REQUEST_TTL,
         retry_ttl: timedelta = DEFAULT_RETRY_TTL,
     ) -> None:
@@ -180,7 +154,7 @@ class AsyncLimiter:
             request_ttl=request_ttl,
             retry_ttl=retry_ttl,
         )
-        self._client = client
+        self._runner = AsyncRunner(client)
         self._owns_client = False
 
     @classmethod
@@ -190,7 +164,7 @@ class AsyncLimiter:
         *,
         prefix: str = "atomlimit",
         time_source: TimeSource = "server",
-        clock: Clock = wall_clock,
+        clock: Clock | None = None,
         request_ttl: timedelta = DEFAULT_REQUEST_TTL,
         retry_ttl: timedelta = DEFAULT_RETRY_TTL,
         max_connections: int = DEFAULT_MAX_CONNECTIONS,
@@ -230,7 +204,7 @@ class AsyncLimiter:
         One atomic script run. With ``request_id``, a repeat of a charged
         request returns the original decision and charges nothing.
         """
-        result: Decision[Amount] = await self._run(
+        result: Decision[Amount] = await self._runner.run(
             self._engine.hit(limit, subject, cost, request_id)
         )
         return result
@@ -239,17 +213,17 @@ class AsyncLimiter:
         self, limit: Spec[Amount], subject: str, cost: Amount | int = 1
     ) -> Decision[Amount]:
         """Would a hit of ``cost`` pass now? Charges nothing."""
-        result: Decision[Amount] = await self._run(self._engine.peek(limit, subject, cost))
+        result: Decision[Amount] = await self._runner.run(self._engine.peek(limit, subject, cost))
         return result
 
     async def reset(self, limit: Spec[Any], subject: str) -> None:
         """Forget ``subject``'s usage of ``limit``."""
-        await self._run(self._engine.reset(limit, subject))
+        await self._runner.run(self._engine.reset(limit, subject))
 
     async def aclose(self) -> None:
         """Close the client if this limiter created it (see :meth:`from_url`)."""
         if self._owns_client:
-            await self._client.aclose()
+            await self._runner.client.aclose()
 
     async def __aenter__(self) -> Self:
         return self
@@ -258,24 +232,3 @@ class AsyncLimiter:
         self, kind: type[BaseException] | None, err: BaseException | None, tb: TracebackType | None
     ) -> None:
         await self.aclose()
-
-    async def _run(self, call: Call) -> Any:
-        for _ in range(_REPLANS):
-            result = call.read(await self._send(call))
-            if not isinstance(result, Call):
-                return result
-            call = result
-        raise BackendError("the server clock kept leaving the planned windows")
-
-    async def _send(self, call: Call) -> Any:
-        sha, keys = call.script.sha, call.keys
-        try:
-            try:
-                return await self._client.evalsha(sha, len(keys), *keys, *call.args)
-            except NoScriptError:
-                # The script cache is empty after SCRIPT FLUSH, a restart or a
-                # failover. NOSCRIPT means nothing ran, so sending again is safe.
-                await self._client.script_load(call.script.source)
-                return await self._client.evalsha(sha, len(keys), *keys, *call.args)
-        except RedisError as err:
-            raise BackendError(f"{call.script.name}: {type(err).__name__}: {err}") from err
