@@ -18,6 +18,7 @@ from uuid import UUID
 from zoneinfo import ZoneInfo
 
 import redis.asyncio
+from redis.asyncio.cluster import RedisCluster as AsyncRedisCluster
 
 from atomlimit._money import to_units
 from atomlimit._ops import Engine
@@ -49,9 +50,10 @@ def cache_key(category: str, identifier: str) -> str:
 class RedisClient:
     """The seed's asyncio client. ``tz`` is where the daily keys' midnight falls.
 
-    ``redis`` is the underlying ``redis.asyncio.Redis`` (text replies), as in
-    the seed. It draws on a blocking pool of ``max_connections``, so a burst
-    of tasks waits for a connection rather than failing.
+    ``redis`` is the underlying client (text replies), as in the seed. For a
+    single server it draws on a blocking pool of ``max_connections``, so a
+    burst of tasks waits for a connection rather than failing. With
+    ``cluster=True``, ``url`` names any node of a Redis Cluster.
     """
 
     def __init__(
@@ -59,6 +61,7 @@ class RedisClient:
         url: str,
         *,
         tz: str = "UTC",
+        cluster: bool = False,
         max_connections: int = DEFAULT_MAX_CONNECTIONS,
         **redis_options: Any,
     ) -> None:
@@ -66,15 +69,23 @@ class RedisClient:
             zone = ZoneInfo(tz)
         except Exception as err:
             raise InvalidInput(f"tz: unknown IANA time zone {tz!r}") from err
-        pool = redis.asyncio.BlockingConnectionPool.from_url(
-            url,
-            max_connections=max_connections,
-            timeout=DEFAULT_POOL_TIMEOUT,
-            encoding="utf-8",
-            decode_responses=True,
-            **redis_options,
-        )
-        self.redis = redis.asyncio.Redis.from_pool(pool)
+        text = {"encoding": "utf-8", "decode_responses": True}
+        self.redis: redis.asyncio.Redis | AsyncRedisCluster
+        if cluster:
+            # A cluster client keeps one pool per node, each capped at
+            # max_connections; size it for the peak concurrency per node.
+            self.redis = AsyncRedisCluster.from_url(
+                url, max_connections=max_connections, **text, **redis_options
+            )
+        else:
+            pool = redis.asyncio.BlockingConnectionPool.from_url(
+                url,
+                max_connections=max_connections,
+                timeout=DEFAULT_POOL_TIMEOUT,
+                **text,
+                **redis_options,
+            )
+            self.redis = redis.asyncio.Redis.from_pool(pool)
         self._engine = Engine()
         self._runner = AsyncRunner(self.redis)
         self._day = WindowPlan("day", zone)
