@@ -17,8 +17,11 @@ import inspect
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import asynccontextmanager, contextmanager
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -99,13 +102,16 @@ def pytest_report_header(config: pytest.Config) -> str:
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
-    # `server_kind` is in fixturenames whenever a test uses it directly or via
-    # `server` / `fresh_server` / `stalling_proxy`.
-    if "server_kind" not in metafunc.fixturenames:
-        return
     available = [kind for kind in SERVER_KINDS if kind in _binaries(metafunc.config)]
     kinds = available or [_NO_SERVER]
-    metafunc.parametrize("server_kind", kinds, ids=kinds, indirect=True)
+    # `server_kind` is in fixturenames whenever a test uses it directly or via
+    # `server` / `fresh_server` / `stalling_proxy`.
+    if "server_kind" in metafunc.fixturenames:
+        metafunc.parametrize("server_kind", kinds, ids=kinds, indirect=True)
+    # `target` adds the cluster to the standalone kinds.
+    elif "target_kind" in metafunc.fixturenames:
+        targets = [*kinds, "cluster"]
+        metafunc.parametrize("target_kind", targets, ids=targets, indirect=True)
 
 
 # --------------------------------------------------------------------------
@@ -216,6 +222,64 @@ def server(server_kind: str, server_pool: ServerPool) -> Server:
         client.flushall()
         client.script_flush()
     return srv
+
+
+@dataclass
+class Target:
+    """A server to run one test against: standalone Redis, Valkey, or the cluster."""
+
+    kind: str
+    url: str
+    """A URL of the server, or of one node of the cluster."""
+    _sync: Callable[..., Any]
+    _async: Callable[..., Any]
+
+    @contextmanager
+    def sync_client(self, **kwargs: Any) -> Iterator[Any]:
+        client = self._sync(**kwargs)
+        try:
+            yield client
+        finally:
+            client.close()
+
+    @asynccontextmanager
+    async def async_client(self, **kwargs: Any) -> AsyncIterator[Any]:
+        client = self._async(**kwargs)
+        try:
+            yield client
+        finally:
+            await client.aclose()
+
+
+@pytest.fixture
+def target_kind(request: pytest.FixtureRequest) -> str:
+    kind: str = request.param
+    return kind
+
+
+@pytest.fixture
+def target(target_kind: str, server_pool: ServerPool) -> Target:
+    """Each standalone server kind, and the 3-master cluster, emptied for the test."""
+    if target_kind == "cluster":
+        clu = server_pool.cluster()
+        for node in clu.nodes:
+            with node.client() as client:
+                client.flushall()
+                client.script_flush()
+        return Target("cluster", clu.nodes[0].url, clu.client, clu.async_client)
+    if target_kind == _NO_SERVER:
+        pytest.fail("no server binary found; server-backed tests cannot run", pytrace=False)
+    srv = server_pool.standalone(target_kind)
+    with srv.client() as client:
+        client.flushall()
+        client.script_flush()
+    return Target(target_kind, srv.url, srv.client, srv.async_client)
+
+
+@pytest.fixture
+def server_target(server: Server, server_kind: str) -> Target:
+    """Each standalone server kind, as a Target (for tests the cluster cannot run)."""
+    return Target(server_kind, server.url, server.client, server.async_client)
 
 
 @pytest.fixture

@@ -1,0 +1,54 @@
+"""Lua scripts are source files: headers, includes, SHAs, nothing in Python strings."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from pathlib import Path
+
+import pytest
+from servers import Server
+
+from atomlimit._scripts import _lua_dir, all_names, script
+
+ROOT = Path(__file__).resolve().parents[1]
+HEADER_FIELDS = ("KEYS", "ARGV", "Reply", "Clock", "Cost")
+
+
+@pytest.mark.parametrize("name", all_names())
+def test_every_script_states_its_contract_in_a_header(name: str) -> None:
+    text = (ROOT / "lua" / f"{name}.lua").read_text()
+    header = text.split("\n\n", 1)[0]
+
+    for field in HEADER_FIELDS:
+        assert re.search(rf"^-- {field}\b", header, re.MULTILINE), f"{name}.lua lacks {field}"
+
+
+@pytest.mark.parametrize("name", all_names())
+def test_includes_are_expanded_and_the_sha_matches_the_source(name: str) -> None:
+    loaded = script(name)
+
+    assert b"-- include:" not in loaded.source
+    assert loaded.sha == hashlib.sha1(loaded.source).hexdigest()
+
+
+@pytest.mark.parametrize("name", all_names())
+def test_server_accepts_every_script_under_its_sha(server: Server, name: str) -> None:
+    with server.client() as client:
+        assert client.script_load(script(name).source) == script(name).sha
+
+
+def test_no_lua_lives_in_python_source() -> None:
+    for path in (ROOT / "src").rglob("*.py"):
+        assert not re.search(r"redis\.p?call\(", path.read_text()), path
+
+
+def test_scripts_are_read_from_the_lua_directory() -> None:
+    assert {p.stem for p in (ROOT / "lua").glob("*.lua")} == set(all_names())
+    assert Path(str(_lua_dir())).resolve() in {(ROOT / "lua").resolve(), *_shipped()}
+
+
+def _shipped() -> set[Path]:
+    import atomlimit
+
+    return {Path(atomlimit.__file__).resolve().parent / "lua"}
