@@ -1,0 +1,202 @@
+"""Failures: lost script caches, restarts, slow replies with retries, ACLs, outages."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+
+import pytest
+import redis
+import redis.asyncio
+from proxy import StallingProxy
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+from servers import Server, free_port
+
+from atomlimit import AsyncLimiter, BackendError, Limiter, RateLimit, SpendCap
+
+SPEC = RateLimit(name="faults", limit=10, window="day")
+CAP = SpendCap(name="faults", limit=Decimal("10.00"), currency="AUD", window="day")
+STALL = 0.6
+SOCKET_TIMEOUT = 0.2
+
+
+def test_hit_after_script_flush_reloads_and_charges_once(server: Server) -> None:
+    with server.client() as client:
+        limiter = Limiter(client)
+        limiter.hit(SPEC, "s")
+        client.script_flush()
+        after = limiter.hit(SPEC, "s")
+
+    assert after.allowed
+    assert after.used == 2
+
+
+async def test_async_hit_after_script_flush_reloads_and_charges_once(server: Server) -> None:
+    async with server.async_client() as client:
+        limiter = AsyncLimiter(client)
+        await limiter.hit(SPEC, "s")
+        await client.script_flush()
+        after = await limiter.hit(SPEC, "s")
+
+    assert after.allowed
+    assert after.used == 2
+
+
+def test_hit_after_server_restart_reloads_and_charges_once(fresh_server: Server) -> None:
+    with fresh_server.client() as client:
+        limiter = Limiter(client)
+        limiter.hit(SPEC, "s")
+        fresh_server.restart()
+        after = limiter.hit(SPEC, "s")
+        scripts_lost = not client.script_exists("0" * 40)[0]
+
+    assert scripts_lost
+    assert after.allowed
+    assert after.used == 2
+
+
+async def test_async_hit_after_server_restart_reloads_and_charges_once(
+    fresh_server: Server,
+) -> None:
+    async with fresh_server.async_client() as client:
+        limiter = AsyncLimiter(client)
+        await limiter.hit(SPEC, "s")
+        fresh_server.restart(kill=True)
+        after = await limiter.hit(SPEC, "s")
+
+    assert after.allowed
+    assert after.used == 2
+
+
+def _through(proxy: StallingProxy, **options: object) -> redis.Redis:
+    # redis-py's default Retry: it re-sends a command after a timeout.
+    return redis.Redis(host="127.0.0.1", port=proxy.port, socket_timeout=SOCKET_TIMEOUT, **options)
+
+
+@pytest.mark.parametrize("request_id", [None, "req-9f1"])
+def test_stalled_reply_retried_by_redis_py_charges_once(
+    server: Server, stalling_proxy: StallingProxy, request_id: str | None
+) -> None:
+    with _through(stalling_proxy) as client, server.client() as direct:
+        limiter = Limiter(client)
+        limiter.hit(CAP, "warm-up")  # connect and load the script with no stall
+        before = _evalsha_runs(direct)
+        stalling_proxy.stall_next_replies(1, STALL)
+        decision = limiter.hit(CAP, "s", cost=Decimal("1.50"), request_id=request_id)
+        runs = _evalsha_runs(direct) - before
+        used = Limiter(direct).peek(CAP, "s", cost=0).used
+
+    assert runs >= 2  # the script ran for the stalled hit and again for its re-send
+    assert decision.allowed
+    assert decision.used == Decimal("1.50")
+    assert used == Decimal("1.50")
+
+
+async def test_async_stalled_reply_retried_by_redis_py_charges_once(
+    server: Server, stalling_proxy: StallingProxy
+) -> None:
+    client = redis.asyncio.Redis(
+        host="127.0.0.1", port=stalling_proxy.port, socket_timeout=SOCKET_TIMEOUT
+    )
+    async with client:
+        limiter = AsyncLimiter(client)
+        await limiter.hit(SPEC, "warm-up")
+        stalling_proxy.stall_next_replies(1, STALL)
+        decision = await limiter.hit(SPEC, "s")
+    with server.client() as direct:
+        used = Limiter(direct).peek(SPEC, "s").used
+
+    assert stalling_proxy.connections_accepted >= 2
+    assert decision.used == 1
+    assert used == 1
+
+
+def _evalsha_runs(client: redis.Redis) -> int:
+    stats = client.info("commandstats")["cmdstat_evalsha"]
+    return int(stats["calls"]) - int(stats.get("failed_calls", 0))
+
+
+def test_the_same_stall_makes_a_naive_increment_count_twice(
+    server: Server, stalling_proxy: StallingProxy
+) -> None:
+    # The harness above can fail: a plain INCR re-sent by the same retry
+    # policy after the same stall lands twice.
+    with _through(stalling_proxy) as client, server.client() as direct:
+        client.ping()
+        stalling_proxy.stall_next_replies(1, STALL)
+        client.incr("naive")
+        count = int(direct.get("naive") or 0)
+
+    assert count == 2
+
+
+def test_retries_that_all_time_out_raise_and_still_charge_once(
+    server: Server, stalling_proxy: StallingProxy
+) -> None:
+    with _through(stalling_proxy, retry=Retry(NoBackoff(), 3)) as client, server.client() as d:
+        limiter = Limiter(client)
+        limiter.hit(SPEC, "warm-up")
+        stalling_proxy.delay = STALL
+        with pytest.raises(BackendError) as caught:
+            limiter.hit(SPEC, "s")
+        stalling_proxy.delay = 0
+        used = Limiter(d).peek(SPEC, "s").used
+
+    assert isinstance(caught.value.__cause__, redis.exceptions.TimeoutError)
+    assert stalling_proxy.connections_accepted >= 4
+    assert used == 1
+
+
+ACL_COMMANDS = "+evalsha +script|load +time +get +set +hmget +hset +pexpire +del +incr"
+
+
+def test_acl_user_limited_to_evalsha_script_load_and_script_commands(server: Server) -> None:
+    with server.client() as admin:
+        admin.execute_command(
+            "ACL", "SETUSER", "limiter", "on", ">secret", "~*", "-@all", *ACL_COMMANDS.split()
+        )
+        try:
+            with server.client(username="limiter", password="secret") as client:
+                limiter = Limiter(client)
+                first = limiter.hit(SPEC, "s", request_id="r1")
+                admin.script_flush()
+                second = limiter.hit(CAP, "s", cost=Decimal(1))
+                peeked = limiter.peek(SPEC, "s")
+                limiter.reset(SPEC, "s")
+                after_reset = limiter.peek(SPEC, "s")
+                with pytest.raises(redis.exceptions.NoPermissionError):
+                    client.flushall()
+        finally:
+            admin.execute_command("ACL", "DELUSER", "limiter")
+
+    assert first.allowed
+    assert second.allowed
+    assert peeked.used == 1
+    assert after_reset.used == 0
+
+
+def test_unreachable_server_raises_backend_error_with_the_cause() -> None:
+    client = redis.Redis(host="127.0.0.1", port=free_port(), retry=Retry(NoBackoff(), 0))
+    with client, pytest.raises(BackendError) as caught:
+        Limiter(client).hit(SPEC, "s")
+
+    assert isinstance(caught.value.__cause__, redis.exceptions.ConnectionError)
+    assert "hit" in str(caught.value)
+
+
+async def test_async_unreachable_server_raises_backend_error_with_the_cause() -> None:
+    client = redis.asyncio.Redis(host="127.0.0.1", port=free_port(), retry=Retry(NoBackoff(), 0))
+    async with client:
+        with pytest.raises(BackendError) as caught:
+            await AsyncLimiter(client).hit(SPEC, "s")
+
+    assert isinstance(caught.value.__cause__, redis.exceptions.ConnectionError)
+
+
+def test_wrong_type_at_a_limit_key_is_a_backend_error(server: Server) -> None:
+    with server.client() as client:
+        client.set("atomlimit:v1:{s:s}:rl:faults", "not a hash")
+        with pytest.raises(BackendError) as caught:
+            Limiter(client).hit(SPEC, "s")
+
+    assert isinstance(caught.value.__cause__, redis.exceptions.ResponseError)
