@@ -1,0 +1,320 @@
+"""The cache's sans-I/O core: keys, stored values and the single-flight protocol.
+
+Each cache operation is planned here as plain data: a :class:`Command` (one
+Redis command, sent as is) or a :class:`~atomlimit._ops.Call` (one script).
+Every reply is read here too. :meth:`CachePlan.get_or_set` is a generator that
+yields the steps of the single-flight protocol one at a time and receives
+their results, so :class:`~atomlimit.cache.Cache` and
+:class:`~atomlimit.cache.AsyncCache` drive one protocol and differ only in how
+they send, sleep and call the factory.
+
+Key, value and TTL rules here are shared with the session store.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import secrets
+import time
+from collections.abc import Callable, Generator, Sequence
+from datetime import timedelta
+from typing import TYPE_CHECKING, Any, NamedTuple
+
+from pydantic import BaseModel, ValidationError
+
+from atomlimit._ops import Call
+from atomlimit._scripts import script
+from atomlimit.errors import BackendError, InvalidInput
+
+if TYPE_CHECKING:
+    from atomlimit.cache import Category
+
+MAX_PART = 256
+MAX_PARTS = 16
+MAX_TTL = timedelta(days=3650)
+LOCK_SUFFIX = "::lock"
+"""Appended to an entry key to name its single-flight lock. Key parts are
+never empty, so no entry key contains ``::`` and no lock can pose as an entry."""
+FIRST_POLL = 0.01
+LAST_POLL = 0.1
+"""A waiter polls the entry after 10 ms, doubling up to every 100 ms."""
+
+# Printable ASCII without ':', '{' or '}': the common case, checked in one go.
+_PLAIN_PART = re.compile(rf"[!-9;-z|~]{{1,{MAX_PART}}}")
+_MS = timedelta(milliseconds=1)
+
+_log = logging.getLogger("atomlimit.cache")
+
+Clock = Callable[[], float]
+Parts = str | Sequence[str]
+
+
+class Command(NamedTuple):
+    """One plain Redis command to send, and how to read its reply."""
+
+    args: tuple[str | bytes | int, ...]
+    """Passed to ``execute_command``; ``args[0]`` is the command's name."""
+    read: Callable[[Any], Any]
+
+
+class Sleep(NamedTuple):
+    """Wait this long, then resume the flow with ``None``."""
+
+    seconds: float
+
+
+class Produce(NamedTuple):
+    """Call the caller's factory and resume the flow with its value."""
+
+
+PRODUCE = Produce()
+
+Step = Command | Call | Sleep | Produce
+Flow = Generator[Step, Any, Any]
+"""Yields steps, is sent each step's result, returns the operation's result.
+A step that fails is thrown into the flow, so it can release what it holds."""
+
+
+# --------------------------------------------------------------------------
+# Validation shared with the session store
+# --------------------------------------------------------------------------
+
+
+def check_part(value: object, what: str) -> str:
+    """``value`` if it may stand between two ``:`` of a key, else InvalidInput naming it."""
+    if type(value) is not str:
+        raise InvalidInput(f"{what} must be a str, got {type(value).__name__}")
+    if _PLAIN_PART.fullmatch(value):
+        return value
+    if not value:
+        raise InvalidInput(f"{what} is empty")
+    if len(value) > MAX_PART:
+        raise InvalidInput(
+            f"{what} {value[:32]!r}... is {len(value)} characters long; at most {MAX_PART}"
+        )
+    for char in value:
+        # ':' would shift every later part; '{' '}' would make a cluster hash tag.
+        if char in ":{}" or char.isspace() or not char.isprintable():
+            raise InvalidInput(f"{what} {value!r} contains {char!r}")
+    return value
+
+
+def whole_ms(value: object, what: str) -> int:
+    """A timedelta of whole milliseconds, from 1 ms to MAX_TTL, in milliseconds."""
+    if not isinstance(value, timedelta) or not _MS <= value <= MAX_TTL or value % _MS:
+        raise InvalidInput(
+            f"{what} must be a timedelta of whole milliseconds, from 1 ms to "
+            f"{MAX_TTL.days} days, got {value!r}"
+        )
+    return value // _MS
+
+
+def check_model(model: object, what: str) -> type[BaseModel] | None:
+    """``model`` if it is None or a pydantic model class."""
+    if model is None or (isinstance(model, type) and issubclass(model, BaseModel)):
+        return model
+    raise InvalidInput(f"{what} must be a pydantic BaseModel subclass or None, got {model!r}")
+
+
+def encode(model: type[BaseModel] | None, value: object, what: str) -> str | bytes:
+    """The stored form of ``value``: a model's JSON, or raw bytes or str."""
+    if model is None:
+        if isinstance(value, bytes | str):
+            return value
+        raise InvalidInput(f"{what} takes bytes or str (no model), got {type(value).__name__}")
+    if isinstance(value, model):
+        return value.model_dump_json()
+    raise InvalidInput(f"{what} takes a {model.__name__}, got {type(value).__name__}")
+
+
+def reader(model: type[BaseModel] | None, complain: Callable[[str], None]) -> Callable[[Any], Any]:
+    """Reply -> value. A stored value the model rejects is a miss (None).
+
+    ``complain`` gets why, naming fields and error types but none of the
+    value's content. A miss, never an error: the caller recomputes, and a
+    deploy that changed the model must not break the hot path on old values.
+    """
+    if model is None:
+        return _raw
+
+    def read(reply: str | bytes | None) -> BaseModel | None:
+        if reply is None:
+            return None
+        try:
+            return model.model_validate_json(reply)
+        except ValueError as err:
+            complain(f"does not validate as {model.__name__} ({_problems(err)})")
+            return None
+
+    return read
+
+
+def _raw(reply: Any) -> Any:
+    return reply
+
+
+def _problems(err: ValueError) -> str:
+    if not isinstance(err, ValidationError):
+        return type(err).__name__
+    found = [
+        f"{'.'.join(map(str, e['loc'])) or '<root>'}: {e['type']}"
+        for e in err.errors(include_url=False, include_input=False, include_context=False)
+    ]
+    more = f" and {len(found) - 3} more" if len(found) > 3 else ""
+    return "; ".join(found[:3]) + more
+
+
+def ok(reply: object) -> bool:
+    """SET (NX/XX), PEXPIRE and the unlock script: did it happen?"""
+    return bool(reply)
+
+
+# --------------------------------------------------------------------------
+# The cache plan
+# --------------------------------------------------------------------------
+
+
+class CachePlan:
+    """Plans cache operations under one key version; holds no connection."""
+
+    __slots__ = ("_head", "_lock_ms", "_wait")
+
+    def __init__(self, version: str, wait: timedelta, lock_ttl: timedelta) -> None:
+        self._head = check_part(version, "version") + ":"
+        self._wait = _seconds(wait, "wait")
+        self._lock_ms = whole_ms(lock_ttl, "lock_ttl")
+
+    def key(self, category: Category[Any], parts: Parts) -> str:
+        """``<version>:<category>:<part>[:<part>...]``, the seed's cache key."""
+        return self._head + category.name + ":" + _identifier(parts)
+
+    def get(self, category: Category[Any], parts: Parts) -> Command:
+        """Plan reading an entry: its value, or None if absent or no longer valid."""
+        return _read(category, self.key(category, parts))
+
+    def set(self, category: Category[Any], parts: Parts, value: object) -> Command:
+        """Plan writing an entry with the category's TTL, in the same command."""
+        return _write(category, self.key(category, parts), value)
+
+    def delete(self, category: Category[Any], parts: Parts) -> Command:
+        """Plan removing an entry; reads True if it existed."""
+        return Command(("DEL", self.key(category, parts)), ok)
+
+    def touch(self, category: Category[Any], parts: Parts) -> Command:
+        """Plan restarting an entry's TTL at the category's full TTL; True if it existed."""
+        return Command(("PEXPIRE", self.key(category, parts), category._ttl_ms), ok)
+
+    def get_or_set(
+        self,
+        category: Category[Any],
+        parts: Parts,
+        *,
+        wait: timedelta | None = None,
+        lock_ttl: timedelta | None = None,
+        clock: Clock = time.monotonic,
+    ) -> Flow:
+        """Plan a single-flight read-through; see :meth:`atomlimit.cache.Cache.get_or_set`.
+
+        Every argument is checked here, before the flow sends anything.
+        """
+        key = self.key(category, parts)
+        wait_s = self._wait if wait is None else _seconds(wait, "wait")
+        lock_ms = self._lock_ms if lock_ttl is None else whole_ms(lock_ttl, "lock_ttl")
+        return _single_flight(category, key, wait_s, lock_ms, clock)
+
+
+def _single_flight(
+    category: Category[Any], key: str, wait: float, lock_ms: int, clock: Clock
+) -> Flow:
+    read = _read(category, key)
+    lock = key + LOCK_SUFFIX
+    deadline = clock() + wait
+    delay = FIRST_POLL
+    while True:
+        value = yield read
+        if value is not None:
+            return value
+        # A fresh token per attempt: only the attempt that wrote it may delete it.
+        token = secrets.token_hex(16)
+        if (yield Command(("SET", lock, token, "NX", "PX", lock_ms), ok)):
+            unlock = Call(script("cache_unlock"), (lock,), (token,), ok)
+            return (yield from _hold(category, key, read, unlock))
+        left = deadline - clock()
+        if left <= 0:
+            break
+        yield Sleep(min(delay, left))
+        delay = min(delay * 2, LAST_POLL)
+    # The lock outlived our wait: its holder is slow, stuck, or gone without
+    # releasing it. Produce the value here rather than block the caller longer.
+    value = yield PRODUCE
+    yield _write(category, key, value)
+    return value
+
+
+def _hold(category: Category[Any], key: str, read: Command, unlock: Call) -> Flow:
+    try:
+        # The previous holder may have written the entry and released the lock
+        # between our read and our lock; read again so the factory runs once.
+        value = yield read
+        if value is None:
+            value = yield PRODUCE
+            # The value is written before the lock is released, so a worker
+            # that takes the lock next always finds it.
+            yield _write(category, key, value)
+    except Exception:
+        yield from _release(unlock)
+        raise
+    yield from _release(unlock)
+    return value
+
+
+def _release(unlock: Call) -> Flow:
+    try:
+        yield unlock
+    except BackendError as err:
+        # The caller's outcome does not depend on this: the lock expires by its
+        # TTL, and waiters poll the entry, not the lock.
+        _log.warning("could not release a single-flight lock; it expires by its TTL: %s", err)
+
+
+def _read(category: Category[Any], key: str) -> Command:
+    warned = False
+
+    def complain(why: str) -> None:
+        # A waiting get_or_set re-sends this one read every poll; one warning
+        # per call is enough.
+        nonlocal warned
+        if not warned:
+            warned = True
+            _log.warning("cache entry %s %s; treated as a miss", key, why)
+
+    return Command(("GET", key), reader(category.model, complain))
+
+
+def _write(category: Category[Any], key: str, value: object) -> Command:
+    data = encode(category.model, value, f"category {category.name!r}")
+    return Command(("SET", key, data, "PX", category._ttl_ms), ok)
+
+
+def _identifier(parts: Parts) -> str:
+    if isinstance(parts, str):
+        return check_part(parts, "identifier")
+    if not isinstance(parts, tuple | list):
+        raise InvalidInput(
+            f"identifier must be a str or a tuple of str, got {type(parts).__name__}"
+        )
+    count = len(parts)
+    if not 1 <= count <= MAX_PARTS:
+        raise InvalidInput(f"identifier must have 1 to {MAX_PARTS} parts, got {count}")
+    return ":".join(
+        check_part(part, f"identifier part {n} of {count}") for n, part in enumerate(parts, 1)
+    )
+
+
+def _seconds(value: object, what: str) -> float:
+    if not isinstance(value, timedelta) or not timedelta(0) <= value <= MAX_TTL:
+        raise InvalidInput(
+            f"{what} must be a timedelta from 0 to {MAX_TTL.days} days, got {value!r}"
+        )
+    return value.total_seconds()
