@@ -25,7 +25,7 @@ import redis
 import redis.asyncio
 
 from atomlimit import AsyncLimiter, Limiter, RateLimit, SpendCap
-from atomlimit._ops import Engine
+from atomlimit._engine import Engine
 from atomlimit._scripts import script
 
 CHUNK = 100

@@ -24,18 +24,10 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 from servers import Cluster, Server, free_port
 
-from atomlimit._cache_plan import (
-    LOCK_SUFFIX,
-    PRODUCE,
-    CachePlan,
-    Command,
-    Produce,
-    Sleep,
-    Step,
-)
-from atomlimit._cache_runner import SyncDriver
-from atomlimit._ops import Call
+from atomlimit._cache_plan import LOCK_SUFFIX, CachePlan
+from atomlimit._runner import SyncRunner
 from atomlimit._scripts import script
+from atomlimit._steps import PRODUCE, Call, Command, Produce, Sleep, Step
 from atomlimit.cache import AsyncCache, Cache, Category
 from atomlimit.compat import CACHE_VERSION, cache_key
 from atomlimit.errors import BackendError, InvalidInput
@@ -579,7 +571,7 @@ def test_redis_failures_raise_backend_error_with_the_cause_chained() -> None:
 
 def test_unlock_deletes_only_the_lock_its_own_token_took(server: Server) -> None:
     with server.client() as client:
-        driver = SyncDriver(client)
+        runner = SyncRunner(client)
         flow = plan().get_or_set(DATAFORSEO, "acme.com")
         lock = "v1:dataforseo:acme.com" + LOCK_SUFFIX
         # Our lock expired and another worker took it with its own token.
@@ -588,13 +580,13 @@ def test_unlock_deletes_only_the_lock_its_own_token_took(server: Server) -> None
         take = flow.send(None)
         assert isinstance(take, Command)
         ours = take.args[2]
-        assert driver.send(take) is False  # theirs is held: we cannot take it
+        assert runner.send(take) is False  # theirs is held: we cannot take it
 
         # The release script itself, with our token and with theirs.
         unlock = Call(script("cache_unlock"), (lock,), (ours,), bool)
-        assert driver.send(unlock) is False
+        assert runner.send(unlock) is False
         assert client.get(lock) == b"their-token"
-        assert driver.send(unlock._replace(args=("their-token",))) is True
+        assert runner.send(unlock._replace(args=("their-token",))) is True
         assert client.exists(lock) == 0
         flow.close()
 

@@ -11,8 +11,8 @@ from hypothesis import strategies as st
 from redis.crc import key_slot
 
 from atomlimit import Limiter, RateLimit, SpendCap
+from atomlimit._engine import Engine
 from atomlimit._keys import MAX_PART, encode, subject_tag
-from atomlimit._ops import Engine
 
 TRICKY = [
     "",

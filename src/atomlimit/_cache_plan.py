@@ -1,7 +1,7 @@
 """The cache's sans-I/O core: keys, stored values and the single-flight protocol.
 
 Each cache operation is planned here as plain data: a :class:`Command` (one
-Redis command, sent as is) or a :class:`~atomlimit._ops.Call` (one script).
+Redis command, sent as is) or a :class:`~atomlimit._steps.Call` (one script).
 Every reply is read here too. :meth:`CachePlan.get_or_set` is a generator that
 yields the steps of the single-flight protocol one at a time and receives
 their results, so :class:`~atomlimit.cache.Cache` and
@@ -14,25 +14,22 @@ Key, value and TTL rules here are shared with the session store.
 from __future__ import annotations
 
 import logging
-import re
 import secrets
 import time
-from collections.abc import Callable, Generator, Sequence
+from collections.abc import Callable, Sequence
 from datetime import timedelta
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import TYPE_CHECKING, Any
 
-from pydantic import BaseModel, ValidationError
-
-from atomlimit._ops import Call
+from atomlimit._checks import MAX_TTL, check_part, whole_ms
 from atomlimit._scripts import script
+from atomlimit._steps import PRODUCE, Call, Command, Flow, Sleep
+from atomlimit._values import encode, ok, reader
 from atomlimit.errors import BackendError, InvalidInput
 
 if TYPE_CHECKING:
     from atomlimit.cache import Category
 
-MAX_PART = 256
 MAX_PARTS = 16
-MAX_TTL = timedelta(days=3650)
 LOCK_SUFFIX = "::lock"
 """Appended to an entry key to name its single-flight lock. Key parts are
 never empty, so no entry key contains ``::`` and no lock can pose as an entry."""
@@ -40,134 +37,11 @@ FIRST_POLL = 0.01
 LAST_POLL = 0.1
 """A waiter polls the entry after 10 ms, doubling up to every 100 ms."""
 
-# Printable ASCII without ':', '{' or '}': the common case, checked in one go.
-_PLAIN_PART = re.compile(rf"[!-9;-z|~]{{1,{MAX_PART}}}")
-_MS = timedelta(milliseconds=1)
 
 _log = logging.getLogger("atomlimit.cache")
 
 Clock = Callable[[], float]
 Parts = str | Sequence[str]
-
-
-class Command(NamedTuple):
-    """One plain Redis command to send, and how to read its reply."""
-
-    args: tuple[str | bytes | int, ...]
-    """Passed to ``execute_command``; ``args[0]`` is the command's name."""
-    read: Callable[[Any], Any]
-
-
-class Sleep(NamedTuple):
-    """Wait this long, then resume the flow with ``None``."""
-
-    seconds: float
-
-
-class Produce(NamedTuple):
-    """Call the caller's factory and resume the flow with its value."""
-
-
-PRODUCE = Produce()
-
-Step = Command | Call | Sleep | Produce
-Flow = Generator[Step, Any, Any]
-"""Yields steps, is sent each step's result, returns the operation's result.
-A step that fails is thrown into the flow, so it can release what it holds."""
-
-
-# --------------------------------------------------------------------------
-# Validation shared with the session store
-# --------------------------------------------------------------------------
-
-
-def check_part(value: object, what: str) -> str:
-    """``value`` if it may stand between two ``:`` of a key, else InvalidInput naming it."""
-    if type(value) is not str:
-        raise InvalidInput(f"{what} must be a str, got {type(value).__name__}")
-    if _PLAIN_PART.fullmatch(value):
-        return value
-    if not value:
-        raise InvalidInput(f"{what} is empty")
-    if len(value) > MAX_PART:
-        raise InvalidInput(
-            f"{what} {value[:32]!r}... is {len(value)} characters long; at most {MAX_PART}"
-        )
-    for char in value:
-        # ':' would shift every later part; '{' '}' would make a cluster hash tag.
-        if char in ":{}" or char.isspace() or not char.isprintable():
-            raise InvalidInput(f"{what} {value!r} contains {char!r}")
-    return value
-
-
-def whole_ms(value: object, what: str) -> int:
-    """A timedelta of whole milliseconds, from 1 ms to MAX_TTL, in milliseconds."""
-    if not isinstance(value, timedelta) or not _MS <= value <= MAX_TTL or value % _MS:
-        raise InvalidInput(
-            f"{what} must be a timedelta of whole milliseconds, from 1 ms to "
-            f"{MAX_TTL.days} days, got {value!r}"
-        )
-    return value // _MS
-
-
-def check_model(model: object, what: str) -> type[BaseModel] | None:
-    """``model`` if it is None or a pydantic model class."""
-    if model is None or (isinstance(model, type) and issubclass(model, BaseModel)):
-        return model
-    raise InvalidInput(f"{what} must be a pydantic BaseModel subclass or None, got {model!r}")
-
-
-def encode(model: type[BaseModel] | None, value: object, what: str) -> str | bytes:
-    """The stored form of ``value``: a model's JSON, or raw bytes or str."""
-    if model is None:
-        if isinstance(value, bytes | str):
-            return value
-        raise InvalidInput(f"{what} takes bytes or str (no model), got {type(value).__name__}")
-    if isinstance(value, model):
-        return value.model_dump_json()
-    raise InvalidInput(f"{what} takes a {model.__name__}, got {type(value).__name__}")
-
-
-def reader(model: type[BaseModel] | None, complain: Callable[[str], None]) -> Callable[[Any], Any]:
-    """Reply -> value. A stored value the model rejects is a miss (None).
-
-    ``complain`` gets why, naming fields and error types but none of the
-    value's content. A miss, never an error: the caller recomputes, and a
-    deploy that changed the model must not break the hot path on old values.
-    """
-    if model is None:
-        return _raw
-
-    def read(reply: str | bytes | None) -> BaseModel | None:
-        if reply is None:
-            return None
-        try:
-            return model.model_validate_json(reply)
-        except ValueError as err:
-            complain(f"does not validate as {model.__name__} ({_problems(err)})")
-            return None
-
-    return read
-
-
-def _raw(reply: Any) -> Any:
-    return reply
-
-
-def _problems(err: ValueError) -> str:
-    if not isinstance(err, ValidationError):
-        return type(err).__name__
-    found = [
-        f"{'.'.join(map(str, e['loc'])) or '<root>'}: {e['type']}"
-        for e in err.errors(include_url=False, include_input=False, include_context=False)
-    ]
-    more = f" and {len(found) - 3} more" if len(found) > 3 else ""
-    return "; ".join(found[:3]) + more
-
-
-def ok(reply: object) -> bool:
-    """SET (NX/XX), PEXPIRE and the unlock script: did it happen?"""
-    return bool(reply)
 
 
 # --------------------------------------------------------------------------

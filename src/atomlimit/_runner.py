@@ -1,13 +1,17 @@
-"""Sending planned calls: the only code that touches a connection.
+"""Performing planned steps: the only code that touches a connection.
 
-One runner per I/O style. Both do the same three things: send EVALSHA; on
-NOSCRIPT load the script and send again; feed the reply to the call's
-``read`` and send again if it returned a re-planned call. Everything else is
-decided in the sans-I/O planning code.
+One runner per I/O style, and the two read alike line for line. A runner
+sends a script :class:`~atomlimit._steps.Call` (EVALSHA; on NOSCRIPT, load
+and send again; send again if the reply asks for a re-plan), sends a plain
+:class:`~atomlimit._steps.Command`, and drives a multi-step flow by
+performing each step it yields. Every rule lives in the planning code.
 """
 
 from __future__ import annotations
 
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import redis
@@ -16,7 +20,7 @@ from redis.asyncio.cluster import RedisCluster as AsyncRedisCluster
 from redis.cluster import RedisCluster
 from redis.exceptions import NoScriptError, RedisError
 
-from atomlimit._ops import Call
+from atomlimit._steps import Call, Command, Flow, Produce, Sleep, Step
 from atomlimit.errors import BackendError
 
 _REPLANS = 3
@@ -24,8 +28,22 @@ _REPLANS = 3
 one re-plan always suffices unless the clock jumps again in between."""
 
 
+def _failed(name: str, err: RedisError) -> BackendError:
+    # Only the operation's name: a command's arguments hold keys, and a
+    # session's key holds its id, which must never reach an exception text.
+    return BackendError(f"{name}: {type(err).__name__}: {err}")
+
+
+def _no_factory() -> Any:
+    raise RuntimeError("this flow has no factory to call")
+
+
+async def _no_async_factory() -> Any:
+    raise RuntimeError("this flow has no factory to call")
+
+
 class SyncRunner:
-    """Runs calls on a ``redis.Redis`` or ``redis.RedisCluster``."""
+    """Performs steps over a ``redis.Redis`` or ``redis.RedisCluster``."""
 
     __slots__ = ("client",)
 
@@ -35,14 +53,53 @@ class SyncRunner:
     def run(self, call: Call) -> Any:
         """Send ``call`` (and any re-plan it asks for); return its result."""
         for _ in range(_REPLANS):
-            result = call.read(self.send(call))
+            result = call.read(self._evalsha(call))
             if not isinstance(result, Call):
                 return result
             call = result
         raise BackendError("the server clock kept leaving the planned windows")
 
-    def send(self, call: Call) -> Any:
-        """One script execution; returns the raw reply."""
+    def send(self, step: Command | Call) -> Any:
+        """Send one command or script; return what its ``read`` makes of the reply."""
+        if isinstance(step, Call):
+            return self.run(step)
+        try:
+            # redis-py leaves the sync execute_command unannotated.
+            reply = self.client.execute_command(*step.args)  # type: ignore[no-untyped-call]
+        except RedisError as err:
+            raise _failed(str(step.args[0]), err) from err
+        return step.read(reply)
+
+    def drive(self, flow: Flow, factory: Callable[[], Any] = _no_factory) -> Any:
+        """Perform each step ``flow`` yields; return what it returns.
+
+        A step that raises is thrown back into the flow, so the flow can
+        undo or release what it holds before the error reaches the caller.
+        """
+        reply: Any = None
+        failure: Exception | None = None
+        try:
+            while True:
+                step = flow.send(reply) if failure is None else flow.throw(failure)
+                failure = None
+                try:
+                    reply = self._perform(step, factory)
+                except Exception as err:
+                    failure = err
+        except StopIteration as done:
+            return done.value
+        finally:
+            flow.close()
+
+    def _perform(self, step: Step, factory: Callable[[], Any]) -> Any:
+        if isinstance(step, Produce):
+            return factory()
+        if isinstance(step, Sleep):
+            time.sleep(step.seconds)
+            return None
+        return self.send(step)
+
+    def _evalsha(self, call: Call) -> Any:
         sha, keys = call.script.sha, call.keys
         try:
             try:
@@ -53,11 +110,11 @@ class SyncRunner:
                 self.client.script_load(call.script.source)
                 return self.client.evalsha(sha, len(keys), *keys, *call.args)
         except RedisError as err:
-            raise BackendError(f"{call.script.name}: {type(err).__name__}: {err}") from err
+            raise _failed(call.script.name, err) from err
 
 
 class AsyncRunner:
-    """Runs calls on a ``redis.asyncio.Redis`` or ``redis.asyncio.RedisCluster``."""
+    """Performs steps over ``redis.asyncio.Redis`` or ``redis.asyncio.RedisCluster``."""
 
     __slots__ = ("client",)
 
@@ -67,14 +124,55 @@ class AsyncRunner:
     async def run(self, call: Call) -> Any:
         """Send ``call`` (and any re-plan it asks for); return its result."""
         for _ in range(_REPLANS):
-            result = call.read(await self.send(call))
+            result = call.read(await self._evalsha(call))
             if not isinstance(result, Call):
                 return result
             call = result
         raise BackendError("the server clock kept leaving the planned windows")
 
-    async def send(self, call: Call) -> Any:
-        """One script execution; returns the raw reply."""
+    async def send(self, step: Command | Call) -> Any:
+        """Send one command or script; return what its ``read`` makes of the reply."""
+        if isinstance(step, Call):
+            return await self.run(step)
+        try:
+            reply = await self.client.execute_command(*step.args)
+        except RedisError as err:
+            raise _failed(str(step.args[0]), err) from err
+        return step.read(reply)
+
+    async def drive(
+        self, flow: Flow, factory: Callable[[], Awaitable[Any]] = _no_async_factory
+    ) -> Any:
+        """Perform each step ``flow`` yields; return what it returns.
+
+        A step that raises is thrown back into the flow, so the flow can
+        undo or release what it holds before the error reaches the caller.
+        A cancelled task is not: what it holds expires by its TTL.
+        """
+        reply: Any = None
+        failure: Exception | None = None
+        try:
+            while True:
+                step = flow.send(reply) if failure is None else flow.throw(failure)
+                failure = None
+                try:
+                    reply = await self._perform(step, factory)
+                except Exception as err:
+                    failure = err
+        except StopIteration as done:
+            return done.value
+        finally:
+            flow.close()
+
+    async def _perform(self, step: Step, factory: Callable[[], Awaitable[Any]]) -> Any:
+        if isinstance(step, Produce):
+            return await factory()
+        if isinstance(step, Sleep):
+            await asyncio.sleep(step.seconds)
+            return None
+        return await self.send(step)
+
+    async def _evalsha(self, call: Call) -> Any:
         sha, keys = call.script.sha, call.keys
         try:
             try:
@@ -85,4 +183,4 @@ class AsyncRunner:
                 await self.client.script_load(call.script.source)
                 return await self.client.evalsha(sha, len(keys), *keys, *call.args)
         except RedisError as err:
-            raise BackendError(f"{call.script.name}: {type(err).__name__}: {err}") from err
+            raise _failed(call.script.name, err) from err

@@ -2,8 +2,9 @@
 
 Each operation is one file in ``lua/``. Logic shared by several operations
 lives in ``lua/lib/`` and is pulled in by a line ``-- include: lib/<file>.lua``,
-replaced by that file's text. The SHA of a script is the SHA1 of the text
-after inclusion, which is exactly what ``SCRIPT LOAD`` returns for it.
+replaced by that file's text; a library may include others, and each file is
+included once, where it is first named. The SHA of a script is the SHA1 of
+the text after inclusion, which is exactly what ``SCRIPT LOAD`` returns.
 """
 
 from __future__ import annotations
@@ -49,7 +50,7 @@ def script(name: str) -> Script:
         if path in included:
             return f"-- ({path} already included)"
         included.add(path)
-        return root.joinpath(path).read_text(encoding="utf-8").rstrip("\n")
+        return _INCLUDE.sub(expand, root.joinpath(path).read_text(encoding="utf-8").rstrip("\n"))
 
     source = _INCLUDE.sub(expand, text).encode("utf-8")
     return Script(name, source, hashlib.sha1(source).hexdigest())

@@ -23,7 +23,9 @@ from typing import TypeGuard
 
 from pydantic import BaseModel
 
-from atomlimit._cache_plan import Command, check_model, encode, ok, reader, whole_ms
+from atomlimit._checks import whole_ms
+from atomlimit._steps import Command
+from atomlimit._values import check_model, encode, ok, reader
 from atomlimit.errors import BackendError
 
 KEY_PREFIX = "session:"

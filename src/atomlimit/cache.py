@@ -14,7 +14,7 @@ optionally, the pydantic model its values are.
 b'{"rank": 3}'
 
 The two classes differ only in ``await``: each plans through
-:mod:`atomlimit._cache_plan` and sends through :mod:`atomlimit._cache_runner`.
+:mod:`atomlimit._cache_plan` and sends through :mod:`atomlimit._runner`.
 """
 
 from __future__ import annotations
@@ -30,8 +30,10 @@ from pydantic import BaseModel
 from redis.asyncio.cluster import RedisCluster as AsyncRedisCluster
 from redis.cluster import RedisCluster
 
-from atomlimit._cache_plan import CachePlan, Parts, check_model, check_part, whole_ms
-from atomlimit._cache_runner import AsyncDriver, SyncDriver
+from atomlimit._cache_plan import CachePlan, Parts
+from atomlimit._checks import check_part, whole_ms
+from atomlimit._runner import AsyncRunner, SyncRunner
+from atomlimit._values import check_model
 
 __all__ = ["AsyncCache", "Cache", "Category"]
 
@@ -96,7 +98,7 @@ class Cache:
             never releases it (crash, cancellation, lost connection).
     """
 
-    __slots__ = ("_driver", "_plan")
+    __slots__ = ("_plan", "_runner")
 
     def __init__(
         self,
@@ -107,7 +109,7 @@ class Cache:
         lock_ttl: timedelta = DEFAULT_LOCK_TTL,
     ) -> None:
         self._plan = CachePlan(version, wait, lock_ttl)
-        self._driver = SyncDriver(client)
+        self._runner = SyncRunner(client)
 
     def key(self, category: Category[Any], parts: Parts) -> str:
         """The Redis key of an entry, e.g. ``v1:enrichment:acme.com:<hash>``."""
@@ -115,21 +117,21 @@ class Cache:
 
     def get(self, category: Category[T], parts: Parts) -> T | None:
         """The entry's value, or None if it is absent or no longer validates."""
-        value: T | None = self._driver.send(self._plan.get(category, parts))
+        value: T | None = self._runner.send(self._plan.get(category, parts))
         return value
 
     def set(self, category: Category[T], parts: Parts, value: T) -> None:
         """Store ``value`` with the category's TTL, in one command."""
-        self._driver.send(self._plan.set(category, parts, value))
+        self._runner.send(self._plan.set(category, parts, value))
 
     def delete(self, category: Category[Any], parts: Parts) -> bool:
         """Remove the entry; True if it existed."""
-        existed: bool = self._driver.send(self._plan.delete(category, parts))
+        existed: bool = self._runner.send(self._plan.delete(category, parts))
         return existed
 
     def touch(self, category: Category[Any], parts: Parts) -> bool:
         """Restart the entry's TTL at the category's full TTL; True if it existed."""
-        existed: bool = self._driver.send(self._plan.touch(category, parts))
+        existed: bool = self._runner.send(self._plan.touch(category, parts))
         return existed
 
     def get_or_set(
@@ -150,7 +152,7 @@ class Cache:
         override the cache's defaults for this call.
         """
         flow = self._plan.get_or_set(category, parts, wait=wait, lock_ttl=lock_ttl)
-        value: T = self._driver.run(flow, factory)
+        value: T = self._runner.drive(flow, factory)
         return value
 
 
@@ -161,7 +163,7 @@ class AsyncCache:
     number of tasks on its event loop.
     """
 
-    __slots__ = ("_driver", "_plan")
+    __slots__ = ("_plan", "_runner")
 
     def __init__(
         self,
@@ -172,7 +174,7 @@ class AsyncCache:
         lock_ttl: timedelta = DEFAULT_LOCK_TTL,
     ) -> None:
         self._plan = CachePlan(version, wait, lock_ttl)
-        self._driver = AsyncDriver(client)
+        self._runner = AsyncRunner(client)
 
     def key(self, category: Category[Any], parts: Parts) -> str:
         """The Redis key of an entry, e.g. ``v1:enrichment:acme.com:<hash>``."""
@@ -180,21 +182,21 @@ class AsyncCache:
 
     async def get(self, category: Category[T], parts: Parts) -> T | None:
         """The entry's value, or None if it is absent or no longer validates."""
-        value: T | None = await self._driver.send(self._plan.get(category, parts))
+        value: T | None = await self._runner.send(self._plan.get(category, parts))
         return value
 
     async def set(self, category: Category[T], parts: Parts, value: T) -> None:
         """Store ``value`` with the category's TTL, in one command."""
-        await self._driver.send(self._plan.set(category, parts, value))
+        await self._runner.send(self._plan.set(category, parts, value))
 
     async def delete(self, category: Category[Any], parts: Parts) -> bool:
         """Remove the entry; True if it existed."""
-        existed: bool = await self._driver.send(self._plan.delete(category, parts))
+        existed: bool = await self._runner.send(self._plan.delete(category, parts))
         return existed
 
     async def touch(self, category: Category[Any], parts: Parts) -> bool:
         """Restart the entry's TTL at the category's full TTL; True if it existed."""
-        existed: bool = await self._driver.send(self._plan.touch(category, parts))
+        existed: bool = await self._runner.send(self._plan.touch(category, parts))
         return existed
 
     async def get_or_set(
@@ -212,5 +214,5 @@ class AsyncCache:
         holds the lock leaves the lock to expire after ``lock_ttl``.
         """
         flow = self._plan.get_or_set(category, parts, wait=wait, lock_ttl=lock_ttl)
-        value: T = await self._driver.run(flow, factory)
+        value: T = await self._runner.drive(flow, factory)
         return value

@@ -10,7 +10,6 @@ pairs let concurrent workers all pass the check and overshoot.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
 from decimal import Decimal
 from typing import Any
@@ -20,8 +19,9 @@ from zoneinfo import ZoneInfo
 import redis.asyncio
 from redis.asyncio.cluster import RedisCluster as AsyncRedisCluster
 
+from atomlimit._checks import check_part
+from atomlimit._engine import Engine
 from atomlimit._money import to_units
-from atomlimit._ops import Engine
 from atomlimit._runner import AsyncRunner
 from atomlimit._scripts import script
 from atomlimit._windows import WindowPlan
@@ -38,8 +38,8 @@ _PLACES = 6
 """Spend is added in micro-AUD: amounts finer than 0.000001 are refused."""
 
 # Seed keys are built by plain interpolation, so a ":" inside an identifier
-# would make ("a:b", "c") and ("a", "b:c") share a key. Refuse such input.
-_IDENTIFIER = re.compile(r"[^\s:{}\x00-\x1f\x7f]{1,256}")
+# would make ("a:b", "c") and ("a", "b:c") share a key: check_part refuses
+# such input, as it does for cache keys.
 
 
 def cache_key(category: str, identifier: str) -> str:
@@ -177,13 +177,7 @@ def _exact(amount: object) -> object:
 
 
 def _identifier(value: object, field: str) -> str:
-    text = str(value) if isinstance(value, UUID) else value
-    if not isinstance(text, str) or not _IDENTIFIER.fullmatch(text):
-        raise InvalidInput(
-            f"{field} must be 1-256 characters without whitespace, ':', '{{' or '}}', "
-            f"got {value!r:.80}"
-        )
-    return text
+    return check_part(str(value) if isinstance(value, UUID) else value, field)
 
 
 def _rate_key(resource_type: str, resource_id: str) -> str:

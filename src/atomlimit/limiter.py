@@ -1,6 +1,6 @@
 """The two thin shells: :class:`Limiter` (sync) and :class:`AsyncLimiter`.
 
-They hand the calls that :mod:`atomlimit._ops` plans to a runner from
+They hand the calls that :mod:`atomlimit._engine` plans to a runner from
 :mod:`atomlimit._runner`; every rule lives in those two places, once. Read
 the two classes side by side: they differ only in ``await``.
 """
@@ -16,7 +16,7 @@ import redis.asyncio
 from redis.asyncio.cluster import RedisCluster as AsyncRedisCluster
 from redis.cluster import RedisCluster
 
-from atomlimit._ops import DEFAULT_REQUEST_TTL, DEFAULT_RETRY_TTL, Clock, Engine, TimeSource
+from atomlimit._engine import DEFAULT_REQUEST_TTL, DEFAULT_RETRY_TTL, Clock, Engine, TimeSource
 from atomlimit._runner import AsyncRunner, SyncRunner
 from atomlimit.decision import Amount, Decision
 from atomlimit.specs import Spec

@@ -10,7 +10,7 @@ return False); a malformed one is refused before any key is built or any
 command sent. Ids never appear in log messages or exception texts.
 
 The two classes differ only in ``await``: each plans through
-:mod:`atomlimit._session_plan` and sends through :mod:`atomlimit._cache_runner`.
+:mod:`atomlimit._session_plan` and sends through :mod:`atomlimit._runner`.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from pydantic import BaseModel
 from redis.asyncio.cluster import RedisCluster as AsyncRedisCluster
 from redis.cluster import RedisCluster
 
-from atomlimit._cache_runner import AsyncDriver, SyncDriver
+from atomlimit._runner import AsyncRunner, SyncRunner
 from atomlimit._session_plan import SessionPlan
 
 __all__ = ["AsyncSessionStore", "SessionStore"]
@@ -50,7 +50,7 @@ class SessionStore(Generic[T]):
     :class:`~atomlimit.errors.BackendError`: an outage is not a logout.
     """
 
-    __slots__ = ("_driver", "_plan")
+    __slots__ = ("_plan", "_runner")
 
     @overload
     def __init__(
@@ -78,30 +78,30 @@ class SessionStore(Generic[T]):
         model: type[BaseModel] | None = None,
     ) -> None:
         self._plan = SessionPlan(ttl, model)
-        self._driver = SyncDriver(client)
+        self._runner = SyncRunner(client)
 
     def create(self, data: T) -> str:
         """Store ``data`` as a new session; return its new id."""
         session_id, command = self._plan.create(data)
-        self._driver.send(command)
+        self._runner.send(command)
         return session_id
 
     def get(self, session_id: str) -> T | None:
         """The session's data, restarting its TTL; None if malformed, unknown or invalid."""
         command = self._plan.get(session_id)
-        data: T | None = None if command is None else self._driver.send(command)
+        data: T | None = None if command is None else self._runner.send(command)
         return data
 
     def update(self, session_id: str, data: T) -> bool:
         """Replace a live session's data, restarting its TTL; False if there is none."""
         command = self._plan.update(session_id, data)
-        updated: bool = command is not None and self._driver.send(command)
+        updated: bool = command is not None and self._runner.send(command)
         return updated
 
     def delete(self, session_id: str) -> bool:
         """End the session; False if there was none."""
         command = self._plan.delete(session_id)
-        deleted: bool = command is not None and self._driver.send(command)
+        deleted: bool = command is not None and self._runner.send(command)
         return deleted
 
 
@@ -111,7 +111,7 @@ class AsyncSessionStore(Generic[T]):
     Takes the same arguments as :class:`SessionStore`.
     """
 
-    __slots__ = ("_driver", "_plan")
+    __slots__ = ("_plan", "_runner")
 
     @overload
     def __init__(
@@ -139,28 +139,28 @@ class AsyncSessionStore(Generic[T]):
         model: type[BaseModel] | None = None,
     ) -> None:
         self._plan = SessionPlan(ttl, model)
-        self._driver = AsyncDriver(client)
+        self._runner = AsyncRunner(client)
 
     async def create(self, data: T) -> str:
         """Store ``data`` as a new session; return its new id."""
         session_id, command = self._plan.create(data)
-        await self._driver.send(command)
+        await self._runner.send(command)
         return session_id
 
     async def get(self, session_id: str) -> T | None:
         """The session's data, restarting its TTL; None if malformed, unknown or invalid."""
         command = self._plan.get(session_id)
-        data: T | None = None if command is None else await self._driver.send(command)
+        data: T | None = None if command is None else await self._runner.send(command)
         return data
 
     async def update(self, session_id: str, data: T) -> bool:
         """Replace a live session's data, restarting its TTL; False if there is none."""
         command = self._plan.update(session_id, data)
-        updated: bool = command is not None and await self._driver.send(command)
+        updated: bool = command is not None and await self._runner.send(command)
         return updated
 
     async def delete(self, session_id: str) -> bool:
         """End the session; False if there was none."""
         command = self._plan.delete(session_id)
-        deleted: bool = command is not None and await self._driver.send(command)
+        deleted: bool = command is not None and await self._runner.send(command)
         return deleted

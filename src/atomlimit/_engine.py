@@ -13,10 +13,12 @@ import os
 import time
 from collections.abc import Callable, Sequence
 from datetime import timedelta
-from typing import Any, Literal, NamedTuple
+from typing import Any, Literal
 
 from atomlimit import _keys
+from atomlimit._checks import whole_ms
 from atomlimit._scripts import Script, script
+from atomlimit._steps import Call
 from atomlimit._windows import WindowPlan
 from atomlimit.errors import InvalidInput, RequestIdReused
 from atomlimit.specs import Spec
@@ -31,16 +33,6 @@ _OUTSIDE_PLAN = -1
 _REUSED = -2
 _MAX_SUBJECT = 65_536
 _MAX_REQUEST_ID = 1_024
-
-
-class Call(NamedTuple):
-    """One script execution to send, and how to read its reply."""
-
-    script: Script
-    keys: Sequence[str]
-    args: Sequence[int | str]
-    read: Callable[[Any], Any]
-    """Reply -> result, or a re-planned :class:`Call`."""
 
 
 class Engine:
@@ -70,8 +62,8 @@ class Engine:
         self._ns = _keys.namespace(prefix)
         self._clock = clock
         self._client_time = time_source == "client"
-        self._request_ttl = _whole_ms(request_ttl, "request_ttl")
-        self._retry_ttl = _whole_ms(retry_ttl, "retry_ttl")
+        self._request_ttl = whole_ms(request_ttl, "request_ttl")
+        self._retry_ttl = whole_ms(retry_ttl, "retry_ttl")
         self.skew = 0
 
     def hit(self, spec: Spec[Any], subject: str, cost: object, request_id: str | None) -> Call:
@@ -168,9 +160,3 @@ def _request_part(request_id: object) -> str:
     # Caller ids are encoded like subjects; generated ids start with "@",
     # which encoding never yields, so the two can never meet.
     return _keys.encode(request_id)
-
-
-def _whole_ms(value: object, field: str) -> int:
-    if not isinstance(value, timedelta) or value < timedelta(seconds=1):
-        raise InvalidInput(f"{field} must be a timedelta of at least 1 second, got {value!r}")
-    return int(value / timedelta(milliseconds=1))

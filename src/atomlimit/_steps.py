@@ -1,0 +1,48 @@
+"""The sans-I/O vocabulary: the steps an operation asks its runner to perform.
+
+Planning code builds these as plain data and reads replies back; the runners
+in :mod:`atomlimit._runner` are the only code that touches a connection.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Generator, Sequence
+from typing import Any, NamedTuple
+
+from atomlimit._scripts import Script
+
+
+class Call(NamedTuple):
+    """One script execution to send, and how to read its reply."""
+
+    script: Script
+    keys: Sequence[str]
+    args: Sequence[int | str]
+    read: Callable[[Any], Any]
+    """Reply -> result, or a re-planned :class:`Call`."""
+
+
+class Command(NamedTuple):
+    """One plain Redis command to send, and how to read its reply."""
+
+    args: tuple[str | bytes | int, ...]
+    """Passed to ``execute_command``; ``args[0]`` is the command's name."""
+    read: Callable[[Any], Any]
+
+
+class Sleep(NamedTuple):
+    """Wait this long, then resume the flow with ``None``."""
+
+    seconds: float
+
+
+class Produce(NamedTuple):
+    """Call the caller's factory and resume the flow with its value."""
+
+
+PRODUCE = Produce()
+
+Step = Command | Call | Sleep | Produce
+Flow = Generator[Step, Any, Any]
+"""Yields steps, is sent each step's result, returns the operation's result.
+A step that fails is thrown into the flow, so it can release what it holds."""
