@@ -1,25 +1,19 @@
--- peek.lua: would a hit of this cost pass? Reads only; charges nothing.
+-- peek.lua: would these items fit now? Charges nothing.
 --
--- KEYS[1]  counter hash of the (limit, subject)
--- ARGV[1]  limit, in units
--- ARGV[2]  cost, in units
--- ARGV[3]  client time in microseconds, or '' to read the server's TIME
--- ARGV[4..7]  planned window boundaries b1 < b2 < b3 < b4, microseconds
--- Reply    {status, now, used, window_end}; status 1 would pass, 0 would be
---          denied, -1 now outside the planned windows (re-plan)
--- Clock    server TIME, or ARGV[3] when the caller chose client time
--- Cost     O(1)
--- include: lib/clock.lua
--- include: lib/fixed_window.lua
+-- KEYS[1..]  each item's keys, in item order (one hash slot)
+-- ARGV[1]  client time in microseconds, or '' to read the server's TIME
+-- ARGV[2]  number of items, then per item: kind, #keys, #args, args...
+-- Reply    {code, now, then per item: status, used, held, stop, retry_at,
+--          grant}; code 1 every item fits, 0 some would be denied, -1 now
+--          outside the planned windows (re-plan)
+-- Clock    server TIME, or ARGV[1] when the caller chose client time
+-- Cost     as charge.lua without the writes; expired holds, leases and log
+--          entries are pruned, which changes no decision
+-- include: lib/items.lua
 
-local limit, cost = tonumber(ARGV[1]), tonumber(ARGV[2])
-local now = clock_now(ARGV[3])
-local start, stop, used = fw_read(KEYS[1], now, tonumber(ARGV[4]), tonumber(ARGV[5]),
-  tonumber(ARGV[6]), tonumber(ARGV[7]))
-if not start then
-  return {-1, now, 0, 0}
+local now = clock_now(ARGV[1])
+local checked, all = check_items(parse_items(1, 2), now, '')
+if not checked then
+  return {-1, now}
 end
-if used + cost > limit then
-  return {0, now, used, stop}
-end
-return {1, now, used, stop}
+return checked_reply({all and 1 or 0, now}, checked)

@@ -147,7 +147,10 @@ def test_retries_that_all_time_out_raise_and_still_charge_once(
     assert used == 1
 
 
-ACL_COMMANDS = "+evalsha +script|load +time +get +set +hmget +hset +pexpire +del +incr"
+ACL_COMMANDS = (
+    "+evalsha +script|load +time +get +set +del +incr +pexpire +hget +hset +hmget +hdel "
+    "+hincrby +zadd +zrem +zrange +zrangebyscore +zremrangebyscore +zcard +zscore +zpopmax"
+)
 
 
 def test_acl_user_limited_to_evalsha_script_load_and_script_commands(server: Server) -> None:
@@ -181,7 +184,7 @@ def test_unreachable_server_raises_backend_error_with_the_cause() -> None:
         Limiter(client).hit(SPEC, "s")
 
     assert isinstance(caught.value.__cause__, redis.exceptions.ConnectionError)
-    assert "hit" in str(caught.value)
+    assert str(caught.value).startswith("charge: ConnectionError")
 
 
 async def test_async_unreachable_server_raises_backend_error_with_the_cause() -> None:
@@ -195,7 +198,7 @@ async def test_async_unreachable_server_raises_backend_error_with_the_cause() ->
 
 def test_wrong_type_at_a_limit_key_is_a_backend_error(server: Server) -> None:
     with server.client() as client:
-        client.set("atomlimit:v1:{s:s}:rl:faults", "not a hash")
+        client.set("atomlimit:v1:{s:s}:fw:faults", "not a hash")
         with pytest.raises(BackendError) as caught:
             Limiter(client).hit(SPEC, "s")
 

@@ -213,7 +213,7 @@ def test_every_key_written_has_a_ttl_reaching_past_its_window(target: Target) ->
 
     assert len(keys) >= 5  # two counters, a cap, and their request records
     assert all(ttl > 0 for ttl in ttls.values()), ttls
-    for decision, name in zip(decisions, (":rl:m", ":rl:enrichment"), strict=True):
+    for decision, name in zip(decisions, (":fw:m", ":fw:enrichment"), strict=True):
         (counter,) = [key for key in keys if key.endswith(name)]
         window_left_ms = (decision.reset_at - datetime.now(UTC)) / timedelta(milliseconds=1)
         assert ttls[counter] >= window_left_ms - 1_000

@@ -1,5 +1,5 @@
 -- lib/clock.lua: the clock, and which planned window holds it.
--- Included by operation scripts; defines locals only.
+-- Included by operation scripts first; defines locals only.
 --
 -- Instants are integer microseconds since the Unix epoch. Lua numbers are
 -- doubles, exact for integers up to 2^53 (year 2255 in microseconds), so no
@@ -31,9 +31,25 @@ local function pick_window(now, b1, b2, b3, b4)
   return b3, b4
 end
 
--- A relative TTL in whole milliseconds, rounded up, covering until `stop`.
+-- A relative TTL in whole milliseconds, rounded up, ending at `stop`.
 -- Relative, not PEXPIREAT: with client time the server clock may disagree,
 -- and the key must outlive the window on the clock that defines it.
 local function ms_until(stop, now)
   return math.max(1, math.ceil((stop - now) / 1000))
+end
+
+-- State that records its own window or expiry outlives the instant it stops
+-- mattering by this much, so a worker whose clock runs a few seconds behind
+-- the writer's (client time) still finds the count of a window it is in.
+-- State left over after that is harmless: every reader checks the stored
+-- window or expiry before trusting it.
+local GRACE_MS = 5000
+
+local function ms_kept(stop, now)
+  return ms_until(stop, now) + GRACE_MS
+end
+
+-- Integers as plain text, never in exponent form.
+local function int_text(value)
+  return string.format('%.0f', value)
 end

@@ -18,19 +18,35 @@ from atomlimit.errors import (
     LimitExceeded,
     RequestIdReused,
 )
+from atomlimit.holds import (
+    Acquired,
+    AsyncLease,
+    AsyncReservation,
+    Lease,
+    Reservation,
+    Settlement,
+)
 from atomlimit.limiter import AsyncLimiter, Limiter
-from atomlimit.specs import RateLimit, Spec, SpendCap
+from atomlimit.specs import Concurrency, Hit, RateLimit, Spec, SpendCap
 
 __all__ = [
+    "Acquired",
+    "AsyncLease",
     "AsyncLimiter",
+    "AsyncReservation",
     "AtomlimitError",
     "BackendError",
+    "Concurrency",
     "Decision",
+    "Hit",
     "InvalidInput",
+    "Lease",
     "LimitExceeded",
     "Limiter",
     "RateLimit",
     "RequestIdReused",
+    "Reservation",
+    "Settlement",
     "Spec",
     "SpendCap",
 ]

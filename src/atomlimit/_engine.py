@@ -1,38 +1,125 @@
-"""The sans-I/O core: every operation as plain data in, plain data out.
+"""The limiter's sans-I/O core: every operation as plain data in, plain data out.
 
-An operation is planned as a :class:`Call` (script, KEYS, ARGV) and its reply
-is read back by the call's own ``read``. ``read`` returns the result, or a new
-:class:`Call` when the server's clock fell outside the planned windows and
-the call must be re-planned around it. The sync and async limiters only send
-calls and feed replies back, so both share every decision rule here.
+An operation is planned as a :class:`~atomlimit._steps.Call` (script, KEYS,
+ARGV) whose ``read`` turns the reply into the result, or into a re-planned
+call when the server's clock fell outside the planned windows. An operation
+of several steps, like an acquire across hash slots, is a generator that
+yields calls and receives their results. The sync and async limiters only
+send and receive, so both share every rule here.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Generator, Iterator, Sequence
 from datetime import timedelta
-from typing import Any, Literal
+from decimal import Decimal
+from typing import Any, Literal, NamedTuple
 
 from atomlimit import _keys
 from atomlimit._checks import whole_ms
 from atomlimit._scripts import Script, script
-from atomlimit._steps import Call
+from atomlimit._steps import Call, Flow
 from atomlimit._windows import WindowPlan
-from atomlimit.errors import InvalidInput, RequestIdReused
-from atomlimit.specs import Spec
+from atomlimit.decision import Decision
+from atomlimit.errors import AtomlimitError, InvalidInput, RequestIdReused
+from atomlimit.specs import Concurrency, Hit, Spec, SpendCap
 
 TimeSource = Literal["server", "client"]
 Clock = Callable[[], float]
 
 DEFAULT_REQUEST_TTL = timedelta(days=1)
 DEFAULT_RETRY_TTL = timedelta(minutes=2)
+DEFAULT_HOLD = timedelta(minutes=5)
 
 _OUTSIDE_PLAN = -1
 _REUSED = -2
+_CHARGED = (1, 2)
+_PARTIAL = 1
 _MAX_SUBJECT = 65_536
 _MAX_REQUEST_ID = 1_024
+_US = timedelta(microseconds=1)
+
+SettleStatus = Literal[
+    "settled",
+    "already_settled",
+    "settled_after_release",
+    "settled_after_expiry",
+    "released",
+    "already_released",
+    "expired",
+]
+_SETTLED: tuple[SettleStatus, ...] = (
+    "settled",
+    "already_settled",
+    "settled_after_release",
+    "settled_after_expiry",
+)
+_RELEASED: tuple[SettleStatus, ...] = ("released", "already_settled", "already_released", "expired")
+
+
+class Item(NamedTuple):
+    """One limit of one subject in a call: its keys and fixed arguments."""
+
+    spec: Spec[Any]
+    subject: str
+    tag: str
+    """The subject's hash tag: items with one tag can share a script call."""
+    base: str
+    """The key of the limit's main state; other keys extend it."""
+    kind: str
+    """The scripts' name for the kind of item (lua/lib/items.lua)."""
+    keys: tuple[str, ...]
+    units: int
+    flags: int
+    extra: tuple[int | str, ...]
+
+    def encoded(self, t_us: int) -> tuple[int | str, ...]:
+        """``kind, #keys, #args, args...`` as the scripts parse it at time ``t_us``."""
+        spec = self.spec
+        args = (
+            spec._limit_units,
+            self.units,
+            self.flags,
+            *spec._window_args(t_us),
+            *self.extra,
+        )
+        return (self.kind, len(self.keys), len(args), *args)
+
+
+class Charged(NamedTuple):
+    """The reply to a charge: every item's decision, and the id it ran under."""
+
+    allowed: bool
+    decisions: list[Decision[Any]]
+    request_id: str
+
+
+class Settlement(NamedTuple):
+    """What settling or releasing a reservation did.
+
+    ``status`` says which case applied; ``charged`` is what this call
+    charged (zero for a release, or for a settle that was already done);
+    ``decision`` is the cap after it.
+    """
+
+    status: SettleStatus
+    charged: Decimal
+    decision: Decision[Decimal]
+
+
+class Acquisition(NamedTuple):
+    """What an acquire flow found, before the shell wraps leases and holds."""
+
+    allowed: bool
+    decisions: list[Decision[Any]]
+    denied_at: int | None
+    """Index of the first hit, in the caller's order, whose limit said no."""
+    held: list[tuple[Item, Decision[Any]]]
+    """Items that hold something (leases, reservations) after an allowed acquire."""
+    request_id: str
 
 
 class Engine:
@@ -66,34 +153,249 @@ class Engine:
         self._retry_ttl = whole_ms(retry_ttl, "retry_ttl")
         self.skew = 0
 
-    def hit(self, spec: Spec[Any], subject: str, cost: object, request_id: str | None) -> Call:
-        """Plan a check-and-charge of ``cost`` against ``spec`` for ``subject``."""
+    # -- planning one item -------------------------------------------------
+
+    def item(
+        self,
+        spec: Spec[Any],
+        subject: str,
+        cost: object,
+        *,
+        hold: timedelta | None = None,
+        partial: bool = False,
+    ) -> Item:
+        """Validate one limit of one subject and plan its keys and arguments."""
+        tag, base = self._locate(spec, subject)
         units = spec._cost_units(cost)
-        key = self._key(spec, subject)
-        if request_id is None:
-            # Every charge carries an id, so redis-py's transport retries can
-            # re-send it safely; an id nobody will reuse needs only to outlive
-            # those retries.
-            rkey, ttl = f"{key}:r:@{os.urandom(12).hex()}", self._retry_ttl
-        else:
-            rkey, ttl = f"{key}:r:{_request_part(request_id)}", self._request_ttl
-        return self._counter(script("hit"), spec, (key, rkey), units, (ttl,))
+        kind, extra = spec._kind, spec._extra_args()
+        if hold is not None:
+            if not isinstance(spec, SpendCap):
+                raise InvalidInput("hold: only a SpendCap can hold a reservation")
+            kind, extra = "rs", (_hold_us(hold),)
+        return Item(
+            spec,
+            subject,
+            tag,
+            base,
+            kind,
+            spec._state_keys(base),
+            units,
+            spec._flags | (_PARTIAL if partial else 0),
+            extra,
+        )
+
+    # -- single calls ------------------------------------------------------
+
+    def hit(
+        self,
+        spec: Spec[Any],
+        subject: str,
+        cost: object,
+        request_id: str | None,
+        partial: bool = False,
+    ) -> Call:
+        """Plan a check-and-charge of ``cost``: reads as the item's Decision."""
+        if isinstance(spec, Concurrency):
+            raise InvalidInput("a Concurrency limit is taken with lease(), which can release it")
+        item = self.item(spec, subject, cost, partial=partial)
+        return self._one(self.charge([item], request_id))
+
+    def reserve(
+        self,
+        spec: SpendCap,
+        subject: str,
+        estimate: object,
+        ttl: timedelta,
+        request_id: str | None,
+    ) -> Call:
+        """Plan holding ``estimate`` on a cap: reads as (Decision, item, reservation id)."""
+        if not isinstance(spec, SpendCap):
+            raise InvalidInput(f"reserve takes a SpendCap, got {type(spec).__name__}")
+        item = self.item(spec, subject, estimate, hold=ttl)
+        return self._held(self.charge([item], request_id), item)
+
+    def lease(self, spec: Concurrency, subject: str, request_id: str | None) -> Call:
+        """Plan taking a lease: reads as (Decision, item, lease id)."""
+        if not isinstance(spec, Concurrency):
+            raise InvalidInput(f"lease takes a Concurrency limit, got {type(spec).__name__}")
+        item = self.item(spec, subject, 1)
+        return self._held(self.charge([item], request_id), item)
 
     def peek(self, spec: Spec[Any], subject: str, cost: object) -> Call:
         """Plan a read-only check: would a hit of ``cost`` pass now?"""
-        units = spec._cost_units(cost)
-        return self._counter(script("peek"), spec, (self._key(spec, subject),), units, ())
+        return self._one(self.check([self.item(spec, subject, cost)]))
+
+    def refund(self, spec: Spec[Any], subject: str, amount: object) -> Call:
+        """Plan giving back ``amount`` of the current usage, never below zero."""
+        if isinstance(spec, Concurrency):
+            raise InvalidInput("a Concurrency limit is not refunded; release the lease")
+        item = self.item(spec, subject, amount)
+
+        def finish(code: int, now: int, reply: Sequence[int]) -> Decision[Any]:
+            return spec._decision(reply[2:8], now, False)
+
+        def args_at(t_us: int, client_now: int | str) -> tuple[int | str, ...]:
+            return (client_now, item.units, 1, *item.encoded(t_us))
+
+        return self.timed(script("refund"), item.keys, args_at, finish)
 
     def reset(self, spec: Spec[Any], subject: str) -> Call:
         """Plan forgetting ``subject``'s state under ``spec``."""
-        return Call(script("reset"), (self._key(spec, subject),), (), _discard)
+        _, base = self._locate(spec, subject)
+        return Call(script("reset"), spec._state_keys(base), (), _discard)
 
-    def _key(self, spec: Spec[Any], subject: str) -> str:
-        if type(subject) is not str:
-            raise InvalidInput(f"subject must be a str, got {type(subject).__name__}")
-        if len(subject) > _MAX_SUBJECT:
-            raise InvalidInput(f"subject must be at most {_MAX_SUBJECT} characters")
-        return self._ns + _keys.subject_tag(subject) + spec._tail
+    def settle(self, item: Item, request_id: str, actual: object) -> Call:
+        """Plan charging a reservation's actual cost: reads as a Settlement."""
+        units = item.spec._cost_units(actual)
+
+        def args_at(t_us: int, client_now: int | str) -> tuple[int | str, ...]:
+            bounds = item.spec._window_args(t_us)
+            limit = item.spec._limit_units
+            return (client_now, request_id, units, self._request_ttl, limit, *bounds)
+
+        return self._outcome(script("settle"), item, request_id, args_at, _SETTLED)
+
+    def release(self, item: Item, request_id: str) -> Call:
+        """Plan dropping a reservation's hold: reads as a Settlement."""
+
+        def args_at(t_us: int, client_now: int | str) -> tuple[int | str, ...]:
+            bounds = item.spec._window_args(t_us)
+            return (client_now, request_id, self._request_ttl, item.spec._limit_units, *bounds)
+
+        return self._outcome(script("release"), item, request_id, args_at, _RELEASED)
+
+    def renew(self, item: Item, request_id: str) -> Call:
+        """Plan extending a lease: reads as True if it was still held."""
+
+        def args_at(t_us: int, client_now: int | str) -> tuple[int | str, ...]:
+            return (client_now, request_id, *item.extra)
+
+        def finish(code: int, now: int, reply: Sequence[int]) -> bool:
+            return code == 1
+
+        return self.timed(script("lease_renew"), item.keys, args_at, finish)
+
+    def drop_lease(self, item: Item, request_id: str) -> Call:
+        """Plan giving a lease back: reads as True if it was still held."""
+        return Call(script("lease_release"), item.keys, (request_id,), bool)
+
+    # -- calls over several items of one subject ----------------------------
+
+    def charge(self, items: Sequence[Item], request_id: str | None) -> Call:
+        """Plan charging every item, all or none, in one script: reads as Charged."""
+        return self._charge(items, *self._request(request_id))
+
+    def _charge(self, items: Sequence[Item], rid: str, ttl: int) -> Call:
+        record = self._record(items, rid)
+        fingerprint = ";".join(f"{i.kind}:{i.units}:{i.flags}" for i in items)
+
+        def args_at(t_us: int, client_now: int | str) -> tuple[int | str, ...]:
+            return (client_now, ttl, rid, fingerprint, len(items), *_encode(items, t_us))
+
+        def finish(code: int, now: int, reply: Sequence[int]) -> Charged:
+            if code == _REUSED:
+                names = ", ".join(repr(i.spec.name) for i in items)
+                raise RequestIdReused(f"request_id was already charged for other costs ({names})")
+            return Charged(code in _CHARGED, _decisions(items, reply, now, code in _CHARGED), rid)
+
+        keys = (record, *(key for item in items for key in item.keys))
+        return self.timed(script("charge"), keys, args_at, finish)
+
+    def check(self, items: Sequence[Item]) -> Call:
+        """Plan a read-only check of every item: reads as Charged (nothing charged)."""
+
+        def args_at(t_us: int, client_now: int | str) -> tuple[int | str, ...]:
+            return (client_now, len(items), *_encode(items, t_us))
+
+        def finish(code: int, now: int, reply: Sequence[int]) -> Charged:
+            return Charged(code == 1, _decisions(items, reply, now, False), "")
+
+        keys = tuple(key for item in items for key in item.keys)
+        return self.timed(script("peek"), keys, args_at, finish)
+
+    def undo(self, items: Sequence[Item], request_id: str) -> Call:
+        """Plan taking back what a charge of ``items`` under ``request_id`` charged."""
+
+        def args_at(t_us: int, client_now: int | str) -> tuple[int | str, ...]:
+            return (client_now, request_id, len(items), *_encode(items, t_us))
+
+        def finish(code: int, now: int, reply: Sequence[int]) -> Charged:
+            return Charged(False, _decisions(items, reply, now, False), request_id)
+
+        keys = (self._record(items, request_id), *(k for i in items for k in i.keys))
+        return self.timed(script("undo"), keys, args_at, finish)
+
+    # -- an acquire over any number of subjects -----------------------------
+
+    def acquire(self, hits: Sequence[Hit[Any]], request_id: str | None) -> Flow:
+        """All the hits or none of them: yields calls, returns an Acquisition.
+
+        Hits of one subject share a hash slot and are charged by one script,
+        atomically. Subjects are charged one after another in the order they
+        first appear; if one denies, the subjects already charged are undone,
+        exactly, before the acquire returns denied. A backend failure part-way
+        undoes them too, then re-raises.
+        """
+        items = [self._hit_item(hit) for hit in hits]
+        if not items:
+            raise InvalidInput("acquire needs at least one Hit")
+        groups = _groups(items)
+        rid, ttl = self._request(request_id)
+        decisions: list[Decision[Any] | None] = [None] * len(items)
+        charged: list[list[int]] = []
+        try:
+            for group in groups:
+                outcome = yield self._charge([items[i] for i in group], rid, ttl)
+                _fill(decisions, group, outcome)
+                if not outcome.allowed:
+                    break
+                charged.append(group)
+        except AtomlimitError:
+            yield from self._undo_all(items, charged, rid, decisions)
+            raise
+        if len(charged) == len(groups):
+            done = [d for d in decisions if d is not None]
+            held = [(items[i], done[i]) for i in range(len(items)) if items[i].kind in ("rs", "cc")]
+            return Acquisition(True, done, None, held, rid)
+        yield from self._undo_all(items, charged, rid, decisions)
+        for group in groups[len(charged) + 1 :]:
+            _fill(decisions, group, (yield self.check([items[i] for i in group])))
+        final = [d for d in decisions if d is not None]
+        denied_at = next(i for i, d in enumerate(final) if not d.allowed)
+        return Acquisition(False, final, denied_at, [], rid)
+
+    # -- helpers -----------------------------------------------------------
+
+    def timed(
+        self,
+        lua: Script,
+        keys: Sequence[str],
+        args_at: Callable[[int, int | str], tuple[int | str, ...]],
+        finish: Callable[[int, int, Sequence[Any]], Any],
+    ) -> Call:
+        """Plan a script that reads the clock: its reply starts ``{code, now}``.
+
+        ``args_at(planned, client_now)`` builds ARGV for the planned instant;
+        ``client_now`` is the instant for client time, '' for server time.
+        Code -1 means the server's clock was outside the planned windows: the
+        call is re-planned around it. Any other reply goes to
+        ``finish(code, now, reply)``.
+        """
+        local = int(self._clock() * 1_000_000)
+        planned = local + self.skew
+        args = args_at(planned, planned if self._client_time else "")
+
+        def read(reply: Sequence[Any]) -> Any:
+            code, now = reply[0], reply[1]
+            if not self._client_time:
+                # Absolute, not incremental: concurrent calls planned with an
+                # older estimate must not add their corrections up.
+                self.skew = now - local
+            if code == _OUTSIDE_PLAN:
+                return self.timed(lua, keys, args_at, finish)
+            return finish(code, now, reply)
+
+        return Call(lua, keys, args, read)
 
     def windowed(
         self,
@@ -104,47 +406,136 @@ class Engine:
         tail: tuple[int | str, ...],
         finish: Callable[[int, int, Sequence[Any]], Any],
     ) -> Call:
-        """Plan a script that picks its window from planned boundaries.
+        """A timed call whose ARGV is ``head``, client time, the bounds, ``tail``."""
 
-        ARGV is ``head``, the client time ('' for server time), the four
-        boundaries, then ``tail``. The reply starts ``{status, now, ...}``;
-        status -1 means the clock was outside the plan, and the call is
-        re-planned around the server's time. Any other reply goes to
-        ``finish(status, now, reply)``.
+        def args_at(t_us: int, client_now: int | str) -> tuple[int | str, ...]:
+            return (*head, client_now, *plan.bounds(t_us), *tail)
+
+        return self.timed(lua, keys, args_at, finish)
+
+    def _locate(self, spec: Spec[Any], subject: str) -> tuple[str, str]:
+        """The subject's hash tag and the spec's base key, after checking both."""
+        if not isinstance(spec, Spec):
+            raise InvalidInput(f"expected a limit spec, got {type(spec).__name__}")
+        if type(subject) is not str:
+            raise InvalidInput(f"subject must be a str, got {type(subject).__name__}")
+        if len(subject) > _MAX_SUBJECT:
+            raise InvalidInput(f"subject must be at most {_MAX_SUBJECT} characters")
+        tag = _keys.subject_tag(subject)
+        return tag, self._ns + tag + spec._tail
+
+    def _request(self, request_id: str | None) -> tuple[str, int]:
+        """The id a charge runs under, and how long its record lives.
+
+        Every charge carries an id, so redis-py's transport retries can
+        re-send it safely; an id the caller did not choose only needs to
+        outlive those retries.
         """
-        local = int(self._clock() * 1_000_000)
-        planned = local + self.skew
-        client_now: int | str = planned if self._client_time else ""
-        args = (*head, client_now, *plan.bounds(planned), *tail)
+        if request_id is None:
+            return f"@{os.urandom(12).hex()}", self._retry_ttl
+        return _request_part(request_id), self._request_ttl
 
-        def read(reply: Sequence[Any]) -> Any:
-            status, now = reply[0], reply[1]
-            if not self._client_time:
-                # Absolute, not incremental: concurrent calls planned with an
-                # older estimate must not add their corrections up.
-                self.skew = now - local
-            if status == _OUTSIDE_PLAN:
-                return self.windowed(lua, plan, keys, head, tail, finish)
-            return finish(status, now, reply)
+    def _hit_item(self, hit: Hit[Any]) -> Item:
+        if not isinstance(hit, Hit):
+            raise InvalidInput(f"acquire takes Hit objects, got {type(hit).__name__}")
+        return self.item(hit.limit, hit.subject, hit.cost, hold=hit.hold)
 
-        return Call(lua, keys, args, read)
+    def _record(self, items: Sequence[Item], rid: str) -> str:
+        if len(items) == 1:
+            return f"{items[0].base}:r:{rid}"
+        # A request id names one set of limits; several share a record keyed
+        # by a digest of their keys, in the subject's slot.
+        digest = hashlib.blake2b("|".join(i.base for i in items).encode(), digest_size=8)
+        return f"{self._ns}{items[0].tag}:acq:{digest.hexdigest()}:r:{rid}"
 
-    def _counter(
+    def _undo_all(
+        self,
+        items: list[Item],
+        charged: list[list[int]],
+        rid: str,
+        decisions: list[Decision[Any] | None],
+    ) -> Generator[Call, Any, None]:
+        for group in reversed(charged):
+            outcome: Charged = yield self.undo([items[i] for i in group], rid)
+            _fill(decisions, group, outcome)
+
+    def _one(self, call: Call) -> Call:
+        """The same call, read as its only item's Decision."""
+        read = call.read
+
+        def one(reply: Sequence[Any]) -> Any:
+            result = read(reply)
+            return result.decisions[0] if isinstance(result, Charged) else self._one(result)
+
+        return call._replace(read=one)
+
+    def _held(self, call: Call, item: Item) -> Call:
+        """The same call, read as (Decision, item, id) of a lease or hold."""
+        read = call.read
+
+        def held(reply: Sequence[Any]) -> Any:
+            result = read(reply)
+            if isinstance(result, Charged):
+                return result.decisions[0], item, result.request_id
+            return self._held(result, item)
+
+        return call._replace(read=held)
+
+    def _outcome(
         self,
         lua: Script,
-        spec: Spec[Any],
-        keys: Sequence[str],
-        units: int,
-        tail: tuple[int, ...],
+        item: Item,
+        rid: str,
+        args_at: Callable[[int, int | str], tuple[int | str, ...]],
+        statuses: tuple[SettleStatus, ...],
     ) -> Call:
-        def finish(status: int, now: int, reply: Sequence[int]) -> Any:
-            if status == _REUSED:
-                raise RequestIdReused(
-                    f"request_id was already charged with another cost for {spec.name!r}"
-                )
-            return spec._decision(status > 0, reply[2], units, reply[3], now)
+        spec = item.spec
 
-        return self.windowed(lua, spec._plan, keys, (spec._limit_units, units), tail, finish)
+        def finish(code: int, now: int, reply: Sequence[int]) -> Settlement:
+            decision = spec._decision(reply[2:8], now, True)
+            return Settlement(statuses[code - 1], decision.granted, decision)
+
+        keys = (*item.keys, f"{item.base}:o:{rid}")
+        return self.timed(lua, keys, args_at, finish)
+
+
+def _encode(items: Sequence[Item], t_us: int) -> Iterator[int | str]:
+    for item in items:
+        yield from item.encoded(t_us)
+
+
+def _decisions(
+    items: Sequence[Item], reply: Sequence[int], now: int, charged: bool
+) -> list[Decision[Any]]:
+    return [
+        item.spec._decision(reply[2 + 6 * n : 8 + 6 * n], now, charged)
+        for n, item in enumerate(items)
+    ]
+
+
+def _groups(items: Sequence[Item]) -> list[list[int]]:
+    """Item indices grouped by subject, in order of first appearance."""
+    groups: dict[str, list[int]] = {}
+    seen: set[str] = set()
+    for index, item in enumerate(items):
+        if item.base in seen:
+            raise InvalidInput(
+                f"acquire names {item.spec.name!r} for one subject twice; merge the costs"
+            )
+        seen.add(item.base)
+        groups.setdefault(item.tag, []).append(index)
+    return list(groups.values())
+
+
+def _fill(decisions: list[Decision[Any] | None], group: list[int], outcome: Charged) -> None:
+    for index, decision in zip(group, outcome.decisions, strict=True):
+        decisions[index] = decision
+
+
+def _hold_us(hold: object) -> int:
+    if not isinstance(hold, timedelta) or hold < timedelta(milliseconds=1) or hold % _US:
+        raise InvalidInput(f"hold must be a timedelta of at least 1 ms, got {hold!r}")
+    return hold // _US
 
 
 def _discard(reply: object) -> None:

@@ -1,25 +1,43 @@
 """The two thin shells: :class:`Limiter` (sync) and :class:`AsyncLimiter`.
 
-They hand the calls that :mod:`atomlimit._engine` plans to a runner from
-:mod:`atomlimit._runner`; every rule lives in those two places, once. Read
-the two classes side by side: they differ only in ``await``.
+They hand what :mod:`atomlimit._engine` plans to a runner from
+:mod:`atomlimit._runner`, and wrap held things in handles from
+:mod:`atomlimit.holds`; every rule lives in those places, once. Read the two
+classes side by side: they differ only in ``await``.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from datetime import timedelta
+from decimal import Decimal
 from types import TracebackType
-from typing import Any, Self
+from typing import Any, Self, TypeVar
 
 import redis
 import redis.asyncio
 from redis.asyncio.cluster import RedisCluster as AsyncRedisCluster
 from redis.cluster import RedisCluster
 
-from atomlimit._engine import DEFAULT_REQUEST_TTL, DEFAULT_RETRY_TTL, Clock, Engine, TimeSource
+from atomlimit._engine import (
+    DEFAULT_HOLD,
+    DEFAULT_REQUEST_TTL,
+    DEFAULT_RETRY_TTL,
+    Acquisition,
+    Clock,
+    Engine,
+    Item,
+    TimeSource,
+)
 from atomlimit._runner import AsyncRunner, SyncRunner
 from atomlimit.decision import Amount, Decision
-from atomlimit.specs import Spec
+from atomlimit.errors import LimitExceeded
+from atomlimit.holds import Acquired, AsyncLease, AsyncReservation, Lease, Pending, Reservation
+from atomlimit.specs import Concurrency, Hit, Spec, SpendCap
+
+H = TypeVar("H", Lease, Reservation)
+LeaseT = TypeVar("LeaseT", Lease, AsyncLease)
+ReservationT = TypeVar("ReservationT", Reservation, AsyncReservation)
 
 DEFAULT_MAX_CONNECTIONS = 50
 DEFAULT_POOL_TIMEOUT = 20.0
@@ -96,15 +114,16 @@ class Limiter:
         cost: Amount | int = 1,
         *,
         request_id: str | None = None,
+        partial: bool = False,
     ) -> Decision[Amount]:
         """Charge ``cost`` to ``subject`` if it fits within ``limit``; else charge nothing.
 
         One atomic script run. With ``request_id``, a repeat of a charged
-        request returns the original decision and charges nothing.
+        request returns the original decision and charges nothing. With
+        ``partial``, as much of ``cost`` as fits is granted (``granted``).
         """
-        result: Decision[Amount] = self._runner.run(
-            self._engine.hit(limit, subject, cost, request_id)
-        )
+        call = self._engine.hit(limit, subject, cost, request_id, partial)
+        result: Decision[Amount] = self._runner.run(call)
         return result
 
     def peek(self, limit: Spec[Amount], subject: str, cost: Amount | int = 1) -> Decision[Amount]:
@@ -112,9 +131,66 @@ class Limiter:
         result: Decision[Amount] = self._runner.run(self._engine.peek(limit, subject, cost))
         return result
 
+    def refund(self, limit: Spec[Amount], subject: str, amount: Amount | int) -> Decision[Amount]:
+        """Give back up to ``amount`` of the current usage; ``used`` never goes below zero."""
+        result: Decision[Amount] = self._runner.run(self._engine.refund(limit, subject, amount))
+        return result
+
     def reset(self, limit: Spec[Any], subject: str) -> None:
         """Forget ``subject``'s usage of ``limit``."""
         self._runner.run(self._engine.reset(limit, subject))
+
+    def acquire(
+        self, hits: Sequence[Hit[Any]], *, request_id: str | None = None
+    ) -> Acquired[Lease, Reservation]:
+        """Charge every hit or none of them; see :meth:`Engine.acquire` and docs/acquire.md."""
+        found: Acquisition = self._runner.drive(self._engine.acquire(hits, request_id))
+        return _acquired(found, hits, self._lease_of, self._reservation_of)
+
+    def reserve(
+        self,
+        cap: SpendCap,
+        subject: str,
+        estimate: Decimal | int,
+        *,
+        ttl: timedelta = DEFAULT_HOLD,
+        request_id: str | None = None,
+    ) -> Reservation:
+        """Hold ``estimate`` on ``cap`` until settled, released, or ``ttl`` passes."""
+        call = self._engine.reserve(cap, subject, estimate, ttl, request_id)
+        return Reservation(self._engine, self._runner, *self._runner.run(call))
+
+    def reservation(
+        self,
+        cap: SpendCap,
+        subject: str,
+        estimate: Decimal | int,
+        *,
+        ttl: timedelta = DEFAULT_HOLD,
+        raise_on_deny: bool = True,
+    ) -> Reservation:
+        """:meth:`reserve`, for ``with``: the block's end settles or releases.
+
+        Raises :class:`~atomlimit.LimitExceeded` when the cap is full, unless
+        ``raise_on_deny`` is False.
+        """
+        return _granted(self.reserve(cap, subject, estimate, ttl=ttl), raise_on_deny)
+
+    def lease(
+        self,
+        limit: Concurrency,
+        subject: str,
+        *,
+        raise_on_deny: bool = True,
+        request_id: str | None = None,
+    ) -> Lease:
+        """Take one of ``limit``'s slots; also a context manager that releases it.
+
+        Raises :class:`~atomlimit.LimitExceeded` when every slot is taken,
+        unless ``raise_on_deny`` is False.
+        """
+        call = self._engine.lease(limit, subject, request_id)
+        return _granted(Lease(self._engine, self._runner, *self._runner.run(call)), raise_on_deny)
 
     def close(self) -> None:
         """Close the client if this limiter created it (see :meth:`from_url`)."""
@@ -128,6 +204,12 @@ class Limiter:
         self, kind: type[BaseException] | None, err: BaseException | None, tb: TracebackType | None
     ) -> None:
         self.close()
+
+    def _lease_of(self, decision: Decision[Any], item: Item, rid: str) -> Lease:
+        return Lease(self._engine, self._runner, decision, item, rid)
+
+    def _reservation_of(self, decision: Decision[Any], item: Item, rid: str) -> Reservation:
+        return Reservation(self._engine, self._runner, decision, item, rid)
 
 
 class AsyncLimiter:
@@ -198,15 +280,16 @@ class AsyncLimiter:
         cost: Amount | int = 1,
         *,
         request_id: str | None = None,
+        partial: bool = False,
     ) -> Decision[Amount]:
         """Charge ``cost`` to ``subject`` if it fits within ``limit``; else charge nothing.
 
         One atomic script run. With ``request_id``, a repeat of a charged
-        request returns the original decision and charges nothing.
+        request returns the original decision and charges nothing. With
+        ``partial``, as much of ``cost`` as fits is granted (``granted``).
         """
-        result: Decision[Amount] = await self._runner.run(
-            self._engine.hit(limit, subject, cost, request_id)
-        )
+        call = self._engine.hit(limit, subject, cost, request_id, partial)
+        result: Decision[Amount] = await self._runner.run(call)
         return result
 
     async def peek(
@@ -216,9 +299,73 @@ class AsyncLimiter:
         result: Decision[Amount] = await self._runner.run(self._engine.peek(limit, subject, cost))
         return result
 
+    async def refund(
+        self, limit: Spec[Amount], subject: str, amount: Amount | int
+    ) -> Decision[Amount]:
+        """Give back up to ``amount`` of the current usage; ``used`` never goes below zero."""
+        call = self._engine.refund(limit, subject, amount)
+        result: Decision[Amount] = await self._runner.run(call)
+        return result
+
     async def reset(self, limit: Spec[Any], subject: str) -> None:
         """Forget ``subject``'s usage of ``limit``."""
         await self._runner.run(self._engine.reset(limit, subject))
+
+    async def acquire(
+        self, hits: Sequence[Hit[Any]], *, request_id: str | None = None
+    ) -> Acquired[AsyncLease, AsyncReservation]:
+        """Charge every hit or none of them; see :meth:`Limiter.acquire`."""
+        found: Acquisition = await self._runner.drive(self._engine.acquire(hits, request_id))
+        return _acquired(found, hits, self._lease_of, self._reservation_of)
+
+    async def reserve(
+        self,
+        cap: SpendCap,
+        subject: str,
+        estimate: Decimal | int,
+        *,
+        ttl: timedelta = DEFAULT_HOLD,
+        request_id: str | None = None,
+    ) -> AsyncReservation:
+        """Hold ``estimate`` on ``cap`` until settled, released, or ``ttl`` passes."""
+        call = self._engine.reserve(cap, subject, estimate, ttl, request_id)
+        return AsyncReservation(self._engine, self._runner, *await self._runner.run(call))
+
+    def reservation(
+        self,
+        cap: SpendCap,
+        subject: str,
+        estimate: Decimal | int,
+        *,
+        ttl: timedelta = DEFAULT_HOLD,
+        raise_on_deny: bool = True,
+    ) -> Pending[AsyncReservation]:
+        """:meth:`reserve`, for ``async with``: the block's end settles or releases.
+
+        Raises :class:`~atomlimit.LimitExceeded` when the cap is full, unless
+        ``raise_on_deny`` is False.
+        """
+        return Pending(lambda: self.reserve(cap, subject, estimate, ttl=ttl), raise_on_deny)
+
+    def lease(
+        self,
+        limit: Concurrency,
+        subject: str,
+        *,
+        raise_on_deny: bool = True,
+        request_id: str | None = None,
+    ) -> Pending[AsyncLease]:
+        """Take one of ``limit``'s slots: await it, or ``async with`` it to release on exit.
+
+        Raises :class:`~atomlimit.LimitExceeded` when every slot is taken,
+        unless ``raise_on_deny`` is False.
+        """
+
+        async def take() -> AsyncLease:
+            held = await self._runner.run(self._engine.lease(limit, subject, request_id))
+            return AsyncLease(self._engine, self._runner, *held)
+
+        return Pending(take, raise_on_deny)
 
     async def aclose(self) -> None:
         """Close the client if this limiter created it (see :meth:`from_url`)."""
@@ -232,3 +379,27 @@ class AsyncLimiter:
         self, kind: type[BaseException] | None, err: BaseException | None, tb: TracebackType | None
     ) -> None:
         await self.aclose()
+
+    def _lease_of(self, decision: Decision[Any], item: Item, rid: str) -> AsyncLease:
+        return AsyncLease(self._engine, self._runner, decision, item, rid)
+
+    def _reservation_of(self, decision: Decision[Any], item: Item, rid: str) -> AsyncReservation:
+        return AsyncReservation(self._engine, self._runner, decision, item, rid)
+
+
+def _granted(handle: H, raise_on_deny: bool) -> H:
+    if raise_on_deny and not handle.allowed:
+        raise LimitExceeded(handle.decision)
+    return handle
+
+
+def _acquired(
+    found: Acquisition,
+    hits: Sequence[Hit[Any]],
+    lease: Callable[[Decision[Any], Item, str], LeaseT],
+    hold: Callable[[Decision[Any], Item, str], ReservationT],
+) -> Acquired[LeaseT, ReservationT]:
+    leases = tuple(lease(d, i, found.request_id) for i, d in found.held if i.kind == "cc")
+    holds = tuple(hold(d, i, found.request_id) for i, d in found.held if i.kind == "rs")
+    denied_by = None if found.denied_at is None else hits[found.denied_at]
+    return Acquired(found.allowed, tuple(found.decisions), denied_by, leases, holds)

@@ -1,23 +1,25 @@
 """Limit specs: frozen pydantic models, validated once when built.
 
 After construction the hot path trusts a spec: everything derived from it
-(key tail, units, time zone, window cache) is computed once and cached on the
-instance.
+(key tail, units, time zone, window plan, script arguments) is computed once
+and cached on the instance.
 """
 
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 from datetime import timedelta
 from decimal import Decimal
 from functools import cached_property
-from typing import Annotated, Any, ClassVar, Generic, Self
+from typing import Annotated, Any, ClassVar, Generic, Literal, Self
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    StrictBool,
     StrictInt,
     ValidationError,
     field_validator,
@@ -26,12 +28,23 @@ from pydantic import (
 
 from atomlimit import _keys
 from atomlimit._money import MAX_UNITS, from_units, to_units
-from atomlimit._windows import CALENDAR_UNITS, Window, WindowPlan, from_us
+from atomlimit._windows import CALENDAR_UNITS, Bounds, Window, WindowPlan, from_us
 from atomlimit.decision import Amount, Decision
 from atomlimit.errors import InvalidInput
 
 _US = timedelta(microseconds=1)
 _CURRENCY = re.compile(r"[A-Za-z][A-Za-z0-9_\-]{0,15}")
+_NOMINAL = {
+    "second": timedelta(seconds=1),
+    "minute": timedelta(minutes=1),
+    "hour": timedelta(hours=1),
+    "day": timedelta(days=1),
+    "week": timedelta(weeks=1),
+}
+"""Fixed lengths for algorithms that slide rather than follow a calendar."""
+
+Algorithm = Literal["fixed_window", "gcra", "sliding_log", "sliding_counter"]
+_PARTIAL, _SHADOW = 1, 2
 
 
 class Spec(BaseModel, Generic[Amount]):
@@ -43,13 +56,10 @@ class Spec(BaseModel, Generic[Amount]):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     _kind: ClassVar[str]
+    """Names the kind of state in keys, so specs of different kinds never share one."""
 
     name: Annotated[str, Field(min_length=1, max_length=256)]
-    """Names the limit in keys; two specs with one name share state."""
-    window: Window
-    """A calendar unit in ``tz``, or a fixed ``timedelta`` aligned to the epoch."""
-    tz: str = "UTC"
-    """IANA time zone that calendar windows follow."""
+    """Names the limit in keys; two specs with one name and kind share state."""
 
     def __init__(self, **data: Any) -> None:
         try:
@@ -63,6 +73,70 @@ class Spec(BaseModel, Generic[Amount]):
         if not isinstance(value, str):
             raise ValueError(f"must be a str, got {type(value).__name__}")
         return value
+
+    @cached_property
+    def _tail(self) -> str:
+        return f":{self._kind}:{_keys.encode(self.name)}"
+
+    @cached_property
+    def _flags(self) -> int:
+        return _SHADOW if getattr(self, "shadow", False) else 0
+
+    @cached_property
+    def _limit_units(self) -> int:
+        """What ``remaining`` is measured against, in units."""
+        raise NotImplementedError
+
+    @property
+    def _limit_value(self) -> Amount:
+        """``Decision.limit``."""
+        return self._amount(self._limit_units)
+
+    def _state_keys(self, base: str) -> tuple[str, ...]:
+        """Every key holding this (limit, subject)'s state."""
+        return (base,)
+
+    def _window_args(self, t_us: int) -> Bounds | tuple[()]:
+        """Arguments that depend on the planned time: window boundaries, if any."""
+        return ()
+
+    def _extra_args(self) -> tuple[int | str, ...]:
+        """Arguments fixed by the spec, after the window ones."""
+        return ()
+
+    def _cost_units(self, cost: object) -> int:
+        raise NotImplementedError
+
+    def _amount(self, units: int) -> Amount:
+        raise NotImplementedError
+
+    def _decision(self, item: Any, now: int, charged: bool) -> Decision[Amount]:
+        """The Decision in a reply item: status, used, held, stop, retry_at, grant."""
+        status, used, held, stop, retry_at, grant = item
+        amount = self._amount
+        retry = None
+        if status == 0 and retry_at:
+            retry = timedelta(microseconds=max(retry_at - now, 1))
+        return Decision(
+            status != 0,
+            self._limit_value,
+            amount(used),
+            amount(max(self._limit_units - used - held, 0)),
+            from_us(stop),
+            retry,
+            amount(grant if charged else 0),
+            amount(held),
+            status == 3,
+        )
+
+
+class _Windowed(Spec[Amount], Generic[Amount]):
+    """A spec whose usage is counted per window."""
+
+    window: Window
+    """A calendar unit in ``tz``, or a fixed ``timedelta`` aligned to the epoch."""
+    tz: str = "UTC"
+    """IANA time zone that calendar windows follow."""
 
     @field_validator("window", mode="plain")
     @classmethod
@@ -100,38 +174,88 @@ class Spec(BaseModel, Generic[Amount]):
     def _plan(self) -> WindowPlan:
         return WindowPlan(self.window, ZoneInfo(self.tz))
 
-    @cached_property
-    def _tail(self) -> str:
-        return f":{self._kind}:{_keys.encode(self.name)}"
-
-    @cached_property
-    def _limit_units(self) -> int:
-        raise NotImplementedError
-
-    def _cost_units(self, cost: object) -> int:
-        raise NotImplementedError
-
-    def _decision(
-        self, allowed: bool, used: int, cost: int, end: int, now: int
-    ) -> Decision[Amount]:
-        raise NotImplementedError
+    def _window_args(self, t_us: int) -> Bounds | tuple[()]:
+        return self._plan.bounds(t_us)
 
 
-class RateLimit(Spec[int]):
+class RateLimit(_Windowed[int]):
     """At most ``limit`` units of cost per window, per subject.
 
-    >>> RateLimit(name="enrichment", limit=1000, window="day", tz="Australia/Sydney")
-    RateLimit(name='enrichment', window='day', tz='Australia/Sydney', limit=1000)
+    ``algorithm`` chooses how the window is kept:
+
+    - ``"fixed_window"`` (default): calendar-aligned windows in ``tz``.
+    - ``"gcra"``: a smooth rate of ``limit`` per ``window`` with bursts of up
+      to ``burst`` (default ``limit``); O(1) memory.
+    - ``"sliding_log"``: exact over any ``window``-long span; O(limit) memory,
+      so limits above ``max_log`` are refused.
+    - ``"sliding_counter"``: approximate over any ``window``-long span; O(1).
+
+    The last three need a fixed length: a ``timedelta``, or ``"second"`` to
+    ``"week"`` taken as that many seconds.
+
+    >>> RateLimit(name="enrichment", limit=1000, window="day", tz="Australia/Sydney").limit
+    1000
     """
 
-    _kind: ClassVar[str] = "rl"
-
     limit: Annotated[StrictInt, Field(gt=0, le=MAX_UNITS)]
-    """Most cost admitted per window."""
+    """Most cost admitted per window (for gcra: the sustained rate per window)."""
+    algorithm: Algorithm = "fixed_window"
+    """How the window is kept; see the class docstring."""
+    burst: Annotated[StrictInt, Field(gt=0, le=MAX_UNITS)] | None = None
+    """gcra only: the most cost admitted at once from idle. Defaults to ``limit``."""
+    max_log: Annotated[StrictInt, Field(gt=0)] = 10_000
+    """sliding_log only: the largest ``limit`` accepted."""
+    shadow: StrictBool = False
+    """Count and report, but always allow: try a new limit on live traffic."""
+
+    @model_validator(mode="after")
+    def _algorithm_fits(self) -> Self:
+        if self.algorithm == "fixed_window":
+            if self.burst is not None:
+                raise ValueError("burst: only the gcra algorithm takes a burst")
+            return self
+        if self.window == "month":
+            raise ValueError(f"window: {self.algorithm} needs a fixed length, not a month")
+        if self.tz != "UTC":
+            raise ValueError(
+                f"tz: {self.algorithm} slides over a fixed length and takes no time zone"
+            )
+        if self.burst is not None and self.algorithm != "gcra":
+            raise ValueError("burst: only the gcra algorithm takes a burst")
+        if self.algorithm == "sliding_log" and self.limit > self.max_log:
+            raise ValueError(
+                f"limit: a sliding_log keeps one entry per unit, and {self.limit} is above "
+                f"max_log={self.max_log}; large sorted sets stall the server for everyone. "
+                "Use sliding_counter or gcra, or raise max_log knowingly"
+            )
+        return self
+
+    @cached_property
+    def _kind(self) -> str:  # type: ignore[override]
+        return {"fixed_window": "fw", "gcra": "gc", "sliding_log": "sl"}.get(self.algorithm, "sw")
+
+    @cached_property
+    def _length_us(self) -> int:
+        length = self.window if isinstance(self.window, timedelta) else _NOMINAL[self.window]
+        return length // _US
 
     @cached_property
     def _limit_units(self) -> int:
+        if self.algorithm == "gcra":
+            return self.burst or self.limit
         return self.limit
+
+    def _window_args(self, t_us: int) -> Bounds | tuple[()]:
+        return self._plan.bounds(t_us) if self.algorithm == "fixed_window" else ()
+
+    def _extra_args(self) -> tuple[int | str, ...]:
+        if self.algorithm == "gcra":
+            # The emission interval, in microseconds: each unit of cost
+            # moves the theoretical arrival time on by this much.
+            return (repr(self._length_us / self.limit),)
+        if self.algorithm == "fixed_window":
+            return ()
+        return (self._length_us,)
 
     def _cost_units(self, cost: object) -> int:
         if type(cost) is not int:
@@ -140,17 +264,16 @@ class RateLimit(Spec[int]):
             raise InvalidInput(f"cost must be between 0 and {MAX_UNITS}, got {cost}")
         return cost
 
-    def _decision(self, allowed: bool, used: int, cost: int, end: int, now: int) -> Decision[int]:
-        limit = self.limit
-        retry = None if allowed or cost > limit else timedelta(microseconds=end - now)
-        return Decision(allowed, limit, used, max(limit - used, 0), from_us(end), retry)
+    def _amount(self, units: int) -> int:
+        return units
 
 
-class SpendCap(Spec[Decimal]):
+class SpendCap(_Windowed[Decimal]):
     """At most ``limit`` of a currency spent per window, per subject, exactly.
 
     Amounts are ``Decimal`` (or ``int``) and are stored as integer multiples
     of ``unit``; an amount finer than the unit is refused, never rounded.
+    Reservations hold part of the cap until they are settled or released.
 
     >>> SpendCap(name="ai", limit=Decimal("100.00"), currency="AUD", window="day").limit
     Decimal('100.00')
@@ -164,6 +287,8 @@ class SpendCap(Spec[Decimal]):
     """Currency code or unit name, e.g. ``"AUD"``; part of the key."""
     unit: Decimal = Decimal("0.000001")
     """Smallest amount tracked: a power of ten, from 1 down to 1E-18."""
+    shadow: StrictBool = False
+    """Count and report, but always allow: try a new cap on live traffic."""
 
     @field_validator("limit", mode="plain")
     @classmethod
@@ -228,22 +353,73 @@ class SpendCap(Spec[Decimal]):
     def _limit_units(self) -> int:
         return to_units(self.limit, self._exponent, "limit")
 
+    @property
+    def _limit_value(self) -> Decimal:
+        return self.limit
+
+    def _state_keys(self, base: str) -> tuple[str, ...]:
+        return (base, base + ":holds", base + ":held")
+
     def _cost_units(self, cost: object) -> int:
         return to_units(cost, self._exponent, "cost")
 
-    def _decision(
-        self, allowed: bool, used: int, cost: int, end: int, now: int
-    ) -> Decision[Decimal]:
-        limit, exponent, places = self._limit_units, self._exponent, self._places
-        retry = None if allowed or cost > limit else timedelta(microseconds=end - now)
-        return Decision(
-            allowed,
-            self.limit,
-            from_units(used, exponent, places),
-            from_units(max(limit - used, 0), exponent, places),
-            from_us(end),
-            retry,
-        )
+    def _amount(self, units: int) -> Decimal:
+        return from_units(units, self._exponent, self._places)
+
+
+class Concurrency(Spec[int]):
+    """At most ``limit`` leases held at once, per subject: an in-flight cap.
+
+    A lease lasts ``lease`` unless renewed; a holder that dies frees its slot
+    when its lease runs out.
+
+    >>> Concurrency(name="openai", limit=10, lease=timedelta(seconds=60)).limit
+    10
+    """
+
+    _kind: ClassVar[str] = "cc"
+
+    limit: Annotated[StrictInt, Field(gt=0, le=MAX_UNITS)]
+    """Most leases held at once."""
+    lease: timedelta = timedelta(seconds=60)
+    """How long a lease lasts unless renewed or released."""
+
+    @field_validator("lease", mode="plain")
+    @classmethod
+    def _positive_lease(cls, value: object) -> timedelta:
+        if not isinstance(value, timedelta) or value < timedelta(milliseconds=1) or value % _US:
+            raise ValueError(f"must be a timedelta of at least 1 ms, got {value!r}")
+        return value
+
+    @cached_property
+    def _limit_units(self) -> int:
+        return self.limit
+
+    def _extra_args(self) -> tuple[int | str, ...]:
+        return (self.lease // _US,)
+
+    def _cost_units(self, cost: object) -> int:
+        if cost != 1 or type(cost) is not int:
+            raise InvalidInput(f"cost must be 1 for a Concurrency lease, got {cost!r}")
+        return 1
+
+    def _amount(self, units: int) -> int:
+        return units
+
+
+@dataclass(frozen=True, slots=True)
+class Hit(Generic[Amount]):
+    """One limit to charge in :meth:`~atomlimit.Limiter.acquire`.
+
+    ``hold`` reserves ``cost`` on a :class:`SpendCap` as an estimate, held for
+    that long, instead of charging it. A :class:`Concurrency` hit takes a
+    lease of the spec's length.
+    """
+
+    limit: Spec[Amount]
+    subject: str
+    cost: Amount | int = 1
+    hold: timedelta | None = None
 
 
 def _describe(model: str, err: ValidationError) -> str:

@@ -1,0 +1,94 @@
+-- lib/items.lua: the items of a call, and how each kind of limit is decided.
+-- Included by operation scripts; defines locals only.
+-- include: lib/clock.lua
+-- include: lib/fixed_window.lua
+-- include: lib/spend.lua
+-- include: lib/gcra.lua
+-- include: lib/sliding_log.lua
+-- include: lib/sliding_counter.lua
+-- include: lib/concurrency.lua
+-- include: lib/reply.lua
+--
+-- A call carries one or more items, each a limit of one subject. ARGV holds,
+-- per item: its kind, its number of keys, its number of arguments, then the
+-- arguments (limit, cost, flags, then kind-specific ones); KEYS holds each
+-- item's keys in the same order. All keys of a call share one hash slot.
+--
+-- Each kind's check(keys, args, now, id) reads the item's state and returns
+-- a table: room (how many units fit now), used, held, stop (when usage is
+-- back to zero), apply(grant) -> used, stop after charging, and
+-- retry(cost) -> the instant the cost could fit, or 0 for never. check
+-- returns nil when the server clock is outside the planned windows.
+
+local KINDS = {
+  fw = {check = fw_check, undo = fw_undo, refund = fw_refund},
+  sc = {check = sc_check, undo = sc_undo, refund = sc_refund},
+  rs = {check = rs_check, undo = rs_undo},
+  gc = {check = gc_check, undo = gc_undo, refund = gc_undo},
+  sl = {check = sl_check, undo = sl_undo, refund = sl_refund},
+  sw = {check = sw_check, undo = sw_undo, refund = sw_refund},
+  cc = {check = cc_check, undo = cc_undo},
+}
+
+local PARTIAL, SHADOW = 1, 2
+local FITS, SHADOWED = 1, 3
+
+-- Items parsed from KEYS[first_key..] and ARGV[first_arg..].
+local function parse_items(first_key, first_arg)
+  local items, k, a = {}, first_key, first_arg + 1
+  for _ = 1, tonumber(ARGV[first_arg]) do
+    local kind, nkeys, nargs = ARGV[a], tonumber(ARGV[a + 1]), tonumber(ARGV[a + 2])
+    local keys, args = {}, {}
+    for i = 1, nkeys do
+      keys[i] = KEYS[k + i - 1]
+    end
+    for i = 1, nargs do
+      args[i] = ARGV[a + 2 + i]
+    end
+    items[#items + 1] = {kind = kind, keys = keys, args = args}
+    k, a = k + nkeys, a + 3 + nargs
+  end
+  return items
+end
+
+-- Status and grant of one checked item under its flags.
+local function decide(it, flags)
+  if it.cost <= it.room then
+    return FITS, it.cost
+  end
+  if flags % 2 == PARTIAL and it.room > 0 then
+    return FITS, it.room
+  end
+  if flags >= SHADOW then
+    return SHADOWED, it.cost
+  end
+  return DENIED, 0
+end
+
+-- Check every item; nil if the clock is outside a planned window.
+local function check_items(items, now, id)
+  local checked, all = {}, true
+  for i, item in ipairs(items) do
+    local it = KINDS[item.kind].check(item.keys, item.args, now, id)
+    if not it then
+      return nil
+    end
+    it.cost = tonumber(item.args[2])
+    it.status, it.grant = decide(it, tonumber(item.args[3]))
+    all = all and it.status ~= DENIED
+    checked[i] = it
+  end
+  return checked, all
+end
+
+-- The reply of a check that charges nothing.
+local function checked_reply(reply, checked)
+  for _, it in ipairs(checked) do
+    local retry = 0
+    if it.status == DENIED then
+      retry = it.retry(it.cost)
+    end
+    item_reply(reply, it, it.used, it.stop, retry)
+  end
+  return reply
+end

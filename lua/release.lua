@@ -1,0 +1,41 @@
+-- release.lua: drop a reservation's hold and charge nothing.
+--
+-- KEYS[1]  the cap's hash; KEYS[2] its holds; KEYS[3] the holds' amounts
+-- KEYS[4]  the reservation's outcome record
+-- ARGV[1]  client time in microseconds, or '' to read the server's TIME
+-- ARGV[2]  the reservation id
+-- ARGV[3]  how long to remember the outcome, milliseconds
+-- ARGV[4]  the cap's limit, in units
+-- ARGV[5..8]  planned window boundaries b1 < b2 < b3 < b4
+-- Reply    {code, now, status, used, held, stop, retry_at, grant}; code 1
+--          released, 2 already settled (nothing changed), 3 already
+--          released, 4 the hold had expired, -1 now outside the planned
+--          windows (nothing done; re-plan)
+-- Clock    server TIME, or ARGV[1] when the caller chose client time
+-- Cost     O(log n + expired holds)
+-- include: lib/clock.lua
+-- include: lib/fixed_window.lua
+-- include: lib/spend.lua
+-- include: lib/reply.lua
+
+local now = clock_now(ARGV[1])
+local keys = {KEYS[1], KEYS[2], KEYS[3]}
+local outcome, id = KEYS[4], ARGV[2]
+local args = {ARGV[4], '0', '0', ARGV[5], ARGV[6], ARGV[7], ARGV[8]}
+local it = sc_check(keys, args, now)
+if not it then
+  return {-1, now}
+end
+
+local before = redis.call('GET', outcome)
+local code = before == 'settled' and 2 or 3
+if not before then
+  code = holds_drop(keys, id) and 1 or 4
+  redis.call('SET', outcome, 'released', 'PX', tonumber(ARGV[3]))
+  it = sc_check(keys, args, now)
+  holds_keep(keys, now, it.stop)
+end
+it.status, it.grant = 1, 0
+local reply = {code, now}
+item_reply(reply, it, it.used, it.stop, 0)
+return reply

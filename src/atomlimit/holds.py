@@ -1,0 +1,263 @@
+"""What a caller holds after a call: reservations, leases, acquire results.
+
+Each handle carries what it needs to finish its business (the engine that
+plans, the runner that sends), so settling, releasing or renewing is one
+more script run. The sync and async handles read alike, differing in
+``await``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Generator
+from dataclasses import dataclass
+from decimal import Decimal
+from types import TracebackType
+from typing import TYPE_CHECKING, Any, Generic, Self, TypeVar
+
+from atomlimit._engine import Settlement
+from atomlimit.decision import Decision
+from atomlimit.errors import LimitExceeded
+from atomlimit.specs import Hit
+
+if TYPE_CHECKING:
+    from atomlimit._engine import Engine, Item
+    from atomlimit._runner import AsyncRunner, SyncRunner
+
+__all__ = [
+    "Acquired",
+    "AsyncLease",
+    "AsyncReservation",
+    "Lease",
+    "Reservation",
+    "Settlement",
+]
+
+L = TypeVar("L")
+R = TypeVar("R")
+H = TypeVar("H")
+
+
+@dataclass(frozen=True, slots=True)
+class Acquired(Generic[L, R]):
+    """The outcome of :meth:`~atomlimit.Limiter.acquire`: all of the hits, or none.
+
+    ``decisions`` has one Decision per hit, in order. When the acquire is
+    denied, nothing is charged and each decision says whether its limit alone
+    would have let the hit through. ``denied_by`` is the first hit, in your
+    order, whose limit said no. ``leases`` and ``reservations`` are the
+    handles of the hits that hold something, in order, when allowed.
+    """
+
+    allowed: bool
+    decisions: tuple[Decision[Any], ...]
+    denied_by: Hit[Any] | None
+    leases: tuple[L, ...]
+    reservations: tuple[R, ...]
+
+    def __bool__(self) -> bool:
+        return self.allowed
+
+
+class _Handle:
+    """Shared state of a lease or a reservation."""
+
+    __slots__ = ("_engine", "_item", "_runner", "allowed", "decision", "id")
+
+    def __init__(self, engine: Engine, runner: Any, decision: Decision[Any], item: Item, rid: str):
+        self._engine = engine
+        self._runner = runner
+        self._item = item
+        self.allowed = decision.allowed
+        """Whether the hold was granted."""
+        self.decision = decision
+        """The limit's Decision when the hold was taken."""
+        self.id = rid
+        """The hold's id: the request id it was taken under."""
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.id} allowed={self.allowed}>"
+
+
+class _Reservable(_Handle):
+    __slots__ = ("_settle_with",)
+
+    def __init__(self, *args: Any) -> None:
+        super().__init__(*args)
+        self._settle_with: Decimal | int | None = None
+
+    def settle_with(self, actual: Decimal | int) -> None:
+        """Settle ``actual`` when the ``with`` block ends, instead of releasing."""
+        self._item.spec._cost_units(actual)  # refuse bad input now, not at exit
+        self._settle_with = actual
+
+
+class Reservation(_Reservable):
+    """A hold on part of a :class:`~atomlimit.SpendCap`, from ``Limiter.reserve``.
+
+    The held estimate counts against the cap until :meth:`settle` charges the
+    actual cost or :meth:`release` gives it back; if neither happens, the hold
+    expires after its TTL. Both are idempotent. As a context manager, leaving
+    the block settles the amount given to :meth:`settle_with`, or releases if
+    none was given or the block raised.
+    """
+
+    __slots__ = ()
+
+    _runner: SyncRunner
+
+    def settle(self, actual: Decimal | int) -> Settlement:
+        """Charge the actual cost (even past the cap) and drop the hold."""
+        result: Settlement = self._runner.run(self._engine.settle(self._item, self.id, actual))
+        return result
+
+    def release(self) -> Settlement:
+        """Drop the hold and charge nothing."""
+        result: Settlement = self._runner.run(self._engine.release(self._item, self.id))
+        return result
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self, kind: type[BaseException] | None, err: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        if not self.allowed:
+            return
+        if err is None and self._settle_with is not None:
+            self.settle(self._settle_with)
+        else:
+            self.release()
+
+
+class AsyncReservation(_Reservable):
+    """The asyncio twin of :class:`Reservation`, from ``AsyncLimiter.reserve``."""
+
+    __slots__ = ()
+
+    _runner: AsyncRunner
+
+    async def settle(self, actual: Decimal | int) -> Settlement:
+        """Charge the actual cost (even past the cap) and drop the hold."""
+        result: Settlement = await self._runner.run(
+            self._engine.settle(self._item, self.id, actual)
+        )
+        return result
+
+    async def release(self) -> Settlement:
+        """Drop the hold and charge nothing."""
+        result: Settlement = await self._runner.run(self._engine.release(self._item, self.id))
+        return result
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self, kind: type[BaseException] | None, err: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        if not self.allowed:
+            return
+        if err is None and self._settle_with is not None:
+            await self.settle(self._settle_with)
+        else:
+            await self.release()
+
+
+class Lease(_Handle):
+    """One slot of a :class:`~atomlimit.Concurrency` limit, from ``Limiter.lease``.
+
+    Expires after the spec's lease unless renewed; release is idempotent. As
+    a context manager, leaving the block releases it.
+    """
+
+    __slots__ = ()
+
+    _runner: SyncRunner
+
+    def renew(self) -> bool:
+        """Extend the lease by its full length; False if it had already lapsed."""
+        if not self.allowed:
+            return False
+        held: bool = self._runner.run(self._engine.renew(self._item, self.id))
+        return held
+
+    def release(self) -> bool:
+        """Give the slot back; False if it had already lapsed or been released."""
+        if not self.allowed:
+            return False
+        held: bool = self._runner.run(self._engine.drop_lease(self._item, self.id))
+        return held
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self, kind: type[BaseException] | None, err: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.release()
+
+
+class AsyncLease(_Handle):
+    """The asyncio twin of :class:`Lease`, from ``AsyncLimiter.lease``."""
+
+    __slots__ = ()
+
+    _runner: AsyncRunner
+
+    async def renew(self) -> bool:
+        """Extend the lease by its full length; False if it had already lapsed."""
+        if not self.allowed:
+            return False
+        held: bool = await self._runner.run(self._engine.renew(self._item, self.id))
+        return held
+
+    async def release(self) -> bool:
+        """Give the slot back; False if it had already lapsed or been released."""
+        if not self.allowed:
+            return False
+        held: bool = await self._runner.run(self._engine.drop_lease(self._item, self.id))
+        return held
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self, kind: type[BaseException] | None, err: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.release()
+
+
+class Pending(Generic[H]):
+    """An async hold being taken: await it, or use it with ``async with``.
+
+    ``async with`` enters the handle's own context, so leaving the block
+    releases (or settles) it. With ``raise_on_deny``, a denied hold raises
+    :class:`~atomlimit.LimitExceeded` instead of yielding a handle whose
+    ``allowed`` is False.
+    """
+
+    __slots__ = ("_handle", "_raise_on_deny", "_take")
+
+    def __init__(self, take: Callable[[], Awaitable[H]], raise_on_deny: bool) -> None:
+        self._take = take
+        self._raise_on_deny = raise_on_deny
+        self._handle: Any = None
+
+    def __await__(self) -> Generator[Any, None, H]:
+        return self._taken().__await__()
+
+    async def __aenter__(self) -> H:
+        self._handle = await self._taken()
+        await self._handle.__aenter__()
+        return self._handle  # type: ignore[no-any-return]
+
+    async def __aexit__(
+        self, kind: type[BaseException] | None, err: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self._handle.__aexit__(kind, err, tb)
+
+    async def _taken(self) -> H:
+        handle = await self._take()
+        decision = handle.decision  # type: ignore[attr-defined]
+        if self._raise_on_deny and not decision.allowed:
+            raise LimitExceeded(decision)
+        return handle
