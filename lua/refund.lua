@@ -1,24 +1,39 @@
 -- refund.lua: give back part of what a subject used, never below zero.
 --
--- KEYS[1..]  the item's keys
+-- KEYS[1]  the request id's refund record
+-- KEYS[2..]  the item's keys
 -- ARGV[1]  client time in microseconds, or '' to read the server's TIME
 -- ARGV[2]  amount to give back, in units
--- ARGV[3]  1 (one item), then: kind, #keys, #args, args...
+-- ARGV[3]  how long to remember the request id, milliseconds
+-- ARGV[4]  fingerprint of the refund (kind and amount)
+-- ARGV[5]  1 (one item), then: kind, #keys, #args, args...
 -- Reply    {code, now, status, used, held, stop, retry_at, grant} after the
---          refund; code 1, or -1 now outside the planned windows (nothing
---          done; re-plan)
+--          refund; code 1 refunded, 2 replay of an earlier refund (nothing
+--          given back again), -1 now outside the planned windows (nothing
+--          done; re-plan), -2 request id reused for another refund
 -- Clock    server TIME, or ARGV[1] when the caller chose client time
 -- Cost     O(1); O(amount log n) for a sliding log
 --
 -- Only the current window is refunded: usage in a closed window is already
--- gone. A spend cap's refund lowers committed spend, never its holds.
+-- gone. A spend cap's refund lowers committed spend, never its holds. A
+-- refund re-sent by a transport retry must not give back twice, or the
+-- limit would later admit more than it allows; so it is recorded like a
+-- charge.
 -- include: lib/items.lua
+-- include: lib/replay.lua
 
 local now = clock_now(ARGV[1])
-local item = parse_items(1, 3)[1]
+local record, fingerprint = KEYS[1], ARGV[4]
+local replayed = replay_lookup(record, fingerprint, now)
+if replayed then
+  return replayed
+end
+local item = parse_items(2, 5)[1]
 -- Check first: it confirms the planned window before anything changes.
 if not check_items({item}, now, '') then
   return {-1, now}
 end
 KINDS[item.kind].refund(item.keys, item.args, now, tonumber(ARGV[2]))
-return checked_reply({1, now}, check_items({item}, now, ''))
+local reply = checked_reply({1, now}, check_items({item}, now, ''))
+replay_remember(record, tonumber(ARGV[3]), fingerprint, reply)
+return reply

@@ -225,19 +225,30 @@ class Engine:
         """Plan a read-only check: would a hit of ``cost`` pass now?"""
         return self._one(self.check([self.item(spec, subject, cost)]))
 
-    def refund(self, spec: Spec[Any], subject: str, amount: object) -> Call:
-        """Plan giving back ``amount`` of the current usage, never below zero."""
+    def refund(self, spec: Spec[Any], subject: str, amount: object, request_id: str | None) -> Call:
+        """Plan giving back ``amount`` of the current usage, never below zero.
+
+        Recorded under a request id like a charge, so a re-sent refund never
+        gives back twice.
+        """
         if isinstance(spec, Concurrency):
             raise InvalidInput("a Concurrency limit is not refunded; release the lease")
         item = self.item(spec, subject, amount)
-
-        def finish(code: int, now: int, reply: Sequence[int]) -> Decision[Any]:
-            return spec._decision(reply[2:8], now, False)
+        rid, ttl = self._request(request_id)
+        record = f"{item.base}:f:{rid}"
+        fingerprint = f"refund:{item.kind}:{item.units}"
 
         def args_at(t_us: int, client_now: int | str) -> tuple[int | str, ...]:
-            return (client_now, item.units, 1, *item.encoded(t_us))
+            return (client_now, item.units, ttl, fingerprint, 1, *item.encoded(t_us))
 
-        return self.timed(script("refund"), item.keys, args_at, finish)
+        def finish(code: int, now: int, reply: Sequence[int]) -> Decision[Any]:
+            if code == _REUSED:
+                raise RequestIdReused(
+                    f"request_id was already used for another refund of {spec.name!r}"
+                )
+            return spec._decision(reply[2:8], now, False)
+
+        return self.timed(script("refund"), (record, *item.keys), args_at, finish)
 
     def reset(self, spec: Spec[Any], subject: str) -> Call:
         """Plan forgetting ``subject``'s state under ``spec``."""

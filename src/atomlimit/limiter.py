@@ -131,9 +131,20 @@ class Limiter:
         result: Decision[Amount] = self._runner.run(self._engine.peek(limit, subject, cost))
         return result
 
-    def refund(self, limit: Spec[Amount], subject: str, amount: Amount | int) -> Decision[Amount]:
-        """Give back up to ``amount`` of the current usage; ``used`` never goes below zero."""
-        result: Decision[Amount] = self._runner.run(self._engine.refund(limit, subject, amount))
+    def refund(
+        self,
+        limit: Spec[Amount],
+        subject: str,
+        amount: Amount | int,
+        *,
+        request_id: str | None = None,
+    ) -> Decision[Amount]:
+        """Give back up to ``amount`` of the current usage; ``used`` never goes below zero.
+
+        With ``request_id``, a repeated refund gives back nothing more.
+        """
+        call = self._engine.refund(limit, subject, amount, request_id)
+        result: Decision[Amount] = self._runner.run(call)
         return result
 
     def reset(self, limit: Spec[Any], subject: str) -> None:
@@ -300,10 +311,18 @@ class AsyncLimiter:
         return result
 
     async def refund(
-        self, limit: Spec[Amount], subject: str, amount: Amount | int
+        self,
+        limit: Spec[Amount],
+        subject: str,
+        amount: Amount | int,
+        *,
+        request_id: str | None = None,
     ) -> Decision[Amount]:
-        """Give back up to ``amount`` of the current usage; ``used`` never goes below zero."""
-        call = self._engine.refund(limit, subject, amount)
+        """Give back up to ``amount`` of the current usage; ``used`` never goes below zero.
+
+        With ``request_id``, a repeated refund gives back nothing more.
+        """
+        call = self._engine.refund(limit, subject, amount, request_id)
         result: Decision[Amount] = await self._runner.run(call)
         return result
 

@@ -222,6 +222,11 @@ class RateLimit(_Windowed[int]):
             )
         if self.burst is not None and self.algorithm != "gcra":
             raise ValueError("burst: only the gcra algorithm takes a burst")
+        if self.algorithm == "sliding_log" and self.shadow:
+            raise ValueError(
+                "shadow: a shadow sliding_log would record every request over the limit, "
+                "without bound; try the limit in shadow mode as sliding_counter or gcra"
+            )
         if self.algorithm == "sliding_log" and self.limit > self.max_log:
             raise ValueError(
                 f"limit: a sliding_log keeps one entry per unit, and {self.limit} is above "
