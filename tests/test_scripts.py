@@ -38,6 +38,21 @@ def test_server_accepts_every_script_under_its_sha(server: Server, name: str) ->
         assert client.script_load(script(name).source) == script(name).sha
 
 
+def test_documented_acl_names_every_command_the_scripts_call() -> None:
+    called = {
+        name.lower()
+        for path in (ROOT / "lua").rglob("*.lua")
+        for name in re.findall(r"redis\.p?call\('([A-Z]+)'", path.read_text())
+    }
+    docs = (ROOT / "docs" / "script-loading.md").read_text()
+    block = docs.split("ACL SETUSER limiter", 1)[1].split("```", 1)[0]
+    granted = set(re.findall(r"\+([a-z|]+)", block))
+
+    assert called
+    assert called <= granted, called - granted
+    assert {"evalsha", "script|load"} <= granted
+
+
 def test_no_lua_lives_in_python_source() -> None:
     for path in (ROOT / "src").rglob("*.py"):
         assert not re.search(r"redis\.p?call\(", path.read_text()), path
