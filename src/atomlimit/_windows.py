@@ -27,7 +27,9 @@ Bounds: TypeAlias = tuple[int, int, int, int]
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _US = timedelta(microseconds=1)
-_FIXED_STEP = {
+UNIT_LENGTHS = {
+    # The length of each unit but the month; also the fixed length that the
+    # sliding algorithms take a unit to mean.
     "second": timedelta(seconds=1),
     "minute": timedelta(minutes=1),
     "hour": timedelta(hours=1),
@@ -91,7 +93,7 @@ def _floor_wall(wall: datetime, unit: CalendarUnit) -> datetime:
 
 def _step_wall(wall: datetime, unit: CalendarUnit, steps: int) -> datetime:
     if unit != "month":
-        return wall + steps * _FIXED_STEP[unit]
+        return wall + steps * UNIT_LENGTHS[unit]
     months = wall.year * 12 + wall.month - 1 + steps
     return wall.replace(year=months // 12, month=months % 12 + 1)
 

@@ -28,21 +28,12 @@ from pydantic import (
 
 from atomlimit import _keys
 from atomlimit._money import MAX_UNITS, from_units, to_units
-from atomlimit._windows import CALENDAR_UNITS, Bounds, Window, WindowPlan, from_us
+from atomlimit._windows import CALENDAR_UNITS, UNIT_LENGTHS, Bounds, Window, WindowPlan, from_us
 from atomlimit.decision import Amount, Decision
 from atomlimit.errors import InvalidInput
 
 _US = timedelta(microseconds=1)
 _CURRENCY = re.compile(r"[A-Za-z][A-Za-z0-9_\-]{0,15}")
-_NOMINAL = {
-    "second": timedelta(seconds=1),
-    "minute": timedelta(minutes=1),
-    "hour": timedelta(hours=1),
-    "day": timedelta(days=1),
-    "week": timedelta(weeks=1),
-}
-"""Fixed lengths for algorithms that slide rather than follow a calendar."""
-
 Algorithm = Literal["fixed_window", "gcra", "sliding_log", "sliding_counter"]
 _PARTIAL, _SHADOW = 1, 2
 
@@ -241,7 +232,7 @@ class RateLimit(_Windowed[int]):
 
     @cached_property
     def _length_us(self) -> int:
-        length = self.window if isinstance(self.window, timedelta) else _NOMINAL[self.window]
+        length = self.window if isinstance(self.window, timedelta) else UNIT_LENGTHS[self.window]
         return length // _US
 
     @cached_property
