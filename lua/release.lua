@@ -7,6 +7,7 @@
 -- ARGV[3]  how long to remember the outcome, milliseconds
 -- ARGV[4]  the cap's limit, in units
 -- ARGV[5..8]  planned window boundaries b1 < b2 < b3 < b4
+-- ARGV[9]  an id for this call, so a transport re-send replays its reply
 -- Reply    {code, now, status, used, held, stop, retry_at, grant}; code 1
 --          released, 2 already settled (nothing changed), 3 already
 --          released, 4 the hold had expired, -1 now outside the planned
@@ -27,11 +28,14 @@ if not it then
   return {-1, now}
 end
 
-local before = redis.call('GET', outcome)
+local call = ARGV[9]
+local before, by, was = outcome_read(outcome)
 local code = before == 'settled' and 2 or 3
-if not before then
+if before == 'released' and by == call then
+  code = was  -- a re-send of this very release: its reply again
+elseif not before then
   code = holds_drop(keys, id) and 1 or 4
-  redis.call('SET', outcome, 'released', 'PX', tonumber(ARGV[3]))
+  outcome_write(outcome, 'released', call, code, 0, tonumber(ARGV[3]))
   it = sc_check(keys, args, now)
   holds_keep(keys, now, it.stop)
 end

@@ -8,6 +8,7 @@
 -- ARGV[4]  how long to remember the outcome, milliseconds
 -- ARGV[5]  the cap's limit, in units
 -- ARGV[6..9]  planned window boundaries b1 < b2 < b3 < b4
+-- ARGV[10]  an id for this call, so a transport re-send replays its reply
 -- Reply    {code, now, status, used, held, stop, retry_at, grant}; code 1
 --          settled, 2 already settled (nothing charged), 3 settled after a
 --          release, 4 settled after the hold expired, -1 now outside the
@@ -17,7 +18,8 @@
 --
 -- The actual cost is charged even past the limit, and even when the hold is
 -- gone (released or expired): the money was spent, so the ledger records it.
--- A second settle finds the outcome record and charges nothing.
+-- A second settle finds the outcome record and charges nothing; a re-send of
+-- the same settle (same call id) gets its original reply back.
 -- include: lib/clock.lua
 -- include: lib/fixed_window.lua
 -- include: lib/spend.lua
@@ -31,18 +33,22 @@ if not sc_check(keys, args, now) then
   return {-1, now}
 end
 
-local before = redis.call('GET', outcome)
+local call = ARGV[10]
+local before, by, was, charged = outcome_read(outcome)
 local code, grant = 2, 0
-if before ~= 'settled' then
+if before == 'settled' and by == call then
+  code, grant = was, charged  -- a re-send of this very settle: its reply again
+elseif before ~= 'settled' then
   if holds_drop(keys, id) then
     code = 1
-  elseif before == 'released' then
+  elseif before == 'released' and was ~= 4 then
     code = 3
   else
+    -- The hold expired, whether or not a release found it gone since.
     code = 4
   end
   sc_check(keys, args, now).apply(actual)
-  redis.call('SET', outcome, 'settled', 'PX', tonumber(ARGV[4]))
+  outcome_write(outcome, 'settled', call, code, actual, tonumber(ARGV[4]))
   grant = actual
 end
 local it = sc_check(keys, args, now)

@@ -18,12 +18,21 @@
 local function holds_prune(keys, now)
   local cap, holds, amounts = keys[1], keys[2], keys[3]
   local held = tonumber(redis.call('HGET', cap, 'h') or '0')
+  if held ~= 0 and redis.call('ZCARD', holds) == 0 then
+    -- The hold sets timed out (their last hold ended over 5 s ago) before
+    -- any script pruned them: nothing is held any more.
+    redis.call('HSET', cap, 'h', 0)
+    return 0
+  end
   local expired = redis.call('ZRANGEBYSCORE', holds, '-inf', now)
   if #expired > 0 then
     for _, id in ipairs(expired) do
       held = held - tonumber(redis.call('HGET', amounts, id) or '0')
     end
-    redis.call('HDEL', amounts, unpack(expired))
+    -- HDEL in slices: unpack() of a very long list overflows Lua's C stack.
+    for first = 1, #expired, 500 do
+      redis.call('HDEL', amounts, unpack(expired, first, math.min(first + 499, #expired)))
+    end
     redis.call('ZREMRANGEBYSCORE', holds, '-inf', now)
     redis.call('HSET', cap, 'h', held)
   end
@@ -54,7 +63,10 @@ local function holds_drop(keys, id)
   if amount then
     redis.call('HDEL', keys[3], id)
     redis.call('ZREM', keys[2], id)
-    redis.call('HINCRBY', keys[1], 'h', -amount)
+    if amount > 0 then
+      -- Never -0: Redis refuses "-0" as an integer.
+      redis.call('HINCRBY', keys[1], 'h', -amount)
+    end
   end
   return amount
 end
@@ -140,4 +152,20 @@ end
 
 local function rs_undo(keys, args, now, id)
   holds_drop(keys, id)
+end
+
+-- A reservation's outcome record: what was done, by which call, with which
+-- reply code and charge, so a re-send of that call replays its reply.
+local function outcome_read(key)
+  local stored = redis.call('GET', key)
+  if not stored then
+    return nil
+  end
+  local what, by, code, grant = string.match(stored, '^(%a+)|([^|]*)|(%d+)|(%d+)$')
+  return what, by, tonumber(code), tonumber(grant)
+end
+
+local function outcome_write(key, what, by, code, grant, ttl_ms)
+  local text = what .. '|' .. by .. '|' .. code .. '|' .. int_text(grant)
+  redis.call('SET', key, text, 'PX', ttl_ms)
 end

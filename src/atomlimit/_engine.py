@@ -266,20 +266,24 @@ class Engine:
     def settle(self, item: Item, request_id: str, actual: object) -> Call:
         """Plan charging a reservation's actual cost: reads as a Settlement."""
         units = item.spec._cost_units(actual)
+        call = os.urandom(8).hex()  # names this call, so redis-py's re-send replays it
 
         def args_at(t_us: int, client_now: int | str) -> tuple[int | str, ...]:
             bounds = item.spec._window_args(t_us)
             limit = item.spec._limit_units
-            return (client_now, request_id, units, self._request_ttl, limit, *bounds)
+            return (client_now, request_id, units, self._request_ttl, limit, *bounds, call)
 
         return self._outcome(script("settle"), item, request_id, args_at, _SETTLED)
 
     def release(self, item: Item, request_id: str) -> Call:
         """Plan dropping a reservation's hold: reads as a Settlement."""
 
+        call = os.urandom(8).hex()
+
         def args_at(t_us: int, client_now: int | str) -> tuple[int | str, ...]:
             bounds = item.spec._window_args(t_us)
-            return (client_now, request_id, self._request_ttl, item.spec._limit_units, *bounds)
+            limit = item.spec._limit_units
+            return (client_now, request_id, self._request_ttl, limit, *bounds, call)
 
         return self._outcome(script("release"), item, request_id, args_at, _RELEASED)
 
@@ -296,7 +300,14 @@ class Engine:
 
     def drop_lease(self, item: Item, request_id: str) -> Call:
         """Plan giving a lease back: reads as True if it was still held."""
-        return Call(script("lease_release"), item.keys, (request_id,), bool)
+
+        def args_at(t_us: int, client_now: int | str) -> tuple[int | str, ...]:
+            return (client_now, request_id)
+
+        def finish(code: int, now: int, reply: Sequence[int]) -> bool:
+            return code == 1
+
+        return self.timed(script("lease_release"), item.keys, args_at, finish)
 
     # -- calls over several items of one subject ----------------------------
 

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, Generic, Self, TypeVar
 
 from atomlimit._engine import Settlement
 from atomlimit.decision import Decision
-from atomlimit.errors import LimitExceeded
+from atomlimit.errors import InvalidInput, LimitExceeded
 from atomlimit.specs import Hit
 
 if TYPE_CHECKING:
@@ -85,6 +85,17 @@ class _Reservable(_Handle):
         super().__init__(*args)
         self._settle_with: Decimal | int | None = None
 
+    def _refuse_if_denied(self) -> None:
+        # A denied reservation gave no permission to spend; settling it would
+        # also write an outcome under an id a later reserve may reuse.
+        if not self.allowed:
+            raise InvalidInput("this reservation was denied: nothing is held to settle")
+
+    def _nothing_held(self) -> Settlement:
+        # A denied reservation holds nothing and must write no outcome under
+        # its id, which a later reserve may reuse (request-ids.md).
+        return Settlement("expired", self.decision.granted, self.decision)
+
     def settle_with(self, actual: Decimal | int) -> None:
         """Settle ``actual`` when the ``with`` block ends, instead of releasing."""
         self._item.spec._cost_units(actual)  # refuse bad input now, not at exit
@@ -107,11 +118,14 @@ class Reservation(_Reservable):
 
     def settle(self, actual: Decimal | int) -> Settlement:
         """Charge the actual cost (even past the cap) and drop the hold."""
+        self._refuse_if_denied()
         result: Settlement = self._runner.run(self._engine.settle(self._item, self.id, actual))
         return result
 
     def release(self) -> Settlement:
         """Drop the hold and charge nothing."""
+        if not self.allowed:
+            return self._nothing_held()
         result: Settlement = self._runner.run(self._engine.release(self._item, self.id))
         return result
 
@@ -138,6 +152,7 @@ class AsyncReservation(_Reservable):
 
     async def settle(self, actual: Decimal | int) -> Settlement:
         """Charge the actual cost (even past the cap) and drop the hold."""
+        self._refuse_if_denied()
         result: Settlement = await self._runner.run(
             self._engine.settle(self._item, self.id, actual)
         )
@@ -145,6 +160,8 @@ class AsyncReservation(_Reservable):
 
     async def release(self) -> Settlement:
         """Drop the hold and charge nothing."""
+        if not self.allowed:
+            return self._nothing_held()
         result: Settlement = await self._runner.run(self._engine.release(self._item, self.id))
         return result
 
