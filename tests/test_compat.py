@@ -6,11 +6,18 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import datetime, timedelta
 from decimal import Decimal
+from typing import Any
 from uuid import UUID
 from zoneinfo import ZoneInfo
 
 import pytest
+import redis.asyncio
 from conftest import Target
+from proxy import StallingProxy
+from redis.asyncio.retry import Retry as AsyncRetry
+from redis.backoff import NoBackoff
+from redis.crc import key_slot
+from servers import Server
 
 from atomlimit import InvalidInput
 from atomlimit._demo import SeedPattern, _race
@@ -21,6 +28,12 @@ from atomlimit.compat import (
     cache_key,
 )
 
+# A pooled asyncio connection retries nothing unless told: this re-sends a
+# command whose reply timed out, as a service configured for retries would.
+RETRY_TIMEOUTS: dict[str, Any] = {
+    "retry": AsyncRetry(NoBackoff(), 3),
+    "retry_on_error": [redis.exceptions.TimeoutError],
+}
 CLIENT_ID = UUID("00000000-0000-4000-8000-000000000042")
 
 
@@ -44,8 +57,15 @@ async def test_keys_follow_the_seed_patterns_exactly(target: Target) -> None:
         await seed.try_rate_limit("enrichment", "acme", 10)
         await seed.increment_rate_limit("dataforseo", "acme")
         await seed.try_ai_spend(CLIENT_ID, Decimal("1.25"))
-        keys = sorted([key async for key in seed.redis.scan_iter("*")])
+        found = [key async for key in seed.redis.scan_iter("*")]
+        records = [key for key in found if key.startswith("atomlimit:")]
+        record_ttls = [await seed.redis.pttl(key) for key in records]
+        keys = sorted(set(found) - set(records))
 
+    # Beside each seed key, a short-lived record of the write, in its slot.
+    assert len(records) == 3
+    assert all(0 < ttl <= 120_000 for ttl in record_ttls)
+    assert {key_slot(r.encode()) for r in records} == {key_slot(k.encode()) for k in keys}
     assert keys == [
         f"ai_spend:{CLIENT_ID}:daily",
         "ratelimit:dataforseo:acme:daily",
@@ -222,6 +242,50 @@ async def test_amount_finer_than_a_micro_aud_is_refused(server_target: Target) -
             await seed.try_ai_spend(CLIENT_ID, 0.0000001)
         with pytest.raises(InvalidInput, match="finite"):
             await seed.try_ai_spend(CLIENT_ID, float("nan"))
+
+
+async def test_stalled_try_calls_retried_by_redis_py_count_once(
+    server: Server, stalling_proxy: StallingProxy
+) -> None:
+    # A retry policy re-sends after the socket timeout; the server has
+    # already run the script by then.
+    seed = RedisClient(stalling_proxy.url, socket_timeout=0.2, **RETRY_TIMEOUTS)
+    try:
+        await seed.try_rate_limit("warm", "up", 10)  # connect and load the scripts
+        await seed.try_ai_spend("warm-up", Decimal("0.01"))
+        stalling_proxy.stall_next_replies(1, 0.6)
+        counted = await seed.try_rate_limit("enrichment", "acme", 10)
+        stalling_proxy.stall_next_replies(1, 0.6)
+        spent = await seed.try_ai_spend(CLIENT_ID, Decimal("1.25"))
+    finally:
+        await seed.close()
+    with server.client(decode_responses=True) as direct:
+        count = direct.get("ratelimit:enrichment:acme:daily")
+        total = direct.get(f"ai_spend:{CLIENT_ID}:daily")
+
+    assert stalling_proxy.connections_accepted >= 3  # both calls were sent again
+    assert counted
+    assert spent
+    assert (count, total) == ("1", "1.25")
+
+
+async def test_the_same_stall_makes_the_seed_s_increment_count_twice(
+    server: Server, stalling_proxy: StallingProxy
+) -> None:
+    old = SeedPattern(stalling_proxy.url, 4)
+    old.redis = redis.asyncio.Redis.from_url(
+        stalling_proxy.url, socket_timeout=0.2, **RETRY_TIMEOUTS
+    )
+    try:
+        await old.increment_rate_limit("warm", "up")
+        stalling_proxy.stall_next_replies(1, 0.6)
+        await old.increment_rate_limit("enrichment", "acme")
+    finally:
+        await old.close()
+    with server.client(decode_responses=True) as direct:
+        count = direct.get("ratelimit:enrichment:acme:daily")
+
+    assert count == "2"
 
 
 async def test_non_decimal_spend_value_is_reported_not_guessed(server_target: Target) -> None:

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 import redis
 import redis.asyncio
-from servers import Server
+from servers import Cluster, Server
 
 from atomlimit import AsyncLimiter, Limiter, RateLimit, SpendCap
 from atomlimit._demo import SeedPattern, _race
@@ -117,6 +117,48 @@ async def test_default_asyncio_pool_fails_the_same_thousand_tasks(server: Server
             await _race(1_000, attempt)
     finally:
         await client.aclose()
+
+
+async def test_limiter_queues_a_burst_on_a_client_whose_pool_would_refuse_it(
+    server: Server,
+) -> None:
+    # The same default pool as above: the limiter never has more calls in
+    # flight than the pool has connections, so the burst waits instead.
+    spec = RateLimit(name="crowd", limit=10_000, window="day")
+    client = redis.asyncio.Redis.from_url(server.url, max_connections=20)
+    limiter = AsyncLimiter(client)
+
+    async def attempt() -> bool:
+        return (await limiter.hit(spec, "subject")).allowed
+
+    try:
+        admitted, _ = await _race(1_000, attempt)
+    finally:
+        await client.aclose()
+
+    assert admitted == 1_000
+
+
+async def test_cold_cluster_clients_serve_a_burst_on_a_small_pool(cluster: Cluster) -> None:
+    # redis-py's asyncio cluster client learns the layout on its first
+    # command and caps each node's pool, raising past the cap; a fresh
+    # client under a burst of 400 tasks must neither race the layout nor
+    # overrun the pool.
+    spec = RateLimit(name="cold", limit=100, window="day")
+    admitted = []
+    for round_ in range(5):
+        client = cluster.async_client(max_connections=20)
+        limiter = AsyncLimiter(client)
+
+        async def attempt(on: AsyncLimiter = limiter, subject: str = f"s{round_}") -> bool:
+            return (await on.hit(spec, subject)).allowed
+
+        try:
+            admitted.append((await _race(400, attempt))[0])
+        finally:
+            await client.aclose()
+
+    assert admitted == [100] * 5
 
 
 def _engine_worker(url: str, start: Any, name: str, attempts: int) -> int:

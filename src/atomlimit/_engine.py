@@ -198,7 +198,7 @@ class Engine:
         if isinstance(spec, Concurrency):
             raise InvalidInput("a Concurrency limit is taken with lease(), which can release it")
         item = self.item(spec, subject, cost, partial=partial)
-        return self._charge([item], *self._request(request_id), one=True)
+        return self._charge([item], *self.request(request_id), one=True)
 
     def reserve(
         self,
@@ -242,7 +242,7 @@ class Engine:
         if isinstance(spec, Concurrency):
             raise InvalidInput("a Concurrency limit is not refunded; release the lease")
         item = self.item(spec, subject, amount)
-        rid, ttl = self._request(request_id)
+        rid, ttl = self.request(request_id)
         record = f"{item.base}:f:{rid}"
         fingerprint = f"refund:{item.kind}:{item.units}"
 
@@ -313,7 +313,7 @@ class Engine:
 
     def charge(self, items: Sequence[Item], request_id: str | None) -> Call:
         """Plan charging every item, all or none, in one script: reads as Charged."""
-        return self._charge(items, *self._request(request_id))
+        return self._charge(items, *self.request(request_id))
 
     def _charge(self, items: Sequence[Item], rid: str, ttl: int, one: bool = False) -> Call:
         """The charge of ``items``; read as Charged, or with ``one`` as the Decision."""
@@ -374,7 +374,7 @@ class Engine:
         if not items:
             raise InvalidInput("acquire needs at least one Hit")
         groups = _groups(items)
-        rid, ttl = self._request(request_id)
+        rid, ttl = self.request(request_id)
         decisions: list[Decision[Any] | None] = [None] * len(items)
         charged: list[list[int]] = []
         try:
@@ -458,7 +458,7 @@ class Engine:
         tag = _keys.subject_tag(subject)
         return tag, self._ns + tag + spec._tail
 
-    def _request(self, request_id: str | None) -> tuple[str, int]:
+    def request(self, request_id: str | None) -> tuple[str, int]:
         """The id a charge runs under, and how long its record lives.
 
         Every charge carries an id, so redis-py's transport retries can

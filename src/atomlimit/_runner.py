@@ -114,12 +114,31 @@ class SyncRunner:
 
 
 class AsyncRunner:
-    """Performs steps over ``redis.asyncio.Redis`` or ``redis.asyncio.RedisCluster``."""
+    """Performs steps over ``redis.asyncio.Redis`` or ``redis.asyncio.RedisCluster``.
 
-    __slots__ = ("client",)
+    It never has more commands in flight than the client has connections.
+    redis-py's default asyncio pool, and a cluster client's pool per node,
+    raise ``MaxConnectionsError`` instead of waiting when every connection
+    is busy, so a burst of tasks queues here, on a semaphore, instead.
+    """
+
+    __slots__ = ("_cold", "_gate", "client")
 
     def __init__(self, client: redis.asyncio.Redis | AsyncRedisCluster) -> None:
         self.client = client
+        self._gate = asyncio.Semaphore(_connections_of(client))
+        # redis-py's asyncio cluster client learns the cluster's layout on
+        # its first command. Tasks that start commands while it does so can
+        # be routed through node objects that the layout then replaces, and
+        # fail with AttributeError on a connection torn down under them. So
+        # every task waits here for the layout first.
+        self._cold = isinstance(client, AsyncRedisCluster)
+
+    async def _warm(self) -> None:
+        if self._cold:
+            assert isinstance(self.client, AsyncRedisCluster)
+            await self.client.initialize()
+            self._cold = False
 
     async def run(self, call: Call) -> Any:
         """Send ``call`` (and any re-plan it asks for); return its result."""
@@ -135,7 +154,9 @@ class AsyncRunner:
         if isinstance(step, Call):
             return await self.run(step)
         try:
-            reply = await self.client.execute_command(*step.args)
+            await self._warm()
+            async with self._gate:
+                reply = await self.client.execute_command(*step.args)
         except RedisError as err:
             raise _failed(str(step.args[0]), err) from err
         return step.read(reply)
@@ -173,14 +194,43 @@ class AsyncRunner:
         return await self.send(step)
 
     async def _evalsha(self, call: Call) -> Any:
-        sha, keys = call.script.sha, call.keys
         try:
-            try:
-                return await self.client.evalsha(sha, len(keys), *keys, *call.args)
-            except NoScriptError:
-                # The script cache is empty after SCRIPT FLUSH, a restart or a
-                # failover. NOSCRIPT means nothing ran, so sending again is safe.
-                await self.client.script_load(call.script.source)
-                return await self.client.evalsha(sha, len(keys), *keys, *call.args)
+            await self._warm()
+            async with self._gate:
+                try:
+                    return await self._evalsha_once(call)
+                except (AttributeError, TypeError):
+                    # redis-py's asyncio connection fails a write on a
+                    # transport closed under it with these instead of a
+                    # ConnectionError (redis-py issues 3546 and 4287). The
+                    # write never happened, and a script is safe to send
+                    # again (charges carry request ids), so one more try on
+                    # a fresh connection is all it needs.
+                    return await self._evalsha_once(call)
         except RedisError as err:
             raise _failed(call.script.name, err) from err
+        except (AttributeError, TypeError) as err:
+            raise BackendError(f"{call.script.name}: the connection failed: {err}") from err
+
+    async def _evalsha_once(self, call: Call) -> Any:
+        sha, keys = call.script.sha, call.keys
+        try:
+            return await self.client.evalsha(sha, len(keys), *keys, *call.args)
+        except NoScriptError:
+            # The script cache is empty after SCRIPT FLUSH, a restart or a
+            # failover. NOSCRIPT means nothing ran, so sending again is safe.
+            await self.client.script_load(call.script.source)
+            return await self.client.evalsha(sha, len(keys), *keys, *call.args)
+
+
+def _connections_of(client: redis.asyncio.Redis | AsyncRedisCluster) -> int:
+    """How many commands the client can have in flight at once.
+
+    A cluster client caps each node's pool at ``max_connections``; keeping
+    the total in flight under that cap keeps every node under it too.
+    """
+    if isinstance(client, AsyncRedisCluster):
+        limit = client.get_connection_kwargs().get("max_connections")
+    else:
+        limit = getattr(client.connection_pool, "max_connections", None)
+    return limit if isinstance(limit, int) and limit > 0 else 2**31 - 1

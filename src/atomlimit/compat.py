@@ -24,6 +24,7 @@ from atomlimit._engine import Engine
 from atomlimit._money import to_units
 from atomlimit._runner import AsyncRunner
 from atomlimit._scripts import script
+from atomlimit._steps import Command
 from atomlimit._windows import WindowPlan
 from atomlimit.errors import InvalidInput
 from atomlimit.limiter import DEFAULT_MAX_CONNECTIONS, DEFAULT_POOL_TIMEOUT
@@ -33,6 +34,9 @@ __all__ = ["CACHE_VERSION", "DAILY_AI_SPEND_LIMIT", "RedisClient", "cache_key"]
 CACHE_VERSION = "v1"
 DAILY_AI_SPEND_LIMIT = Decimal("100.00")
 """AUD per client per day. A Decimal now: the old float 100.00 compared equal."""
+
+_APPLIED = (1, 2)
+"""Reply codes of a write that happened: now, or on an earlier send of this call."""
 
 _PLACES = 6
 """Spend is added in micro-AUD: amounts finer than 0.000001 are refused."""
@@ -96,7 +100,9 @@ class RedisClient:
         Racy when paired with :meth:`increment_rate_limit`; prefer
         :meth:`try_rate_limit`.
         """
-        current = await self.redis.get(_rate_key(resource_type, resource_id))
+        current = await self._runner.send(
+            Command(("GET", _rate_key(resource_type, resource_id)), _same)
+        )
         return int(current or 0) >= limit
 
     async def increment_rate_limit(self, resource_type: str, resource_id: str) -> int:
@@ -113,11 +119,11 @@ class RedisClient:
         if type(limit) is not int or limit < 0:
             raise InvalidInput(f"limit must be a non-negative int, got {limit!r}")
         status, _ = await self._count(_rate_key(resource_type, resource_id), limit)
-        return status == 1
+        return status in _APPLIED
 
     async def check_ai_spend(self, client_id: UUID | str) -> bool:
         """True if the client has spent ``DAILY_AI_SPEND_LIMIT`` or more today."""
-        current = await self.redis.get(_spend_key(client_id))
+        current = await self._runner.send(Command(("GET", _spend_key(client_id)), _same))
         # The client decodes replies, so the value is text, read exactly.
         return Decimal(str(current or 0)) >= DAILY_AI_SPEND_LIMIT
 
@@ -134,18 +140,29 @@ class RedisClient:
         """
         cap = to_units(DAILY_AI_SPEND_LIMIT, _PLACES, "DAILY_AI_SPEND_LIMIT")
         status, _ = await self._spend(_spend_key(client_id), amount, cap)
-        return status == 1
+        return status in _APPLIED
 
     async def close(self) -> None:
         """Close the connection pool."""
         await self.redis.aclose()
 
+    def _record(self, key: str) -> tuple[str, int]:
+        """A record key for one call on ``key``, and how long it lives.
+
+        The seed's key, wrapped in braces, is the record's hash tag: a key
+        with no tag hashes whole, so both land in one cluster slot. Seed keys
+        never contain braces (identifiers are checked).
+        """
+        rid, ttl = self._engine.request(None)
+        return f"atomlimit:v1:compat:{{{key}}}:r:{rid}", ttl
+
     async def _count(self, key: str, limit: int | str) -> tuple[int, int]:
         def finish(status: int, now: int, reply: Sequence[Any]) -> tuple[int, int]:
             return status, int(reply[2])
 
+        record, ttl = self._record(key)
         call = self._engine.windowed(
-            script("compat_count"), self._day, (key,), (limit,), (), finish
+            script("compat_count"), self._day, (key, record), (limit,), (ttl,), finish
         )
         result: tuple[int, int] = await self._runner.run(call)
         return result
@@ -158,11 +175,16 @@ class RedisClient:
         def finish(status: int, now: int, reply: Sequence[Any]) -> tuple[int, Decimal]:
             return status, Decimal(reply[2])
 
+        record, ttl = self._record(key)
         call = self._engine.windowed(
-            script("compat_spend"), self._day, (key,), (units, cap, _PLACES), (), finish
+            script("compat_spend"), self._day, (key, record), (units, cap, _PLACES), (ttl,), finish
         )
         result: tuple[int, Decimal] = await self._runner.run(call)
         return result
+
+
+def _same(reply: object) -> object:
+    return reply
 
 
 def _exact(amount: object) -> object:
