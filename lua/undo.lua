@@ -7,7 +7,8 @@
 -- ARGV[3]  number of items, then per item: kind, #keys, #args, args...
 -- Reply    {code, now, then per item after the undo: status, used, held,
 --          stop, retry_at, grant}; code 1 undone, 0 nothing recorded
---          (never charged, or already undone)
+--          (never charged, or already undone), -1 now outside the planned
+--          windows (re-plan; the undo itself is done)
 -- Clock    server TIME, or ARGV[1] when the caller chose client time
 -- Cost     O(items); O(grant) for a sliding log
 --
@@ -31,5 +32,10 @@ if charged then
   redis.call('DEL', record)
   code = 1
 end
-local checked = check_items(items, now, id) or {}
+local checked = check_items(items, now, id)
+if not checked then
+  -- The undo above is done and its record gone; a re-plan finds nothing to
+  -- undo and only reports the state.
+  return {-1, now}
+end
 return checked_reply({code, now}, checked)

@@ -95,6 +95,8 @@ class Charged(NamedTuple):
     allowed: bool
     decisions: list[Decision[Any]]
     request_id: str
+    replayed: bool = False
+    """The charge was made by an earlier send under this id, not by this one."""
 
 
 class Settlement(NamedTuple):
@@ -330,7 +332,7 @@ class Engine:
             charged = code in _CHARGED
             if one:
                 return items[0].spec._decision(reply[2:8], now, charged)
-            return Charged(charged, _decisions(items, reply, now, charged), rid)
+            return Charged(charged, _decisions(items, reply, now, charged), rid, code == 2)
 
         keys = (record, *(key for item in items for key in item.keys))
         return self.timed(script("charge"), keys, args_at, finish)
@@ -377,6 +379,7 @@ class Engine:
         rid, ttl = self.request(request_id)
         decisions: list[Decision[Any] | None] = [None] * len(items)
         charged: list[list[int]] = []
+        replayed: list[list[int]] = []
         try:
             for group in groups:
                 outcome = yield self._charge([items[i] for i in group], rid, ttl)
@@ -384,13 +387,21 @@ class Engine:
                 if not outcome.allowed:
                     break
                 charged.append(group)
+                if outcome.replayed:
+                    replayed.append(group)
         except AtomlimitError:
-            yield from self._undo_all(items, charged, rid, decisions)
+            # After a failure the later subjects' state is unknown: a replayed
+            # charge may belong to an earlier send that went all the way, so
+            # only what this send charged is taken back.
+            ours = [group for group in charged if group not in replayed]
+            yield from self._undo_all(items, ours, rid, decisions)
             raise
         if len(charged) == len(groups):
             done = [d for d in decisions if d is not None]
             held = [(items[i], done[i]) for i in range(len(items)) if items[i].kind in ("rs", "cc")]
             return Acquisition(True, done, None, held, rid)
+        # Denied: a replayed charge here was stranded by an earlier send that
+        # never finished (its later subjects have no record), so it goes too.
         yield from self._undo_all(items, charged, rid, decisions)
         for group in groups[len(charged) + 1 :]:
             _fill(decisions, group, (yield self.check([items[i] for i in group])))

@@ -8,6 +8,8 @@ classes side by side: they differ only in ``await``.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from collections.abc import Callable, Sequence
 from datetime import timedelta
 from decimal import Decimal
@@ -333,8 +335,25 @@ class AsyncLimiter:
     async def acquire(
         self, hits: Sequence[Hit[Any]], *, request_id: str | None = None
     ) -> Acquired[AsyncLease, AsyncReservation]:
-        """Charge every hit or none of them; see :meth:`Limiter.acquire`."""
-        found: Acquisition = await self._runner.drive(self._engine.acquire(hits, request_id))
+        """Charge every hit or none of them; see :meth:`Limiter.acquire`.
+
+        If the calling task is cancelled part-way, the acquire still runs to
+        its end (all charged, or what was charged undone) before the
+        cancellation goes through, so no partial charge survives; leases and
+        holds it took are then released, since nobody holds their handles.
+        """
+        flow = asyncio.ensure_future(self._runner.drive(self._engine.acquire(hits, request_id)))
+        try:
+            found: Acquisition = await asyncio.shield(flow)
+        except asyncio.CancelledError:
+            with contextlib.suppress(Exception):
+                done: Acquisition = await flow
+                result = _acquired(done, hits, self._lease_of, self._reservation_of)
+                for lease in result.leases:
+                    await lease.release()
+                for reservation in result.reservations:
+                    await reservation.release()
+            raise
         return _acquired(found, hits, self._lease_of, self._reservation_of)
 
     async def reserve(
