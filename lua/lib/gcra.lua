@@ -44,12 +44,13 @@ end
 local function gc_check(keys, args, now)
   local key, burst, interval = keys[1], tonumber(args[1]), tonumber(args[4])
   local base = math.max(gc_ahead(key, now), 0)
-  local room = math.floor((burst * interval - base) / interval + EPSILON)
+  local slack = math.min(EPSILON, 1e-3 / interval)
+  local room = math.floor((burst * interval - base) / interval + slack)
   local it = {room = room, used = burst - room, held = 0, stop = now + math.ceil(base)}
   function it.apply(grant)
     local ahead = base + grant * interval
     gc_store(key, now, ahead)
-    local left = math.floor((burst * interval - ahead) / interval + EPSILON)
+    local left = math.floor((burst * interval - ahead) / interval + slack)
     return burst - left, now + math.ceil(ahead)
   end
   function it.retry(cost)
@@ -65,4 +66,8 @@ end
 local function gc_undo(keys, args, now, id, grant)
   local key = keys[1]
   gc_store(key, now, gc_ahead(key, now) - grant * tonumber(args[4]))
+end
+
+local function gc_refund(keys, args, now, amount)
+  gc_undo(keys, args, now, nil, amount)
 end

@@ -24,7 +24,7 @@ local KINDS = {
   fw = {check = fw_check, undo = fw_undo, refund = fw_refund},
   sc = {check = sc_check, undo = sc_undo, refund = sc_refund},
   rs = {check = rs_check, undo = rs_undo},
-  gc = {check = gc_check, undo = gc_undo, refund = gc_undo},
+  gc = {check = gc_check, undo = gc_undo, refund = gc_refund},
   sl = {check = sl_check, undo = sl_undo, refund = sl_refund},
   sw = {check = sw_check, undo = sw_undo, refund = sw_refund},
   cc = {check = cc_check, undo = cc_undo},

@@ -13,8 +13,9 @@ local function sw_state(key, now, length)
   local start = now - now % length
   local state = redis.call('HMGET', key, 'w', 'c', 'p')
   local stored, count = tonumber(state[1]), tonumber(state[2] or '0')
-  if stored == start then
-    return start, count, tonumber(state[3] or '0')
+  if stored and stored >= start then
+    -- A clock behind the writer's keeps the newer window in force.
+    return stored, count, tonumber(state[3] or '0')
   end
   if stored == start - length then
     return start, 0, count
@@ -25,8 +26,9 @@ end
 local function sw_check(keys, args, now)
   local key, limit, length = keys[1], tonumber(args[1]), tonumber(args[4])
   local start, count, previous = sw_state(key, now, length)
-  local weight = (length - (now - start)) / length
+  local weight = (length - math.max(now - start, 0)) / length
   local estimate = previous * weight + count
+  local eps = math.min(1e-9, 0.5 / length)
   local function drained(c)
     -- When the estimate falls to zero with no new traffic.
     if c > 0 then
@@ -35,15 +37,15 @@ local function sw_check(keys, args, now)
     return previous > 0 and start + length or now
   end
   local it = {
-    room = math.floor(limit - estimate + 1e-9),
-    used = math.ceil(estimate - 1e-9),
+    room = math.floor(limit - estimate + eps),
+    used = math.ceil(estimate - eps),
     held = 0,
     stop = drained(count),
   }
   function it.apply(grant)
     redis.call('HSET', key, 'w', start, 'c', count + grant, 'p', previous)
     redis.call('PEXPIRE', key, ms_kept(start + 2 * length, now))
-    return math.ceil(estimate + grant - 1e-9), drained(count + grant)
+    return math.ceil(estimate + grant - eps), drained(count + grant)
   end
   function it.retry(cost)
     if cost > limit then
@@ -51,12 +53,12 @@ local function sw_check(keys, args, now)
     end
     -- In this window the estimate falls as the previous window slides out.
     if count + cost <= limit and previous > 0 then
-      return math.ceil(start + length - (limit - count - cost) * length / previous)
+      return start + math.ceil(length - (limit - count - cost) * length / previous)
     end
     -- Otherwise in the next, where this window's count is the one sliding out.
     local at = start + length
     if count > 0 and cost > limit - count then
-      at = math.ceil(at + length - (limit - cost) * length / count)
+      at = start + math.ceil(2 * length - (limit - cost) * length / count)
     end
     return math.max(at, now)
   end
@@ -77,5 +79,7 @@ end
 
 local function sw_refund(keys, args, now, amount)
   local length = tonumber(args[4])
-  sw_lower(keys, args, now, now - now % length, amount)
+  local start = now - now % length
+  local stored = tonumber(redis.call('HGET', keys[1], 'w'))
+  sw_lower(keys, args, now, math.max(start, stored or start), amount)
 end

@@ -27,7 +27,7 @@ local function sl_check(keys, args, now, id)
       local batch = {}
       for n = first, math.min(first + SLICE - 1, grant) do
         batch[#batch + 1] = now
-        batch[#batch + 1] = id .. ':' .. n
+        batch[#batch + 1] = id .. ':' .. int_text(now) .. ':' .. n
       end
       redis.call('ZADD', key, unpack(batch))
     end
@@ -50,11 +50,13 @@ local function sl_check(keys, args, now, id)
   return it
 end
 
-local function sl_undo(keys, args, now, id, grant)
+local function sl_undo(keys, args, now, id, grant, stop)
+  -- A charge's stop is the instant it was charged plus the window.
+  local at = int_text(stop - tonumber(args[4]))
   for first = 1, grant, SLICE do
     local batch = {}
     for n = first, math.min(first + SLICE - 1, grant) do
-      batch[#batch + 1] = id .. ':' .. n
+      batch[#batch + 1] = id .. ':' .. at .. ':' .. n
     end
     redis.call('ZREM', keys[1], unpack(batch))
   end

@@ -423,9 +423,10 @@ def _describe(model: str, err: ValidationError) -> str:
     lines = []
     for problem in err.errors(include_url=False):
         message = problem["msg"].removeprefix("Value error, ")
-        if "got" not in message:
+        field = ".".join(str(part) for part in problem["loc"])
+        # A whole-model check's input is every field: its message says enough.
+        if field and "got" not in message:
             message = f"{message}, got {problem.get('input')!r}"
         # Whole-model checks name their field at the head of the message.
-        field = ".".join(str(part) for part in problem["loc"])
         lines.append(f"{model}.{field}: {message}" if field else f"{model}.{message}")
     return "; ".join(lines)
