@@ -22,7 +22,7 @@ demo: $(READY)
 test: lint typecheck pytest
 
 pytest: $(READY)
-	ATOMLIMIT_REQUIRE_SERVERS=redis,valkey $(BIN)/python -m pytest -q
+	ATOMLIMIT_REQUIRE_SERVERS=redis,valkey $(BIN)/python -m pytest -q --hypothesis-profile=ci
 
 lint: $(READY)
 	$(BIN)/ruff check src tests bench

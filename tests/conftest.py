@@ -24,6 +24,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import settings
+
+# CI replays the same examples on every run, so a red run always means the
+# code changed; run pytest without the profile to explore new examples.
+settings.register_profile("ci", derandomize=True, deadline=None, print_blob=True)
 
 # Make the helper modules importable as top-level `servers` / `proxy` no matter
 # which import mode pytest uses or whether tests/ later becomes a package.

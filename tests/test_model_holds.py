@@ -208,6 +208,7 @@ class ReservationMachine(RuleBasedStateMachine):
         elif before == "released":
             status = "settled_after_release"
         else:
+            # Expired, whether or not a release found it gone since.
             status = "settled_after_expiry"
         if status != "already_settled":
             self.model.holds.pop(rid, None)
@@ -227,12 +228,12 @@ class ReservationMachine(RuleBasedStateMachine):
         before = self.model.outcomes.get(rid)
         if before == "settled":
             status = "already_settled"
-        elif before == "released":
+        elif before in ("released", "expired"):
             status = "already_released"
         else:
             status = "released" if self.model.holding(rid, self.now) else "expired"
             self.model.holds.pop(rid, None)
-            self.model.outcomes[rid] = "released"
+            self.model.outcomes[rid] = status
 
         outcome = taken.reservation.release()
 
