@@ -99,6 +99,15 @@ class Charged(NamedTuple):
     """The charge was made by an earlier send under this id, not by this one."""
 
 
+class Held(NamedTuple):
+    """A planned reservation or lease: the call (read as its Decision), and
+    what a handle needs to finish with it later."""
+
+    call: Call
+    item: Item
+    request_id: str
+
+
 class Settlement(NamedTuple):
     """What settling or releasing a reservation did.
 
@@ -209,19 +218,17 @@ class Engine:
         estimate: object,
         ttl: timedelta,
         request_id: str | None,
-    ) -> Call:
-        """Plan holding ``estimate`` on a cap: reads as (Decision, item, reservation id)."""
+    ) -> Held:
+        """Plan holding ``estimate`` on a cap, under the reservation's id."""
         if not isinstance(spec, SpendCap):
             raise InvalidInput(f"reserve takes a SpendCap, got {type(spec).__name__}")
-        item = self.item(spec, subject, estimate, hold=ttl)
-        return self._held(self.charge([item], request_id), item)
+        return self._hold(self.item(spec, subject, estimate, hold=ttl), request_id)
 
-    def lease(self, spec: Concurrency, subject: str, request_id: str | None) -> Call:
-        """Plan taking a lease: reads as (Decision, item, lease id)."""
+    def lease(self, spec: Concurrency, subject: str, request_id: str | None) -> Held:
+        """Plan taking a lease, under the lease's id."""
         if not isinstance(spec, Concurrency):
             raise InvalidInput(f"lease takes a Concurrency limit, got {type(spec).__name__}")
-        item = self.item(spec, subject, 1)
-        return self._held(self.charge([item], request_id), item)
+        return self._hold(self.item(spec, subject, 1), request_id)
 
     def peek(self, spec: Spec[Any], subject: str, cost: object) -> Call:
         """Plan a read-only check: would a hit of ``cost`` pass now?"""
@@ -504,17 +511,9 @@ class Engine:
             outcome: Charged = yield self.undo([items[i] for i in group], rid)
             _fill(decisions, group, outcome)
 
-    def _held(self, call: Call, item: Item) -> Call:
-        """The same call, read as (Decision, item, id) of a lease or hold."""
-        read = call.read
-
-        def held(reply: Sequence[Any]) -> Any:
-            result = read(reply)
-            if isinstance(result, Charged):
-                return result.decisions[0], item, result.request_id
-            return self._held(result, item)
-
-        return call._replace(read=held)
+    def _hold(self, item: Item, request_id: str | None) -> Held:
+        rid, ttl = self.request(request_id)
+        return Held(self._charge([item], rid, ttl, one=True), item, rid)
 
     def _outcome(
         self,

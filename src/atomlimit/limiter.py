@@ -170,8 +170,9 @@ class Limiter:
         request_id: str | None = None,
     ) -> Reservation:
         """Hold ``estimate`` on ``cap`` until settled, released, or ``ttl`` passes."""
-        call = self._engine.reserve(cap, subject, estimate, ttl, request_id)
-        return Reservation(self._engine, self._runner, *self._runner.run(call))
+        held = self._engine.reserve(cap, subject, estimate, ttl, request_id)
+        decision = self._runner.run(held.call)
+        return Reservation(self._engine, self._runner, decision, held.item, held.request_id)
 
     def reservation(
         self,
@@ -202,8 +203,10 @@ class Limiter:
         Raises :class:`~atomlimit.LimitExceeded` when every slot is taken,
         unless ``raise_on_deny`` is False.
         """
-        call = self._engine.lease(limit, subject, request_id)
-        return _granted(Lease(self._engine, self._runner, *self._runner.run(call)), raise_on_deny)
+        held = self._engine.lease(limit, subject, request_id)
+        decision = self._runner.run(held.call)
+        lease = Lease(self._engine, self._runner, decision, held.item, held.request_id)
+        return _granted(lease, raise_on_deny)
 
     def close(self) -> None:
         """Close the client if this limiter created it (see :meth:`from_url`)."""
@@ -366,8 +369,9 @@ class AsyncLimiter:
         request_id: str | None = None,
     ) -> AsyncReservation:
         """Hold ``estimate`` on ``cap`` until settled, released, or ``ttl`` passes."""
-        call = self._engine.reserve(cap, subject, estimate, ttl, request_id)
-        return AsyncReservation(self._engine, self._runner, *await self._runner.run(call))
+        held = self._engine.reserve(cap, subject, estimate, ttl, request_id)
+        decision = await self._runner.run(held.call)
+        return AsyncReservation(self._engine, self._runner, decision, held.item, held.request_id)
 
     def reservation(
         self,
@@ -400,8 +404,9 @@ class AsyncLimiter:
         """
 
         async def take() -> AsyncLease:
-            held = await self._runner.run(self._engine.lease(limit, subject, request_id))
-            return AsyncLease(self._engine, self._runner, *held)
+            held = self._engine.lease(limit, subject, request_id)
+            decision = await self._runner.run(held.call)
+            return AsyncLease(self._engine, self._runner, decision, held.item, held.request_id)
 
         return Pending(take, raise_on_deny)
 
