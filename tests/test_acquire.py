@@ -112,7 +112,8 @@ async def _async_usage(limiter: AsyncLimiter, hits: Sequence[Hit[Any]]) -> list[
 
 
 def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value
+    # Request-id records are binary (MessagePack); only text is matched here.
+    return value.decode(errors="replace") if isinstance(value, bytes) else value
 
 
 def _dump(client: Any) -> dict[str, Any]:

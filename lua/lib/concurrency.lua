@@ -20,33 +20,39 @@ local function cc_keep(key, now)
   end
 end
 
-local function cc_check(keys, args, now, id)
-  local key, limit = keys[1], tonumber(args[1])
-  cc_prune(key, now)
-  local used = redis.call('ZCARD', key)
-  local function first_free(n)
-    -- The nth earliest expiry (1-based), or now if fewer leases exist.
-    local nth = redis.call('ZRANGE', key, n - 1, n - 1, 'WITHSCORES')
-    return nth[2] and tonumber(nth[2]) or now
-  end
-  local it = {room = limit - used, used = used, held = 0, stop = first_free(used)}
-  function it.apply(grant)
-    if grant > 0 then
-      redis.call('ZADD', key, now + tonumber(args[4]), id)
-      cc_keep(key, now)
+-- Made on first use in a run: every run defines its local functions afresh,
+-- and most runs use one kind.
+local function cc_kind()
+  local function cc_check(keys, args, now, id)
+    local key, limit = keys[1], tonumber(args[1])
+    cc_prune(key, now)
+    local used = redis.call('ZCARD', key)
+    local function first_free(n)
+      -- The nth earliest expiry (1-based), or now if fewer leases exist.
+      local nth = redis.call('ZRANGE', key, n - 1, n - 1, 'WITHSCORES')
+      return nth[2] and tonumber(nth[2]) or now
     end
-    used = redis.call('ZCARD', key)
-    return used, first_free(used)
-  end
-  function it.retry(cost)
-    if cost > limit then
-      return 0
+    local it = {room = limit - used, used = used, held = 0, stop = first_free(used)}
+    function it.apply(grant)
+      if grant > 0 then
+        redis.call('ZADD', key, now + tonumber(args[4]), id)
+        cc_keep(key, now)
+      end
+      used = redis.call('ZCARD', key)
+      return used, first_free(used)
     end
-    return first_free(used + cost - limit)
+    function it.retry(cost)
+      if cost > limit then
+        return 0
+      end
+      return first_free(used + cost - limit)
+    end
+    return it
   end
-  return it
-end
 
-local function cc_undo(keys, args, now, id)
-  redis.call('ZREM', keys[1], id)
+  local function cc_undo(keys, args, now, id)
+    redis.call('ZREM', keys[1], id)
+  end
+
+  return {check = cc_check, undo = cc_undo}
 end

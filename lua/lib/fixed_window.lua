@@ -42,31 +42,37 @@ local function fw_lower(key, stop, amount)
   end
 end
 
-local function fw_check(keys, args, now)
-  local key, limit = keys[1], tonumber(args[1])
-  local start, stop, used = fw_read(key, now, args)
-  if not start then
-    return nil
+-- Made on first use in a run: every run defines its local functions afresh,
+-- and most runs use one kind.
+local function fw_kind()
+  local function fw_check(keys, args, now)
+    local key, limit = keys[1], tonumber(args[1])
+    local start, stop, used = fw_read(key, now, args)
+    if not start then
+      return nil
+    end
+    local it = {room = limit - used, used = used, held = 0, stop = stop}
+    function it.apply(grant)
+      fw_write(key, start, stop, used + grant, now, stop)
+      return used + grant, stop
+    end
+    function it.retry(cost)
+      -- The whole limit is free again when this window ends.
+      return cost <= limit and stop or 0
+    end
+    return it
   end
-  local it = {room = limit - used, used = used, held = 0, stop = stop}
-  function it.apply(grant)
-    fw_write(key, start, stop, used + grant, now, stop)
-    return used + grant, stop
-  end
-  function it.retry(cost)
-    -- The whole limit is free again when this window ends.
-    return cost <= limit and stop or 0
-  end
-  return it
-end
 
-local function fw_undo(keys, args, now, id, grant, stop)
-  fw_lower(keys[1], stop, grant)
-end
-
-local function fw_refund(keys, args, now, amount)
-  local stop = tonumber(redis.call('HGET', keys[1], 'e'))
-  if stop and now < stop then
-    fw_lower(keys[1], stop, amount)
+  local function fw_undo(keys, args, now, id, grant, stop)
+    fw_lower(keys[1], stop, grant)
   end
+
+  local function fw_refund(keys, args, now, amount)
+    local stop = tonumber(redis.call('HGET', keys[1], 'e'))
+    if stop and now < stop then
+      fw_lower(keys[1], stop, amount)
+    end
+  end
+
+  return {check = fw_check, undo = fw_undo, refund = fw_refund}
 end

@@ -20,15 +20,22 @@
 -- retry(cost) -> the instant the cost could fit, or 0 for never. check
 -- returns nil when the server clock is outside the planned windows.
 
-local KINDS = {
-  fw = {check = fw_check, undo = fw_undo, refund = fw_refund},
-  sc = {check = sc_check, undo = sc_undo, refund = sc_refund},
-  rs = {check = rs_check, undo = rs_undo},
-  gc = {check = gc_check, undo = gc_undo, refund = gc_refund},
-  sl = {check = sl_check, undo = sl_undo, refund = sl_refund},
-  sw = {check = sw_check, undo = sw_undo, refund = sw_refund},
-  cc = {check = cc_check, undo = cc_undo},
+local BUILD = {
+  fw = fw_kind,
+  sc = sc_kind,
+  rs = rs_kind,
+  gc = gc_kind,
+  sl = sl_kind,
+  sw = sw_kind,
+  cc = cc_kind,
 }
+
+-- Each kind's functions, made when a run first asks for that kind.
+local KINDS = setmetatable({}, {__index = function(made, kind)
+  local functions = BUILD[kind]()
+  made[kind] = functions
+  return functions
+end})
 
 local PARTIAL, SHADOW = 1, 2
 local FITS, SHADOWED = 1, 3

@@ -7,6 +7,10 @@
 -- reply back. Denied requests write nothing: they charged nothing, so
 -- evaluating them again is safe.
 
+-- The record is MessagePack: the fingerprint, then the reply's items. Redis
+-- packs a Lua number that holds an integer as an integer, so every value
+-- comes back exactly, and packing in C costs a fraction of formatting text.
+
 -- The recorded reply as a replay, {-2, now} for a fingerprint that does not
 -- match, or nil when the id is new.
 local function replay_lookup(record, fingerprint, now)
@@ -14,38 +18,31 @@ local function replay_lookup(record, fingerprint, now)
   if not stored then
     return nil
   end
-  local seen, body = string.match(stored, '^([^|]*)|(.*)$')
-  if seen ~= fingerprint then
+  local values = {cmsgpack.unpack(stored)}
+  if values[1] ~= fingerprint then
     return {-2, now}
   end
   local reply = {2, now}
-  for value in string.gmatch(body, '[^,]+') do
-    reply[#reply + 1] = tonumber(value)
+  for i = 2, #values do
+    reply[i + 1] = values[i]
   end
   return reply
 end
 
--- The items of a recorded reply: {status, used, held, stop, retry, grant}.
+-- The items of a recorded reply: {grant, stop} of each.
 local function replay_items(record)
   local stored = redis.call('GET', record)
   if not stored then
     return nil
   end
-  local values = {}
-  for value in string.gmatch(string.match(stored, '|(.*)$'), '[^,]+') do
-    values[#values + 1] = tonumber(value)
-  end
+  local values = {cmsgpack.unpack(stored)}
   local items = {}
-  for i = 1, #values, 6 do
+  for i = 2, #values, 6 do
     items[#items + 1] = {grant = values[i + 5], stop = values[i + 3]}
   end
   return items
 end
 
 local function replay_remember(record, ttl_ms, fingerprint, reply)
-  local body = {}
-  for i = 3, #reply do
-    body[#body + 1] = int_text(reply[i])
-  end
-  redis.call('SET', record, fingerprint .. '|' .. table.concat(body, ','), 'PX', ttl_ms)
+  redis.call('SET', record, cmsgpack.pack(fingerprint, unpack(reply, 3)), 'PX', ttl_ms)
 end

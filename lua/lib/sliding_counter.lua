@@ -9,77 +9,83 @@
 --
 -- Item arguments: limit, cost, flags, window length in microseconds.
 
-local function sw_state(key, now, length)
-  local start = now - now % length
-  local state = redis.call('HMGET', key, 'w', 'c', 'p')
-  local stored, count = tonumber(state[1]), tonumber(state[2] or '0')
-  if stored and stored >= start then
-    -- A clock behind the writer's keeps the newer window in force.
-    return stored, count, tonumber(state[3] or '0')
-  end
-  if stored == start - length then
-    return start, 0, count
-  end
-  return start, 0, 0
-end
-
-local function sw_check(keys, args, now)
-  local key, limit, length = keys[1], tonumber(args[1]), tonumber(args[4])
-  local start, count, previous = sw_state(key, now, length)
-  local weight = (length - math.max(now - start, 0)) / length
-  local estimate = previous * weight + count
-  local eps = math.min(1e-9, 0.5 / length)
-  local function drained(c)
-    -- When the estimate falls to zero with no new traffic.
-    if c > 0 then
-      return start + 2 * length
+-- Made on first use in a run: every run defines its local functions afresh,
+-- and most runs use one kind.
+local function sw_kind()
+  local function sw_state(key, now, length)
+    local start = now - now % length
+    local state = redis.call('HMGET', key, 'w', 'c', 'p')
+    local stored, count = tonumber(state[1]), tonumber(state[2] or '0')
+    if stored and stored >= start then
+      -- A clock behind the writer's keeps the newer window in force.
+      return stored, count, tonumber(state[3] or '0')
     end
-    return previous > 0 and start + length or now
-  end
-  local it = {
-    room = math.floor(limit - estimate + eps),
-    used = math.ceil(estimate - eps),
-    held = 0,
-    stop = drained(count),
-  }
-  function it.apply(grant)
-    redis.call('HSET', key, 'w', start, 'c', count + grant, 'p', previous)
-    redis.call('PEXPIRE', key, ms_kept(start + 2 * length, now))
-    return math.ceil(estimate + grant - eps), drained(count + grant)
-  end
-  function it.retry(cost)
-    if cost > limit then
-      return 0
+    if stored == start - length then
+      return start, 0, count
     end
-    -- In this window the estimate falls as the previous window slides out.
-    if count + cost <= limit and previous > 0 then
-      return start + math.ceil(length - (limit - count - cost) * length / previous)
-    end
-    -- Otherwise in the next, where this window's count is the one sliding out.
-    local at = start + length
-    if count > 0 and cost > limit - count then
-      at = start + math.ceil(2 * length - (limit - cost) * length / count)
-    end
-    return math.max(at, now)
+    return start, 0, 0
   end
-  return it
-end
 
-local function sw_lower(keys, args, now, start, amount)
-  local state = redis.call('HMGET', keys[1], 'w', 'c')
-  if tonumber(state[1]) == start then
-    redis.call('HSET', keys[1], 'c', math.max(tonumber(state[2]) - amount, 0))
+  local function sw_check(keys, args, now)
+    local key, limit, length = keys[1], tonumber(args[1]), tonumber(args[4])
+    local start, count, previous = sw_state(key, now, length)
+    local weight = (length - math.max(now - start, 0)) / length
+    local estimate = previous * weight + count
+    local eps = math.min(1e-9, 0.5 / length)
+    local function drained(c)
+      -- When the estimate falls to zero with no new traffic.
+      if c > 0 then
+        return start + 2 * length
+      end
+      return previous > 0 and start + length or now
+    end
+    local it = {
+      room = math.floor(limit - estimate + eps),
+      used = math.ceil(estimate - eps),
+      held = 0,
+      stop = drained(count),
+    }
+    function it.apply(grant)
+      redis.call('HSET', key, 'w', start, 'c', count + grant, 'p', previous)
+      redis.call('PEXPIRE', key, ms_kept(start + 2 * length, now))
+      return math.ceil(estimate + grant - eps), drained(count + grant)
+    end
+    function it.retry(cost)
+      if cost > limit then
+        return 0
+      end
+      -- In this window the estimate falls as the previous window slides out.
+      if count + cost <= limit and previous > 0 then
+        return start + math.ceil(length - (limit - count - cost) * length / previous)
+      end
+      -- Otherwise in the next, where this window's count is the one sliding out.
+      local at = start + length
+      if count > 0 and cost > limit - count then
+        at = start + math.ceil(2 * length - (limit - cost) * length / count)
+      end
+      return math.max(at, now)
+    end
+    return it
   end
-end
 
-local function sw_undo(keys, args, now, id, grant, stop)
-  -- A charge's stop is its window start plus two lengths.
-  sw_lower(keys, args, now, stop - 2 * tonumber(args[4]), grant)
-end
+  local function sw_lower(keys, args, now, start, amount)
+    local state = redis.call('HMGET', keys[1], 'w', 'c')
+    if tonumber(state[1]) == start then
+      redis.call('HSET', keys[1], 'c', math.max(tonumber(state[2]) - amount, 0))
+    end
+  end
 
-local function sw_refund(keys, args, now, amount)
-  local length = tonumber(args[4])
-  local start = now - now % length
-  local stored = tonumber(redis.call('HGET', keys[1], 'w'))
-  sw_lower(keys, args, now, math.max(start, stored or start), amount)
+  local function sw_undo(keys, args, now, id, grant, stop)
+    -- A charge's stop is its window start plus two lengths.
+    sw_lower(keys, args, now, stop - 2 * tonumber(args[4]), grant)
+  end
+
+  local function sw_refund(keys, args, now, amount)
+    local length = tonumber(args[4])
+    local start = now - now % length
+    local stored = tonumber(redis.call('HGET', keys[1], 'w'))
+    sw_lower(keys, args, now, math.max(start, stored or start), amount)
+  end
+
+  return {check = sw_check, undo = sw_undo, refund = sw_refund}
 end

@@ -122,38 +122,6 @@ local function sc_check(keys, args, now)
   return it
 end
 
-local function sc_undo(keys, args, now, id, grant, stop)
-  fw_lower(keys[1], stop, grant)
-end
-
-local function sc_refund(keys, args, now, amount)
-  holds_prune(keys, now)
-  fw_refund(keys, args, now, amount)
-end
-
-local function rs_check(keys, args, now, id)
-  local it, start = spend_state(keys, args, now)
-  if not it then
-    return nil
-  end
-  function it.apply(grant)
-    local held = it.held + grant
-    -- Keeps the window fields current, so the hash's TTL covers this window.
-    fw_write(keys[1], start, it.stop, it.used, now, it.stop)
-    redis.call('HSET', keys[1], 'h', held)
-    redis.call('ZADD', keys[2], now + tonumber(args[8]), id)
-    redis.call('HSET', keys[3], id, grant)
-    holds_keep(keys, now, it.stop)
-    it.held = held
-    return it.used, it.stop
-  end
-  return it
-end
-
-local function rs_undo(keys, args, now, id)
-  holds_drop(keys, id)
-end
-
 -- A reservation's outcome record: what was done, by which call, with which
 -- reply code and charge, so a re-send of that call replays its reply.
 local function outcome_read(key)
@@ -168,4 +136,49 @@ end
 local function outcome_write(key, what, by, code, grant, ttl_ms)
   local text = what .. '|' .. by .. '|' .. code .. '|' .. int_text(grant)
   redis.call('SET', key, text, 'PX', ttl_ms)
+end
+
+-- Made on first use in a run: every run defines its local functions afresh,
+-- and most runs use one kind.
+local function sc_kind()
+  local function sc_undo(keys, args, now, id, grant, stop)
+    fw_lower(keys[1], stop, grant)
+  end
+
+  local function sc_refund(keys, args, now, amount)
+    holds_prune(keys, now)
+    local stop = tonumber(redis.call('HGET', keys[1], 'e'))
+    if stop and now < stop then
+      fw_lower(keys[1], stop, amount)
+    end
+  end
+
+  return {check = sc_check, undo = sc_undo, refund = sc_refund}
+end
+
+local function rs_kind()
+  local function rs_check(keys, args, now, id)
+    local it, start = spend_state(keys, args, now)
+    if not it then
+      return nil
+    end
+    function it.apply(grant)
+      local held = it.held + grant
+      -- Keeps the window fields current, so the hash's TTL covers this window.
+      fw_write(keys[1], start, it.stop, it.used, now, it.stop)
+      redis.call('HSET', keys[1], 'h', held)
+      redis.call('ZADD', keys[2], now + tonumber(args[8]), id)
+      redis.call('HSET', keys[3], id, grant)
+      holds_keep(keys, now, it.stop)
+      it.held = held
+      return it.used, it.stop
+    end
+    return it
+  end
+
+  local function rs_undo(keys, args, now, id)
+    holds_drop(keys, id)
+  end
+
+  return {check = rs_check, undo = rs_undo}
 end

@@ -224,13 +224,17 @@ class AsyncRunner:
 
 
 def _connections_of(client: redis.asyncio.Redis | AsyncRedisCluster) -> int:
-    """How many commands the client can have in flight at once.
+    """How many commands to let the client have in flight at once.
 
     A cluster client caps each node's pool at ``max_connections``; keeping
     the total in flight under that cap keeps every node under it too.
     """
     if isinstance(client, AsyncRedisCluster):
         limit = client.get_connection_kwargs().get("max_connections")
+    elif isinstance(client.connection_pool, redis.asyncio.BlockingConnectionPool):
+        # It already waits for a free connection; a second queue in front
+        # of it would only add wake-ups.
+        limit = None
     else:
         limit = getattr(client.connection_pool, "max_connections", None)
     return limit if isinstance(limit, int) and limit > 0 else 2**31 - 1
