@@ -23,6 +23,7 @@ import pytest
 import redis
 import redis.asyncio
 from conftest import Target
+from helpers import evalsha_runs
 from proxy import StallingProxy
 from redis.backoff import NoBackoff
 from redis.crc import key_slot
@@ -152,11 +153,6 @@ def _load_scripts(client: redis.Redis) -> None:
     # Loaded up front, so no NOSCRIPT round trip muddies the counts.
     for name in SCRIPTS:
         client.script_load(script(name).source)
-
-
-def _evalsha_runs(client: redis.Redis) -> int:
-    stats = client.info("commandstats").get("cmdstat_evalsha", {})
-    return int(stats.get("calls", 0)) - int(stats.get("failed_calls", 0))
 
 
 @contextmanager
@@ -368,11 +364,11 @@ def test_one_subject_acquire_is_one_script_run_allowed_or_denied(server: Server)
     with server.client() as client:
         _load_scripts(client)
         limiter = Limiter(client)
-        runs = [_evalsha_runs(client)]
+        runs = [evalsha_runs(client)]
         allowed = limiter.acquire(hits)
-        runs.append(_evalsha_runs(client))
+        runs.append(evalsha_runs(client))
         denied = limiter.acquire(hits)  # GPU's one slot is now taken
-        runs.append(_evalsha_runs(client))
+        runs.append(evalsha_runs(client))
 
     assert allowed.allowed
     assert not denied.allowed
@@ -384,10 +380,10 @@ async def test_async_one_subject_acquire_is_one_script_run(server: Server) -> No
     hits = [*_one_of_each("client-42"), Hit(GPU, "client-42")]
     with server.client() as probe:
         _load_scripts(probe)
-        before = _evalsha_runs(probe)
+        before = evalsha_runs(probe)
         async with server.async_client() as client:
             result = await AsyncLimiter(client).acquire(hits)
-        after = _evalsha_runs(probe)
+        after = evalsha_runs(probe)
 
     assert result.allowed
     assert after - before == 1
@@ -666,11 +662,11 @@ def test_cluster_round_trips_are_j_charges_j_minus_one_undos_and_k_minus_j_peeks
                 _load_scripts(direct)
             if denied_at is not None:
                 limiter.hit(one, subjects[denied_at - 1])
-            before = [_evalsha_runs(direct) for direct in nodes]
+            before = [evalsha_runs(direct) for direct in nodes]
             with _script_log(cluster.nodes) as runs:
                 result = limiter.acquire(hits)
                 per_node = runs()
-            after = [_evalsha_runs(direct) for direct in nodes]
+            after = [evalsha_runs(direct) for direct in nodes]
         finally:
             for direct in nodes:
                 direct.close()
@@ -1132,10 +1128,10 @@ def test_an_invalid_acquire_is_refused_before_anything_reaches_the_server(
 ) -> None:
     with server.client() as client:
         _load_scripts(client)
-        before = _evalsha_runs(client)
+        before = evalsha_runs(client)
         with pytest.raises(InvalidInput, match=message):
             Limiter(client).acquire(hits)
-        after = _evalsha_runs(client)
+        after = evalsha_runs(client)
         keys = client.dbsize()
 
     assert after == before

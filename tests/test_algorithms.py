@@ -10,7 +10,6 @@ and no test waits on the real clock.
 from __future__ import annotations
 
 import itertools
-import math
 import time
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -20,6 +19,7 @@ import pytest
 import redis
 import redis.asyncio
 from conftest import Target
+from helpers import SECOND, T0, MicroClock
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from redis.crc import key_slot
@@ -39,43 +39,15 @@ from atomlimit._demo import _race
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 US = timedelta(microseconds=1)
-SECOND = 1_000_000
-T0 = int(datetime(2026, 1, 1, tzinfo=UTC).timestamp()) * SECOND
-"""A Thursday midnight: aligned to every epoch-aligned length up to a week."""
 
 _runs = itertools.count()
-
-
-def seconds_at(us: int) -> float:
-    """Epoch seconds that the limiter reads back as exactly ``us`` microseconds.
-
-    The limiter takes ``int(clock() * 1e6)``; a float near 1.8e9 seconds is
-    only exact to about 0.24 µs, so ``us / 1e6`` can read back one short.
-    """
-    seconds = us / SECOND
-    while int(seconds * SECOND) < us:
-        seconds = math.nextafter(seconds, math.inf)
-    while int(seconds * SECOND) > us:
-        seconds = math.nextafter(seconds, -math.inf)
-    assert int(seconds * SECOND) == us
-    return seconds
-
-
-class Clock:
-    """A controlled clock, in whole microseconds since the epoch."""
-
-    def __init__(self, us: int = T0) -> None:
-        self.us = us
-
-    def __call__(self) -> float:
-        return seconds_at(self.us)
 
 
 def at(us: int) -> datetime:
     return EPOCH + us * US
 
 
-def controlled(client: Any, clock: Clock, **options: Any) -> Limiter:
+def controlled(client: Any, clock: MicroClock, **options: Any) -> Limiter:
     return Limiter(client, time_source="client", clock=clock, **options)
 
 
@@ -103,7 +75,7 @@ GCRA_BURST4 = RateLimit(
 
 def test_gcra_passes_exactly_the_burst_from_idle_then_denies(target: Target) -> None:
     with target.sync_client() as client:
-        limiter = controlled(client, Clock())
+        limiter = controlled(client, MicroClock())
         decisions = [limiter.hit(GCRA_BURST4, "s") for _ in range(5)]
         default_burst = [limiter.hit(GCRA, "s") for _ in range(11)]
 
@@ -117,7 +89,7 @@ def test_gcra_passes_exactly_the_burst_from_idle_then_denies(target: Target) -> 
 
 
 def test_gcra_retry_after_is_the_first_instant_that_passes(target: Target) -> None:
-    clock = Clock()
+    clock = MicroClock()
     with target.sync_client() as client:
         limiter = controlled(client, clock)
         limiter.hit(GCRA_BURST4, "s", cost=4)
@@ -138,7 +110,7 @@ def test_gcra_retry_after_is_the_first_instant_that_passes(target: Target) -> No
 
 def test_gcra_cost_above_the_burst_is_denied_with_no_retry_after(target: Target) -> None:
     with target.sync_client() as client:
-        limiter = controlled(client, Clock())
+        limiter = controlled(client, MicroClock())
         too_big = limiter.hit(GCRA_BURST4, "s", cost=5)
         whole_burst = limiter.hit(GCRA_BURST4, "s", cost=4)
 
@@ -150,7 +122,7 @@ def test_gcra_cost_above_the_burst_is_denied_with_no_retry_after(target: Target)
 
 
 def test_gcra_refills_one_unit_per_emission_interval(target: Target) -> None:
-    clock = Clock()
+    clock = MicroClock()
     with target.sync_client() as client:
         limiter = controlled(client, clock)
         limiter.hit(GCRA_BURST4, "s", cost=4)
@@ -167,7 +139,7 @@ def test_gcra_refills_one_unit_per_emission_interval(target: Target) -> None:
 
 
 def test_gcra_reset_at_is_when_the_bucket_is_full_again(target: Target) -> None:
-    clock = Clock()
+    clock = MicroClock()
     with target.sync_client() as client:
         limiter = controlled(client, clock)
         charged = limiter.hit(GCRA_BURST4, "s", cost=3)
@@ -192,7 +164,7 @@ def test_gcra_with_a_fractional_interval_passes_the_whole_burst_from_idle(
     # T = 1 s / 3 = 333,333.33 µs: three units fit in the burst at once.
     thirds = RateLimit(name="thirds", limit=3, window="second", algorithm="gcra")
     with server.client() as client:
-        limiter = controlled(client, Clock())
+        limiter = controlled(client, MicroClock())
         decisions = [limiter.hit(thirds, "s") for _ in range(4)]
 
     assert [d.allowed for d in decisions] == [True, True, True, False]
@@ -206,7 +178,7 @@ def test_gcra_full_bucket_with_a_fractional_interval_still_allows_a_zero_cost_ch
     # the limit outside shadow mode.
     spec = RateLimit(name="two", limit=3, window="second", algorithm="gcra", burst=2)
     with server.client() as client:
-        limiter = controlled(client, Clock())
+        limiter = controlled(client, MicroClock())
         full = limiter.hit(spec, "s", cost=2)
         check = limiter.peek(spec, "s", cost=0)
         nothing = limiter.hit(spec, "s", cost=0, partial=True)
@@ -226,7 +198,7 @@ def test_gcra_with_a_sub_microsecond_interval_still_denies_past_the_burst(
         name="dense", limit=10_000, window=timedelta(milliseconds=1), algorithm="gcra", burst=3
     )
     with server.client() as client:
-        limiter = controlled(client, Clock())
+        limiter = controlled(client, MicroClock())
         decisions = [limiter.hit(dense, "s") for _ in range(4)]
 
     assert [d.allowed for d in decisions] == [True, True, True, False]
@@ -235,7 +207,7 @@ def test_gcra_with_a_sub_microsecond_interval_still_denies_past_the_burst(
 def test_gcra_with_a_long_interval_passes_no_earlier_than_retry_after(server: Server) -> None:
     # One an hour: T = 3.6e9 µs. The retry is an hour away, to the microsecond.
     hourly = RateLimit(name="hourly", limit=1, window="hour", algorithm="gcra")
-    clock = Clock()
+    clock = MicroClock()
     with server.client() as client:
         limiter = controlled(client, clock)
         limiter.hit(hourly, "s")
@@ -251,7 +223,7 @@ def test_gcra_with_a_long_interval_passes_no_earlier_than_retry_after(server: Se
 
 
 async def test_async_gcra_passes_the_burst_then_refills(target: Target) -> None:
-    clock = Clock()
+    clock = MicroClock()
     async with target.async_client() as client:
         limiter = AsyncLimiter(client, time_source="client", clock=clock)
         burst = [(await limiter.hit(GCRA_BURST4, "s")).allowed for _ in range(5)]
@@ -270,7 +242,7 @@ LOG = RateLimit(name="login", limit=5, window=timedelta(seconds=1), algorithm="s
 
 
 def test_sliding_log_entry_at_exactly_now_minus_window_no_longer_counts(target: Target) -> None:
-    clock = Clock()
+    clock = MicroClock()
     with target.sync_client() as client:
         limiter = controlled(client, clock)
         filled = limiter.hit(LOG, "s", cost=5)
@@ -287,7 +259,7 @@ def test_sliding_log_entry_at_exactly_now_minus_window_no_longer_counts(target: 
 
 
 def test_sliding_log_retry_after_is_when_enough_oldest_entries_leave(target: Target) -> None:
-    clock = Clock()
+    clock = MicroClock()
     with target.sync_client() as client:
         limiter = controlled(client, clock)
         for offset, cost in ((0, 2), (100_000, 1), (200_000, 2)):
@@ -316,7 +288,7 @@ def test_sliding_log_retry_after_is_when_enough_oldest_entries_leave(target: Tar
 
 def test_sliding_log_with_nothing_logged_resets_now(target: Target) -> None:
     with target.sync_client() as client:
-        empty = controlled(client, Clock()).peek(LOG, "s")
+        empty = controlled(client, MicroClock()).peek(LOG, "s")
 
     assert empty.used == 0
     assert empty.reset_at == at(T0)
@@ -337,7 +309,7 @@ def test_sliding_log_raising_max_log_admits_a_larger_limit(server: Server) -> No
         name="big", limit=12_000, window="minute", algorithm="sliding_log", max_log=20_000
     )
     with server.client() as client:
-        limiter = controlled(client, Clock())
+        limiter = controlled(client, MicroClock())
         whole = limiter.hit(spec, "s", cost=12_000)
         over = limiter.hit(spec, "s")
 
@@ -370,7 +342,7 @@ def test_sliding_log_counts_a_request_id_charged_again_after_its_record_expired(
 
 
 async def test_async_sliding_log_is_exact_over_a_span(target: Target) -> None:
-    clock = Clock()
+    clock = MicroClock()
     async with target.async_client() as client:
         limiter = AsyncLimiter(client, time_source="client", clock=clock)
         clock.us = T0 + W - 1
@@ -396,7 +368,7 @@ COUNTER = RateLimit(
 def test_sliding_counter_weights_the_previous_window_by_what_is_left_of_it(
     target: Target,
 ) -> None:
-    clock = Clock(T0 + 9 * L // 10)
+    clock = MicroClock(T0 + 9 * L // 10)
     with target.sync_client() as client:
         limiter = controlled(client, clock)
         limiter.hit(COUNTER, "s", cost=10)
@@ -417,7 +389,7 @@ def test_sliding_counter_weights_the_previous_window_by_what_is_left_of_it(
 
 
 def test_sliding_counter_retry_after_is_the_first_instant_that_passes(target: Target) -> None:
-    clock = Clock(T0 + 9 * L // 10)
+    clock = MicroClock(T0 + 9 * L // 10)
     with target.sync_client() as client:
         limiter = controlled(client, clock)
         # Case 1: room comes as the previous window slides out of this one.
@@ -454,7 +426,7 @@ def test_sliding_counter_retry_after_is_the_first_instant_that_passes(target: Ta
 def test_sliding_counter_retry_after_between_microseconds_is_rounded_up(
     target: Target, charged_at: int, retry_from: int
 ) -> None:
-    clock = Clock(charged_at)
+    clock = MicroClock(charged_at)
     with target.sync_client() as client:
         limiter = controlled(client, clock)
         limiter.hit(COUNTER, "s", cost=9)
@@ -469,7 +441,7 @@ def test_sliding_counter_retry_after_between_microseconds_is_rounded_up(
 
 
 def test_sliding_counter_reset_at_is_when_the_estimate_drains(target: Target) -> None:
-    clock = Clock(T0 + L + L // 5)
+    clock = MicroClock(T0 + L + L // 5)
     with target.sync_client() as client:
         limiter = controlled(client, clock)
         untouched = limiter.peek(COUNTER, "s")
@@ -512,7 +484,7 @@ def test_sliding_counter_never_admits_more_than_twice_the_limit_less_one_in_a_wi
             spec = RateLimit(
                 name="bound", limit=limit, window=timedelta(seconds=1), algorithm="sliding_counter"
             )
-            clock = Clock()
+            clock = MicroClock()
             limiter = controlled(client, clock, prefix=f"bound{next(_runs)}")
             admitted = []
             for offset in arrivals:
@@ -527,7 +499,7 @@ def test_sliding_counter_never_admits_more_than_twice_the_limit_less_one_in_a_wi
 def test_sliding_counter_reaches_its_bound_when_the_previous_window_crowds_its_end(
     target: Target,
 ) -> None:
-    clock = Clock(T0 + L - 1)
+    clock = MicroClock(T0 + L - 1)
     with target.sync_client() as client:
         limiter = controlled(client, clock)
         admitted = [(clock.us, limiter.hit(COUNTER, "s", cost=10, partial=True).granted)]
@@ -541,7 +513,7 @@ def test_sliding_counter_reaches_its_bound_when_the_previous_window_crowds_its_e
 def test_fixed_window_admits_twice_the_limit_in_a_window_span(target: Target) -> None:
     # The twin of the bound above: the same check fails for a fixed window.
     spec = RateLimit(name="fixed", limit=10, window=timedelta(seconds=1))
-    clock = Clock(T0 + L - 1)
+    clock = MicroClock(T0 + L - 1)
     with target.sync_client() as client:
         limiter = controlled(client, clock)
         admitted = [(clock.us, limiter.hit(spec, "s", cost=10).granted)]
@@ -558,7 +530,7 @@ def test_sliding_counter_with_a_long_window_keeps_its_bound(
 ) -> None:
     spec = RateLimit(name="long", limit=limit, window=window, algorithm="sliding_counter")  # type: ignore[arg-type]
     length = spec._length_us
-    clock = Clock(T0 - 1)
+    clock = MicroClock(T0 - 1)
     with server.client() as client:
         limiter = controlled(client, clock)
         admitted = [(clock.us, limiter.hit(spec, "s", cost=limit).granted)]
@@ -572,7 +544,7 @@ def test_sliding_counter_with_a_long_window_keeps_its_bound(
 def test_sliding_counter_admits_uniform_traffic_at_the_rate_within_one_unit_per_window(
     server: Server,
 ) -> None:
-    clock = Clock()
+    clock = MicroClock()
     with server.client() as client:
         limiter = controlled(client, clock)
         at_rate: dict[int, int] = {}
@@ -602,7 +574,7 @@ def test_every_algorithm_keeps_counting_when_a_worker_clock_is_a_little_behind(
         )
         for algorithm in ("fixed_window", "gcra", "sliding_log", "sliding_counter")
     }
-    ahead, behind = Clock(T0 + 2_000), Clock(T0 - 2_000)
+    ahead, behind = MicroClock(T0 + 2_000), MicroClock(T0 - 2_000)
     with server.client() as client:
         early, late = controlled(client, ahead), controlled(client, behind)
         admitted = {
@@ -617,7 +589,7 @@ def test_every_algorithm_keeps_counting_when_a_worker_clock_is_a_little_behind(
 
 
 async def test_async_sliding_counter_weights_the_previous_window(target: Target) -> None:
-    clock = Clock(T0 + L // 2)
+    clock = MicroClock(T0 + L // 2)
     async with target.async_client() as client:
         limiter = AsyncLimiter(client, time_source="client", clock=clock)
         await limiter.hit(COUNTER, "s", cost=8)
@@ -653,7 +625,7 @@ def spec_of(kind: str, name: str = "tokens", limit: int = 10, **options: Any) ->
 def test_partial_hit_grants_what_remains(target: Target, kind: str) -> None:
     spec = spec_of(kind)
     with target.sync_client() as client:
-        limiter = controlled(client, Clock())
+        limiter = controlled(client, MicroClock())
         first = limiter.hit(spec, "s", 7, partial=True)
         short = limiter.hit(spec, "s", 5, partial=True)
         empty = limiter.hit(spec, "s", 2, partial=True)
@@ -676,7 +648,7 @@ def test_partial_replay_returns_the_original_grant_and_charges_nothing_more(
 ) -> None:
     spec = spec_of(kind)
     with target.sync_client() as client:
-        limiter = controlled(client, Clock())
+        limiter = controlled(client, MicroClock())
         limiter.hit(spec, "s", 7)
         first = limiter.hit(spec, "s", 5, partial=True, request_id="req-1")
         limiter.reset(spec, "s")  # room again: a fresh evaluation would grant all 5
@@ -697,7 +669,9 @@ TASKS = 200
 async def test_racing_partial_hits_grant_exactly_the_limit(server: Server, kind: str) -> None:
     spec = spec_of(kind, name="race", limit=100)
     grants: list[Any] = []
-    async with AsyncLimiter.from_url(server.url, time_source="client", clock=Clock()) as limiter:
+    async with AsyncLimiter.from_url(
+        server.url, time_source="client", clock=MicroClock()
+    ) as limiter:
 
         async def attempt() -> bool:
             decision = await limiter.hit(spec, "subject", 3, partial=True)
@@ -742,7 +716,7 @@ async def test_naive_partial_read_then_write_grants_past_the_limit(server: Serve
 def test_refund_gives_back_usage_and_never_below_zero(target: Target, kind: str) -> None:
     spec = spec_of(kind)
     with target.sync_client() as client:
-        limiter = controlled(client, Clock())
+        limiter = controlled(client, MicroClock())
         limiter.hit(spec, "s", 5)
         back = limiter.refund(spec, "s", 2)
         emptied = limiter.refund(spec, "s", 100)
@@ -757,7 +731,7 @@ def test_refund_gives_back_usage_and_never_below_zero(target: Target, kind: str)
 @pytest.mark.parametrize("kind", ["fixed_window", "spend_cap"])
 def test_refund_after_the_window_closed_gives_nothing_back(target: Target, kind: str) -> None:
     spec = spec_of(kind)
-    clock = Clock()
+    clock = MicroClock()
     with target.sync_client() as client:
         limiter = controlled(client, clock)
         limiter.hit(spec, "s", 8)
@@ -770,7 +744,7 @@ def test_refund_after_the_window_closed_gives_nothing_back(target: Target, kind:
 
 
 def test_gcra_refund_moves_the_arrival_time_back_never_before_now(server: Server) -> None:
-    clock = Clock()
+    clock = MicroClock()
     with server.client() as client:
         limiter = controlled(client, clock)
         limiter.hit(GCRA, "s", 6)
@@ -787,7 +761,7 @@ def test_gcra_refund_moves_the_arrival_time_back_never_before_now(server: Server
 
 
 def test_sliding_log_refund_removes_the_newest_entries(target: Target) -> None:
-    clock = Clock()
+    clock = MicroClock()
     with target.sync_client() as client:
         limiter = controlled(client, clock)
         limiter.hit(LOG, "s", 2)
@@ -807,7 +781,7 @@ def test_sliding_log_refund_removes_the_newest_entries(target: Target) -> None:
 
 
 def test_sliding_counter_refund_lowers_only_the_current_window(target: Target) -> None:
-    clock = Clock(T0 + L // 2)
+    clock = MicroClock(T0 + L // 2)
     with target.sync_client() as client:
         limiter = controlled(client, clock)
         limiter.hit(COUNTER, "s", 6)
@@ -823,7 +797,7 @@ def test_sliding_counter_refund_lowers_only_the_current_window(target: Target) -
 def test_spend_cap_refund_lowers_committed_spend_never_holds(target: Target) -> None:
     cap = SpendCap(name="ai", limit=Decimal("10.00"), currency="AUD", window="day")
     with target.sync_client() as client:
-        limiter = controlled(client, Clock())
+        limiter = controlled(client, MicroClock())
         limiter.hit(cap, "s", Decimal("4.00"))
         limiter.reserve(cap, "s", Decimal("3.00"))
         refunded = limiter.refund(cap, "s", Decimal("10.00"))
@@ -854,7 +828,7 @@ def test_refund_resent_with_its_request_id_gives_back_nothing_more(
 ) -> None:
     spec = spec_of(kind)
     with target.sync_client() as client:
-        limiter = controlled(client, Clock())
+        limiter = controlled(client, MicroClock())
         limiter.hit(spec, "s", 6)
         first = limiter.refund(spec, "s", 2, request_id="req-1:refund")
         again = limiter.refund(spec, "s", 2, request_id="req-1:refund")
@@ -870,7 +844,7 @@ def test_refunds_without_an_id_give_back_each_time(target: Target, kind: str) ->
     # The twin of the test above: the same two sends without an id count twice.
     spec = spec_of(kind)
     with target.sync_client() as client:
-        limiter = controlled(client, Clock())
+        limiter = controlled(client, MicroClock())
         limiter.hit(spec, "s", 6)
         limiter.refund(spec, "s", 2)
         limiter.refund(spec, "s", 2)
@@ -883,7 +857,7 @@ def test_refunds_without_an_id_give_back_each_time(target: Target, kind: str) ->
 def test_refund_request_id_reused_for_another_amount_is_refused(target: Target, kind: str) -> None:
     spec = spec_of(kind)
     with target.sync_client() as client:
-        limiter = controlled(client, Clock())
+        limiter = controlled(client, MicroClock())
         limiter.hit(spec, "s", 6)
         limiter.refund(spec, "s", 2, request_id="req-1:refund")
         with pytest.raises(RequestIdReused):
@@ -902,7 +876,7 @@ SHADOW_KINDS = ("fixed_window", "spend_cap", "gcra", "sliding_counter")
 def test_shadow_limit_allows_charges_and_flags_hits_over_it(target: Target, kind: str) -> None:
     spec = spec_of(kind, name="trial", limit=3, shadow=True)
     with target.sync_client() as client:
-        limiter = controlled(client, Clock())
+        limiter = controlled(client, MicroClock())
         decisions = [limiter.hit(spec, "s") for _ in range(5)]
 
     assert all(d.allowed for d in decisions)
@@ -917,7 +891,7 @@ def test_shadow_limit_allows_charges_and_flags_hits_over_it(target: Target, kind
 def test_shadow_peek_reports_what_a_hit_would(target: Target, kind: str) -> None:
     spec = spec_of(kind, name="trial", limit=3, shadow=True)
     with target.sync_client() as client:
-        limiter = controlled(client, Clock())
+        limiter = controlled(client, MicroClock())
         fits = limiter.peek(spec, "s", 3)
         limiter.hit(spec, "s", 3)
         over = limiter.peek(spec, "s", 1)
@@ -934,7 +908,7 @@ def test_shadow_and_real_specs_with_different_names_count_apart(target: Target, 
     trial = spec_of(kind, name="trial", limit=3, shadow=True)
     real = spec_of(kind, name="real", limit=3)
     with target.sync_client() as client:
-        limiter = controlled(client, Clock())
+        limiter = controlled(client, MicroClock())
         for _ in range(4):
             limiter.hit(trial, "s")
         enforced = [limiter.hit(real, "s").allowed for _ in range(4)]
@@ -949,7 +923,7 @@ def test_every_algorithm_keeps_each_subjects_keys_in_its_hash_slot(target: Targe
     specs = [spec_of(kind) for kind in KINDS]
     subjects = {"alice": "{s:alice}", "bob/ü": "{s:bob%2F%C3%BC}"}
     with target.sync_client() as client:
-        limiter = controlled(client, Clock())
+        limiter = controlled(client, MicroClock())
         for subject in subjects:
             for n, spec in enumerate(specs):
                 limiter.hit(spec, subject, 2, request_id=f"hit-{n}")

@@ -7,6 +7,7 @@ from decimal import Decimal
 import pytest
 import redis
 import redis.asyncio
+from helpers import evalsha_runs
 from proxy import StallingProxy
 from redis.backoff import NoBackoff
 from redis.retry import Retry
@@ -80,10 +81,10 @@ def test_stalled_reply_retried_by_redis_py_charges_once(
     with _through(stalling_proxy) as client, server.client() as direct:
         limiter = Limiter(client)
         limiter.hit(CAP, "warm-up")  # connect and load the script with no stall
-        before = _evalsha_runs(direct)
+        before = evalsha_runs(direct)
         stalling_proxy.stall_next_replies(1, STALL)
         decision = limiter.hit(CAP, "s", cost=Decimal("1.50"), request_id=request_id)
-        runs = _evalsha_runs(direct) - before
+        runs = evalsha_runs(direct) - before
         used = Limiter(direct).peek(CAP, "s", cost=0).used
 
     assert runs >= 2  # the script ran for the stalled hit and again for its re-send
@@ -109,11 +110,6 @@ async def test_async_stalled_reply_retried_by_redis_py_charges_once(
     assert stalling_proxy.connections_accepted >= 2
     assert decision.used == 1
     assert used == 1
-
-
-def _evalsha_runs(client: redis.Redis) -> int:
-    stats = client.info("commandstats")["cmdstat_evalsha"]
-    return int(stats["calls"]) - int(stats.get("failed_calls", 0))
 
 
 def test_the_same_stall_makes_a_naive_increment_count_twice(

@@ -9,7 +9,6 @@ on the naive two-command pattern, which must fail the same check.
 from __future__ import annotations
 
 import asyncio
-import multiprocessing
 import random
 import time
 import uuid
@@ -22,6 +21,7 @@ import pytest
 import redis
 import redis.asyncio
 from conftest import Target
+from helpers import START, Clock, process_race
 from redis.crc import key_slot
 from servers import Server
 
@@ -36,21 +36,7 @@ from atomlimit import (
 )
 from atomlimit._keys import subject_tag
 
-START = datetime(2026, 1, 1, 0, 0, 5, tzinfo=UTC).timestamp()
 OPENAI = Concurrency(name="openai", limit=3, lease=timedelta(seconds=10))
-
-
-class Clock:
-    """A controlled clock, in epoch seconds; advanced only by the test."""
-
-    def __init__(self, start: float = START) -> None:
-        self.now = start
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
 
 
 def _at(seconds: float) -> datetime:
@@ -517,23 +503,9 @@ def _naive_holder(url: str, start: Any, name: str, rounds: int) -> int:
     return peak
 
 
-def _process_race(url: str, holder: Any) -> int:
-    """The most leases any process saw in flight, across PROCESSES spawned processes."""
-    context = multiprocessing.get_context("spawn")
-    name = f"p{uuid.uuid4().hex[:8]}"
-    with context.Manager() as manager:
-        start = manager.Barrier(PROCESSES)
-        with context.Pool(PROCESSES) as pool:
-            pending = [
-                pool.apply_async(holder, (url, start, name, ROUNDS_PER_PROCESS))
-                for _ in range(PROCESSES)
-            ]
-            return max(result.get(timeout=120) for result in pending)
-
-
 @pytest.mark.slow
 def test_processes_never_hold_more_than_the_limit_at_once(server: Server) -> None:
-    peak = _process_race(server.url, _engine_holder)
+    peak = process_race(server.url, _engine_holder, PROCESSES, ROUNDS_PER_PROCESS, max)
 
     assert peak == PROCESS_SLOTS  # never more, and the limit was reached
 
@@ -544,7 +516,7 @@ def test_naive_count_then_add_overshoots_under_the_same_processes(server: Server
     # the naive pattern several rounds to show its race.
     peaks = []
     for _ in range(5):
-        peaks.append(_process_race(server.url, _naive_holder))
+        peaks.append(process_race(server.url, _naive_holder, PROCESSES, ROUNDS_PER_PROCESS, max))
         if peaks[-1] > PROCESS_SLOTS:
             break
 

@@ -22,6 +22,7 @@ from fractions import Fraction
 from typing import Any, ClassVar
 
 import redis
+from helpers import SECOND, MicroClock
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import (
@@ -37,32 +38,9 @@ from atomlimit import Decision, Limiter, RateLimit
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 US = timedelta(microseconds=1)
-SECOND = 1_000_000
-T0 = int(datetime(2026, 1, 1, tzinfo=UTC).timestamp()) * SECOND
 SUBJECTS = ("alice", "bob")
 MACHINE_SETTINGS = settings(max_examples=60, stateful_step_count=30, deadline=None)
 _runs = itertools.count()
-
-
-def seconds_at(us: int) -> float:
-    """Epoch seconds that the limiter reads back as exactly ``us`` microseconds."""
-    seconds = us / SECOND
-    while int(seconds * SECOND) < us:
-        seconds = math.nextafter(seconds, math.inf)
-    while int(seconds * SECOND) > us:
-        seconds = math.nextafter(seconds, -math.inf)
-    assert int(seconds * SECOND) == us
-    return seconds
-
-
-class Clock:
-    """A controlled clock, in whole microseconds since the epoch."""
-
-    def __init__(self, us: int = T0) -> None:
-        self.us = us
-
-    def __call__(self) -> float:
-        return seconds_at(self.us)
 
 
 # -- Models ----------------------------------------------------------------------
@@ -225,7 +203,7 @@ class AlgorithmMachine(RuleBasedStateMachine):
 
     def __init__(self) -> None:
         super().__init__()
-        self.clock = Clock()
+        self.clock = MicroClock()
         self.client = redis.Redis.from_url(self.url)
         self.limiter = Limiter(
             self.client,
@@ -403,7 +381,7 @@ def test_gcra_with_a_fractional_interval_keeps_its_promises(server: Server) -> N
                 burst=burst,
             )
             burst_units, interval = burst or limit, Fraction(window_ms * 1_000, limit)
-            clock = Clock()
+            clock = MicroClock()
             limiter = Limiter(
                 client, prefix=f"frac{next(_runs)}", time_source="client", clock=clock
             )

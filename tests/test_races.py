@@ -7,14 +7,13 @@ assertion the first passes, which shows the harness really races.
 
 from __future__ import annotations
 
-import multiprocessing
-import uuid
 from decimal import Decimal
 from typing import Any
 
 import pytest
 import redis
 import redis.asyncio
+from helpers import process_race
 from servers import Cluster, Server
 
 from atomlimit import AsyncLimiter, Limiter, RateLimit, SpendCap
@@ -187,23 +186,11 @@ def _seed_worker(url: str, start: Any, name: str, attempts: int) -> int:
     return admitted
 
 
-def _process_race(url: str, worker: Any) -> int:
-    context = multiprocessing.get_context("spawn")
-    name = f"p{uuid.uuid4().hex[:8]}"
-    with context.Manager() as manager:
-        # A barrier, so no process starts hitting before all are connected.
-        start = manager.Barrier(PROCESSES)
-        with context.Pool(PROCESSES) as pool:
-            pending = [
-                pool.apply_async(worker, (url, start, name, ATTEMPTS_PER_PROCESS))
-                for _ in range(PROCESSES)
-            ]
-            return sum(result.get(timeout=120) for result in pending)
-
-
 @pytest.mark.slow
 def test_eight_processes_admit_exactly_the_limit(server: Server) -> None:
-    admitted = [_process_race(server.url, _engine_worker) for _ in range(3)]
+    admitted = [
+        process_race(server.url, _engine_worker, PROCESSES, ATTEMPTS_PER_PROCESS) for _ in range(3)
+    ]
 
     assert admitted == [LIMIT, LIMIT, LIMIT]
 
@@ -214,7 +201,7 @@ def test_seed_pattern_overshoots_under_the_same_eight_processes(server: Server) 
     # the naive pattern several rounds to show its race.
     trials = []
     for _ in range(10):
-        trials.append(_process_race(server.url, _seed_worker))
+        trials.append(process_race(server.url, _seed_worker, PROCESSES, ATTEMPTS_PER_PROCESS))
         if trials[-1] > LIMIT:
             break
 

@@ -21,6 +21,7 @@ import pytest
 import redis
 import redis.asyncio
 from conftest import Target
+from helpers import Clock, evalsha_runs
 from proxy import StallingProxy
 from redis.crc import key_slot
 from servers import Server
@@ -39,7 +40,6 @@ from atomlimit import (
 )
 from atomlimit._keys import subject_tag
 
-START = datetime(2026, 1, 1, 0, 0, 5, tzinfo=UTC).timestamp()
 """Five seconds into a UTC minute: the cap's window ends 55 s later."""
 WINDOW_LEFT = 55.0
 CAP = SpendCap(name="ai", limit=Decimal("10.00"), currency="AUD", window="minute")
@@ -49,19 +49,6 @@ BASE = "atomlimit:v1:{s:s}:sc:ai:AUD:6"
 HOLDS, AMOUNTS = BASE + ":holds", BASE + ":held"
 STALL = 0.6
 SOCKET_TIMEOUT = 0.2
-
-
-class Clock:
-    """A controlled clock, in epoch seconds; advanced only by the test."""
-
-    def __init__(self, start: float = START) -> None:
-        self.now = start
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
 
 
 def _limiter(client: Any, clock: Clock) -> Limiter:
@@ -739,11 +726,6 @@ def _through(proxy: StallingProxy) -> redis.Redis:
     return redis.Redis(host="127.0.0.1", port=proxy.port, socket_timeout=SOCKET_TIMEOUT)
 
 
-def _evalsha_runs(client: redis.Redis) -> int:
-    stats = client.info("commandstats")["cmdstat_evalsha"]
-    return int(stats["calls"]) - int(stats.get("failed_calls", 0))
-
-
 def _warmed_up(client: redis.Redis) -> Limiter:
     # Connect and load the charge and settle scripts with no stall.
     limiter = Limiter(client)
@@ -759,10 +741,10 @@ def test_stalled_settle_retried_by_redis_py_charges_once(
     with _through(stalling_proxy) as client, server.client() as direct:
         limiter = _warmed_up(client)
         reservation = limiter.reserve(DAY_CAP, "s", _d("2.00"))
-        before = _evalsha_runs(direct)
+        before = evalsha_runs(direct)
         stalling_proxy.stall_next_replies(1, STALL)
         reservation.settle(_d("1.50"))
-        runs = _evalsha_runs(direct) - before
+        runs = evalsha_runs(direct) - before
         peeked = Limiter(direct).peek(DAY_CAP, "s", cost=0)
 
     assert runs >= 2  # the settle ran, and ran again for redis-py's re-send
@@ -796,10 +778,10 @@ def test_stalled_release_retried_by_redis_py_charges_nothing(
     with _through(stalling_proxy) as client, server.client() as direct:
         limiter = _warmed_up(client)
         reservation = limiter.reserve(DAY_CAP, "s", _d("2.00"))
-        before = _evalsha_runs(direct)
+        before = evalsha_runs(direct)
         stalling_proxy.stall_next_replies(1, STALL)
         reservation.release()
-        runs = _evalsha_runs(direct) - before
+        runs = evalsha_runs(direct) - before
         peeked = Limiter(direct).peek(DAY_CAP, "s", cost=0)
 
     assert runs >= 2

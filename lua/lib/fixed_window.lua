@@ -42,6 +42,16 @@ local function fw_lower(key, stop, amount)
   end
 end
 
+-- Lowers used in the window open now by up to `amount`: a refund. A window
+-- that has closed owes nothing back.
+local function fw_give_back(key, now, amount)
+  local state = redis.call('HMGET', key, 'e', 'n')
+  local stop = tonumber(state[1])
+  if stop and now < stop then
+    redis.call('HSET', key, 'n', math.max(tonumber(state[2]) - amount, 0))
+  end
+end
+
 -- Made on first use in a run: every run defines its local functions afresh,
 -- and most runs use one kind.
 local function fw_kind()
@@ -68,10 +78,7 @@ local function fw_kind()
   end
 
   local function fw_refund(keys, args, now, amount)
-    local stop = tonumber(redis.call('HGET', keys[1], 'e'))
-    if stop and now < stop then
-      fw_lower(keys[1], stop, amount)
-    end
+    fw_give_back(keys[1], now, amount)
   end
 
   return {check = fw_check, undo = fw_undo, refund = fw_refund}

@@ -147,10 +147,7 @@ local function sc_kind()
 
   local function sc_refund(keys, args, now, amount)
     holds_prune(keys, now)
-    local stop = tonumber(redis.call('HGET', keys[1], 'e'))
-    if stop and now < stop then
-      fw_lower(keys[1], stop, amount)
-    end
+    fw_give_back(keys[1], now, amount)
   end
 
   return {check = sc_check, undo = sc_undo, refund = sc_refund}
