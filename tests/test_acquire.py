@@ -15,7 +15,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from decimal import Decimal
 from typing import Any
 
@@ -23,7 +23,7 @@ import pytest
 import redis
 import redis.asyncio
 from conftest import Target
-from helpers import evalsha_runs
+from helpers import START, evalsha_runs
 from proxy import StallingProxy
 from redis.backoff import NoBackoff
 from redis.crc import key_slot
@@ -59,7 +59,6 @@ SLOTS = Concurrency(name="slots", limit=2)
 GPU = Concurrency(name="gpu", limit=1)
 GLOBAL = RateLimit(name="global", limit=3, window="day")
 HOLD = timedelta(minutes=5)
-START = datetime(2026, 1, 1, 0, 0, 5, tzinfo=UTC).timestamp()
 
 KINDS = ["fixed_window", "gcra", "sliding_counter", "sliding_log", "spend", "reservation", "lease"]
 FILL: dict[str, Callable[[Limiter, str], object]] = {

@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import itertools
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from decimal import Decimal
 from typing import Any
 
 import redis
+from helpers import START
 from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import (
@@ -26,7 +27,6 @@ from servers import Server
 
 from atomlimit import Decision, Limiter, RateLimit, SpendCap
 
-START = datetime(2026, 1, 1, 0, 0, 5, tzinfo=UTC).timestamp()
 RATE = RateLimit(name="rate", limit=5, window=timedelta(seconds=10))
 CAP = SpendCap(
     name="cap", limit=Decimal("1.00"), currency="AUD", window="minute", unit=Decimal("0.01")

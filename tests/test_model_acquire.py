@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import itertools
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from decimal import Decimal
 from typing import Any
 
 from conftest import Target
+from helpers import START
 from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import (
@@ -28,7 +29,6 @@ from hypothesis.stateful import (
 
 from atomlimit import Acquired, Hit, Limiter, RateLimit, SpendCap
 
-START = datetime(2026, 1, 1, 0, 0, 5, tzinfo=UTC).timestamp()
 SPECS: dict[str, RateLimit | SpendCap] = {
     "short": RateLimit(name="short", limit=4, window=timedelta(seconds=10)),
     "long": RateLimit(name="long", limit=6, window=timedelta(seconds=30)),

@@ -320,12 +320,11 @@ class Engine:
 
     # -- calls over several items of one subject ----------------------------
 
-    def charge(self, items: Sequence[Item], request_id: str | None) -> Call:
-        """Plan charging every item, all or none, in one script: reads as Charged."""
-        return self._charge(items, *self.request(request_id))
-
     def _charge(self, items: Sequence[Item], rid: str, ttl: int, one: bool = False) -> Call:
-        """The charge of ``items``; read as Charged, or with ``one`` as the Decision."""
+        """Plan charging every item, all or none, in one script, under ``rid``.
+
+        Reads as Charged, or with ``one`` as the only item's Decision.
+        """
         record = self._record(items, rid)
         fingerprint = ";".join(f"{i.kind}:{i.units}:{i.flags}" for i in items)
 
