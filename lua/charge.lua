@@ -1,9 +1,10 @@
 -- charge.lua: check every item, then charge all of them or none.
 --
--- KEYS[1]  the request id's record
--- KEYS[2..]  each item's keys, in item order (one hash slot)
+-- KEYS[1]  the request id's record, when ARGV[2] is not ''; then each
+--          item's keys, in item order (one hash slot)
 -- ARGV[1]  client time in microseconds, or '' to read the server's TIME
--- ARGV[2]  how long to remember the request id, milliseconds
+-- ARGV[2]  how long to remember the request id, milliseconds; '' keeps no
+--          record (the caller never sends this call twice)
 -- ARGV[3]  the request id (also names leases, holds and log entries)
 -- ARGV[4]  fingerprint of the items' kinds and costs
 -- ARGV[5]  number of items, then per item: kind, #keys, #args, args...
@@ -17,28 +18,36 @@
 -- Cost     O(items) plus each kind's own: O(1) for fw, sc, gc, sw; O(log n)
 --          per lease for cc; O(log n + expired) for holds; O(cost log n)
 --          for sl
+--
+-- Used for acquire, reservations, leases, hits that carry the caller's
+-- request id, and spend-cap charges that must read the holds; a plain hit
+-- runs its kind's own script (hit_*.lua).
 -- include: lib/items.lua
 -- include: lib/replay.lua
 
-local now = clock_now(ARGV[1])
-local record, id, fingerprint = KEYS[1], ARGV[3], ARGV[4]
-
-local replayed = replay_lookup(record, fingerprint, now)
-if replayed then
-  return replayed
+local run = {now = clock_now(ARGV[1]), client = ARGV[1], id = ARGV[3]}
+local record, fingerprint, first_key = nil, ARGV[4], 1
+if ARGV[2] ~= '' then
+  record, first_key = KEYS[1], 2
+  local replayed = replay_lookup(record, fingerprint, run.now)
+  if replayed then
+    return replayed
+  end
 end
 
-local checked, all = check_items(parse_items(2, 5), now, id)
+local checked, all = check_items(parse_items(first_key, 5), run)
 if not checked then
-  return {-1, now}
+  return {-1, run.now}
 end
 if not all then
-  return checked_reply({0, now}, checked)
+  return checked_reply({0, run.now}, checked)
 end
-local reply = {1, now}
+local reply = {1, run.now}
 for _, it in ipairs(checked) do
   local used, stop = it.apply(it.grant)
-  item_reply(reply, it, used, stop, 0)
+  item_reply(reply, it.status, used, it.held, stop, 0, it.grant)
 end
-replay_remember(record, tonumber(ARGV[2]), fingerprint, reply)
+if record then
+  replay_remember(record, tonumber(ARGV[2]), fingerprint, reply)
+end
 return reply

@@ -11,9 +11,9 @@
 --          entries are pruned, which changes no decision
 -- include: lib/items.lua
 
-local now = clock_now(ARGV[1])
-local checked, all = check_items(parse_items(1, 2), now, '')
+local run = {now = clock_now(ARGV[1]), client = ARGV[1], id = ''}
+local checked, all = check_items(parse_items(1, 2), run)
 if not checked then
-  return {-1, now}
+  return {-1, run.now}
 end
-return checked_reply({all and 1 or 0, now}, checked)
+return checked_reply({all and 1 or 0, run.now}, checked)

@@ -20,22 +20,22 @@
 -- include: lib/items.lua
 -- include: lib/replay.lua
 
-local now = clock_now(ARGV[1])
-local record, id = KEYS[1], ARGV[2]
+local run = {now = clock_now(ARGV[1]), client = ARGV[1], id = ARGV[2]}
+local record = KEYS[1]
 local items = parse_items(2, 3)
 local charged = replay_items(record)
 local code = 0
 if charged then
   for i, item in ipairs(items) do
-    KINDS[item.kind].undo(item.keys, item.args, now, id, charged[i].grant, charged[i].stop)
+    KINDS[item.kind].undo(item.keys, item.args, run, charged[i].grant, charged[i].stop)
   end
   redis.call('DEL', record)
   code = 1
 end
-local checked = check_items(items, now, id)
+local checked = check_items(items, run)
 if not checked then
   -- The undo above is done and its record gone; a re-plan finds nothing to
   -- undo and only reports the state.
-  return {-1, now}
+  return {-1, run.now}
 end
-return checked_reply({code, now}, checked)
+return checked_reply({code, run.now}, checked)

@@ -43,11 +43,12 @@ from atomlimit import (
     Spec,
     SpendCap,
 )
+from atomlimit._acquire import Acquisition, acquire
 from atomlimit._demo import _race
-from atomlimit._engine import Acquisition, Engine
-from atomlimit._runner import SyncRunner
+from atomlimit._engine import Engine
+from atomlimit._runner import SyncRunner, clock_reader
 from atomlimit._scripts import script
-from atomlimit._steps import Flow
+from atomlimit._steps import Flow, Plan
 
 FIXED = RateLimit(name="per-day", limit=5, window="day")
 GCRA = RateLimit(name="smooth", limit=4, window="day", algorithm="gcra")  # T = 6 h exactly
@@ -145,7 +146,17 @@ def _records(client: Any, request_id: str) -> list[str]:
 
 
 def _key(spec: Spec[Any], subject: str) -> str:
-    return f"atomlimit:v1:{{s:{subject}}}{spec._tail}"
+    return f"atomlimit:v1:{{s:{subject}}}{spec._codec.tail}"
+
+
+def _state_key(spec: Spec[Any], subject: str) -> str:
+    """The key a charge of ``spec`` writes now: for windowed kinds, the window's."""
+    return spec._codec.state_keys(_key(spec, subject), int(time.time() * 1_000_000))[0]
+
+
+def _planned(step: object, runner: SyncRunner) -> Any:
+    assert isinstance(step, Plan)
+    return step.make(runner.now())
 
 
 def _load_scripts(client: redis.Redis) -> None:
@@ -219,9 +230,11 @@ def _drive(flow: Flow, runner: SyncRunner, before: Callable[[int], None]) -> tup
     while True:
         before(len(names))
         try:
-            call = flow.send(reply)
+            step = flow.send(reply)
         except StopIteration as done:
             return done.value, names
+        assert isinstance(step, Plan)
+        call = step.make(runner.now())
         names.append(call.script.name)
         reply = runner.run(call)
 
@@ -530,8 +543,11 @@ def test_a_window_that_closed_before_the_undo_owes_nothing_back(target: Target) 
                 others.append(limiter.hit(ten, "client-a"))
                 others.append(limiter.hit(cap, "client-a", Decimal("3.00")))
 
-        engine = Engine(time_source="client", clock=lambda: now[0])
-        found, names = _drive(engine.acquire(hits, "req-w"), SyncRunner(client), between)
+        engine, runner = (
+            Engine(time_source="client"),
+            SyncRunner(client, clock_reader(lambda: now[0])),
+        )
+        found, names = _drive(acquire(engine, hits, "req-w"), runner, between)
         after = _usage(limiter, hits[:2])
         records = _records(client, "req-w")
 
@@ -560,8 +576,11 @@ def test_an_undo_in_the_same_window_gives_back_exactly_what_was_charged(target: 
                 now[0] += 1
                 seen.append(limiter.hit(ten, "client-a").used)
 
-        engine = Engine(time_source="client", clock=lambda: now[0])
-        found, names = _drive(engine.acquire(hits, "req-s"), SyncRunner(client), between)
+        engine, runner = (
+            Engine(time_source="client"),
+            SyncRunner(client, clock_reader(lambda: now[0])),
+        )
+        found, names = _drive(acquire(engine, hits, "req-s"), runner, between)
         after = _usage(limiter, hits[:1])
 
     assert names == ["charge", "charge", "undo"]
@@ -842,12 +861,12 @@ FAILING = [
 def test_backend_failure_at_a_later_subject_undoes_the_earlier_and_raises(target: Target) -> None:
     with target.sync_client() as client:
         limiter = Limiter(client)
-        client.set(_key(FIXED, "client-b"), "not a hash")
+        client.hset(_state_key(FIXED, "client-b"), "n", 1)
         with pytest.raises(BackendError) as caught:
             limiter.acquire(FAILING, request_id="req-9")
         usage_after = _usage(limiter, FAILING[:4])
         held_after, records_after = _held(client), _records(client, "req-9")
-        client.delete(_key(FIXED, "client-b"))
+        client.delete(_state_key(FIXED, "client-b"))
         again = limiter.acquire(FAILING, request_id="req-9")
         usage_charged = _usage(limiter, FAILING)
 
@@ -866,7 +885,7 @@ async def test_async_backend_failure_at_a_later_subject_undoes_the_earlier(
 ) -> None:
     async with target.async_client() as client:
         limiter = AsyncLimiter(client)
-        await client.set(_key(FIXED, "client-b"), "not a hash")
+        await client.hset(_state_key(FIXED, "client-b"), "n", 1)
         with pytest.raises(BackendError) as caught:
             await limiter.acquire(FAILING, request_id="req-9")
         usage_after = await _async_usage(limiter, FAILING[:4])
@@ -883,7 +902,7 @@ def test_cluster_backend_failure_on_another_node_undoes_the_first_node(cluster: 
             with node.client() as direct:
                 _load_scripts(direct)
         limiter = Limiter(client)
-        client.set(_key(FIXED, second), "not a hash")
+        client.hset(_state_key(FIXED, second), "n", 1)
         with _script_log(cluster.nodes[:2]) as runs:
             with pytest.raises(BackendError) as caught:
                 limiter.acquire(hits)
@@ -904,10 +923,10 @@ def test_a_failed_undo_leaves_charges_that_a_resent_acquire_replays_and_undoes(
         limiter = Limiter(client)
         limiter.hit(GLOBAL, "global", 3)
         live, lost = SyncRunner(client), SyncRunner(unreachable)
-        flow = Engine().acquire(hits, "req-3")
-        charged = live.run(next(flow))
-        denied = live.run(flow.send(charged))
-        undo = flow.send(denied)
+        flow = acquire(Engine(), hits, "req-3")
+        charged = live.run(_planned(next(flow), live))
+        denied = live.run(_planned(flow.send(charged), live))
+        undo = _planned(flow.send(denied), lost)
         # The server goes away just as the undo is sent.
         with pytest.raises(BackendError) as failure:
             lost.run(undo)

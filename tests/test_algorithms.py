@@ -190,18 +190,17 @@ def test_gcra_full_bucket_with_a_fractional_interval_still_allows_a_zero_cost_ch
     assert nothing.allowed
 
 
-def test_gcra_with_a_sub_microsecond_interval_still_denies_past_the_burst(
-    server: Server,
-) -> None:
-    # 10,000 per millisecond: T = 0.1 µs. The spec is accepted, so it must limit.
-    dense = RateLimit(
-        name="dense", limit=10_000, window=timedelta(milliseconds=1), algorithm="gcra", burst=3
+def test_gcra_faster_than_one_request_a_microsecond_is_refused() -> None:
+    # 10,000 per millisecond would be T = 0.1 µs, finer than the server's
+    # clock can space requests: the spec is refused rather than kept loosely.
+    with pytest.raises(InvalidInput, match="at least 1 us apart"):
+        RateLimit(
+            name="dense", limit=10_000, window=timedelta(milliseconds=1), algorithm="gcra", burst=3
+        )
+    one_a_microsecond = RateLimit(
+        name="dense", limit=1_000, window=timedelta(milliseconds=1), algorithm="gcra", burst=3
     )
-    with server.client() as client:
-        limiter = controlled(client, MicroClock())
-        decisions = [limiter.hit(dense, "s") for _ in range(4)]
-
-    assert [d.allowed for d in decisions] == [True, True, True, False]
+    assert one_a_microsecond.limit == 1_000
 
 
 def test_gcra_with_a_long_interval_passes_no_earlier_than_retry_after(server: Server) -> None:
@@ -529,7 +528,7 @@ def test_sliding_counter_with_a_long_window_keeps_its_bound(
     server: Server, window: str, limit: int
 ) -> None:
     spec = RateLimit(name="long", limit=limit, window=window, algorithm="sliding_counter")  # type: ignore[arg-type]
-    length = spec._length_us
+    length = {"hour": 3_600, "day": 86_400}[window] * SECOND
     clock = MicroClock(T0 - 1)
     with server.client() as client:
         limiter = controlled(client, clock)
@@ -572,7 +571,7 @@ def test_every_algorithm_keeps_counting_when_a_worker_clock_is_a_little_behind(
         algorithm: RateLimit(
             name=algorithm, limit=10, window=timedelta(seconds=1), algorithm=algorithm
         )
-        for algorithm in ("fixed_window", "gcra", "sliding_log", "sliding_counter")
+        for algorithm in ("gcra", "sliding_log", "sliding_counter")
     }
     ahead, behind = MicroClock(T0 + 2_000), MicroClock(T0 - 2_000)
     with server.client() as client:
@@ -586,6 +585,22 @@ def test_every_algorithm_keeps_counting_when_a_worker_clock_is_a_little_behind(
         }
 
     assert admitted == dict.fromkeys(specs, (10, 0))
+
+
+def test_client_time_fixed_windows_follow_each_workers_clock_at_the_edge(server: Server) -> None:
+    # A fixed window's counter is named by its window. With client time, the
+    # window is the one each worker's clock names, so two workers whose clocks
+    # straddle an edge count in two windows (docs/clock-and-windows.md): the
+    # reason server time, one clock for all, is the default.
+    spec = RateLimit(name="edge", limit=10, window=timedelta(seconds=1))
+    ahead, behind = MicroClock(T0 + 2_000), MicroClock(T0 - 2_000)
+    with server.client() as client:
+        early, late = controlled(client, ahead), controlled(client, behind)
+        first = [early.hit(spec, "s") for _ in range(10)]
+        second = [late.hit(spec, "s") for _ in range(10)]
+
+    assert all(d.allowed for d in first + second)
+    assert {d.reset_at for d in first} != {d.reset_at for d in second}
 
 
 async def test_async_sliding_counter_weights_the_previous_window(target: Target) -> None:

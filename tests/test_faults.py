@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
+import time
 from decimal import Decimal
+from pathlib import Path
 
 import pytest
 import redis
@@ -70,20 +73,19 @@ async def test_async_hit_after_server_restart_reloads_and_charges_once(
 
 
 def _through(proxy: StallingProxy, **options: object) -> redis.Redis:
-    # redis-py's default Retry: it re-sends a command after a timeout.
+    # redis-py's default Retry: it would re-send a command after a timeout.
     return redis.Redis(host="127.0.0.1", port=proxy.port, socket_timeout=SOCKET_TIMEOUT, **options)
 
 
-@pytest.mark.parametrize("request_id", [None, "req-9f1"])
-def test_stalled_reply_retried_by_redis_py_charges_once(
-    server: Server, stalling_proxy: StallingProxy, request_id: str | None
+def test_a_lost_reply_with_a_request_id_is_sent_again_and_charges_once(
+    server: Server, stalling_proxy: StallingProxy
 ) -> None:
     with _through(stalling_proxy) as client, server.client() as direct:
         limiter = Limiter(client)
-        limiter.hit(CAP, "warm-up")  # connect and load the script with no stall
+        limiter.hit(CAP, "warm-up", request_id="w")  # connect and load the script
         before = evalsha_runs(direct)
         stalling_proxy.stall_next_replies(1, STALL)
-        decision = limiter.hit(CAP, "s", cost=Decimal("1.50"), request_id=request_id)
+        decision = limiter.hit(CAP, "s", cost=Decimal("1.50"), request_id="req-9f1")
         runs = evalsha_runs(direct) - before
         used = Limiter(direct).peek(CAP, "s", cost=0).used
 
@@ -93,7 +95,31 @@ def test_stalled_reply_retried_by_redis_py_charges_once(
     assert used == Decimal("1.50")
 
 
-async def test_async_stalled_reply_retried_by_redis_py_charges_once(
+def test_a_lost_reply_without_a_request_id_is_reported_unknown_never_sent_twice(
+    server: Server, stalling_proxy: StallingProxy
+) -> None:
+    # Nothing on the server remembers a call with no request id, so a second
+    # send could charge twice: the runner does not send one, and says the
+    # outcome is unknown.
+    with _through(stalling_proxy) as client, server.client() as direct:
+        limiter = Limiter(client)
+        limiter.hit(CAP, "s", cost=0)  # connect, load the script, open the window
+        before = evalsha_runs(direct)
+        stalling_proxy.stall_next_replies(1, STALL)
+        with pytest.raises(BackendError) as caught:
+            limiter.hit(CAP, "s", cost=Decimal("1.50"))
+        time.sleep(STALL)  # let the stalled script finish on the server
+        runs = evalsha_runs(direct) - before
+        used = Limiter(direct).peek(CAP, "s", cost=0).used
+
+    assert caught.value.applied == "unknown"
+    assert caught.value.request_id is None
+    assert isinstance(caught.value.__cause__, redis.exceptions.TimeoutError)
+    assert runs == 1
+    assert used == Decimal("1.50")
+
+
+async def test_async_lost_reply_with_a_request_id_is_sent_again_and_charges_once(
     server: Server, stalling_proxy: StallingProxy
 ) -> None:
     client = redis.asyncio.Redis(
@@ -103,12 +129,32 @@ async def test_async_stalled_reply_retried_by_redis_py_charges_once(
         limiter = AsyncLimiter(client)
         await limiter.hit(SPEC, "warm-up")
         stalling_proxy.stall_next_replies(1, STALL)
-        decision = await limiter.hit(SPEC, "s")
+        decision = await limiter.hit(SPEC, "s", request_id="req-1")
     with server.client() as direct:
         used = Limiter(direct).peek(SPEC, "s").used
 
     assert stalling_proxy.connections_accepted >= 2
     assert decision.used == 1
+    assert used == 1
+
+
+async def test_async_lost_reply_without_a_request_id_is_reported_unknown(
+    server: Server, stalling_proxy: StallingProxy
+) -> None:
+    client = redis.asyncio.Redis(
+        host="127.0.0.1", port=stalling_proxy.port, socket_timeout=SOCKET_TIMEOUT
+    )
+    async with client:
+        limiter = AsyncLimiter(client)
+        await limiter.hit(SPEC, "warm-up")
+        stalling_proxy.stall_next_replies(1, STALL)
+        with pytest.raises(BackendError) as caught:
+            await limiter.hit(SPEC, "s")
+    await asyncio.sleep(STALL)
+    with server.client() as direct:
+        used = Limiter(direct).peek(SPEC, "s").used
+
+    assert caught.value.applied == "unknown"
     assert used == 1
 
 
@@ -126,33 +172,42 @@ def test_the_same_stall_makes_a_naive_increment_count_twice(
     assert count == 2
 
 
-def test_retries_that_all_time_out_raise_and_still_charge_once(
+def test_retries_that_all_time_out_raise_and_a_replay_returns_the_charge(
     server: Server, stalling_proxy: StallingProxy
 ) -> None:
     with _through(stalling_proxy, retry=Retry(NoBackoff(), 3)) as client, server.client() as d:
         limiter = Limiter(client)
-        limiter.hit(SPEC, "warm-up")
+        limiter.hit(SPEC, "warm-up", request_id="w")  # loads the script that records ids
         stalling_proxy.delay = STALL
         with pytest.raises(BackendError) as caught:
-            limiter.hit(SPEC, "s")
+            limiter.hit(SPEC, "s", request_id="req-7")
         stalling_proxy.delay = 0
+        time.sleep(STALL)  # the proxy still holds the last sends
         used = Limiter(d).peek(SPEC, "s").used
+        replayed = limiter.hit(SPEC, "s", request_id=caught.value.request_id)
+        after = Limiter(d).peek(SPEC, "s").used
 
     assert isinstance(caught.value.__cause__, redis.exceptions.TimeoutError)
-    assert stalling_proxy.connections_accepted >= 4
+    assert caught.value.applied == "unknown"
+    assert caught.value.request_id == "req-7"
+    assert stalling_proxy.connections_accepted >= 4  # the first send and three more
     assert used == 1
+    assert replayed.allowed
+    assert replayed.used == 1
+    assert after == 1
 
 
-ACL_COMMANDS = (
-    "+evalsha +script|load +time +get +set +del +incr +pexpire +hget +hset +hmget +hdel "
-    "+hincrby +zadd +zrem +zrange +zrangebyscore +zremrangebyscore +zcard +zscore +zpopmax"
-)
+def _documented_acl() -> list[str]:
+    """The grants docs/script-loading.md tells operators to give a limiter's user."""
+    docs = (Path(__file__).resolve().parents[1] / "docs" / "script-loading.md").read_text()
+    block = docs.split("ACL SETUSER limiter on >secret ~* -@all", 1)[1].split("```", 1)[0]
+    return block.split()
 
 
 def test_acl_user_limited_to_evalsha_script_load_and_script_commands(server: Server) -> None:
     with server.client() as admin:
         admin.execute_command(
-            "ACL", "SETUSER", "limiter", "on", ">secret", "~*", "-@all", *ACL_COMMANDS.split()
+            "ACL", "SETUSER", "limiter", "on", ">secret", "~*", "-@all", *_documented_acl()
         )
         try:
             with server.client(username="limiter", password="secret") as client:
@@ -180,7 +235,8 @@ def test_unreachable_server_raises_backend_error_with_the_cause() -> None:
         Limiter(client).hit(SPEC, "s")
 
     assert isinstance(caught.value.__cause__, redis.exceptions.ConnectionError)
-    assert str(caught.value).startswith("charge: ConnectionError")
+    assert str(caught.value).startswith("hit_fixed_window: ConnectionError")
+    assert caught.value.applied == "no"
 
 
 async def test_async_unreachable_server_raises_backend_error_with_the_cause() -> None:
@@ -194,7 +250,8 @@ async def test_async_unreachable_server_raises_backend_error_with_the_cause() ->
 
 def test_wrong_type_at_a_limit_key_is_a_backend_error(server: Server) -> None:
     with server.client() as client:
-        client.set("atomlimit:v1:{s:s}:fw:faults", "not a hash")
+        key = SPEC._codec.window_key("atomlimit:v1:{s:s}:fw:faults", int(time.time() * 1e6))
+        client.hset(key, "n", 1)
         with pytest.raises(BackendError) as caught:
             Limiter(client).hit(SPEC, "s")
 

@@ -40,7 +40,7 @@ def nowhere() -> Iterator[Limiter]:
         ({"limit": 2.5}, "RateLimit.limit", "valid integer"),
         ({"limit": 2**53}, "RateLimit.limit", "less than or equal"),
         ({"window": "fortnight"}, "RateLimit.window", "'fortnight'"),
-        ({"window": timedelta(0)}, "RateLimit.window", "at least 1 ms"),
+        ({"window": timedelta(0)}, "RateLimit.window", "whole milliseconds, from 1 ms"),
         ({"tz": "Mars/Olympus_Mons"}, "RateLimit.tz", "unknown IANA time zone"),
         ({"window": timedelta(hours=1), "tz": "Australia/Sydney"}, "RateLimit.tz", "epoch"),
         ({"per": 5}, "RateLimit.per", "Extra inputs"),

@@ -6,6 +6,7 @@ from decimal import Decimal
 
 import pytest
 from conftest import Target
+from helpers import T0
 from hypothesis import given
 from hypothesis import strategies as st
 from redis.crc import key_slot
@@ -60,9 +61,10 @@ def test_encoding_is_injective(first: str, second: str) -> None:
 
 @given(st.text(max_size=300))
 def test_every_key_of_a_subject_shares_one_slot(subject: str) -> None:
-    engine = Engine()
-    keys = [key for spec in SPECS for key in engine.hit(spec, subject, 1, "rid").keys]
-    keys += engine.reset(SPECS[0], subject).keys
+    engine, now = Engine(), T0
+    keys = [key for spec in SPECS for key in engine.hit(spec, subject, 1, "rid", False, now).keys]
+    keys += [key for spec in SPECS for key in engine.hit(spec, subject, 1, None, False, now).keys]
+    keys += [key for spec in SPECS for key in engine.reset(spec, subject, now).keys]
 
     assert len({key_slot(key.encode()) for key in keys}) == 1
     assert all(key.startswith("atomlimit:v1:" + subject_tag(subject) + ":") for key in keys)
@@ -71,7 +73,7 @@ def test_every_key_of_a_subject_shares_one_slot(subject: str) -> None:
 def test_a_subject_cannot_pose_as_another_subject_s_key() -> None:
     engine = Engine()
     spec = SPECS[0]
-    keys = {engine.peek(spec, subject, 1).keys[0] for subject in TRICKY}
+    keys = {engine.peek(spec, subject, 1, T0).keys[0] for subject in TRICKY}
 
     assert len(keys) == len(TRICKY)
 

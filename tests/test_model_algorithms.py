@@ -35,6 +35,7 @@ from hypothesis.stateful import (
 from servers import Server
 
 from atomlimit import Decision, Limiter, RateLimit
+from atomlimit._windows import UNIT_LENGTHS
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 US = timedelta(microseconds=1)
@@ -44,6 +45,11 @@ _runs = itertools.count()
 
 
 # -- Models ----------------------------------------------------------------------
+
+
+def _length_us(spec: RateLimit) -> int:
+    length = spec.window if isinstance(spec.window, timedelta) else UNIT_LENGTHS[spec.window]
+    return length // timedelta(microseconds=1)
 
 
 class Model:
@@ -342,7 +348,7 @@ class GcraMachine(AlgorithmMachine):
 
     def new_models(self) -> dict[str, Model]:
         return {
-            name: Gcra(spec.burst or spec.limit, Fraction(spec._length_us, spec.limit))
+            name: Gcra(spec.burst or spec.limit, Fraction(_length_us(spec), spec.limit))
             for name, spec in self.specs.items()
         }
 
@@ -419,7 +425,7 @@ class SlidingLogMachine(RefundingMachine):
     steps = (1, 50_000, 100_000, 249_999, 250_000, 400_000, 999_999, 1_000_000)
 
     def new_models(self) -> dict[str, Model]:
-        return {name: SlidingLog(spec.limit, spec._length_us) for name, spec in self.specs.items()}
+        return {name: SlidingLog(spec.limit, _length_us(spec)) for name, spec in self.specs.items()}
 
 
 def test_sliding_log_matches_the_model(server: Server) -> None:
@@ -445,7 +451,7 @@ class SlidingCounterMachine(RefundingMachine):
 
     def new_models(self) -> dict[str, Model]:
         return {
-            name: SlidingCounter(spec.limit, spec._length_us) for name, spec in self.specs.items()
+            name: SlidingCounter(spec.limit, _length_us(spec)) for name, spec in self.specs.items()
         }
 
 

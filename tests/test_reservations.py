@@ -21,7 +21,7 @@ import pytest
 import redis
 import redis.asyncio
 from conftest import Target
-from helpers import Clock, evalsha_runs
+from helpers import START, Clock, evalsha_runs
 from proxy import StallingProxy
 from redis.crc import key_slot
 from servers import Server
@@ -47,6 +47,8 @@ DAY_CAP = SpendCap(name="ai-day", limit=Decimal("10.00"), currency="AUD", window
 """For tests on the server's clock, where a minute could end mid-test."""
 BASE = "atomlimit:v1:{s:s}:sc:ai:AUD:6"
 HOLDS, AMOUNTS = BASE + ":holds", BASE + ":held"
+WINDOW = BASE + f":{int(START - 5) * 1000}"
+"""The cap's spend in the minute that the controlled clock starts in."""
 STALL = 0.6
 SOCKET_TIMEOUT = 0.2
 
@@ -340,7 +342,7 @@ def test_dead_workers_hold_expires_after_its_ttl_and_the_budget_comes_back(
         clock.advance(0.5)
         after = limiter.hit(CAP, "s", _d("3.00"))
         sets_left = client.exists(HOLDS, AMOUNTS)
-        held_field = client.hget(BASE, "h")
+        window = client.get(WINDOW)
 
     assert not before.allowed
     assert before.held == _d("8.00")
@@ -349,22 +351,22 @@ def test_dead_workers_hold_expires_after_its_ttl_and_the_budget_comes_back(
     assert (after.used, after.held) == (_d("3.00"), 0)
     # Pruned by the hit itself: no cleanup job ran.
     assert sets_left == 0
-    assert int(held_field) == 0
+    assert window == b"3000000"  # committed units, and no summary of holds left
 
 
 def test_expired_hold_gives_its_budget_back_even_after_its_sets_time_out(
     target: Target,
 ) -> None:
-    # The hold sets get a TTL of (last hold's end + 5 s); the cap hash, which
-    # also counts the total held (field h), lives until its window ends. If no
-    # script touches the cap in those 5 s, the server deletes the sets and the
-    # total is never pruned: the dead worker's budget never comes back.
+    # The hold sets get a TTL of (last hold's end + 5 s); the window's spend,
+    # which repeats the total held, lives until its window ends. If no script
+    # touches the cap in those 5 s, the server deletes the sets and the total
+    # is never pruned: the dead worker's budget never comes back.
     clock = Clock()
     with target.sync_client() as client:
         limiter = _limiter(client, clock)
         limiter.reserve(CAP, "s", _d("8.00"), ttl=timedelta(seconds=1))
         sets_ttl = client.pttl(HOLDS)
-        cap_ttl = client.pttl(BASE)
+        cap_ttl = client.pttl(WINDOW)
         clock.advance(2)
         # The server drops the sets 5 s after the hold ended; rather than
         # sleep 5 s, bring that expiry forward.

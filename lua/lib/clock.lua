@@ -1,4 +1,4 @@
--- lib/clock.lua: the clock, and which planned window holds it.
+-- lib/clock.lua: the clock, planned windows, and how long state is kept.
 -- Included by operation scripts first; defines locals only.
 --
 -- Instants are integer microseconds since the Unix epoch. Lua numbers are
@@ -52,4 +52,19 @@ end
 -- Integers as plain text, never in exponent form.
 local function int_text(value)
   return string.format('%.0f', value)
+end
+
+-- Ends a window's state with its window. On the server's clock the key
+-- expires at the window's last millisecond (Redis keeps a key while its
+-- clock is at or before the expiry), so a window's key exists exactly while
+-- the window is open, and a script that finds it needs no clock to know it
+-- counts in that window. Windows are whole milliseconds, so this is exact.
+-- With client time each worker's clock may differ, so the key lingers for
+-- GRACE_MS and every call checks its clock against the window instead.
+local function expire_with_window(key, now, stop, client_now)
+  if client_now == '' then
+    redis.call('PEXPIREAT', key, int_text(stop / 1000 - 1))
+  else
+    redis.call('PEXPIRE', key, ms_kept(stop, now))
+  end
 end

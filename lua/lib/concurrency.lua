@@ -20,11 +20,10 @@ local function cc_keep(key, now)
   end
 end
 
--- Made on first use in a run: every run defines its local functions afresh,
--- and most runs use one kind.
+-- Made on first use in a run: most runs use one kind.
 local function cc_kind()
-  local function cc_check(keys, args, now, id)
-    local key, limit = keys[1], tonumber(args[1])
+  local function cc_check(keys, args, run)
+    local key, limit, now = keys[1], tonumber(args[1]), run.now
     cc_prune(key, now)
     local used = redis.call('ZCARD', key)
     local function first_free(n)
@@ -35,7 +34,7 @@ local function cc_kind()
     local it = {room = limit - used, used = used, held = 0, stop = first_free(used)}
     function it.apply(grant)
       if grant > 0 then
-        redis.call('ZADD', key, now + tonumber(args[4]), id)
+        redis.call('ZADD', key, now + tonumber(args[4]), run.id)
         cc_keep(key, now)
       end
       used = redis.call('ZCARD', key)
@@ -50,8 +49,8 @@ local function cc_kind()
     return it
   end
 
-  local function cc_undo(keys, args, now, id)
-    redis.call('ZREM', keys[1], id)
+  local function cc_undo(keys, args, run)
+    redis.call('ZREM', keys[1], run.id)
   end
 
   return {check = cc_check, undo = cc_undo}

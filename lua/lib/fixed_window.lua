@@ -1,70 +1,49 @@
 -- lib/fixed_window.lua: kind "fw", a counter per calendar or fixed window.
--- Included after lib/clock.lua; defines locals only.
+-- Included after lib/clock.lua and lib/reply.lua; defines locals only.
 --
--- One hash per (limit, subject): s = window start, e = window end
--- (microseconds), n = used. Storing the window in the hash means the first
--- writer fixes it: while the stored window is open, every worker counts in
--- it, even one whose time zone data disagrees. If the clock steps back, the
--- stored window stays in force rather than reopening an earlier one, so no
--- count is ever forgotten.
+-- One integer string per (limit, subject, window): the units used in it.
+-- The window's start is part of the key, planned by the client from its
+-- calendar; before a script creates a window's counter it checks that the
+-- clock (server TIME, or the client time sent) is inside that window, so the
+-- clock that decides is still the server's. On the server's clock the key
+-- expires when its window ends (expire_with_window), so a counter that
+-- exists belongs to the open window: the common hit is a GET and an INCRBY,
+-- with no TIME. An integer string is the cheapest state Redis keeps.
 --
--- Item arguments: limit, cost, flags, b1, b2, b3, b4 (planned boundaries).
+-- Item arguments: limit, cost, flags, start, stop (the planned window).
 
--- Returns start, stop, used; or nil when now is outside the planned windows.
-local function fw_read(key, now, args)
-  local state = redis.call('HMGET', key, 's', 'e', 'n')
-  local stop = tonumber(state[2])
-  if stop and now < stop then
-    return tonumber(state[1]), stop, tonumber(state[3])
+-- Adds `grant` to the counter; a new counter ends with its window.
+local function fw_add(key, grant, now, stop, client_now)
+  local used = redis.call('INCRBY', key, grant)
+  if used == grant then
+    -- Also taken when an existing counter was refunded to zero; setting
+    -- the same expiry again is harmless.
+    expire_with_window(key, now, stop, client_now)
   end
-  local start
-  start, stop = pick_window(now, tonumber(args[4]), tonumber(args[5]),
-    tonumber(args[6]), tonumber(args[7]))
-  if not start then
-    return nil
-  end
-  return start, stop, 0
+  return used
 end
 
--- Sets used, with a TTL that ends no earlier than `keep_until` (the window
--- end, or later when something else in the hash must outlive it).
-local function fw_write(key, start, stop, used, now, keep_until)
-  redis.call('HSET', key, 's', start, 'e', stop, 'n', used)
-  redis.call('PEXPIRE', key, ms_kept(keep_until, now))
-end
-
--- Lowers used by up to `amount` in the window ending at `stop`, never below
--- zero. A window that has already closed owes nothing back.
-local function fw_lower(key, stop, amount)
-  local state = redis.call('HMGET', key, 'e', 'n')
-  if tonumber(state[1]) == stop then
-    redis.call('HSET', key, 'n', math.max(tonumber(state[2]) - amount, 0))
+-- Lowers the counter by up to `amount`, never below zero; a counter that is
+-- gone (its window closed) owes nothing back.
+local function fw_lower(key, amount)
+  local used = tonumber(redis.call('GET', key))
+  if used and amount > 0 then
+    redis.call('DECRBY', key, math.min(used, amount))
   end
 end
 
--- Lowers used in the window open now by up to `amount`: a refund. A window
--- that has closed owes nothing back.
-local function fw_give_back(key, now, amount)
-  local state = redis.call('HMGET', key, 'e', 'n')
-  local stop = tonumber(state[1])
-  if stop and now < stop then
-    redis.call('HSET', key, 'n', math.max(tonumber(state[2]) - amount, 0))
-  end
-end
-
--- Made on first use in a run: every run defines its local functions afresh,
--- and most runs use one kind.
+-- Made on first use in a run: most runs use one kind.
 local function fw_kind()
-  local function fw_check(keys, args, now)
-    local key, limit = keys[1], tonumber(args[1])
-    local start, stop, used = fw_read(key, now, args)
-    if not start then
+  local function fw_check(keys, args, run)
+    local key, limit, start, stop = keys[1], tonumber(args[1]), tonumber(args[4]),
+      tonumber(args[5])
+    if run.now < start or run.now >= stop then
       return nil
     end
+    local used = tonumber(redis.call('GET', key) or '0')
     local it = {room = limit - used, used = used, held = 0, stop = stop}
     function it.apply(grant)
-      fw_write(key, start, stop, used + grant, now, stop)
-      return used + grant, stop
+      return fw_add(key, grant, run.now, stop, run.client), stop
     end
     function it.retry(cost)
       -- The whole limit is free again when this window ends.
@@ -73,12 +52,15 @@ local function fw_kind()
     return it
   end
 
-  local function fw_undo(keys, args, now, id, grant, stop)
-    fw_lower(keys[1], stop, grant)
+  local function fw_undo(keys, args, run, grant, stop)
+    -- Only the window that was charged owes anything back.
+    if stop == tonumber(args[5]) then
+      fw_lower(keys[1], grant)
+    end
   end
 
-  local function fw_refund(keys, args, now, amount)
-    fw_give_back(keys[1], now, amount)
+  local function fw_refund(keys, args, run, amount)
+    fw_lower(keys[1], amount)
   end
 
   return {check = fw_check, undo = fw_undo, refund = fw_refund}

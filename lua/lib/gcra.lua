@@ -1,79 +1,80 @@
 -- lib/gcra.lua: kind "gc", the generic cell rate algorithm.
--- Included by operation scripts; defines locals only.
+-- Included after lib/clock.lua and lib/reply.lua; defines locals only.
 --
--- One string per (limit, subject): the theoretical arrival time (TAT). Each
+-- One number per (limit, subject): the theoretical arrival time (TAT). Each
 -- unit of cost moves the TAT on by the emission interval T = period / rate;
 -- a request passes if the new TAT is no more than burst * T ahead of now.
 -- O(1) time and memory, and a smooth rate: the burst refills one unit every
 -- T, with no window edge to crowd at.
 --
--- T is often fractional (3 per 10 s is 3333333.33 us). An epoch instant in
--- microseconds is about 1.8e15, where a double resolves only a quarter of a
--- microsecond, and rounding the TAT to whole microseconds on every charge
--- adds up: a burst of 3 would admit 2. So the TAT is stored as whole
--- microseconds and a fraction ("1764000000123456.333333333"), and all
--- arithmetic is done on its distance from now, a small number that doubles
--- hold to far below a microsecond.
+-- T is often fractional (3 per 10 s is 3333333.33 us), so the TAT keeps a
+-- fraction. An epoch instant in microseconds is about 1.8e15, where a double
+-- resolves only a quarter of a microsecond, and rounding on every charge
+-- adds up: a burst of 3 would admit 2. So the TAT is stored counted from
+-- 2025-01-01 (BASE), where a double resolves a few nanoseconds for decades,
+-- and arithmetic is done on its distance from now, a small number. Decisions
+-- allow SLACK (0.1 us) for that rounding; T is at least 1 us (the client
+-- refuses faster rates), so the slack is under a tenth of a unit.
 --
 -- Item arguments: burst, cost, flags, T (microseconds, possibly fractional).
 
--- Made on first use in a run: every run defines its local functions afresh,
--- and most runs use one kind.
+local GC_BASE = 1735689600000000
+local GC_SLACK = 0.1
+
+-- How far the stored TAT is ahead of now, in microseconds; 0 when behind.
+local function gc_ahead(key, now)
+  local stored = tonumber(redis.call('GET', key))
+  if not stored then
+    return 0
+  end
+  return math.max(stored - (now - GC_BASE), 0)
+end
+
+-- Units that fit with the TAT `ahead` of now.
+local function gc_room(burst, interval, ahead)
+  return math.floor((burst * interval - ahead + GC_SLACK) / interval)
+end
+
+-- Stores a TAT `ahead` microseconds after now; a TAT not ahead is no state.
+local function gc_store(key, now, ahead)
+  if ahead <= 0 then
+    redis.call('DEL', key)
+    return
+  end
+  redis.call('SET', key, now - GC_BASE + ahead, 'PX', ms_kept(now + ahead, now))
+end
+
+-- When `cost` could pass with the TAT `ahead` of now; 0 for never.
+local function gc_retry(burst, interval, ahead, cost, now)
+  if cost > burst then
+    return 0
+  end
+  -- Rounded up, so a retry at exactly this instant passes.
+  return now + math.max(math.ceil(ahead + (cost - burst) * interval - GC_SLACK), 0)
+end
+
+-- Made on first use in a run: most runs use one kind.
 local function gc_kind()
-  -- Float division can land a hair below a whole number of units.
-  local EPSILON = 1e-9
-
-  -- How far the stored TAT is ahead of now, in microseconds (may be negative).
-  local function gc_ahead(key, now)
-    local stored = redis.call('GET', key)
-    if not stored then
-      return 0
-    end
-    local whole, frac = string.match(stored, '^(%d+)%.?(%d*)$')
-    return (tonumber(whole) - now) + tonumber('0.' .. (frac ~= '' and frac or '0'))
-  end
-
-  -- Stores a TAT `ahead` microseconds after now; a TAT in the past is no state.
-  local function gc_store(key, now, ahead)
-    if ahead <= 0 then
-      redis.call('DEL', key)
-      return
-    end
-    local whole = math.floor(ahead)
-    local text = int_text(now + whole) .. string.format('.%09d', math.floor((ahead - whole) * 1e9))
-    redis.call('SET', key, text, 'PX', ms_kept(now + math.ceil(ahead), now))
-  end
-
-  local function gc_check(keys, args, now)
-    local key, burst, interval = keys[1], tonumber(args[1]), tonumber(args[4])
-    local base = math.max(gc_ahead(key, now), 0)
-    local slack = math.min(EPSILON, 1e-3 / interval)
-    local room = math.floor((burst * interval - base) / interval + slack)
-    local it = {room = room, used = burst - room, held = 0, stop = now + math.ceil(base)}
+  local function gc_check(keys, args, run)
+    local key, burst, interval, now = keys[1], tonumber(args[1]), tonumber(args[4]), run.now
+    local ahead = gc_ahead(key, now)
+    local room = gc_room(burst, interval, ahead)
+    local it = {room = room, used = burst - room, held = 0, stop = now + math.ceil(ahead)}
     function it.apply(grant)
-      local ahead = base + grant * interval
-      gc_store(key, now, ahead)
-      local left = math.floor((burst * interval - ahead) / interval + slack)
-      return burst - left, now + math.ceil(ahead)
+      local after = ahead + grant * interval
+      gc_store(key, now, after)
+      return burst - gc_room(burst, interval, after), now + math.ceil(after)
     end
     function it.retry(cost)
-      if cost > burst then
-        return 0
-      end
-      -- Rounded up, so a retry at exactly this instant passes.
-      return now + math.max(math.ceil(base + cost * interval - burst * interval - EPSILON), 0)
+      return gc_retry(burst, interval, ahead, cost, now)
     end
     return it
   end
 
-  local function gc_undo(keys, args, now, id, grant)
+  local function gc_undo(keys, args, run, grant)
     local key = keys[1]
-    gc_store(key, now, gc_ahead(key, now) - grant * tonumber(args[4]))
+    gc_store(key, run.now, gc_ahead(key, run.now) - grant * tonumber(args[4]))
   end
 
-  local function gc_refund(keys, args, now, amount)
-    gc_undo(keys, args, now, nil, amount)
-  end
-
-  return {check = gc_check, undo = gc_undo, refund = gc_refund}
+  return {check = gc_check, undo = gc_undo, refund = gc_undo}
 end

@@ -1,24 +1,28 @@
 -- lib/items.lua: the items of a call, and how each kind of limit is decided.
--- Included by operation scripts; defines locals only.
+-- Included by the scripts that take several items of any kind (acquire,
+-- holds, refunds, undo); a single hit runs its kind's own script instead.
+-- Defines locals only.
 -- include: lib/clock.lua
+-- include: lib/reply.lua
 -- include: lib/fixed_window.lua
 -- include: lib/spend.lua
 -- include: lib/gcra.lua
 -- include: lib/sliding_log.lua
 -- include: lib/sliding_counter.lua
 -- include: lib/concurrency.lua
--- include: lib/reply.lua
 --
 -- A call carries one or more items, each a limit of one subject. ARGV holds,
 -- per item: its kind, its number of keys, its number of arguments, then the
 -- arguments (limit, cost, flags, then kind-specific ones); KEYS holds each
 -- item's keys in the same order. All keys of a call share one hash slot.
 --
--- Each kind's check(keys, args, now, id) reads the item's state and returns
--- a table: room (how many units fit now), used, held, stop (when usage is
--- back to zero), apply(grant) -> used, stop after charging, and
+-- Each kind's check(keys, args, run) reads the item's state at run.now and
+-- returns a table: room (how many units fit now), used, held, stop (when
+-- usage is back to zero), apply(grant) -> used, stop after charging, and
 -- retry(cost) -> the instant the cost could fit, or 0 for never. check
--- returns nil when the server clock is outside the planned windows.
+-- returns nil when run.now is outside the planned window. A run is {now,
+-- client (the client time sent, or ''), id (the request id, naming leases,
+-- holds and log entries)}.
 
 local BUILD = {
   fw = fw_kind,
@@ -36,9 +40,6 @@ local KINDS = setmetatable({}, {__index = function(made, kind)
   made[kind] = functions
   return functions
 end})
-
-local PARTIAL, SHADOW = 1, 2
-local FITS, SHADOWED = 1, 3
 
 -- Items parsed from KEYS[first_key..] and ARGV[first_arg..].
 local function parse_items(first_key, first_arg)
@@ -58,30 +59,16 @@ local function parse_items(first_key, first_arg)
   return items
 end
 
--- Status and grant of one checked item under its flags.
-local function decide(it, flags)
-  if it.cost <= it.room then
-    return FITS, it.cost
-  end
-  if flags % 2 == PARTIAL and it.room > 0 then
-    return FITS, it.room
-  end
-  if flags >= SHADOW then
-    return SHADOWED, it.cost
-  end
-  return DENIED, 0
-end
-
 -- Check every item; nil if the clock is outside a planned window.
-local function check_items(items, now, id)
+local function check_items(items, run)
   local checked, all = {}, true
   for i, item in ipairs(items) do
-    local it = KINDS[item.kind].check(item.keys, item.args, now, id)
+    local it = KINDS[item.kind].check(item.keys, item.args, run)
     if not it then
       return nil
     end
     it.cost = tonumber(item.args[2])
-    it.status, it.grant = decide(it, tonumber(item.args[3]))
+    it.status, it.grant = decide(it.cost, it.room, tonumber(item.args[3]))
     all = all and it.status ~= DENIED
     checked[i] = it
   end
@@ -95,7 +82,7 @@ local function checked_reply(reply, checked)
     if it.status == DENIED then
       retry = it.retry(it.cost)
     end
-    item_reply(reply, it, it.used, it.stop, retry)
+    item_reply(reply, it.status, it.used, it.held, it.stop, retry, it.grant)
   end
   return reply
 end

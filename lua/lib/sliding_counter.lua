@@ -1,5 +1,5 @@
 -- lib/sliding_counter.lua: kind "sw", an approximate sliding window.
--- Included by operation scripts; defines locals only.
+-- Included after lib/clock.lua and lib/reply.lua; defines locals only.
 --
 -- One hash per (limit, subject): w = start of the current epoch-aligned
 -- window, c = its count, p = the previous window's count. The usage over
@@ -9,8 +9,7 @@
 --
 -- Item arguments: limit, cost, flags, window length in microseconds.
 
--- Made on first use in a run: every run defines its local functions afresh,
--- and most runs use one kind.
+-- Made on first use in a run: most runs use one kind.
 local function sw_kind()
   local function sw_state(key, now, length)
     local start = now - now % length
@@ -26,8 +25,8 @@ local function sw_kind()
     return start, 0, 0
   end
 
-  local function sw_check(keys, args, now)
-    local key, limit, length = keys[1], tonumber(args[1]), tonumber(args[4])
+  local function sw_check(keys, args, run)
+    local key, limit, length, now = keys[1], tonumber(args[1]), tonumber(args[4]), run.now
     local start, count, previous = sw_state(key, now, length)
     local weight = (length - math.max(now - start, 0)) / length
     local estimate = previous * weight + count
@@ -68,23 +67,23 @@ local function sw_kind()
     return it
   end
 
-  local function sw_lower(keys, args, now, start, amount)
+  local function sw_lower(keys, start, amount)
     local state = redis.call('HMGET', keys[1], 'w', 'c')
     if tonumber(state[1]) == start then
       redis.call('HSET', keys[1], 'c', math.max(tonumber(state[2]) - amount, 0))
     end
   end
 
-  local function sw_undo(keys, args, now, id, grant, stop)
+  local function sw_undo(keys, args, run, grant, stop)
     -- A charge's stop is its window start plus two lengths.
-    sw_lower(keys, args, now, stop - 2 * tonumber(args[4]), grant)
+    sw_lower(keys, stop - 2 * tonumber(args[4]), grant)
   end
 
-  local function sw_refund(keys, args, now, amount)
+  local function sw_refund(keys, args, run, amount)
     local length = tonumber(args[4])
-    local start = now - now % length
+    local start = run.now - run.now % length
     local stored = tonumber(redis.call('HGET', keys[1], 'w'))
-    sw_lower(keys, args, now, math.max(start, stored or start), amount)
+    sw_lower(keys, math.max(start, stored or start), amount)
   end
 
   return {check = sw_check, undo = sw_undo, refund = sw_refund}

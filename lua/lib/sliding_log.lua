@@ -1,5 +1,5 @@
 -- lib/sliding_log.lua: kind "sl", an exact sliding window.
--- Included by operation scripts; defines locals only.
+-- Included after lib/clock.lua and lib/reply.lua; defines locals only.
 --
 -- One sorted set per (limit, subject): a member per unit of cost admitted,
 -- scored by when. Entries older than the window are pruned on every touch.
@@ -12,14 +12,14 @@
 --
 -- Item arguments: limit, cost, flags, window length in microseconds.
 
--- Made on first use in a run: every run defines its local functions afresh,
--- and most runs use one kind.
+-- Made on first use in a run: most runs use one kind.
 local function sl_kind()
   -- ZADD in slices: unpack() of a very long list overflows Lua's C stack.
   local SLICE = 500
 
-  local function sl_check(keys, args, now, id)
-    local key, limit, length = keys[1], tonumber(args[1]), tonumber(args[4])
+  local function sl_check(keys, args, run)
+    local key, limit, length, now, id = keys[1], tonumber(args[1]), tonumber(args[4]),
+      run.now, run.id
     redis.call('ZREMRANGEBYSCORE', key, '-inf', now - length)
     local used = redis.call('ZCARD', key)
     local newest = redis.call('ZRANGE', key, -1, -1, 'WITHSCORES')
@@ -53,19 +53,19 @@ local function sl_kind()
     return it
   end
 
-  local function sl_undo(keys, args, now, id, grant, stop)
+  local function sl_undo(keys, args, run, grant, stop)
     -- A charge's stop is the instant it was charged plus the window.
     local at = int_text(stop - tonumber(args[4]))
     for first = 1, grant, SLICE do
       local batch = {}
       for n = first, math.min(first + SLICE - 1, grant) do
-        batch[#batch + 1] = id .. ':' .. at .. ':' .. n
+        batch[#batch + 1] = run.id .. ':' .. at .. ':' .. n
       end
       redis.call('ZREM', keys[1], unpack(batch))
     end
   end
 
-  local function sl_refund(keys, args, now, amount)
+  local function sl_refund(keys, args, run, amount)
     if amount > 0 then
       redis.call('ZPOPMAX', keys[1], amount)
     end

@@ -2,45 +2,55 @@
 
 An operation is planned as a :class:`~atomlimit._steps.Call` (script, KEYS,
 ARGV) whose ``read`` turns the reply into the result, or into a re-planned
-call when the server's clock fell outside the planned windows. An operation
-of several steps, like an acquire across hash slots, is a generator that
-yields calls and receives their results. The sync and async limiters only
-send and receive, so both share every rule here.
+call when the server's clock fell outside the planned window. Planning takes
+the local clock's reading and fresh ids as inputs: it reads no clock and
+draws no randomness of its own, so a plan is a function of plain values. The
+sync and async limiters only send and receive, so both share every rule here.
+
+Each kind's encoding lives in :mod:`atomlimit._kinds`; the acquire saga over
+several subjects in :mod:`atomlimit._acquire`.
 """
 
 from __future__ import annotations
 
 import hashlib
-import os
-import time
-from collections.abc import Callable, Generator, Sequence
+from collections.abc import Callable, Sequence
 from datetime import timedelta
 from decimal import Decimal
 from typing import Any, Literal, NamedTuple
 
 from atomlimit import _keys
 from atomlimit._checks import whole_ms
-from atomlimit._scripts import Script, script
-from atomlimit._steps import Call, Flow
-from atomlimit._windows import WindowPlan
+from atomlimit._kinds import (
+    GENERATED,
+    PARTIAL,
+    READ_HOLDS,
+    REPLAN,
+    Codec,
+    Lease,
+    Spend,
+    item_reply,
+    new_id,
+)
+from atomlimit._scripts import script
+from atomlimit._steps import Call
+from atomlimit._wire import Arg
 from atomlimit.decision import Decision
-from atomlimit.errors import AtomlimitError, InvalidInput, RequestIdReused
-from atomlimit.specs import Concurrency, Hit, Spec, SpendCap
+from atomlimit.errors import InvalidInput, RequestIdReused
+from atomlimit.specs import Concurrency, Spec, SpendCap
 
 TimeSource = Literal["server", "client"]
-Clock = Callable[[], float]
 
 DEFAULT_REQUEST_TTL = timedelta(days=1)
 DEFAULT_RETRY_TTL = timedelta(minutes=2)
 DEFAULT_HOLD = timedelta(minutes=5)
 
-_OUTSIDE_PLAN = -1
 _REUSED = -2
 _CHARGED = (1, 2)
-_PARTIAL = 1
 _MAX_SUBJECT = 65_536
 _MAX_REQUEST_ID = 1_024
 _US = timedelta(microseconds=1)
+_MAX_HOLD = timedelta(days=366)
 
 SettleStatus = Literal[
     "settled",
@@ -61,40 +71,49 @@ _RELEASED: tuple[SettleStatus, ...] = ("released", "already_settled", "already_r
 
 
 class Item(NamedTuple):
-    """One limit of one subject in a call: its keys and fixed arguments."""
+    """One limit of one subject in a call."""
 
     spec: Spec[Any]
     subject: str
     tag: str
     """The subject's hash tag: items with one tag can share a script call."""
     base: str
-    """The key of the limit's main state; other keys extend it."""
-    kind: str
-    """The scripts' name for the kind of item (lua/lib/items.lua)."""
-    keys: tuple[str, ...]
+    """The limit's key for the subject; its state keys extend it."""
+    codec: Codec[Any]
     units: int
     flags: int
-    extra: tuple[int | str, ...]
+    hold: int
+    """A reservation's hold, in microseconds; 0 for a charge."""
 
-    def encoded(self, t_us: int) -> tuple[int | str, ...]:
-        """``kind, #keys, #args, args...`` as the scripts parse it at time ``t_us``."""
-        spec = self.spec
-        args = (
-            spec._limit_units,
-            self.units,
-            self.flags,
-            *spec._window_args(t_us),
-            *self.extra,
-        )
-        return (self.kind, len(self.keys), len(args), *args)
+    @property
+    def kind(self) -> str:
+        """The scripts' name for the item: a hold on a cap is its own kind."""
+        return "rs" if self.hold else self.codec.kind
+
+    @property
+    def holds(self) -> bool:
+        """Whether the item leaves something held: a lease or a reservation."""
+        return bool(self.hold) or isinstance(self.codec, Lease)
+
+    def keys(self, t: int) -> tuple[str, ...]:
+        return self.codec.state_keys(self.base, t)
+
+    def encoded(self, t: int) -> tuple[Arg, ...]:
+        """``kind, #keys, #args, args...`` as the scripts parse it, at ``t``."""
+        args = self.codec.item_args(self.units, self.flags, t)
+        if self.hold:
+            args = (*args, self.hold)
+        return (self.kind, len(self.codec.state_keys(self.base, t)), len(args), *args)
 
 
 class Charged(NamedTuple):
-    """The reply to a charge: every item's decision, and the id it ran under."""
+    """The reply to a charge: every item's decision, and what a later undo needs."""
 
     allowed: bool
     decisions: list[Decision[Any]]
     request_id: str
+    at: int
+    """The planned instant: an undo plans the same windows."""
     replayed: bool = False
     """The charge was made by an earlier send under this id, not by this one."""
 
@@ -121,50 +140,52 @@ class Settlement(NamedTuple):
     decision: Decision[Decimal]
 
 
-class Acquisition(NamedTuple):
-    """What an acquire flow found, before the shell wraps leases and holds."""
-
-    allowed: bool
-    decisions: list[Decision[Any]]
-    denied_at: int | None
-    """Index of the first hit, in the caller's order, whose limit said no."""
-    held: list[tuple[Item, Decision[Any]]]
-    """Items that hold something (leases, reservations) after an allowed acquire."""
-    request_id: str
-
-
 class Engine:
-    """Plans calls and reads replies; holds no connection.
+    """Plans calls and reads replies; holds no connection and reads no clock.
 
     ``skew`` is the server clock minus the local clock, in microseconds, as
     last observed. It only centres the planned windows on the server's time;
-    the server's TIME alone decides which window a hit lands in.
+    the server's clock alone decides which window a hit lands in.
     """
 
-    __slots__ = ("_client_time", "_clock", "_ns", "_request_ttl", "_retry_ttl", "skew")
+    __slots__ = ("_client_time", "_new_id", "_ns", "request_ttl", "retry_ttl", "skew")
 
     def __init__(
         self,
         *,
         prefix: str = "atomlimit",
         time_source: TimeSource = "server",
-        clock: Clock | None = None,
         request_ttl: timedelta = DEFAULT_REQUEST_TTL,
         retry_ttl: timedelta = DEFAULT_RETRY_TTL,
+        new_id: Callable[[], str] = new_id,
     ) -> None:
         if time_source not in ("server", "client"):
             raise InvalidInput(f"time_source must be 'server' or 'client', got {time_source!r}")
-        clock = time.time if clock is None else clock
-        if not callable(clock):
-            raise InvalidInput(f"clock must be a callable returning epoch seconds, got {clock!r}")
         self._ns = _keys.namespace(prefix)
-        self._clock = clock
         self._client_time = time_source == "client"
-        self._request_ttl = whole_ms(request_ttl, "request_ttl")
-        self._retry_ttl = whole_ms(retry_ttl, "retry_ttl")
+        self._new_id = new_id
+        self.request_ttl = whole_ms(request_ttl, "request_ttl")
+        """How long a caller's request id is remembered, in milliseconds."""
+        self.retry_ttl = whole_ms(retry_ttl, "retry_ttl")
+        """How long a generated id that needs a record keeps it, in milliseconds."""
         self.skew = 0
 
-    # -- planning one item -------------------------------------------------
+    # -- the clock -------------------------------------------------------------
+
+    def planned(self, local: int) -> tuple[int, int | str]:
+        """The instant to plan for, and the client time to send ('' for the server's)."""
+        if self._client_time:
+            return local, local
+        return local + self.skew, ""
+
+    def observe(self, now: int, local: int) -> None:
+        """Learn the server's clock from a reply to a call planned at ``local``."""
+        if not self._client_time:
+            # Absolute, not incremental: concurrent calls planned with an
+            # older estimate must not add their corrections up.
+            self.skew = now - local
+
+    # -- planning one item -----------------------------------------------------
 
     def item(
         self,
@@ -177,25 +198,16 @@ class Engine:
     ) -> Item:
         """Validate one limit of one subject and plan its keys and arguments."""
         tag, base = self._locate(spec, subject)
-        units = spec._cost_units(cost)
-        kind, extra = spec._kind, spec._extra_args()
+        codec: Codec[Any] = spec._codec
+        hold_us = 0
         if hold is not None:
-            if not isinstance(spec, SpendCap):
+            if not isinstance(codec, Spend):
                 raise InvalidInput("hold: only a SpendCap can hold a reservation")
-            kind, extra = "rs", (_hold_us(hold),)
-        return Item(
-            spec,
-            subject,
-            tag,
-            base,
-            kind,
-            spec._state_keys(base),
-            units,
-            spec._flags | (_PARTIAL if partial else 0),
-            extra,
-        )
+            hold_us = _hold_us(hold)
+        flags = codec.flags | PARTIAL if partial else codec.flags
+        return Item(spec, subject, tag, base, codec, codec.units(cost), flags, hold_us)
 
-    # -- single calls ------------------------------------------------------
+    # -- single calls ------------------------------------------------------------
 
     def hit(
         self,
@@ -203,13 +215,29 @@ class Engine:
         subject: str,
         cost: object,
         request_id: str | None,
-        partial: bool = False,
+        partial: bool,
+        local: int,
     ) -> Call:
-        """Plan a check-and-charge of ``cost``: reads as the item's Decision."""
+        """Plan a check-and-charge of ``cost``: reads as the item's Decision.
+
+        Without a request id the kind's own script decides, and nothing is
+        remembered: the runners never send such a call twice. With one, the
+        charge is recorded under it, so sending it again replays the first.
+        """
         if isinstance(spec, Concurrency):
             raise InvalidInput("a Concurrency limit is taken with lease(), which can release it")
         item = self.item(spec, subject, cost, partial=partial)
-        return self._charge([item], *self.request(request_id), one=True)
+        if request_id is not None:
+            request_part(request_id)
+            return self.charge([item], request_id, self.request_ttl, local, True)
+        return self._single(item, local, charge=True)
+
+    def peek(self, spec: Spec[Any], subject: str, cost: object, local: int) -> Call:
+        """Plan a read-only check: would a hit of ``cost`` pass now?"""
+        item = self.item(spec, subject, cost)
+        if item.codec.peek is None:
+            return self.check([item], local, one=True)
+        return self._single(item, local, charge=False)
 
     def reserve(
         self,
@@ -218,251 +246,281 @@ class Engine:
         estimate: object,
         ttl: timedelta,
         request_id: str | None,
+        local: int,
     ) -> Held:
         """Plan holding ``estimate`` on a cap, under the reservation's id."""
         if not isinstance(spec, SpendCap):
             raise InvalidInput(f"reserve takes a SpendCap, got {type(spec).__name__}")
-        return self._hold(self.item(spec, subject, estimate, hold=ttl), request_id)
+        return self._hold(self.item(spec, subject, estimate, hold=ttl), request_id, local)
 
-    def lease(self, spec: Concurrency, subject: str, request_id: str | None) -> Held:
+    def lease(self, spec: Concurrency, subject: str, request_id: str | None, local: int) -> Held:
         """Plan taking a lease, under the lease's id."""
         if not isinstance(spec, Concurrency):
             raise InvalidInput(f"lease takes a Concurrency limit, got {type(spec).__name__}")
-        return self._hold(self.item(spec, subject, 1), request_id)
+        return self._hold(self.item(spec, subject, 1), request_id, local)
 
-    def peek(self, spec: Spec[Any], subject: str, cost: object) -> Call:
-        """Plan a read-only check: would a hit of ``cost`` pass now?"""
-        item = self.item(spec, subject, cost)
-
-        def args_at(t_us: int, client_now: int | str) -> tuple[int | str, ...]:
-            return (client_now, 1, *item.encoded(t_us))
-
-        def finish(code: int, now: int, reply: Sequence[int]) -> Decision[Any]:
-            return spec._decision(reply[2:8], now, False)
-
-        return self.timed(script("peek"), item.keys, args_at, finish)
-
-    def refund(self, spec: Spec[Any], subject: str, amount: object, request_id: str | None) -> Call:
+    def refund(
+        self,
+        spec: Spec[Any],
+        subject: str,
+        amount: object,
+        request_id: str | None,
+        local: int,
+    ) -> Call:
         """Plan giving back ``amount`` of the current usage, never below zero.
 
-        Recorded under a request id like a charge, so a re-sent refund never
-        gives back twice.
+        With a request id it is recorded like a charge, so sending it again
+        never gives back twice.
         """
         if isinstance(spec, Concurrency):
             raise InvalidInput("a Concurrency limit is not refunded; release the lease")
         item = self.item(spec, subject, amount)
-        rid, ttl = self.request(request_id)
-        record = f"{item.base}:f:{rid}"
-        fingerprint = f"refund:{item.kind}:{item.units}"
+        rid = None if request_id is None else request_part(request_id)
 
-        def args_at(t_us: int, client_now: int | str) -> tuple[int | str, ...]:
-            return (client_now, item.units, ttl, fingerprint, 1, *item.encoded(t_us))
+        def plan(local: int) -> Call:
+            t, client_now = self.planned(local)
+            record = () if rid is None else (f"{item.base}:f:{rid}",)
+            fingerprint = f"refund:{item.kind}:{item.units}" if record else ""
+            args = (
+                client_now,
+                item.units,
+                self.request_ttl if record else "",
+                fingerprint,
+                1,
+                *item.encoded(t),
+            )
 
-        def finish(code: int, now: int, reply: Sequence[int]) -> Decision[Any]:
-            if code == _REUSED:
-                raise RequestIdReused(
-                    f"request_id was already used for another refund of {spec.name!r}"
-                )
-            return spec._decision(reply[2:8], now, False)
+            def read(reply: Sequence[Any]) -> Any:
+                code, now = reply[0], reply[1]
+                self.observe(now, local)
+                if code == REPLAN:
+                    return plan(local)
+                if code == _REUSED:
+                    raise RequestIdReused(
+                        f"request_id was already used for another refund of {spec.name!r}"
+                    )
+                status, used, held, stop, retry_at, _ = item_reply(reply, 0)
+                return item.codec.decision(status, used, held, stop, retry_at, 0, now)
 
-        return self.timed(script("refund"), (record, *item.keys), args_at, finish)
+            replay = request_id if record else None
+            return Call(
+                script("refund"), (*record, *item.keys(t)), args, read, bool(record), replay
+            )
 
-    def reset(self, spec: Spec[Any], subject: str) -> Call:
+        return plan(local)
+
+    def reset(self, spec: Spec[Any], subject: str, local: int) -> Call:
         """Plan forgetting ``subject``'s state under ``spec``."""
         _, base = self._locate(spec, subject)
-        return Call(script("reset"), spec._state_keys(base), (), _discard)
+        t, _ = self.planned(local)
+        keys = spec._codec.reset_keys(base, t)
+        return Call(script("reset"), keys, (), _discard)
 
-    def settle(self, item: Item, request_id: str, actual: object) -> Call:
+    def settle(self, item: Item, request_id: str, actual: object, local: int) -> Call:
         """Plan charging a reservation's actual cost: reads as a Settlement."""
-        units = item.spec._cost_units(actual)
-        call = os.urandom(8).hex()  # names this call, so redis-py's re-send replays it
+        units = item.codec.units(actual)
+        call = self._new_id()  # names this call, so a second send replays it
 
-        def args_at(t_us: int, client_now: int | str) -> tuple[int | str, ...]:
-            bounds = item.spec._window_args(t_us)
-            limit = item.spec._limit_units
-            return (client_now, request_id, units, self._request_ttl, limit, *bounds, call)
+        def args(t: int, client_now: int | str) -> tuple[Arg, ...]:
+            start, stop = item.codec.window(t)
+            ttl = self._outcome_ttl(request_id)
+            return (client_now, request_id, units, ttl, item.codec.limit, start, stop, call)
 
-        return self._outcome(script("settle"), item, request_id, args_at, _SETTLED)
+        return self._outcome("settle", item, request_id, args, _SETTLED, local)
 
-    def release(self, item: Item, request_id: str) -> Call:
+    def release(self, item: Item, request_id: str, local: int) -> Call:
         """Plan dropping a reservation's hold: reads as a Settlement."""
+        call = self._new_id()
 
-        call = os.urandom(8).hex()
+        def args(t: int, client_now: int | str) -> tuple[Arg, ...]:
+            start, stop = item.codec.window(t)
+            ttl = self._outcome_ttl(request_id)
+            return (client_now, request_id, ttl, item.codec.limit, start, stop, call)
 
-        def args_at(t_us: int, client_now: int | str) -> tuple[int | str, ...]:
-            bounds = item.spec._window_args(t_us)
-            limit = item.spec._limit_units
-            return (client_now, request_id, self._request_ttl, limit, *bounds, call)
+        return self._outcome("release", item, request_id, args, _RELEASED, local)
 
-        return self._outcome(script("release"), item, request_id, args_at, _RELEASED)
-
-    def renew(self, item: Item, request_id: str) -> Call:
+    def renew(self, item: Item, request_id: str, local: int) -> Call:
         """Plan extending a lease: reads as True if it was still held."""
+        _, client_now = self.planned(local)
+        args = (client_now, request_id, *item.codec.extras(0))
+        return Call(script("lease_renew"), item.keys(0), args, self._held(local), True)
 
-        def args_at(t_us: int, client_now: int | str) -> tuple[int | str, ...]:
-            return (client_now, request_id, *item.extra)
-
-        def finish(code: int, now: int, reply: Sequence[int]) -> bool:
-            return code == 1
-
-        return self.timed(script("lease_renew"), item.keys, args_at, finish)
-
-    def drop_lease(self, item: Item, request_id: str) -> Call:
+    def drop_lease(self, item: Item, request_id: str, local: int) -> Call:
         """Plan giving a lease back: reads as True if it was still held."""
+        _, client_now = self.planned(local)
+        return Call(
+            script("lease_release"), item.keys(0), (client_now, request_id), self._held(local), True
+        )
 
-        def args_at(t_us: int, client_now: int | str) -> tuple[int | str, ...]:
-            return (client_now, request_id)
+    # -- calls over several items of one subject --------------------------------
 
-        def finish(code: int, now: int, reply: Sequence[int]) -> bool:
-            return code == 1
+    def charge(
+        self,
+        items: Sequence[Item],
+        request_id: str,
+        record_ttl: int | None,
+        local: int,
+        one: bool = False,
+    ) -> Call:
+        """Plan charging every item, all or none, in one script, under ``request_id``.
 
-        return self.timed(script("lease_release"), item.keys, args_at, finish)
-
-    # -- calls over several items of one subject ----------------------------
-
-    def _charge(self, items: Sequence[Item], rid: str, ttl: int, one: bool = False) -> Call:
-        """Plan charging every item, all or none, in one script, under ``rid``.
-
-        Reads as Charged, or with ``one`` as the only item's Decision.
+        With ``record_ttl`` the charge is recorded under the id for that many
+        milliseconds, so a second send replays it. Reads as Charged, or with
+        ``one`` as the only item's Decision.
         """
-        record = self._record(items, rid)
-        fingerprint = ";".join(f"{i.kind}:{i.units}:{i.flags}" for i in items)
+        rid = request_part(request_id) if request_id else ""
+        t, client_now = self.planned(local)
+        record = (self._record(items, rid),) if record_ttl else ()
+        fingerprint = ";".join(f"{i.kind}:{i.units}:{i.flags}" for i in items) if record else ""
+        args = (client_now, record_ttl or "", rid, fingerprint, len(items), *_encode(items, t))
 
-        def args_at(t_us: int, client_now: int | str) -> tuple[int | str, ...]:
-            return (client_now, ttl, rid, fingerprint, len(items), *_encode(items, t_us))
-
-        def finish(code: int, now: int, reply: Sequence[int]) -> Any:
+        def read(reply: Sequence[Any]) -> Any:
+            code, now = reply[0], reply[1]
+            self.observe(now, local)
+            if code == REPLAN:
+                return self.charge(items, request_id, record_ttl, local, one)
             if code == _REUSED:
                 names = ", ".join(repr(i.spec.name) for i in items)
                 raise RequestIdReused(f"request_id was already charged for other costs ({names})")
             charged = code in _CHARGED
+            decisions = _decisions(items, reply, now, charged)
             if one:
-                return items[0].spec._decision(reply[2:8], now, charged)
-            return Charged(charged, _decisions(items, reply, now, charged), rid, code == 2)
+                return decisions[0]
+            return Charged(charged, decisions, rid, t, code == 2)
 
-        keys = (record, *(key for item in items for key in item.keys))
-        return self.timed(script("charge"), keys, args_at, finish)
+        keys = (*record, *(key for item in items for key in item.keys(t)))
+        replay = request_id if record else None
+        return Call(script("charge"), keys, args, read, bool(record), replay)
 
-    def check(self, items: Sequence[Item]) -> Call:
-        """Plan a read-only check of every item: reads as Charged (nothing charged)."""
-
-        def args_at(t_us: int, client_now: int | str) -> tuple[int | str, ...]:
-            return (client_now, len(items), *_encode(items, t_us))
-
-        def finish(code: int, now: int, reply: Sequence[int]) -> Charged:
-            return Charged(code == 1, _decisions(items, reply, now, False), "")
-
-        keys = tuple(key for item in items for key in item.keys)
-        return self.timed(script("peek"), keys, args_at, finish)
-
-    def undo(self, items: Sequence[Item], request_id: str) -> Call:
-        """Plan taking back what a charge of ``items`` under ``request_id`` charged."""
-
-        def args_at(t_us: int, client_now: int | str) -> tuple[int | str, ...]:
-            return (client_now, request_id, len(items), *_encode(items, t_us))
-
-        def finish(code: int, now: int, reply: Sequence[int]) -> Charged:
-            return Charged(False, _decisions(items, reply, now, False), request_id)
-
-        keys = (self._record(items, request_id), *(k for i in items for k in i.keys))
-        return self.timed(script("undo"), keys, args_at, finish)
-
-    # -- an acquire over any number of subjects -----------------------------
-
-    def acquire(self, hits: Sequence[Hit[Any]], request_id: str | None) -> Flow:
-        """All the hits or none of them: yields calls, returns an Acquisition.
-
-        Hits of one subject share a hash slot and are charged by one script,
-        atomically. Subjects are charged one after another in the order they
-        first appear; if one denies, the subjects already charged are undone,
-        exactly, before the acquire returns denied. A backend failure part-way
-        undoes them too, then re-raises.
-        """
-        items = [self._hit_item(hit) for hit in hits]
-        if not items:
-            raise InvalidInput("acquire needs at least one Hit")
-        groups = _groups(items)
-        rid, ttl = self.request(request_id)
-        decisions: list[Decision[Any] | None] = [None] * len(items)
-        charged: list[list[int]] = []
-        replayed: list[list[int]] = []
-        try:
-            for group in groups:
-                outcome = yield self._charge([items[i] for i in group], rid, ttl)
-                _fill(decisions, group, outcome)
-                if not outcome.allowed:
-                    break
-                charged.append(group)
-                if outcome.replayed:
-                    replayed.append(group)
-        except AtomlimitError:
-            # After a failure the later subjects' state is unknown: a replayed
-            # charge may belong to an earlier send that went all the way, so
-            # only what this send charged is taken back.
-            ours = [group for group in charged if group not in replayed]
-            yield from self._undo_all(items, ours, rid, decisions)
-            raise
-        if len(charged) == len(groups):
-            done = [d for d in decisions if d is not None]
-            held = [(items[i], done[i]) for i in range(len(items)) if items[i].kind in ("rs", "cc")]
-            return Acquisition(True, done, None, held, rid)
-        # Denied: a replayed charge here was stranded by an earlier send that
-        # never finished (its later subjects have no record), so it goes too.
-        yield from self._undo_all(items, charged, rid, decisions)
-        for group in groups[len(charged) + 1 :]:
-            _fill(decisions, group, (yield self.check([items[i] for i in group])))
-        final = [d for d in decisions if d is not None]
-        denied_at = next(i for i, d in enumerate(final) if not d.allowed)
-        return Acquisition(False, final, denied_at, [], rid)
-
-    # -- helpers -----------------------------------------------------------
-
-    def timed(
-        self,
-        lua: Script,
-        keys: Sequence[str],
-        args_at: Callable[[int, int | str], tuple[int | str, ...]],
-        finish: Callable[[int, int, Sequence[Any]], Any],
-    ) -> Call:
-        """Plan a script that reads the clock: its reply starts ``{code, now}``.
-
-        ``args_at(planned, client_now)`` builds ARGV for the planned instant;
-        ``client_now`` is the instant for client time, '' for server time.
-        Code -1 means the server's clock was outside the planned windows: the
-        call is re-planned around it. Any other reply goes to
-        ``finish(code, now, reply)``.
-        """
-        local = int(self._clock() * 1_000_000)
-        planned = local + self.skew
-        args = args_at(planned, planned if self._client_time else "")
+    def check(self, items: Sequence[Item], local: int, one: bool = False) -> Call:
+        """Plan a read-only check of every item: reads as Charged (nothing
+        charged), or with ``one`` as the only item's Decision."""
+        t, client_now = self.planned(local)
 
         def read(reply: Sequence[Any]) -> Any:
             code, now = reply[0], reply[1]
-            if not self._client_time:
-                # Absolute, not incremental: concurrent calls planned with an
-                # older estimate must not add their corrections up.
-                self.skew = now - local
-            if code == _OUTSIDE_PLAN:
-                return self.timed(lua, keys, args_at, finish)
-            return finish(code, now, reply)
+            self.observe(now, local)
+            if code == REPLAN:
+                return self.check(items, local, one)
+            decisions = _decisions(items, reply, now, False)
+            return decisions[0] if one else Charged(code == 1, decisions, "", t)
 
-        return Call(lua, keys, args, read)
+        keys = tuple(key for item in items for key in item.keys(t))
+        return Call(script("peek"), keys, (client_now, len(items), *_encode(items, t)), read)
 
-    def windowed(
+    def undo(self, items: Sequence[Item], request_id: str, at: int, local: int) -> Call:
+        """Plan taking back what a charge of ``items`` under ``request_id``,
+        planned at ``at``, charged."""
+        rid = request_part(request_id)
+        _, client_now = self.planned(local)
+
+        def read(reply: Sequence[Any]) -> Any:
+            self.observe(reply[1], local)
+            if reply[0] == REPLAN:
+                # The undo is done, but the clock left the charged windows:
+                # the state to report is that of the windows open now.
+                return self._undone(items, request_id, at, local)
+            return Charged(False, _decisions(items, reply, reply[1], False), request_id, at)
+
+        keys = (self._record(items, rid), *(k for i in items for k in i.keys(at)))
+        args = (client_now, rid, len(items), *_encode(items, at))
+        return Call(script("undo"), keys, args, read, True, request_id)
+
+    def _undone(self, items: Sequence[Item], request_id: str, at: int, local: int) -> Call:
+        """A read-only check of ``items``, read as the report of an undo."""
+        check = self.check(items, local)
+
+        def read(reply: Sequence[Any]) -> Any:
+            found = check.read(reply)
+            if isinstance(found, Call):
+                return self._undone(items, request_id, at, local)
+            return Charged(False, found.decisions, request_id, at)
+
+        return check._replace(read=read)
+
+    def record_ttl(self, request_id: str | None) -> tuple[str, int]:
+        """The id a recorded call runs under, and how long its record lives:
+        a caller's id for ``request_ttl``, a fresh one for ``retry_ttl``."""
+        if request_id is None:
+            return self._new_id(), self.retry_ttl
+        request_part(request_id)
+        return request_id, self.request_ttl
+
+    # -- helpers -----------------------------------------------------------------
+
+    def _single(self, item: Item, local: int, charge: bool) -> Call:
+        """A hit or peek by the kind's own script (``lua/hit_<kind>.lua``)."""
+        codec, units = item.codec, item.units
+        t, client_now = self.planned(local)
+        lua = codec.hit if charge else codec.peek
+        assert lua is not None
+        call_id = self._new_id() if codec.kind == "sl" and charge else ""
+        args = codec.single_args(client_now, units, item.flags, t, call_id)
+
+        def read(reply: Any) -> Any:
+            if type(reply) is int:
+                return codec.fitted(reply, units, codec.window(t)[1])
+            status = reply[0]
+            if status == READ_HOLDS:
+                # The spend cap holds something the kind's script cannot
+                # weigh alone: the script that reads the holds decides.
+                if charge:
+                    return self.charge([item], "", None, local, True)
+                return self.check([item], local, True)
+            now = reply[1]
+            self.observe(now, local)
+            if status == REPLAN:
+                return self._single(item, local, charge)
+            used, held, stop, retry_at, grant = reply[2:7]
+            return codec.decision(status, used, held, stop, retry_at, grant if charge else 0, now)
+
+        return Call(lua, codec.single_keys(item.base, t), args, read)
+
+    def _hold(self, item: Item, request_id: str | None, local: int) -> Held:
+        if request_id is None:
+            # Nobody can send this call again, so nothing needs remembering:
+            # the hold or lease is kept under the fresh id.
+            visible, ttl = self._new_id(), None
+        else:
+            visible, ttl = request_id, self.request_ttl
+        rid = request_part(visible)
+        return Held(self.charge([item], visible, ttl, local, one=True), item, rid)
+
+    def _outcome(
         self,
-        lua: Script,
-        plan: WindowPlan,
-        keys: Sequence[str],
-        head: tuple[int | str, ...],
-        tail: tuple[int | str, ...],
-        finish: Callable[[int, int, Sequence[Any]], Any],
+        name: str,
+        item: Item,
+        rid: str,
+        args: Callable[[int, int | str], tuple[Arg, ...]],
+        statuses: tuple[SettleStatus, ...],
+        local: int,
     ) -> Call:
-        """A timed call whose ARGV is ``head``, client time, the bounds, ``tail``."""
+        t, client_now = self.planned(local)
+        codec = item.codec
 
-        def args_at(t_us: int, client_now: int | str) -> tuple[int | str, ...]:
-            return (*head, client_now, *plan.bounds(t_us), *tail)
+        def read(reply: Sequence[Any]) -> Any:
+            code, now = reply[0], reply[1]
+            self.observe(now, local)
+            if code == REPLAN:
+                return self._outcome(name, item, rid, args, statuses, local)
+            status, used, held, stop, retry_at, grant = item_reply(reply, 0)
+            decision = codec.decision(status, used, held, stop, retry_at, grant, now)
+            return Settlement(statuses[code - 1], decision.granted, decision)
 
-        return self.timed(lua, keys, args_at, finish)
+        keys = (*codec.state_keys(item.base, t), f"{item.base}:o:{rid}")
+        return Call(script(name), keys, args(t, client_now), read, True)
+
+    def _outcome_ttl(self, request_id: str) -> int:
+        # A generated id is only ever sent again by this process's own
+        # retries; a caller's id may come back from anywhere for a day.
+        return self.retry_ttl if request_id.startswith("@") else self.request_ttl
+
+    def _held(self, local: int) -> Callable[[Sequence[Any]], bool]:
+        def read(reply: Sequence[Any]) -> bool:
+            self.observe(reply[1], local)
+            return bool(reply[0] == 1)
+
+        return read
 
     def _locate(self, spec: Spec[Any], subject: str) -> tuple[str, str]:
         """The subject's hash tag and the spec's base key, after checking both."""
@@ -473,23 +531,7 @@ class Engine:
         if len(subject) > _MAX_SUBJECT:
             raise InvalidInput(f"subject must be at most {_MAX_SUBJECT} characters")
         tag = _keys.subject_tag(subject)
-        return tag, self._ns + tag + spec._tail
-
-    def request(self, request_id: str | None) -> tuple[str, int]:
-        """The id a charge runs under, and how long its record lives.
-
-        Every charge carries an id, so redis-py's transport retries can
-        re-send it safely; an id the caller did not choose only needs to
-        outlive those retries.
-        """
-        if request_id is None:
-            return f"@{os.urandom(12).hex()}", self._retry_ttl
-        return _request_part(request_id), self._request_ttl
-
-    def _hit_item(self, hit: Hit[Any]) -> Item:
-        if not isinstance(hit, Hit):
-            raise InvalidInput(f"acquire takes Hit objects, got {type(hit).__name__}")
-        return self.item(hit.limit, hit.subject, hit.cost, hold=hit.hold)
+        return tag, self._ns + tag + spec._codec.tail
 
     def _record(self, items: Sequence[Item], rid: str) -> str:
         if len(items) == 1:
@@ -499,79 +541,35 @@ class Engine:
         digest = hashlib.blake2b("|".join(i.base for i in items).encode(), digest_size=8)
         return f"{self._ns}{items[0].tag}:acq:{digest.hexdigest()}:r:{rid}"
 
-    def _undo_all(
-        self,
-        items: list[Item],
-        charged: list[list[int]],
-        rid: str,
-        decisions: list[Decision[Any] | None],
-    ) -> Generator[Call, Any, None]:
-        for group in reversed(charged):
-            outcome: Charged = yield self.undo([items[i] for i in group], rid)
-            _fill(decisions, group, outcome)
 
-    def _hold(self, item: Item, request_id: str | None) -> Held:
-        rid, ttl = self.request(request_id)
-        return Held(self._charge([item], rid, ttl, one=True), item, rid)
-
-    def _outcome(
-        self,
-        lua: Script,
-        item: Item,
-        rid: str,
-        args_at: Callable[[int, int | str], tuple[int | str, ...]],
-        statuses: tuple[SettleStatus, ...],
-    ) -> Call:
-        spec = item.spec
-
-        def finish(code: int, now: int, reply: Sequence[int]) -> Settlement:
-            decision = spec._decision(reply[2:8], now, True)
-            return Settlement(statuses[code - 1], decision.granted, decision)
-
-        keys = (*item.keys, f"{item.base}:o:{rid}")
-        return self.timed(lua, keys, args_at, finish)
-
-
-def _encode(items: Sequence[Item], t_us: int) -> tuple[int | str, ...]:
+def _encode(items: Sequence[Item], t: int) -> tuple[Arg, ...]:
     if len(items) == 1:
-        return items[0].encoded(t_us)
-    args: list[int | str] = []
+        return items[0].encoded(t)
+    args: list[Arg] = []
     for item in items:
-        args.extend(item.encoded(t_us))
+        args.extend(item.encoded(t))
     return tuple(args)
 
 
 def _decisions(
-    items: Sequence[Item], reply: Sequence[int], now: int, charged: bool
+    items: Sequence[Item], reply: Sequence[Any], now: int, charged: bool
 ) -> list[Decision[Any]]:
-    return [
-        item.spec._decision(reply[2 + 6 * n : 8 + 6 * n], now, charged)
-        for n, item in enumerate(items)
-    ]
-
-
-def _groups(items: Sequence[Item]) -> list[list[int]]:
-    """Item indices grouped by subject, in order of first appearance."""
-    groups: dict[str, list[int]] = {}
-    seen: set[str] = set()
-    for index, item in enumerate(items):
-        if item.base in seen:
-            raise InvalidInput(
-                f"acquire names {item.spec.name!r} for one subject twice; merge the costs"
-            )
-        seen.add(item.base)
-        groups.setdefault(item.tag, []).append(index)
-    return list(groups.values())
-
-
-def _fill(decisions: list[Decision[Any] | None], group: list[int], outcome: Charged) -> None:
-    for index, decision in zip(group, outcome.decisions, strict=True):
-        decisions[index] = decision
+    decisions = []
+    for n, item in enumerate(items):
+        status, used, held, stop, retry_at, grant = item_reply(reply, n)
+        decisions.append(
+            item.codec.decision(status, used, held, stop, retry_at, grant if charged else 0, now)
+        )
+    return decisions
 
 
 def _hold_us(hold: object) -> int:
-    if not isinstance(hold, timedelta) or hold < timedelta(milliseconds=1) or hold % _US:
-        raise InvalidInput(f"hold must be a timedelta of at least 1 ms, got {hold!r}")
+    if not isinstance(hold, timedelta) or not timedelta(milliseconds=1) <= hold <= _MAX_HOLD:
+        raise InvalidInput(
+            f"hold must be a timedelta from 1 ms to {_MAX_HOLD.days} days, got {hold!r:.80}"
+        )
+    if hold % _US:
+        raise InvalidInput(f"hold must be whole microseconds, got {hold!r}")
     return hold // _US
 
 
@@ -579,12 +577,16 @@ def _discard(reply: object) -> None:
     return None
 
 
-def _request_part(request_id: object) -> str:
+def request_part(request_id: object) -> str:
+    """A request id as it stands in keys and scripts."""
     if type(request_id) is not str or not 0 < len(request_id) <= _MAX_REQUEST_ID:
         raise InvalidInput(
             f"request_id must be a non-empty str of at most {_MAX_REQUEST_ID} characters, "
             f"got {request_id!r:.80}"
         )
-    # Caller ids are encoded like subjects; generated ids start with "@",
-    # which encoding never yields, so the two can never meet.
+    # Generated ids ("@" and 24 hex digits) stand as they are, so one handed
+    # out in a BackendError works as a request_id; every other id is encoded
+    # like a subject, and encoding never yields "@", so the two never meet.
+    if GENERATED.fullmatch(request_id):
+        return request_id
     return _keys.encode(request_id)

@@ -1,63 +1,249 @@
-"""Performing planned steps: the only code that touches a connection.
+"""Performing planned steps: the only code that touches a connection or a clock.
 
-One runner per I/O style, and the two read alike line for line. A runner
-sends a script :class:`~atomlimit._steps.Call` (EVALSHA; on NOSCRIPT, load
-and send again; send again if the reply asks for a re-plan), sends a plain
-:class:`~atomlimit._steps.Command`, and drives a multi-step flow by
-performing each step it yields. Every rule lives in the planning code.
+One runner per I/O style; they read alike, and every rule about what to do
+with a reply lives in :func:`classify` and the planning code.
+
+Scripts do not go through redis-py's command layer: each call is encoded
+once (:mod:`atomlimit._wire`), written on a connection taken from the
+client's pool (on a cluster, the pool of the node that serves the call's
+slot), and its reply read back. That keeps to one round trip, lets the
+asyncio runner write many calls in one go (:mod:`atomlimit._batch`), and
+puts the question "may this be sent again?" in atomlimit's hands: redis-py
+re-sends a command whose reply was lost, which for a charge with no record
+would charge twice. Here a call is sent again after such a loss only when a
+record on the server makes the second send a replay (``Call.replayable``);
+otherwise the caller gets a :class:`~atomlimit.BackendError` that says the
+outcome is unknown.
+
+Replies that mean "nothing ran" are handled here, transparently: NOSCRIPT
+(load the script, send again), and on a cluster MOVED (refresh the slot
+map), ASK (send to the importing node after ASKING) and TRYAGAIN or
+CLUSTERDOWN (wait a little, send again).
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable
-from typing import Any
+from collections.abc import Awaitable, Callable, Sequence
+from enum import Enum
+from typing import Any, NamedTuple
 
 import redis
 import redis.asyncio
 from redis.asyncio.cluster import RedisCluster as AsyncRedisCluster
 from redis.cluster import RedisCluster
-from redis.exceptions import NoScriptError, RedisError
+from redis.crc import key_slot
+from redis.exceptions import (
+    AskError,
+    ClusterDownError,
+    MovedError,
+    NoScriptError,
+    RedisError,
+    ResponseError,
+    TryAgainError,
+)
 
-from atomlimit._steps import Call, Command, Flow, Produce, Sleep, Step
-from atomlimit.errors import BackendError
+from atomlimit import _wire
+from atomlimit._batch import Lane, Lost
+from atomlimit._scripts import Script
+from atomlimit._steps import Call, Command, Flow, Plan, Produce, Sleep, Step
+from atomlimit.errors import Applied, BackendError, InvalidInput
 
 _REPLANS = 3
 """A reply outside the planned windows re-plans around the server's clock;
 one re-plan always suffices unless the clock jumps again in between."""
+_REDIRECTS = 5
+"""MOVED and ASK replies followed for one call before giving up."""
+_SETTLE_FOR = 10.0
+"""Seconds a call keeps waiting out TRYAGAIN and CLUSTERDOWN (a slot
+migrating, a failover) before it fails."""
+_PAUSE = 0.05
+_ASKING = _wire.command("ASKING")
+_MAX_CLOCK = 2**53 / 1_000_000
+"""Epoch seconds past which instants no longer fit Lua's exact integers."""
 
 
-def _failed(name: str, err: RedisError) -> BackendError:
-    # Only the operation's name: a command's arguments hold keys, and a
-    # session's key holds its id, which must never reach an exception text.
-    return BackendError(f"{name}: {type(err).__name__}: {err}")
+class Next(Enum):
+    """What a call's reply asks the runner to do next."""
+
+    DONE = "done"
+    LOAD = "load"
+    MOVED = "moved"
+    ASK = "ask"
+    WAIT = "wait"
+    LOST = "lost"
+    FAILED = "failed"
 
 
-def _no_factory() -> Any:
-    raise RuntimeError("this flow has no factory to call")
+def classify(outcome: Any) -> Next:
+    """The next step after ``outcome``: a reply, an error reply, or a :class:`Lost`."""
+    if not isinstance(outcome, BaseException | Lost):
+        return Next.DONE
+    if isinstance(outcome, Lost):
+        return Next.LOST
+    if isinstance(outcome, NoScriptError):
+        return Next.LOAD
+    if isinstance(outcome, AskError):
+        return Next.ASK
+    if isinstance(outcome, MovedError):
+        return Next.MOVED
+    if isinstance(outcome, TryAgainError | ClusterDownError):
+        return Next.WAIT
+    return Next.FAILED
 
 
-async def _no_async_factory() -> Any:
-    raise RuntimeError("this flow has no factory to call")
+def failure(
+    name: str, outcome: Any, request_id: str | None = None, written: bool = False
+) -> BackendError:
+    """The BackendError for a call that failed with ``outcome``, cause chained.
+
+    ``written`` says an earlier send of the call may have reached the server.
+    Only the operation's name goes in the message: a command's arguments
+    hold keys, and a session's key holds its id, which must never reach an
+    exception text.
+    """
+    cause = outcome.error if isinstance(outcome, Lost) else outcome
+    applied: Applied = "unknown" if written or getattr(outcome, "written", False) else "no"
+    err = BackendError(
+        f"{name}: {type(cause).__name__}: {cause}", applied=applied, request_id=request_id
+    )
+    err.__cause__ = cause
+    return err
+
+
+class Attempt:
+    """One call on its way through the replies that ask for it to be sent again.
+
+    The rules live here once; each runner performs the fix that
+    :meth:`after` names (load the script, refresh the slot map, pause) and
+    sends the call again.
+    """
+
+    __slots__ = ("asking", "call", "deadline", "redirects", "tries", "written")
+
+    def __init__(self, call: Call) -> None:
+        self.call = call
+        self.asking: tuple[str, int] | None = None
+        """Send to this node after ASKING: the slot is moving there."""
+        self.tries = 0
+        self.redirects = 0
+        self.deadline: float | None = None
+        self.written = False
+        """Some send of this call may have reached the server."""
+
+    def wire(self) -> bytes:
+        """The call's request, after ASKING when redirected."""
+        call = self.call
+        wire = _wire.evalsha(call.script.sha_bytes, call.keys, call.args)
+        return _ASKING + wire if self.asking else wire
+
+    @property
+    def replies(self) -> int:
+        return 2 if self.asking else 1
+
+    def after(self, outcome: Any, now: float, resend: _Resend) -> Next | None:
+        """The fix to make before sending again, or None when ``outcome`` is final."""
+        step = classify(outcome)
+        self.asking = None
+        if isinstance(outcome, Lost):
+            self.written = self.written or outcome.written
+        if step in (Next.LOAD, Next.ASK, Next.MOVED):
+            self.redirects += 1
+            if self.redirects > _REDIRECTS:
+                return None
+            if step is Next.ASK:
+                self.asking = (outcome.host, outcome.port)
+            return step
+        if step is Next.WAIT:
+            self.deadline = self.deadline or now + _SETTLE_FOR
+            return step if now < self.deadline else None
+        if step is Next.LOST and self.call.replayable and self.tries < resend.times:
+            self.tries += 1
+            return step
+        return None
+
+    def result(self, outcome: Any) -> Any:
+        """The reply, or the BackendError the call ended in."""
+        if classify(outcome) is Next.DONE:
+            return outcome
+        return failure(self.call.script.name, outcome, self.call.request_id, self.written)
+
+
+def clock_reader(clock: Callable[[], float] | None) -> Callable[[], int]:
+    """The local clock in epoch microseconds, each reading checked."""
+    if clock is None:
+        return lambda: int(time.time() * 1_000_000)
+    if not callable(clock):
+        raise InvalidInput(f"clock must be a callable returning epoch seconds, got {clock!r:.80}")
+
+    def read() -> int:
+        seconds = clock()
+        if type(seconds) not in (float, int) or not 0 < seconds < _MAX_CLOCK:
+            raise InvalidInput(
+                f"clock() must return epoch seconds as a finite number between 0 and "
+                f"{_MAX_CLOCK:.0f}, got {seconds!r:.80}"
+            )
+        return int(seconds * 1_000_000)
+
+    return read
+
+
+class _Resend(NamedTuple):
+    """How often, and after what pause, a replayable call may be sent again:
+    what the client's own retry policy says."""
+
+    times: int
+    pause: Callable[[int], float]
+
+
+def _resend_policy(connection_kwargs: dict[str, Any]) -> _Resend:
+    retry = connection_kwargs.get("retry")
+    if retry is None or not hasattr(retry, "get_retries"):
+        return _Resend(0, lambda n: 0.0)
+    backoff = getattr(retry, "_backoff", None)
+
+    def pause(failures: int) -> float:
+        return float(backoff.compute(failures)) if backoff is not None else 0.0
+
+    return _Resend(max(int(retry.get_retries()), 0), pause)
+
+
+# -- sync ------------------------------------------------------------------------
 
 
 class SyncRunner:
     """Performs steps over a ``redis.Redis`` or ``redis.RedisCluster``."""
 
-    __slots__ = ("client",)
+    __slots__ = ("_cluster", "_resend", "client", "closed", "now")
 
-    def __init__(self, client: redis.Redis | RedisCluster) -> None:
+    def __init__(
+        self, client: redis.Redis | RedisCluster, now: Callable[[], int] | None = None
+    ) -> None:
         self.client = client
+        self.now = now or clock_reader(None)
+        """The local clock, epoch microseconds (see :func:`clock_reader`)."""
+        self._cluster = isinstance(client, RedisCluster)
+        self._resend = _resend_policy(_connection_kwargs(client))
+        self.closed = False
 
     def run(self, call: Call) -> Any:
         """Send ``call`` (and any re-plan it asks for); return its result."""
         for _ in range(_REPLANS):
-            result = call.read(self._evalsha(call))
+            result = call.read(self._one(call))
             if not isinstance(result, Call):
                 return result
             call = result
         raise BackendError("the server clock kept leaving the planned windows")
+
+    def run_many(self, calls: Sequence[Call]) -> list[Any]:
+        """Send ``calls`` together, one round trip per server; return their results."""
+        outcomes = self._exchange(list(calls))
+        results = []
+        for call, outcome in zip(calls, outcomes, strict=True):
+            result = call.read(outcome)
+            results.append(self.run(result) if isinstance(result, Call) else result)
+        return results
 
     def send(self, step: Command | Call) -> Any:
         """Send one command or script; return what its ``read`` makes of the reply."""
@@ -67,25 +253,25 @@ class SyncRunner:
             # redis-py leaves the sync execute_command unannotated.
             reply = self.client.execute_command(*step.args)  # type: ignore[no-untyped-call]
         except RedisError as err:
-            raise _failed(str(step.args[0]), err) from err
+            raise failure(str(step.args[0]), err) from err
         return step.read(reply)
 
-    def drive(self, flow: Flow, factory: Callable[[], Any] = _no_factory) -> Any:
+    def drive(self, flow: Flow, factory: Callable[[], Any] = lambda: _no_factory()) -> Any:
         """Perform each step ``flow`` yields; return what it returns.
 
         A step that raises is thrown back into the flow, so the flow can
         undo or release what it holds before the error reaches the caller.
         """
         reply: Any = None
-        failure: Exception | None = None
+        failed: Exception | None = None
         try:
             while True:
-                step = flow.send(reply) if failure is None else flow.throw(failure)
-                failure = None
+                step = flow.send(reply) if failed is None else flow.throw(failed)
+                failed = None
                 try:
                     reply = self._perform(step, factory)
                 except Exception as err:
-                    failure = err
+                    failed = err
         except StopIteration as done:
             return done.value
         finally:
@@ -97,68 +283,194 @@ class SyncRunner:
         if isinstance(step, Sleep):
             time.sleep(step.seconds)
             return None
+        if isinstance(step, Plan):
+            return self.run(step.make(self.now()))
         return self.send(step)
 
-    def _evalsha(self, call: Call) -> Any:
-        sha, keys = call.script.sha, call.keys
+    def _one(self, call: Call) -> Any:
+        outcome = self._exchange([call])[0]
+        if isinstance(outcome, BackendError):
+            raise outcome
+        return outcome
+
+    def _exchange(self, calls: list[Call]) -> list[Any]:
+        """Each call's reply, or the BackendError it ended in, in order.
+
+        Calls whose reply says nothing ran (NOSCRIPT, MOVED, ASK, TRYAGAIN)
+        are sent again after the fix; a lost reply is sent again only for a
+        replayable call, as often as the client's retry policy allows.
+        """
+        attempts = [Attempt(call) for call in calls]
+        outcomes: list[Any] = [None] * len(calls)
+        todo = list(range(len(calls)))
+        while todo:
+            again: list[int] = []
+            for pool, indices in self._route(attempts, todo).items():
+                sent = [attempts[i] for i in indices]
+                replies = _roundtrip(pool, [a.wire() for a in sent], [a.replies for a in sent])
+                for i, attempt, outcome in zip(indices, sent, replies, strict=True):
+                    step = attempt.after(outcome, time.monotonic(), self._resend)
+                    if step is None:
+                        outcomes[i] = attempt.result(outcome)
+                    else:
+                        self._mend(pool, attempt, step)
+                        again.append(i)
+            todo = again
+        return outcomes
+
+    def _mend(self, pool: Any, attempt: Attempt, step: Next) -> None:
+        """Do what a reply asked for before the call is sent again."""
+        if step is Next.LOAD:
+            _roundtrip(pool, [_wire.command("SCRIPT", "LOAD", attempt.call.script.source)], [1])
+        elif step is Next.MOVED:
+            self._refresh()
+        elif step is Next.WAIT:
+            time.sleep(_PAUSE)
+        elif step is Next.LOST:
+            time.sleep(self._resend.pause(attempt.tries))
+
+    def _route(self, attempts: list[Attempt], todo: list[int]) -> dict[Any, list[int]]:
+        """The connection pool of the server each call goes to."""
+        client = self.client
+        if not isinstance(client, RedisCluster):
+            return {client.connection_pool: todo}
+        routes: dict[Any, list[int]] = {}
+        for i in todo:
+            attempt = attempts[i]
+            if attempt.asking:
+                host, port = attempt.asking
+                node = client.nodes_manager.get_node(host=host, port=port)
+                if node is None:
+                    self._refresh()
+                    node = client.nodes_manager.get_node(host=host, port=port)
+                if node is None:
+                    name = attempt.call.script.name
+                    raise failure(name, RedisError(f"no node at {host}:{port}"))
+            else:
+                slot = key_slot(attempt.call.keys[0].encode())
+                node = client.nodes_manager.get_node_from_slot(slot)
+            pool = client.get_redis_connection(node).connection_pool
+            routes.setdefault(pool, []).append(i)
+        return routes
+
+    def _refresh(self) -> None:
+        assert isinstance(self.client, RedisCluster)
+        self.client.nodes_manager.initialize()
+
+
+def _roundtrip(pool: Any, wires: list[bytes], counts: list[int]) -> list[Any]:
+    """Write ``wires`` on one pooled connection and read each one's replies.
+
+    Each outcome is the last reply of its wire (an error reply as its
+    exception), or a :class:`Lost` for wires whose replies never came.
+    """
+    try:
+        connection = pool.get_connection()
+    except (RedisError, OSError) as err:
+        return [Lost(err, written=False)] * len(wires)
+    try:
         try:
+            connection.send_packed_command([b"".join(wires)])
+        except (RedisError, OSError) as err:
+            connection.disconnect()
+            return [Lost(err, written=True)] * len(wires)
+        outcomes: list[Any] = []
+        for count in counts:
             try:
-                return self.client.evalsha(sha, len(keys), *keys, *call.args)
-            except NoScriptError:
-                # The script cache is empty after SCRIPT FLUSH, a restart or a
-                # failover. NOSCRIPT means nothing ran, so sending again is safe.
-                self.client.script_load(call.script.source)
-                return self.client.evalsha(sha, len(keys), *keys, *call.args)
-        except RedisError as err:
-            raise _failed(call.script.name, err) from err
+                for _ in range(count):
+                    reply = connection.read_response()
+            except ResponseError as err:
+                reply = err
+            except (RedisError, OSError) as err:
+                connection.disconnect()
+                outcomes.extend([Lost(err, written=True)] * (len(counts) - len(outcomes)))
+                break
+            outcomes.append(reply)
+        return outcomes
+    finally:
+        pool.release(connection)
+
+
+def _no_factory() -> Any:
+    raise RuntimeError("this flow has no factory to call")
+
+
+async def _no_async_factory() -> Any:
+    raise RuntimeError("this flow has no factory to call")
+
+
+# -- asyncio ---------------------------------------------------------------------
 
 
 class AsyncRunner:
     """Performs steps over ``redis.asyncio.Redis`` or ``redis.asyncio.RedisCluster``.
 
-    It never has more commands in flight than the client has connections.
-    redis-py's default asyncio pool, and a cluster client's pool per node,
-    raise ``MaxConnectionsError`` instead of waiting when every connection
-    is busy, so a burst of tasks queues here, on a semaphore, instead.
+    Calls started by concurrent tasks go out together: each server has a
+    :class:`~atomlimit._batch.Lane` that writes every call waiting for it in
+    one go and hands each reply back to its caller, keeping every script
+    atomic while sharing the round trips. With ``batch=False`` every call
+    takes a connection of its own, as redis-py would send it.
     """
 
-    __slots__ = ("_cold", "_gate", "client")
+    __slots__ = (
+        "_batch",
+        "_cluster",
+        "_lanes",
+        "_loads",
+        "_loop",
+        "_resend",
+        "_warm",
+        "client",
+        "closed",
+        "now",
+    )
 
-    def __init__(self, client: redis.asyncio.Redis | AsyncRedisCluster) -> None:
+    def __init__(
+        self,
+        client: redis.asyncio.Redis | AsyncRedisCluster,
+        now: Callable[[], int] | None = None,
+        *,
+        batch: bool = True,
+    ) -> None:
         self.client = client
-        self._gate = asyncio.Semaphore(_connections_of(client))
-        # redis-py's asyncio cluster client learns the cluster's layout on
-        # its first command. Tasks that start commands while it does so can
-        # be routed through node objects that the layout then replaces, and
-        # fail with AttributeError on a connection torn down under them. So
-        # every task waits here for the layout first.
-        self._cold = isinstance(client, AsyncRedisCluster)
-
-    async def _warm(self) -> None:
-        if self._cold:
-            assert isinstance(self.client, AsyncRedisCluster)
-            await self.client.initialize()
-            self._cold = False
+        self.now = now or clock_reader(None)
+        self._cluster = isinstance(client, AsyncRedisCluster)
+        self._resend = _resend_policy(_connection_kwargs(client))
+        self._batch = batch
+        self._lanes: dict[str, Lane] = {}
+        self._loads: dict[tuple[str, str], asyncio.Future[Any]] = {}
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._warm: asyncio.Future[None] | None = None
+        self.closed = False
 
     async def run(self, call: Call) -> Any:
         """Send ``call`` (and any re-plan it asks for); return its result."""
         for _ in range(_REPLANS):
-            result = call.read(await self._evalsha(call))
+            result = call.read(await self._send(call))
             if not isinstance(result, Call):
                 return result
             call = result
         raise BackendError("the server clock kept leaving the planned windows")
+
+    async def run_many(self, calls: Sequence[Call]) -> list[Any]:
+        """Send ``calls`` together; return their results, in order."""
+        outcomes = await asyncio.gather(*(self._send(call, raising=False) for call in calls))
+        results = []
+        for call, outcome in zip(calls, outcomes, strict=True):
+            if isinstance(outcome, BackendError):
+                raise outcome
+            result = call.read(outcome)
+            results.append(await self.run(result) if isinstance(result, Call) else result)
+        return results
 
     async def send(self, step: Command | Call) -> Any:
         """Send one command or script; return what its ``read`` makes of the reply."""
         if isinstance(step, Call):
             return await self.run(step)
         try:
-            await self._warm()
-            async with self._gate:
-                reply = await self.client.execute_command(*step.args)
+            reply = await self.client.execute_command(*step.args)
         except RedisError as err:
-            raise _failed(str(step.args[0]), err) from err
+            raise failure(str(step.args[0]), err) from err
         return step.read(reply)
 
     async def drive(
@@ -171,15 +483,15 @@ class AsyncRunner:
         A cancelled task is not: what it holds expires by its TTL.
         """
         reply: Any = None
-        failure: Exception | None = None
+        failed: Exception | None = None
         try:
             while True:
-                step = flow.send(reply) if failure is None else flow.throw(failure)
-                failure = None
+                step = flow.send(reply) if failed is None else flow.throw(failed)
+                failed = None
                 try:
                     reply = await self._perform(step, factory)
                 except Exception as err:
-                    failure = err
+                    failed = err
         except StopIteration as done:
             return done.value
         finally:
@@ -191,50 +503,110 @@ class AsyncRunner:
         if isinstance(step, Sleep):
             await asyncio.sleep(step.seconds)
             return None
+        if isinstance(step, Plan):
+            return await self.run(step.make(self.now()))
         return await self.send(step)
 
-    async def _evalsha(self, call: Call) -> Any:
-        try:
-            await self._warm()
-            async with self._gate:
-                try:
-                    return await self._evalsha_once(call)
-                except (AttributeError, TypeError):
-                    # redis-py's asyncio connection fails a write on a
-                    # transport closed under it with these instead of a
-                    # ConnectionError (redis-py issues 3546 and 4287). The
-                    # write never happened, and a script is safe to send
-                    # again (charges carry request ids), so one more try on
-                    # a fresh connection is all it needs.
-                    return await self._evalsha_once(call)
-        except RedisError as err:
-            raise _failed(call.script.name, err) from err
-        except (AttributeError, TypeError) as err:
-            raise BackendError(f"{call.script.name}: the connection failed: {err}") from err
+    async def _send(self, call: Call, raising: bool = True) -> Any:
+        """The reply to ``call``, after whatever the server asked for first."""
+        attempt = Attempt(call)
+        loop = asyncio.get_running_loop()
+        while True:
+            lane = await self._lane(call.keys[0], attempt.asking)
+            outcome = await lane.submit(attempt.wire(), attempt.replies)
+            step = attempt.after(outcome, loop.time(), self._resend)
+            if step is None:
+                result = attempt.result(outcome)
+                if raising and isinstance(result, BackendError):
+                    raise result
+                return result
+            if step is Next.LOAD:
+                await self._load(lane, call.script)
+            elif step is Next.MOVED:
+                await self._refresh()
+            elif step is Next.WAIT:
+                await asyncio.sleep(_PAUSE)
+            elif step is Next.LOST:
+                await asyncio.sleep(self._resend.pause(attempt.tries))
 
-    async def _evalsha_once(self, call: Call) -> Any:
-        sha, keys = call.script.sha, call.keys
-        try:
-            return await self.client.evalsha(sha, len(keys), *keys, *call.args)
-        except NoScriptError:
-            # The script cache is empty after SCRIPT FLUSH, a restart or a
-            # failover. NOSCRIPT means nothing ran, so sending again is safe.
-            await self.client.script_load(call.script.source)
-            return await self.client.evalsha(sha, len(keys), *keys, *call.args)
+    async def _lane(self, key: str, asking: tuple[str, int] | None) -> Lane:
+        loop = asyncio.get_running_loop()
+        if self._loop is not loop:
+            self._bind(loop)
+        client = self.client
+        if not isinstance(client, AsyncRedisCluster):
+            lane = self._lanes.get("")
+            if lane is None:
+                pool = client.connection_pool
+                lane = self._lanes[""] = Lane(pool.get_connection, pool.release, self._batch)
+            return lane
+        await self._warmed(client)
+        if asking is not None:
+            node = client.nodes_manager.get_node(host=asking[0], port=asking[1])
+            if node is None:
+                await self._refresh()
+                node = client.nodes_manager.get_node(host=asking[0], port=asking[1])
+            if node is None:
+                raise failure("route", RedisError(f"no node at {asking[0]}:{asking[1]}"))
+        else:
+            node = client.nodes_manager.get_node_from_slot(key_slot(key.encode()))
+        lane = self._lanes.get(node.name)
+        if lane is None:
+            lane = self._lanes[node.name] = Lane(_taker(node), _giver(node), self._batch)
+        return lane
+
+    def _bind(self, loop: asyncio.AbstractEventLoop) -> None:
+        if self._loop is not None:
+            raise InvalidInput(
+                "this AsyncLimiter is bound to the event loop it first ran on; its "
+                "connections cannot serve another loop. Make one limiter per event loop "
+                "(for example inside the coroutine that asyncio.run() runs)"
+            )
+        self._loop = loop
+
+    async def _warmed(self, client: AsyncRedisCluster) -> None:
+        # redis-py's asyncio cluster client learns the cluster's layout on
+        # its first command. Tasks that start commands while it does so can
+        # be routed through node objects that the layout then replaces, and
+        # fail on a connection torn down under them. So every task waits
+        # here for the layout first.
+        if self._warm is None:
+            self._warm = asyncio.ensure_future(client.initialize())  # type: ignore[arg-type]
+        await asyncio.shield(self._warm)
+
+    async def _refresh(self) -> None:
+        client = self.client
+        assert isinstance(client, AsyncRedisCluster)
+        await client.nodes_manager.initialize()
+
+    async def _load(self, lane: Lane, lua: Script) -> None:
+        """Load ``lua`` on the lane's server once, however many calls found it missing."""
+        key = (str(id(lane)), lua.sha)
+        pending = self._loads.get(key)
+        if pending is None:
+            wire = _wire.command("SCRIPT", "LOAD", lua.source)
+            pending = self._loads[key] = asyncio.ensure_future(lane.submit(wire, 1))
+            pending.add_done_callback(lambda _: self._loads.pop(key, None))
+        outcome = await asyncio.shield(pending)
+        if isinstance(outcome, BaseException | Lost):
+            raise failure(lua.name, outcome)
 
 
-def _connections_of(client: redis.asyncio.Redis | AsyncRedisCluster) -> int:
-    """How many commands to let the client have in flight at once.
+def _connection_kwargs(client: Any) -> dict[str, Any]:
+    if isinstance(client, RedisCluster):
+        return dict(client.nodes_manager.connection_kwargs)
+    return dict(client.get_connection_kwargs())
 
-    A cluster client caps each node's pool at ``max_connections``; keeping
-    the total in flight under that cap keeps every node under it too.
-    """
-    if isinstance(client, AsyncRedisCluster):
-        limit = client.get_connection_kwargs().get("max_connections")
-    elif isinstance(client.connection_pool, redis.asyncio.BlockingConnectionPool):
-        # It already waits for a free connection; a second queue in front
-        # of it would only add wake-ups.
-        limit = None
-    else:
-        limit = getattr(client.connection_pool, "max_connections", None)
-    return limit if isinstance(limit, int) and limit > 0 else 2**31 - 1
+
+def _taker(node: Any) -> Callable[[], Awaitable[Any]]:
+    async def take() -> Any:
+        return node.acquire_connection()
+
+    return take
+
+
+def _giver(node: Any) -> Callable[[Any], Awaitable[None]]:
+    async def give(connection: Any) -> None:
+        node.release(connection)
+
+    return give

@@ -27,6 +27,8 @@ class Script:
     name: str
     source: bytes
     sha: str
+    sha_bytes: bytes
+    """The SHA as sent on the wire."""
 
 
 def _lua_dir() -> Traversable:
@@ -53,7 +55,8 @@ def script(name: str) -> Script:
         return _INCLUDE.sub(expand, root.joinpath(path).read_text(encoding="utf-8").rstrip("\n"))
 
     source = _INCLUDE.sub(expand, text).encode("utf-8")
-    return Script(name, source, hashlib.sha1(source).hexdigest())
+    sha = hashlib.sha1(source).hexdigest()
+    return Script(name, source, sha, sha.encode())
 
 
 def all_names() -> list[str]:

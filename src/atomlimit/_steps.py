@@ -6,20 +6,37 @@ in :mod:`atomlimit._runner` are the only code that touches a connection.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Generator, Sequence
+from collections.abc import Callable, Generator
 from typing import Any, NamedTuple
 
 from atomlimit._scripts import Script
+from atomlimit._wire import Arg, Packed
 
 
 class Call(NamedTuple):
     """One script execution to send, and how to read its reply."""
 
     script: Script
-    keys: Sequence[str]
-    args: Sequence[int | str]
+    keys: tuple[str, ...]
+    args: tuple[Arg | Packed, ...]
     read: Callable[[Any], Any]
     """Reply -> result, or a re-planned :class:`Call`."""
+    replayable: bool = False
+    """A record on the server makes a second send replay the first, so the
+    call may be sent again after a failure that left its outcome unknown."""
+    request_id: str | None = None
+    """The caller-visible id that record is kept under, if the caller may
+    send the call again themselves (``request_id=``)."""
+
+
+class Plan(NamedTuple):
+    """A call planned when it is sent: the runner passes its clock's reading.
+
+    A flow of several calls (an acquire) yields these, so each call is
+    planned for the moment it goes out, not for when the flow began.
+    """
+
+    make: Callable[[int], Call]
 
 
 class Command(NamedTuple):
@@ -42,7 +59,7 @@ class Produce(NamedTuple):
 
 PRODUCE = Produce()
 
-Step = Command | Call | Sleep | Produce
+Step = Command | Call | Plan | Sleep | Produce
 Flow = Generator[Step, Any, Any]
 """Yields steps, is sent each step's result, returns the operation's result.
 A step that fails is thrown into the flow, so it can release what it holds."""

@@ -10,7 +10,7 @@ pairs let concurrent workers all pass the check and overshoot.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from decimal import Decimal
 from typing import Any
 from uuid import UUID
@@ -21,11 +21,13 @@ from redis.asyncio.cluster import RedisCluster as AsyncRedisCluster
 
 from atomlimit._checks import check_part
 from atomlimit._engine import Engine
+from atomlimit._kinds import REPLAN, new_id
 from atomlimit._money import to_units
 from atomlimit._runner import AsyncRunner
-from atomlimit._scripts import script
-from atomlimit._steps import Command
+from atomlimit._scripts import Script, script
+from atomlimit._steps import Call, Command
 from atomlimit._windows import WindowPlan
+from atomlimit._wire import Arg
 from atomlimit.errors import InvalidInput
 from atomlimit.limiter import DEFAULT_MAX_CONNECTIONS, DEFAULT_POOL_TIMEOUT
 
@@ -146,24 +148,11 @@ class RedisClient:
         """Close the connection pool."""
         await self.redis.aclose()
 
-    def _record(self, key: str) -> tuple[str, int]:
-        """A record key for one call on ``key``, and how long it lives.
-
-        The seed's key, wrapped in braces, is the record's hash tag: a key
-        with no tag hashes whole, so both land in one cluster slot. Seed keys
-        never contain braces (identifiers are checked).
-        """
-        rid, ttl = self._engine.request(None)
-        return f"atomlimit:v1:compat:{{{key}}}:r:{rid}", ttl
-
     async def _count(self, key: str, limit: int | str) -> tuple[int, int]:
-        def finish(status: int, now: int, reply: Sequence[Any]) -> tuple[int, int]:
-            return status, int(reply[2])
+        def finish(reply: Sequence[Any]) -> tuple[int, int]:
+            return reply[0], int(reply[2])
 
-        record, ttl = self._record(key)
-        call = self._engine.windowed(
-            script("compat_count"), self._day, (key, record), (limit,), (ttl,), finish
-        )
+        call = self._once(script("compat_count"), key, (limit,), finish)
         result: tuple[int, int] = await self._runner.run(call)
         return result
 
@@ -172,15 +161,40 @@ class RedisClient:
     ) -> tuple[int, Decimal]:
         units = to_units(_exact(amount), _PLACES, "amount")
 
-        def finish(status: int, now: int, reply: Sequence[Any]) -> tuple[int, Decimal]:
-            return status, Decimal(reply[2])
+        def finish(reply: Sequence[Any]) -> tuple[int, Decimal]:
+            return reply[0], Decimal(reply[2])
 
-        record, ttl = self._record(key)
-        call = self._engine.windowed(
-            script("compat_spend"), self._day, (key, record), (units, cap, _PLACES), (ttl,), finish
-        )
+        call = self._once(script("compat_spend"), key, (units, cap, _PLACES), finish)
         result: tuple[int, Decimal] = await self._runner.run(call)
         return result
+
+    def _once(
+        self,
+        lua: Script,
+        key: str,
+        head: tuple[Arg, ...],
+        finish: Callable[[Sequence[Any]], Any],
+    ) -> Call:
+        """A compat write on ``key``, recorded so a second send applies it once.
+
+        The record's hash tag is the seed's key itself, wrapped in braces: a
+        key with no tag hashes whole, so both land in one cluster slot. Seed
+        keys never contain braces (identifiers are checked).
+        """
+        engine, local = self._engine, self._runner.now()
+        record = f"atomlimit:v1:compat:{{{key}}}:r:{new_id()}"
+
+        def plan() -> Call:
+            t, client_now = engine.planned(local)
+            args = (*head, client_now, *self._day.bounds(t), engine.retry_ttl)
+
+            def read(reply: Sequence[Any]) -> Any:
+                engine.observe(reply[1], local)
+                return plan() if reply[0] == REPLAN else finish(reply)
+
+            return Call(lua, (key, record), args, read, replayable=True)
+
+        return plan()
 
 
 def _same(reply: object) -> object:

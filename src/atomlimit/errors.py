@@ -1,8 +1,11 @@
 """Exceptions, each named for what the caller does next.
 
 - :class:`InvalidInput`: fix the input; nothing was sent to the server.
-- :class:`BackendError`: Redis failed or is unreachable; retry later or fall
-  back. The redis-py error is chained as ``__cause__``.
+- :class:`BackendError`: Redis failed or is unreachable. ``applied`` says
+  whether the call may have taken effect; with a ``request_id`` it can be
+  sent again safely. The redis-py error is chained as ``__cause__``.
+- :class:`RequestIdReused`: a request id came back with other costs; the
+  server refused it and charged nothing.
 - :class:`LimitExceeded`: only raised when the caller asks for raising; wait
   for ``decision.retry_after``.
 
@@ -12,10 +15,12 @@ not an exception.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 if TYPE_CHECKING:
     from atomlimit.decision import Decision
+
+Applied = Literal["no", "unknown"]
 
 
 class AtomlimitError(Exception):
@@ -26,16 +31,32 @@ class InvalidInput(AtomlimitError, ValueError):
     """A spec or argument is invalid. Raised before anything reaches the server."""
 
 
-class RequestIdReused(InvalidInput):
+class RequestIdReused(AtomlimitError):
     """A ``request_id`` came back with a different cost than when it was charged.
 
     Request ids name one charge; reusing one for another amount would silently
-    skip that charge, so it is refused instead.
+    skip that charge, so the server refuses it and charges nothing.
     """
 
 
 class BackendError(AtomlimitError):
-    """The Redis server failed or could not be reached; the cause is chained."""
+    """The Redis server failed or could not be reached; the cause is chained.
+
+    ``applied`` is ``"no"`` when the call cannot have taken effect (the
+    connection was refused, the server answered with an error), and
+    ``"unknown"`` when it may have (the reply was lost after the call was
+    written). ``request_id`` is the id the call ran under when the server
+    keeps a record of it: sending the call again with ``request_id=`` that
+    id replays the first outcome if it was charged, and decides afresh if it
+    was not. It is None when nothing on the server remembers the call.
+    """
+
+    def __init__(
+        self, message: str, *, applied: Applied = "no", request_id: str | None = None
+    ) -> None:
+        super().__init__(message)
+        self.applied: Applied = applied
+        self.request_id = request_id
 
 
 class LimitExceeded(AtomlimitError):

@@ -14,7 +14,7 @@ from decimal import Decimal
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Generic, Self, TypeVar
 
-from atomlimit._engine import Settlement
+from atomlimit._engine import Settlement, SettleStatus
 from atomlimit.decision import Decision
 from atomlimit.errors import InvalidInput, LimitExceeded
 from atomlimit.specs import Hit
@@ -22,6 +22,7 @@ from atomlimit.specs import Hit
 if TYPE_CHECKING:
     from atomlimit._engine import Engine, Item
     from atomlimit._runner import AsyncRunner, SyncRunner
+    from atomlimit._steps import Call
 
 __all__ = [
     "Acquired",
@@ -79,11 +80,13 @@ class _Handle:
 
 
 class _Reservable(_Handle):
-    __slots__ = ("_settle_with",)
+    __slots__ = ("_done", "_settle_with")
 
     def __init__(self, *args: Any) -> None:
         super().__init__(*args)
         self._settle_with: Decimal | int | None = None
+        self._done: Settlement | None = None
+        """What this handle's last settle or release did."""
 
     def _refuse_if_denied(self) -> None:
         # A denied reservation gave no permission to spend; settling it would
@@ -96,10 +99,44 @@ class _Reservable(_Handle):
         # its id, which a later reserve may reuse (request-ids.md).
         return Settlement("expired", self.decision.granted, self.decision)
 
+    def _repeat(self, settling: bool) -> SettleStatus | None:
+        """The status to report when this handle has already finished, else None.
+
+        After a settle nothing more can happen to the reservation; after a
+        release only a settle (the money was spent after all) still changes
+        it. Such repeats are sent as a release, which can never charge, so
+        they stay harmless after the server has forgotten the outcome.
+        """
+        done = self._done
+        if done is None:
+            return None
+        if done.status in _SETTLED_HERE:
+            return "already_settled"
+        return None if settling else "already_released"
+
+    def _remember(self, result: Settlement, status: SettleStatus | None) -> Settlement:
+        if status is not None:
+            return Settlement(status, result.charged * 0, result.decision)
+        self._done = result
+        return result
+
+    def _settling(self, actual: Decimal | int) -> tuple[Call, SettleStatus | None]:
+        """The call a settle sends: a release when the handle already settled."""
+        local = self._runner.now()
+        repeat = self._repeat(settling=True)
+        if repeat is None:
+            return self._engine.settle(self._item, self.id, actual, local), None
+        self._item.codec.units(actual)  # bad input is refused all the same
+        return self._engine.release(self._item, self.id, local), repeat
+
     def settle_with(self, actual: Decimal | int) -> None:
         """Settle ``actual`` when the ``with`` block ends, instead of releasing."""
-        self._item.spec._cost_units(actual)  # refuse bad input now, not at exit
+        self._item.codec.units(actual)  # refuse bad input now, not at exit
         self._settle_with = actual
+
+
+_SETTLED_HERE = ("settled", "already_settled", "settled_after_release", "settled_after_expiry")
+_RELEASED_HERE = ("released", "already_released", "expired")
 
 
 class Reservation(_Reservable):
@@ -119,15 +156,16 @@ class Reservation(_Reservable):
     def settle(self, actual: Decimal | int) -> Settlement:
         """Charge the actual cost (even past the cap) and drop the hold."""
         self._refuse_if_denied()
-        result: Settlement = self._runner.run(self._engine.settle(self._item, self.id, actual))
-        return result
+        call, repeat = self._settling(actual)
+        return self._remember(self._runner.run(call), repeat)
 
     def release(self) -> Settlement:
         """Drop the hold and charge nothing."""
         if not self.allowed:
             return self._nothing_held()
-        result: Settlement = self._runner.run(self._engine.release(self._item, self.id))
-        return result
+        repeat = self._repeat(settling=False)
+        call = self._engine.release(self._item, self.id, self._runner.now())
+        return self._remember(self._runner.run(call), repeat)
 
     def __enter__(self) -> Self:
         return self
@@ -153,17 +191,16 @@ class AsyncReservation(_Reservable):
     async def settle(self, actual: Decimal | int) -> Settlement:
         """Charge the actual cost (even past the cap) and drop the hold."""
         self._refuse_if_denied()
-        result: Settlement = await self._runner.run(
-            self._engine.settle(self._item, self.id, actual)
-        )
-        return result
+        call, repeat = self._settling(actual)
+        return self._remember(await self._runner.run(call), repeat)
 
     async def release(self) -> Settlement:
         """Drop the hold and charge nothing."""
         if not self.allowed:
             return self._nothing_held()
-        result: Settlement = await self._runner.run(self._engine.release(self._item, self.id))
-        return result
+        repeat = self._repeat(settling=False)
+        call = self._engine.release(self._item, self.id, self._runner.now())
+        return self._remember(await self._runner.run(call), repeat)
 
     async def __aenter__(self) -> Self:
         return self
@@ -194,14 +231,17 @@ class Lease(_Handle):
         """Extend the lease by its full length; False if it had already lapsed."""
         if not self.allowed:
             return False
-        held: bool = self._runner.run(self._engine.renew(self._item, self.id))
+        call = self._engine.renew(self._item, self.id, self._runner.now())
+        held: bool = self._runner.run(call)
         return held
 
     def release(self) -> bool:
         """Give the slot back; False if it had already lapsed or been released."""
         if not self.allowed:
             return False
-        held: bool = self._runner.run(self._engine.drop_lease(self._item, self.id))
+        held: bool = self._runner.run(
+            self._engine.drop_lease(self._item, self.id, self._runner.now())
+        )
         return held
 
     def __enter__(self) -> Self:
@@ -224,14 +264,18 @@ class AsyncLease(_Handle):
         """Extend the lease by its full length; False if it had already lapsed."""
         if not self.allowed:
             return False
-        held: bool = await self._runner.run(self._engine.renew(self._item, self.id))
+        held: bool = await self._runner.run(
+            self._engine.renew(self._item, self.id, self._runner.now())
+        )
         return held
 
     async def release(self) -> bool:
         """Give the slot back; False if it had already lapsed or been released."""
         if not self.allowed:
             return False
-        held: bool = await self._runner.run(self._engine.drop_lease(self._item, self.id))
+        held: bool = await self._runner.run(
+            self._engine.drop_lease(self._item, self.id, self._runner.now())
+        )
         return held
 
     async def __aenter__(self) -> Self:

@@ -21,22 +21,23 @@ import redis.asyncio
 from redis.asyncio.cluster import RedisCluster as AsyncRedisCluster
 from redis.cluster import RedisCluster
 
+from atomlimit._acquire import Acquisition, acquire
 from atomlimit._engine import (
     DEFAULT_HOLD,
     DEFAULT_REQUEST_TTL,
     DEFAULT_RETRY_TTL,
-    Acquisition,
-    Clock,
     Engine,
     Item,
     TimeSource,
 )
-from atomlimit._runner import AsyncRunner, SyncRunner
+from atomlimit._runner import AsyncRunner, SyncRunner, clock_reader
+from atomlimit._steps import Call
 from atomlimit.decision import Amount, Decision
-from atomlimit.errors import LimitExceeded
+from atomlimit.errors import InvalidInput, LimitExceeded
 from atomlimit.holds import Acquired, AsyncLease, AsyncReservation, Lease, Pending, Reservation
 from atomlimit.specs import Concurrency, Hit, Spec, SpendCap
 
+Clock = Callable[[], float]
 H = TypeVar("H", Lease, Reservation)
 LeaseT = TypeVar("LeaseT", Lease, AsyncLease)
 ReservationT = TypeVar("ReservationT", Reservation, AsyncReservation)
@@ -58,8 +59,9 @@ class Limiter:
         clock: epoch seconds as a float; with ``time_source="server"`` it only
             centres the planned windows and never decides one.
         request_ttl: how long a caller's ``request_id`` is remembered.
-        retry_ttl: how long the id generated for a call without
-            ``request_id`` is remembered; it must outlive redis-py's retries.
+        retry_ttl: how long a call that needs a record but has no
+            ``request_id`` (an acquire over several subjects, a reservation's
+            outcome) keeps it.
     """
 
     def __init__(
@@ -73,13 +75,10 @@ class Limiter:
         retry_ttl: timedelta = DEFAULT_RETRY_TTL,
     ) -> None:
         self._engine = Engine(
-            prefix=prefix,
-            time_source=time_source,
-            clock=clock,
-            request_ttl=request_ttl,
-            retry_ttl=retry_ttl,
+            prefix=prefix, time_source=time_source, request_ttl=request_ttl, retry_ttl=retry_ttl
         )
-        self._runner = SyncRunner(client)
+        now = clock_reader(clock)
+        self._runner = SyncRunner(_client(client, (redis.Redis, RedisCluster)), now)
         self._owns_client = False
 
     @classmethod
@@ -98,8 +97,9 @@ class Limiter:
 
         The limiter owns this client and closes it in :meth:`close`.
         """
+        client = _from_url(redis.Redis.from_url, url, redis_options)
         limiter = cls(
-            redis.Redis.from_url(url, **redis_options),
+            client,
             prefix=prefix,
             time_source=time_source,
             clock=clock,
@@ -124,13 +124,25 @@ class Limiter:
         request returns the original decision and charges nothing. With
         ``partial``, as much of ``cost`` as fits is granted (``granted``).
         """
-        call = self._engine.hit(limit, subject, cost, request_id, partial)
-        result: Decision[Amount] = self._runner.run(call)
+        runner = self._open()
+        call = self._engine.hit(limit, subject, cost, request_id, partial, runner.now())
+        result: Decision[Amount] = runner.run(call)
         return result
+
+    def hit_many(self, hits: Sequence[Hit[Any]]) -> list[Decision[Any]]:
+        """Decide many independent hits in one round trip (one per cluster node).
+
+        Each hit is charged or denied on its own, as :meth:`hit` would; the
+        decisions come back in order. For all-or-nothing, use :meth:`acquire`.
+        """
+        runner = self._open()
+        results: list[Decision[Any]] = runner.run_many(_hit_calls(self._engine, hits, runner.now()))
+        return results
 
     def peek(self, limit: Spec[Amount], subject: str, cost: Amount | int = 1) -> Decision[Amount]:
         """Would a hit of ``cost`` pass now? Charges nothing."""
-        result: Decision[Amount] = self._runner.run(self._engine.peek(limit, subject, cost))
+        runner = self._open()
+        result: Decision[Amount] = runner.run(self._engine.peek(limit, subject, cost, runner.now()))
         return result
 
     def refund(
@@ -145,19 +157,22 @@ class Limiter:
 
         With ``request_id``, a repeated refund gives back nothing more.
         """
-        call = self._engine.refund(limit, subject, amount, request_id)
-        result: Decision[Amount] = self._runner.run(call)
+        runner = self._open()
+        call = self._engine.refund(limit, subject, amount, request_id, runner.now())
+        result: Decision[Amount] = runner.run(call)
         return result
 
     def reset(self, limit: Spec[Any], subject: str) -> None:
         """Forget ``subject``'s usage of ``limit``."""
-        self._runner.run(self._engine.reset(limit, subject))
+        runner = self._open()
+        runner.run(self._engine.reset(limit, subject, runner.now()))
 
     def acquire(
         self, hits: Sequence[Hit[Any]], *, request_id: str | None = None
     ) -> Acquired[Lease, Reservation]:
-        """Charge every hit or none of them; see :meth:`Engine.acquire` and docs/acquire.md."""
-        found: Acquisition = self._runner.drive(self._engine.acquire(hits, request_id))
+        """Charge every hit or none of them; see docs/acquire.md."""
+        runner = self._open()
+        found: Acquisition = runner.drive(acquire(self._engine, hits, request_id))
         return _acquired(found, hits, self._lease_of, self._reservation_of)
 
     def reserve(
@@ -170,9 +185,10 @@ class Limiter:
         request_id: str | None = None,
     ) -> Reservation:
         """Hold ``estimate`` on ``cap`` until settled, released, or ``ttl`` passes."""
-        held = self._engine.reserve(cap, subject, estimate, ttl, request_id)
-        decision = self._runner.run(held.call)
-        return Reservation(self._engine, self._runner, decision, held.item, held.request_id)
+        runner = self._open()
+        held = self._engine.reserve(cap, subject, estimate, ttl, request_id, runner.now())
+        decision = runner.run(held.call)
+        return Reservation(self._engine, runner, decision, held.item, held.request_id)
 
     def reservation(
         self,
@@ -203,15 +219,20 @@ class Limiter:
         Raises :class:`~atomlimit.LimitExceeded` when every slot is taken,
         unless ``raise_on_deny`` is False.
         """
-        held = self._engine.lease(limit, subject, request_id)
-        decision = self._runner.run(held.call)
-        lease = Lease(self._engine, self._runner, decision, held.item, held.request_id)
+        runner = self._open()
+        held = self._engine.lease(limit, subject, request_id, runner.now())
+        decision = runner.run(held.call)
+        lease = Lease(self._engine, runner, decision, held.item, held.request_id)
         return _granted(lease, raise_on_deny)
 
     def close(self) -> None:
-        """Close the client if this limiter created it (see :meth:`from_url`)."""
-        if self._owns_client:
+        """Close the client if this limiter created it (see :meth:`from_url`).
+
+        Any later call raises :class:`~atomlimit.InvalidInput`.
+        """
+        if not self._runner.closed and self._owns_client:
             self._runner.client.close()
+        self._runner.closed = True
 
     def __enter__(self) -> Self:
         return self
@@ -220,6 +241,11 @@ class Limiter:
         self, kind: type[BaseException] | None, err: BaseException | None, tb: TracebackType | None
     ) -> None:
         self.close()
+
+    def _open(self) -> SyncRunner:
+        if self._runner.closed:
+            raise InvalidInput("this limiter is closed; make a new one")
+        return self._runner
 
     def _lease_of(self, decision: Decision[Any], item: Item, rid: str) -> Lease:
         return Lease(self._engine, self._runner, decision, item, rid)
@@ -231,8 +257,10 @@ class Limiter:
 class AsyncLimiter:
     """Race-free limits over ``redis.asyncio.Redis`` or ``redis.asyncio.RedisCluster``.
 
-    Takes the same arguments as :class:`Limiter`. One instance serves any
-    number of tasks on its event loop.
+    Takes the same arguments as :class:`Limiter`, and ``batch``: calls that
+    concurrent tasks start together go out in one write per server, each
+    script still atomic (``batch=False`` sends each call on its own). One
+    instance serves any number of tasks on its event loop.
     """
 
     def __init__(
@@ -244,15 +272,14 @@ class AsyncLimiter:
         clock: Clock | None = None,
         request_ttl: timedelta = DEFAULT_REQUEST_TTL,
         retry_ttl: timedelta = DEFAULT_RETRY_TTL,
+        batch: bool = True,
     ) -> None:
         self._engine = Engine(
-            prefix=prefix,
-            time_source=time_source,
-            clock=clock,
-            request_ttl=request_ttl,
-            retry_ttl=retry_ttl,
+            prefix=prefix, time_source=time_source, request_ttl=request_ttl, retry_ttl=retry_ttl
         )
-        self._runner = AsyncRunner(client)
+        now = clock_reader(clock)
+        kinds = (redis.asyncio.Redis, AsyncRedisCluster)
+        self._runner = AsyncRunner(_client(client, kinds), now, batch=batch)
         self._owns_client = False
 
     @classmethod
@@ -265,19 +292,20 @@ class AsyncLimiter:
         clock: Clock | None = None,
         request_ttl: timedelta = DEFAULT_REQUEST_TTL,
         retry_ttl: timedelta = DEFAULT_RETRY_TTL,
+        batch: bool = True,
         max_connections: int = DEFAULT_MAX_CONNECTIONS,
         pool_timeout: float | None = DEFAULT_POOL_TIMEOUT,
         **redis_options: Any,
     ) -> Self:
         """Connect to ``url`` through a blocking pool of ``max_connections``.
 
-        Tasks beyond the pool size wait up to ``pool_timeout`` seconds for a
-        free connection instead of failing, as redis-py's default asyncio
-        pool does past its limit. ``redis_options`` go to the pool.
+        Calls beyond what the pool can carry wait up to ``pool_timeout``
+        seconds for a free connection instead of failing, as redis-py's
+        default asyncio pool does past its limit. ``redis_options`` go to
+        the pool.
         """
-        pool = redis.asyncio.BlockingConnectionPool.from_url(
-            url, max_connections=max_connections, timeout=pool_timeout, **redis_options
-        )
+        options = {"max_connections": max_connections, "timeout": pool_timeout, **redis_options}
+        pool = _from_url(redis.asyncio.BlockingConnectionPool.from_url, url, options)
         limiter = cls(
             redis.asyncio.Redis.from_pool(pool),
             prefix=prefix,
@@ -285,6 +313,7 @@ class AsyncLimiter:
             clock=clock,
             request_ttl=request_ttl,
             retry_ttl=retry_ttl,
+            batch=batch,
         )
         limiter._owns_client = True
         return limiter
@@ -304,15 +333,29 @@ class AsyncLimiter:
         request returns the original decision and charges nothing. With
         ``partial``, as much of ``cost`` as fits is granted (``granted``).
         """
-        call = self._engine.hit(limit, subject, cost, request_id, partial)
-        result: Decision[Amount] = await self._runner.run(call)
+        runner = self._open()
+        call = self._engine.hit(limit, subject, cost, request_id, partial, runner.now())
+        result: Decision[Amount] = await runner.run(call)
         return result
+
+    async def hit_many(self, hits: Sequence[Hit[Any]]) -> list[Decision[Any]]:
+        """Decide many independent hits in one round trip (one per cluster node).
+
+        Each hit is charged or denied on its own, as :meth:`hit` would; the
+        decisions come back in order. For all-or-nothing, use :meth:`acquire`.
+        """
+        runner = self._open()
+        calls = _hit_calls(self._engine, hits, runner.now())
+        results: list[Decision[Any]] = await runner.run_many(calls)
+        return results
 
     async def peek(
         self, limit: Spec[Amount], subject: str, cost: Amount | int = 1
     ) -> Decision[Amount]:
         """Would a hit of ``cost`` pass now? Charges nothing."""
-        result: Decision[Amount] = await self._runner.run(self._engine.peek(limit, subject, cost))
+        runner = self._open()
+        call = self._engine.peek(limit, subject, cost, runner.now())
+        result: Decision[Amount] = await runner.run(call)
         return result
 
     async def refund(
@@ -327,13 +370,15 @@ class AsyncLimiter:
 
         With ``request_id``, a repeated refund gives back nothing more.
         """
-        call = self._engine.refund(limit, subject, amount, request_id)
-        result: Decision[Amount] = await self._runner.run(call)
+        runner = self._open()
+        call = self._engine.refund(limit, subject, amount, request_id, runner.now())
+        result: Decision[Amount] = await runner.run(call)
         return result
 
     async def reset(self, limit: Spec[Any], subject: str) -> None:
         """Forget ``subject``'s usage of ``limit``."""
-        await self._runner.run(self._engine.reset(limit, subject))
+        runner = self._open()
+        await runner.run(self._engine.reset(limit, subject, runner.now()))
 
     async def acquire(
         self, hits: Sequence[Hit[Any]], *, request_id: str | None = None
@@ -345,13 +390,13 @@ class AsyncLimiter:
         cancellation goes through, so no partial charge survives; leases and
         holds it took are then released, since nobody holds their handles.
         """
-        flow = asyncio.ensure_future(self._runner.drive(self._engine.acquire(hits, request_id)))
+        runner = self._open()
+        done = asyncio.ensure_future(runner.drive(acquire(self._engine, hits, request_id)))
         try:
-            found: Acquisition = await asyncio.shield(flow)
+            found: Acquisition = await asyncio.shield(done)
         except asyncio.CancelledError:
             with contextlib.suppress(Exception):
-                done: Acquisition = await flow
-                result = _acquired(done, hits, self._lease_of, self._reservation_of)
+                result = _acquired(await done, hits, self._lease_of, self._reservation_of)
                 for lease in result.leases:
                     await lease.release()
                 for reservation in result.reservations:
@@ -369,9 +414,10 @@ class AsyncLimiter:
         request_id: str | None = None,
     ) -> AsyncReservation:
         """Hold ``estimate`` on ``cap`` until settled, released, or ``ttl`` passes."""
-        held = self._engine.reserve(cap, subject, estimate, ttl, request_id)
-        decision = await self._runner.run(held.call)
-        return AsyncReservation(self._engine, self._runner, decision, held.item, held.request_id)
+        runner = self._open()
+        held = self._engine.reserve(cap, subject, estimate, ttl, request_id, runner.now())
+        decision = await runner.run(held.call)
+        return AsyncReservation(self._engine, runner, decision, held.item, held.request_id)
 
     def reservation(
         self,
@@ -404,16 +450,21 @@ class AsyncLimiter:
         """
 
         async def take() -> AsyncLease:
-            held = self._engine.lease(limit, subject, request_id)
-            decision = await self._runner.run(held.call)
-            return AsyncLease(self._engine, self._runner, decision, held.item, held.request_id)
+            runner = self._open()
+            held = self._engine.lease(limit, subject, request_id, runner.now())
+            decision = await runner.run(held.call)
+            return AsyncLease(self._engine, runner, decision, held.item, held.request_id)
 
         return Pending(take, raise_on_deny)
 
     async def aclose(self) -> None:
-        """Close the client if this limiter created it (see :meth:`from_url`)."""
-        if self._owns_client:
+        """Close the client if this limiter created it (see :meth:`from_url`).
+
+        Any later call raises :class:`~atomlimit.InvalidInput`.
+        """
+        if not self._runner.closed and self._owns_client:
             await self._runner.client.aclose()
+        self._runner.closed = True
 
     async def __aenter__(self) -> Self:
         return self
@@ -423,11 +474,46 @@ class AsyncLimiter:
     ) -> None:
         await self.aclose()
 
+    def _open(self) -> AsyncRunner:
+        if self._runner.closed:
+            raise InvalidInput("this limiter is closed; make a new one")
+        return self._runner
+
     def _lease_of(self, decision: Decision[Any], item: Item, rid: str) -> AsyncLease:
         return AsyncLease(self._engine, self._runner, decision, item, rid)
 
     def _reservation_of(self, decision: Decision[Any], item: Item, rid: str) -> AsyncReservation:
         return AsyncReservation(self._engine, self._runner, decision, item, rid)
+
+
+def _hit_calls(engine: Engine, hits: Sequence[Hit[Any]], local: int) -> list[Call]:
+    calls = []
+    for hit in hits:
+        if not isinstance(hit, Hit):
+            raise InvalidInput(f"hit_many takes Hit objects, got {type(hit).__name__}")
+        if hit.hold is not None:
+            raise InvalidInput("hit_many charges; a Hit with a hold is a reservation (reserve)")
+        calls.append(engine.hit(hit.limit, hit.subject, hit.cost, None, False, local))
+    return calls
+
+
+def _client(client: Any, kinds: tuple[type, ...]) -> Any:
+    if not isinstance(client, kinds):
+        names = " or ".join(f"{k.__module__}.{k.__qualname__}" for k in kinds)
+        raise InvalidInput(f"client must be a {names}, got {type(client).__name__}")
+    return client
+
+
+def _from_url(make: Callable[..., Any], url: object, options: dict[str, Any]) -> Any:
+    if not isinstance(url, str):
+        raise InvalidInput(f"url must be a str like 'redis://host:6379/0', got {url!r:.80}")
+    try:
+        return make(url, **options)
+    except ValueError as err:
+        # redis-py names the accepted schemes; the URL itself may hold a
+        # password, so only its scheme is repeated.
+        scheme = url.split("://", 1)[0] if "://" in url else "(none)"
+        raise InvalidInput(f"url is not a Redis URL (scheme {scheme!r}): {err}") from None
 
 
 def _granted(handle: H, raise_on_deny: bool) -> H:
@@ -442,7 +528,7 @@ def _acquired(
     lease: Callable[[Decision[Any], Item, str], LeaseT],
     hold: Callable[[Decision[Any], Item, str], ReservationT],
 ) -> Acquired[LeaseT, ReservationT]:
-    leases = tuple(lease(d, i, found.request_id) for i, d in found.held if i.kind == "cc")
-    holds = tuple(hold(d, i, found.request_id) for i, d in found.held if i.kind == "rs")
+    leases = tuple(lease(d, i, found.request_id) for i, d in found.held if not i.hold)
+    holds = tuple(hold(d, i, found.request_id) for i, d in found.held if i.hold)
     denied_by = None if found.denied_at is None else hits[found.denied_at]
     return Acquired(found.allowed, tuple(found.decisions), denied_by, leases, holds)

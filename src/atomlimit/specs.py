@@ -1,8 +1,9 @@
 """Limit specs: frozen pydantic models, validated once when built.
 
-After construction the hot path trusts a spec: everything derived from it
-(key tail, units, time zone, window plan, script arguments) is computed once
-and cached on the instance.
+A spec is plain configuration. After construction the hot path trusts it:
+how it travels to the server (key tail, units, window plan, encoded
+arguments) is worked out once, on first use, by its kind's codec in
+:mod:`atomlimit._kinds`, and kept on the instance.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from decimal import Decimal
 from functools import cached_property
-from typing import Annotated, Any, ClassVar, Generic, Literal, Self
+from typing import TYPE_CHECKING, Annotated, Any, Generic, Literal, Self
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import (
@@ -26,16 +27,20 @@ from pydantic import (
     model_validator,
 )
 
-from atomlimit import _keys
-from atomlimit._money import MAX_UNITS, from_units, to_units
-from atomlimit._windows import CALENDAR_UNITS, UNIT_LENGTHS, Bounds, Window, WindowPlan, from_us
-from atomlimit.decision import Amount, Decision
+from atomlimit._money import MAX_UNITS, to_units
+from atomlimit._windows import CALENDAR_UNITS, UNIT_LENGTHS, Window
+from atomlimit.decision import Amount
 from atomlimit.errors import InvalidInput
 
-_US = timedelta(microseconds=1)
+if TYPE_CHECKING:
+    from atomlimit._kinds import Codec
+
+_MS = timedelta(milliseconds=1)
+MAX_DURATION = timedelta(days=366)
+"""Longest window, lease or hold: instants a window or hold away from now
+stay far inside the exact range of Lua's numbers."""
 _CURRENCY = re.compile(r"[A-Za-z][A-Za-z0-9_\-]{0,15}")
 Algorithm = Literal["fixed_window", "gcra", "sliding_log", "sliding_counter"]
-_PARTIAL, _SHADOW = 1, 2
 
 
 class Spec(BaseModel, Generic[Amount]):
@@ -45,9 +50,6 @@ class Spec(BaseModel, Generic[Amount]):
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
-
-    _kind: ClassVar[str]
-    """Names the kind of state in keys, so specs of different kinds never share one."""
 
     name: Annotated[str, Field(min_length=1, max_length=256)]
     """Names the limit in keys; two specs with one name and kind share state."""
@@ -66,59 +68,11 @@ class Spec(BaseModel, Generic[Amount]):
         return value
 
     @cached_property
-    def _tail(self) -> str:
-        return f":{self._kind}:{_keys.encode(self.name)}"
+    def _codec(self) -> Codec[Amount]:
+        """How this spec travels to its scripts and back (:mod:`atomlimit._kinds`)."""
+        from atomlimit._kinds import codec_for
 
-    @cached_property
-    def _flags(self) -> int:
-        return _SHADOW if getattr(self, "shadow", False) else 0
-
-    @cached_property
-    def _limit_units(self) -> int:
-        """What ``remaining`` is measured against, in units."""
-        raise NotImplementedError
-
-    @property
-    def _limit_value(self) -> Amount:
-        """``Decision.limit``."""
-        return self._amount(self._limit_units)
-
-    def _state_keys(self, base: str) -> tuple[str, ...]:
-        """Every key holding this (limit, subject)'s state."""
-        return (base,)
-
-    def _window_args(self, t_us: int) -> Bounds | tuple[()]:
-        """Arguments that depend on the planned time: window boundaries, if any."""
-        return ()
-
-    def _extra_args(self) -> tuple[int | str, ...]:
-        """Arguments fixed by the spec, after the window ones."""
-        return ()
-
-    def _cost_units(self, cost: object) -> int:
-        raise NotImplementedError
-
-    def _amount(self, units: int) -> Amount:
-        raise NotImplementedError
-
-    def _decision(self, item: Any, now: int, charged: bool) -> Decision[Amount]:
-        """The Decision in a reply item: status, used, held, stop, retry_at, grant."""
-        status, used, held, stop, retry_at, grant = item
-        amount = self._amount
-        retry = None
-        if status == 0 and retry_at:
-            retry = timedelta(microseconds=max(retry_at - now, 1))
-        return Decision(
-            status != 0,
-            self._limit_value,
-            amount(used),
-            amount(max(self._limit_units - used - held, 0)),
-            from_us(stop),
-            retry,
-            amount(grant if charged else 0),
-            amount(held),
-            status == 3,
-        )
+        return codec_for(self)
 
 
 class _Windowed(Spec[Amount], Generic[Amount]):
@@ -133,8 +87,13 @@ class _Windowed(Spec[Amount], Generic[Amount]):
     @classmethod
     def _known_window(cls, value: object) -> Window:
         if isinstance(value, timedelta):
-            if value < timedelta(milliseconds=1) or value % _US:
-                raise ValueError(f"a timedelta window must be at least 1 ms, got {value}")
+            # Whole milliseconds: a window's state expires with it, and Redis
+            # expires keys to the millisecond.
+            if not _MS <= value <= MAX_DURATION or value % _MS:
+                raise ValueError(
+                    f"a timedelta window must be whole milliseconds, from 1 ms to "
+                    f"{MAX_DURATION.days} days, got {value!r:.60}"
+                )
             return value
         if isinstance(value, str) and value in CALENDAR_UNITS:
             return value
@@ -160,13 +119,6 @@ class _Windowed(Spec[Amount], Generic[Amount]):
                 f"time zone, got {self.tz!r}"
             )
         return self
-
-    @cached_property
-    def _plan(self) -> WindowPlan:
-        return WindowPlan(self.window, ZoneInfo(self.tz))
-
-    def _window_args(self, t_us: int) -> Bounds | tuple[()]:
-        return self._plan.bounds(t_us)
 
 
 class RateLimit(_Windowed[int]):
@@ -218,6 +170,11 @@ class RateLimit(_Windowed[int]):
                 "shadow: a shadow sliding_log would record every request over the limit, "
                 "without bound; try the limit in shadow mode as sliding_counter or gcra"
             )
+        if self.algorithm == "gcra" and _length(self.window) < timedelta(microseconds=self.limit):
+            raise ValueError(
+                f"limit: gcra spaces requests at least 1 us apart, and {self.limit} per "
+                f"{self.window} is faster; use a longer window or a larger burst"
+            )
         if self.algorithm == "sliding_log" and self.limit > self.max_log:
             raise ValueError(
                 f"limit: a sliding_log keeps one entry per unit, and {self.limit} is above "
@@ -225,43 +182,6 @@ class RateLimit(_Windowed[int]):
                 "Use sliding_counter or gcra, or raise max_log knowingly"
             )
         return self
-
-    @cached_property
-    def _kind(self) -> str:  # type: ignore[override]
-        return {"fixed_window": "fw", "gcra": "gc", "sliding_log": "sl"}.get(self.algorithm, "sw")
-
-    @cached_property
-    def _length_us(self) -> int:
-        length = self.window if isinstance(self.window, timedelta) else UNIT_LENGTHS[self.window]
-        return length // _US
-
-    @cached_property
-    def _limit_units(self) -> int:
-        if self.algorithm == "gcra":
-            return self.burst or self.limit
-        return self.limit
-
-    def _window_args(self, t_us: int) -> Bounds | tuple[()]:
-        return self._plan.bounds(t_us) if self.algorithm == "fixed_window" else ()
-
-    def _extra_args(self) -> tuple[int | str, ...]:
-        if self.algorithm == "gcra":
-            # The emission interval, in microseconds: each unit of cost
-            # moves the theoretical arrival time on by this much.
-            return (repr(self._length_us / self.limit),)
-        if self.algorithm == "fixed_window":
-            return ()
-        return (self._length_us,)
-
-    def _cost_units(self, cost: object) -> int:
-        if type(cost) is not int:
-            raise InvalidInput(f"cost must be an int for a RateLimit, got {type(cost).__name__}")
-        if not 0 <= cost <= MAX_UNITS:
-            raise InvalidInput(f"cost must be between 0 and {MAX_UNITS}, got {cost}")
-        return cost
-
-    def _amount(self, units: int) -> int:
-        return units
 
 
 class SpendCap(_Windowed[Decimal]):
@@ -274,8 +194,6 @@ class SpendCap(_Windowed[Decimal]):
     >>> SpendCap(name="ai", limit=Decimal("100.00"), currency="AUD", window="day").limit
     Decimal('100.00')
     """
-
-    _kind: ClassVar[str] = "sc"
 
     limit: Decimal
     """Most spend admitted per window."""
@@ -325,42 +243,10 @@ class SpendCap(_Windowed[Decimal]):
     @model_validator(mode="after")
     def _limit_in_units(self) -> Self:
         try:
-            to_units(self.limit, self._exponent, "limit")
+            to_units(self.limit, -int(self.unit.normalize().as_tuple().exponent), "limit")
         except InvalidInput as err:
             raise ValueError(str(err)) from None
         return self
-
-    @cached_property
-    def _exponent(self) -> int:
-        return -int(self.unit.normalize().as_tuple().exponent)
-
-    @cached_property
-    def _places(self) -> int:
-        # Report amounts with at least as many decimals as the limit was written with.
-        return min(max(0, -int(self.limit.as_tuple().exponent)), self._exponent)
-
-    @cached_property
-    def _tail(self) -> str:
-        # Currency and unit are in the key: reading units stored at another
-        # scale, or in another currency, would be silently wrong.
-        return f":{self._kind}:{_keys.encode(self.name)}:{self.currency}:{self._exponent}"
-
-    @cached_property
-    def _limit_units(self) -> int:
-        return to_units(self.limit, self._exponent, "limit")
-
-    @property
-    def _limit_value(self) -> Decimal:
-        return self.limit
-
-    def _state_keys(self, base: str) -> tuple[str, ...]:
-        return (base, base + ":holds", base + ":held")
-
-    def _cost_units(self, cost: object) -> int:
-        return to_units(cost, self._exponent, "cost")
-
-    def _amount(self, units: int) -> Decimal:
-        return from_units(units, self._exponent, self._places)
 
 
 class Concurrency(Spec[int]):
@@ -373,8 +259,6 @@ class Concurrency(Spec[int]):
     10
     """
 
-    _kind: ClassVar[str] = "cc"
-
     limit: Annotated[StrictInt, Field(gt=0, le=MAX_UNITS)]
     """Most leases held at once."""
     lease: timedelta = timedelta(seconds=60)
@@ -383,24 +267,12 @@ class Concurrency(Spec[int]):
     @field_validator("lease", mode="plain")
     @classmethod
     def _positive_lease(cls, value: object) -> timedelta:
-        if not isinstance(value, timedelta) or value < timedelta(milliseconds=1) or value % _US:
-            raise ValueError(f"must be a timedelta of at least 1 ms, got {value!r}")
+        if not isinstance(value, timedelta) or not _MS <= value <= MAX_DURATION or value % _MS:
+            raise ValueError(
+                f"must be a timedelta of whole milliseconds, from 1 ms to {MAX_DURATION.days} "
+                f"days, got {value!r:.60}"
+            )
         return value
-
-    @cached_property
-    def _limit_units(self) -> int:
-        return self.limit
-
-    def _extra_args(self) -> tuple[int | str, ...]:
-        return (self.lease // _US,)
-
-    def _cost_units(self, cost: object) -> int:
-        if cost != 1 or type(cost) is not int:
-            raise InvalidInput(f"cost must be 1 for a Concurrency lease, got {cost!r}")
-        return 1
-
-    def _amount(self, units: int) -> int:
-        return units
 
 
 @dataclass(frozen=True, slots=True)
@@ -416,6 +288,10 @@ class Hit(Generic[Amount]):
     subject: str
     cost: Amount | int = 1
     hold: timedelta | None = None
+
+
+def _length(window: Window) -> timedelta:
+    return window if isinstance(window, timedelta) else UNIT_LENGTHS.get(window, timedelta.max)
 
 
 def _describe(model: str, err: ValidationError) -> str:

@@ -1,0 +1,35 @@
+-- lib/single.lua: one item of one kind, decided in the per-kind hit and
+-- peek scripts of the kinds whose state is richer than a counter.
+-- Included after the kind's library; defines locals only.
+--
+-- ARGV: client time or '', cost, limit, flags, then the kind's own
+-- arguments; every reply is {status, now, used, held, stop, retry_at,
+-- grant}, or {-1, now} when now is outside the planned window.
+
+-- The kind's arguments in the items' order: limit, cost, flags, extras.
+local function single_args()
+  local args = {ARGV[3], ARGV[2], ARGV[4]}
+  for i = 5, #ARGV do
+    args[#args + 1] = ARGV[i]
+  end
+  return args
+end
+
+-- Decides the item; with `charge`, charges what was granted.
+local function single(kind, id, charge)
+  local run = {now = clock_now(ARGV[1]), client = ARGV[1], id = id}
+  local it = kind.check(KEYS, single_args(), run)
+  if not it then
+    return {-1, run.now}
+  end
+  local cost = tonumber(ARGV[2])
+  local status, grant = decide(cost, it.room, tonumber(ARGV[4]))
+  if status == DENIED then
+    return {DENIED, run.now, it.used, it.held, it.stop, it.retry(cost), 0}
+  end
+  local used, stop = it.used, it.stop
+  if charge then
+    used, stop = it.apply(grant)
+  end
+  return {status, run.now, used, it.held, stop, 0, grant}
+end

@@ -1,0 +1,125 @@
+"""The acquire saga: every hit of a request, or none of them.
+
+Hits of one subject share a hash slot and are charged by one script,
+atomically. Hits of several subjects may live on several cluster nodes, so
+no single script can hold them all: subjects are charged one after another,
+in the order they first appear, each under a record of what it charged; if a
+later subject denies, the earlier ones are undone, exactly, from those
+records, before the acquire returns denied. The flow yields the calls and
+the runner sends them (:mod:`atomlimit._runner`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Generator, Sequence
+from functools import partial
+from typing import Any, NamedTuple
+
+from atomlimit._engine import Charged, Engine, Item, request_part
+from atomlimit._steps import Flow, Plan
+from atomlimit.decision import Decision
+from atomlimit.errors import AtomlimitError, InvalidInput
+from atomlimit.specs import Hit
+
+
+class Acquisition(NamedTuple):
+    """What an acquire found, before the shell wraps leases and holds."""
+
+    allowed: bool
+    decisions: list[Decision[Any]]
+    denied_at: int | None
+    """Index of the first hit, in the caller's order, whose limit said no."""
+    held: list[tuple[Item, Decision[Any]]]
+    """Items that hold something (leases, reservations) after an allowed acquire."""
+    request_id: str
+    """The id the acquire ran under, as it names leases and holds."""
+
+
+def acquire(engine: Engine, hits: Sequence[Hit[Any]], request_id: str | None) -> Flow:
+    """All the hits or none of them: yields calls, returns an Acquisition.
+
+    A backend failure part-way undoes what this send charged, then re-raises.
+    """
+    items = [_hit_item(engine, hit) for hit in hits]
+    if not items:
+        raise InvalidInput("acquire needs at least one Hit")
+    groups = _groups(items)
+    if len(groups) > 1 or request_id is not None:
+        # Several subjects are undone from records; a caller's id is
+        # remembered so that sending the acquire again replays it.
+        rid, ttl = engine.record_ttl(request_id)
+    else:
+        # One subject is one atomic script, and a generated id is never sent
+        # twice: it only names the leases and holds taken.
+        rid, ttl = engine.record_ttl(None)[0], None
+    decisions: list[Decision[Any] | None] = [None] * len(items)
+    charged: list[tuple[list[int], int]] = []
+    replayed: list[list[int]] = []
+    try:
+        for group in groups:
+            batch = [items[i] for i in group]
+            outcome: Charged = yield Plan(partial(engine.charge, batch, rid, ttl))
+            _fill(decisions, group, outcome)
+            if not outcome.allowed:
+                break
+            charged.append((group, outcome.at))
+            if outcome.replayed:
+                replayed.append(group)
+    except AtomlimitError:
+        # After a failure the later subjects' state is unknown: a replayed
+        # charge may belong to an earlier send that went all the way, so
+        # only what this send charged is taken back.
+        ours = [(group, at) for group, at in charged if group not in replayed]
+        yield from _undo_all(engine, items, ours, rid, decisions)
+        raise
+    if len(charged) == len(groups):
+        done = [d for d in decisions if d is not None]
+        held = [(item, done[i]) for i, item in enumerate(items) if item.holds]
+        return Acquisition(True, done, None, held, request_part(rid))
+    # Denied: a replayed charge here was stranded by an earlier send that
+    # never finished (its later subjects have no record), so it goes too.
+    yield from _undo_all(engine, items, charged, rid, decisions)
+    for group in groups[len(charged) + 1 :]:
+        batch = [items[i] for i in group]
+        _fill(decisions, group, (yield Plan(partial(engine.check, batch))))
+    final = [d for d in decisions if d is not None]
+    denied_at = next(i for i, d in enumerate(final) if not d.allowed)
+    return Acquisition(False, final, denied_at, [], request_part(rid))
+
+
+def _hit_item(engine: Engine, hit: Hit[Any]) -> Item:
+    if not isinstance(hit, Hit):
+        raise InvalidInput(f"acquire takes Hit objects, got {type(hit).__name__}")
+    return engine.item(hit.limit, hit.subject, hit.cost, hold=hit.hold)
+
+
+def _groups(items: Sequence[Item]) -> list[list[int]]:
+    """Item indices grouped by subject, in order of first appearance."""
+    groups: dict[str, list[int]] = {}
+    seen: set[str] = set()
+    for index, item in enumerate(items):
+        if item.base in seen:
+            raise InvalidInput(
+                f"acquire names {item.spec.name!r} for one subject twice; merge the costs"
+            )
+        seen.add(item.base)
+        groups.setdefault(item.tag, []).append(index)
+    return list(groups.values())
+
+
+def _undo_all(
+    engine: Engine,
+    items: list[Item],
+    charged: list[tuple[list[int], int]],
+    rid: str,
+    decisions: list[Decision[Any] | None],
+) -> Generator[Plan, Any, None]:
+    for group, at in reversed(charged):
+        batch = [items[i] for i in group]
+        outcome: Charged = yield Plan(partial(engine.undo, batch, rid, at))
+        _fill(decisions, group, outcome)
+
+
+def _fill(decisions: list[Decision[Any] | None], group: list[int], outcome: Charged) -> None:
+    for index, decision in zip(group, outcome.decisions, strict=True):
+        decisions[index] = decision

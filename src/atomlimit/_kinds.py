@@ -1,0 +1,386 @@
+"""The kinds of limit, and how each travels to its scripts and back.
+
+One table, mirroring ``lua/lib/items.lua``: for each kind, the keys it keeps,
+how its arguments are encoded, which scripts decide a single hit or peek, and
+how a reply becomes a :class:`~atomlimit.Decision`. A spec's codec is made
+once, on the spec's first use, and keeps everything the spec fixes already
+encoded, so a call only adds what varies.
+
+Replies come in two shapes:
+
+- a kind's own script (``hit_<kind>.lua``, ``peek_<kind>.lua``) answers an
+  integer, the units used after a charge that fitted whole (fixed windows
+  and spend caps, the common case), or ``[status, now, used, held, stop,
+  retry_at, grant]``; ``[-1, now]`` asks for a re-plan around the server's
+  clock, and ``[-3]`` (spend caps) for the script that reads the holds;
+- the scripts of several items (``charge.lua``, ``peek.lua``, ``undo.lua``,
+  ``refund.lua``) answer ``[code, now]`` then six integers per item:
+  ``status, used, held, stop, retry_at, grant``.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Sequence
+from datetime import timedelta
+from decimal import Decimal
+from typing import TYPE_CHECKING, Any, Generic
+from zoneinfo import ZoneInfo
+
+from atomlimit import _keys
+from atomlimit._money import from_units, to_units
+from atomlimit._scripts import Script, script
+from atomlimit._windows import UNIT_LENGTHS, WindowPlan, from_us
+from atomlimit._wire import Arg, Packed
+from atomlimit.decision import Amount, Decision
+from atomlimit.errors import InvalidInput
+
+if TYPE_CHECKING:
+    from atomlimit.specs import Spec
+
+_US = timedelta(microseconds=1)
+_MAX_UNITS = 2**53 - 1
+PARTIAL, SHADOW = 1, 2
+DENIED, FITS, SHADOWED = 0, 1, 3
+REPLAN, READ_HOLDS = -1, -3
+
+
+class Codec(Generic[Amount]):
+    """One spec's view of its kind: the spec's constants, encoded once."""
+
+    __slots__ = ("flags", "limit", "limit_value", "spec", "tail")
+
+    spec: Spec[Amount]
+    limit: int
+    limit_value: Amount
+    kind: str
+    """The scripts' name for the kind (``lua/lib/items.lua``)."""
+    hit: Script | None = None
+    """The kind's own script for a single hit; None: it goes through charge.lua."""
+    peek: Script | None = None
+
+    def __init__(self, spec: Spec[Amount], limit: int, limit_value: Amount) -> None:
+        self.spec = spec
+        self.tail = f":{self.kind}:{_keys.encode(spec.name)}"
+        self.limit = limit
+        """What ``remaining`` is measured against, in units."""
+        self.limit_value = limit_value
+        """``Decision.limit``."""
+        self.flags = SHADOW if getattr(spec, "shadow", False) else 0
+
+    # -- what a call sends ---------------------------------------------------
+
+    def units(self, cost: object) -> int:
+        """A cost in integer units, or InvalidInput."""
+        if type(cost) is not int:
+            raise InvalidInput(
+                f"cost must be an int for a {self.spec_name}, got {type(cost).__name__}"
+            )
+        if not 0 <= cost <= _MAX_UNITS:
+            raise InvalidInput(f"cost must be between 0 and {_MAX_UNITS}, got {_number(cost)}")
+        return cost
+
+    def state_keys(self, base: str, t: int) -> tuple[str, ...]:
+        """Every key the kind's state lives in, at the planned instant ``t``."""
+        return (base,)
+
+    def single_keys(self, base: str, t: int) -> tuple[str, ...]:
+        """The keys of the kind's own hit and peek scripts."""
+        return self.state_keys(base, t)
+
+    def reset_keys(self, base: str, t: int) -> tuple[str, ...]:
+        """What ``reset`` deletes: the state at ``t`` and any it could still count."""
+        return self.state_keys(base, t)
+
+    def extras(self, t: int) -> tuple[Arg, ...]:
+        """The kind's own arguments, after limit, cost and flags."""
+        return ()
+
+    def item_args(self, units: int, flags: int, t: int) -> tuple[Arg, ...]:
+        """The item's arguments for the scripts of several items."""
+        return (self.limit, units, flags, *self.extras(t))
+
+    def single_args(
+        self, client_now: int | str, units: int, flags: int, t: int, call_id: str
+    ) -> tuple[Arg | Packed, ...]:
+        """ARGV of the kind's own scripts: client time, cost, limit, flags, extras."""
+        return (client_now, units, self.limit, flags, *self.extras(t))
+
+    # -- what comes back -------------------------------------------------------
+
+    def amount(self, units: int) -> Amount:
+        """Units as the amount type of the spec's decisions."""
+        return units  # type: ignore[return-value]
+
+    def decision(
+        self,
+        status: int,
+        used: int,
+        held: int,
+        stop: int,
+        retry_at: int,
+        grant: int,
+        now: int,
+    ) -> Decision[Amount]:
+        """The Decision of one item's reply; ``grant`` is what this call charged."""
+        amount = self.amount
+        retry = None
+        if status == DENIED and retry_at:
+            retry = timedelta(microseconds=max(retry_at - now, 1))
+        return Decision(
+            status != DENIED,
+            self.limit_value,
+            amount(used),
+            amount(max(self.limit - used - held, 0)),
+            from_us(stop),
+            retry,
+            amount(grant),
+            amount(held),
+            status == SHADOWED,
+        )
+
+    def fitted(self, used: int, grant: int, stop: int) -> Decision[Amount]:
+        """The Decision of a whole cost that fitted, answered as a bare integer."""
+        amount = self.amount
+        return Decision(
+            True,
+            self.limit_value,
+            amount(used),
+            amount(max(self.limit - used, 0)),
+            from_us(stop),
+            None,
+            amount(grant),
+            amount(0),
+            False,
+        )
+
+    def window(self, t: int) -> tuple[int, int]:
+        """The planned window at ``t``; only windowed kinds have one."""
+        raise NotImplementedError
+
+    @property
+    def spec_name(self) -> str:
+        return type(self.spec).__name__
+
+
+class _Windowed(Codec[Amount]):
+    """A kind counted per calendar or fixed window, one key per window."""
+
+    __slots__ = ("_current", "_plan")
+
+    def __init__(self, spec: Any, limit: int, limit_value: Any) -> None:
+        super().__init__(spec, limit, limit_value)
+        self._plan = WindowPlan(spec.window, ZoneInfo(spec.tz))
+        # (start, stop, key suffix, packed limit/flags/start/stop), swapped
+        # whole so threads never see half of one.
+        self._current: tuple[int, int, str, Packed] = (0, 0, "", Packed(()))
+
+    def _at(self, t: int) -> tuple[int, int, str, Packed]:
+        current = self._current
+        if current[0] <= t < current[1]:
+            return current
+        _, start, stop, _ = self._plan.bounds(t)
+        current = (start, stop, f":{start // 1000}", Packed((self.limit, self.flags, start, stop)))
+        self._current = current
+        return current
+
+    def window(self, t: int) -> tuple[int, int]:
+        start, stop, _, _ = self._at(t)
+        return start, stop
+
+    def window_key(self, base: str, t: int) -> str:
+        """The key of the window at ``t``: the base key and the window's start in ms."""
+        return base + self._at(t)[2]
+
+    def state_keys(self, base: str, t: int) -> tuple[str, ...]:
+        return (self.window_key(base, t),)
+
+    def reset_keys(self, base: str, t: int) -> tuple[str, ...]:
+        # The windows before and after too: the server's clock may sit in
+        # either while the client plans this one.
+        first, start, stop, _ = self._plan.bounds(t)
+        windows = tuple(f"{base}:{at // 1000}" for at in (first, start, stop))
+        return windows + self.state_keys(base, t)[1:]
+
+    def extras(self, t: int) -> tuple[Arg, ...]:
+        start, stop, _, _ = self._at(t)
+        return (start, stop)
+
+    def single_args(
+        self, client_now: int | str, units: int, flags: int, t: int, call_id: str
+    ) -> tuple[Arg | Packed, ...]:
+        start, stop, _, packed = self._at(t)
+        if flags == self.flags:
+            return (client_now, units, packed)
+        return (client_now, units, self.limit, flags, start, stop)
+
+
+class FixedWindow(_Windowed[int]):
+    """``RateLimit(algorithm="fixed_window")``: a counter per window."""
+
+    __slots__ = ()
+    kind = "fw"
+    hit = script("hit_fixed_window")
+    peek = script("peek_fixed_window")
+
+    def __init__(self, spec: Any) -> None:
+        super().__init__(spec, spec.limit, spec.limit)
+
+
+class Spend(_Windowed[Decimal]):
+    """``SpendCap``: committed spend per window, and holds that belong to none."""
+
+    __slots__ = ("_exponent", "_places")
+    kind = "sc"
+    hit = script("hit_spend")
+    peek = script("peek_spend")
+
+    def __init__(self, spec: Any) -> None:
+        self._exponent = -int(spec.unit.normalize().as_tuple().exponent)
+        # Amounts are shown with as many decimals as the limit was written
+        # with, never fewer: Decimal("100.00") reports 0.37, not 0.370000.
+        self._places = min(max(0, -int(spec.limit.as_tuple().exponent)), self._exponent)
+        super().__init__(spec, to_units(spec.limit, self._exponent, "limit"), spec.limit)
+        # Currency and unit are in the key: reading units stored at another
+        # scale, or in another currency, would be silently wrong.
+        self.tail = f"{self.tail}:{spec.currency}:{self._exponent}"
+
+    def units(self, cost: object) -> int:
+        return to_units(cost, self._exponent, "cost")
+
+    def amount(self, units: int) -> Decimal:
+        return from_units(units, self._exponent, self._places)
+
+    def state_keys(self, base: str, t: int) -> tuple[str, ...]:
+        return (self.window_key(base, t), base + ":holds", base + ":held")
+
+    def single_keys(self, base: str, t: int) -> tuple[str, ...]:
+        return (self.window_key(base, t),)
+
+
+class Gcra(Codec[int]):
+    """``RateLimit(algorithm="gcra")``: the theoretical arrival time."""
+
+    __slots__ = ("_interval",)
+    kind = "gc"
+    hit = script("hit_gcra")
+    peek = script("peek_gcra")
+
+    def __init__(self, spec: Any) -> None:
+        super().__init__(spec, spec.burst or spec.limit, spec.burst or spec.limit)
+        # The emission interval, in microseconds: each unit of cost moves the
+        # theoretical arrival time on by this much.
+        self._interval = repr(_length_us(spec) / spec.limit)
+
+    def extras(self, t: int) -> tuple[Arg, ...]:
+        return (self._interval,)
+
+
+class SlidingLog(Codec[int]):
+    """``RateLimit(algorithm="sliding_log")``: one entry per unit admitted."""
+
+    __slots__ = ("_length",)
+    kind = "sl"
+    hit = script("hit_sliding_log")
+    peek = script("peek_sliding_log")
+
+    def __init__(self, spec: Any) -> None:
+        super().__init__(spec, spec.limit, spec.limit)
+        self._length = _length_us(spec)
+
+    def extras(self, t: int) -> tuple[Arg, ...]:
+        return (self._length,)
+
+    def single_args(
+        self, client_now: int | str, units: int, flags: int, t: int, call_id: str
+    ) -> tuple[Arg | Packed, ...]:
+        # Entries are named by the call, so an undo removes exactly its own.
+        return (client_now, units, self.limit, flags, self._length, call_id)
+
+
+class SlidingCounter(Codec[int]):
+    """``RateLimit(algorithm="sliding_counter")``: this window and the last, weighted."""
+
+    __slots__ = ("_length",)
+    kind = "sw"
+    hit = script("hit_sliding_counter")
+    peek = script("peek_sliding_counter")
+
+    def __init__(self, spec: Any) -> None:
+        super().__init__(spec, spec.limit, spec.limit)
+        self._length = _length_us(spec)
+
+    def extras(self, t: int) -> tuple[Arg, ...]:
+        return (self._length,)
+
+
+class Lease(Codec[int]):
+    """``Concurrency``: a sorted set of leases, scored by expiry."""
+
+    __slots__ = ("_lease",)
+    kind = "cc"
+
+    def __init__(self, spec: Any) -> None:
+        super().__init__(spec, spec.limit, spec.limit)
+        self._lease: int = spec.lease // _US
+
+    def units(self, cost: object) -> int:
+        if type(cost) is not int or cost != 1:
+            raise InvalidInput(f"cost must be 1 for a Concurrency lease, got {_short(cost)}")
+        return 1
+
+    def extras(self, t: int) -> tuple[Arg, ...]:
+        return (self._lease,)
+
+
+def codec_for(spec: Spec[Any]) -> Codec[Any]:
+    """The codec of ``spec``'s kind."""
+    from atomlimit.specs import Concurrency, RateLimit, SpendCap
+
+    if isinstance(spec, SpendCap):
+        return Spend(spec)
+    if isinstance(spec, Concurrency):
+        return Lease(spec)
+    assert isinstance(spec, RateLimit)
+    return _RATE_KINDS[spec.algorithm](spec)
+
+
+_RATE_KINDS: dict[str, type[FixedWindow | Gcra | SlidingLog | SlidingCounter]] = {
+    "fixed_window": FixedWindow,
+    "gcra": Gcra,
+    "sliding_log": SlidingLog,
+    "sliding_counter": SlidingCounter,
+}
+
+
+GENERATED = re.compile(r"@[0-9a-f]{24}")
+"""The ids made for calls that carry none (:func:`new_id`)."""
+
+
+def new_id() -> str:
+    """A fresh id for a call that has none; ``@`` never starts an encoded one."""
+    return f"@{os.urandom(12).hex()}"
+
+
+def item_reply(reply: Sequence[Any], index: int) -> Sequence[Any]:
+    """The six integers of item ``index`` in a reply of several items."""
+    first = 2 + 6 * index
+    return reply[first : first + 6]
+
+
+def _length_us(spec: Any) -> int:
+    length = spec.window if isinstance(spec.window, timedelta) else UNIT_LENGTHS[spec.window]
+    return length // _US
+
+
+def _short(value: object) -> str:
+    if isinstance(value, int) and not isinstance(value, bool):
+        return _number(value)
+    return f"{value!r:.40}"
+
+
+def _number(value: int) -> str:
+    # Formatting an int of thousands of digits is slow, and past 4,300 digits
+    # Python refuses it: name its size instead.
+    return str(value) if value.bit_length() < 64 else f"an int of {value.bit_length()} bits"
