@@ -17,11 +17,13 @@ the connection stays in step and the other callers get theirs.
 from __future__ import annotations
 
 import asyncio
+import math
 from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import Any, NamedTuple
 
 from redis.exceptions import RedisError, ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 PUMPS = 2
 """Pumps per server: one writes while the other waits for its replies."""
@@ -47,7 +49,7 @@ class _Entry(NamedTuple):
 class Lane:
     """The calls bound for one server, written together and answered in order."""
 
-    __slots__ = ("_give", "_most", "_pending", "_pumps", "_take", "_tasks", "_width")
+    __slots__ = ("_give", "_loop", "_most", "_pending", "_pumps", "_take", "_tasks", "_width")
 
     def __init__(
         self,
@@ -57,6 +59,8 @@ class Lane:
     ) -> None:
         self._take = take
         self._give = give
+        # A lane serves the loop it was made on (AsyncRunner binds to one).
+        self._loop = asyncio.get_running_loop()
         self._pending: deque[_Entry] = deque()
         self._pumps = 0
         # Without batching each call has a connection and a round trip of
@@ -69,7 +73,7 @@ class Lane:
         """Queue ``wire`` (a whole command, or ``replies`` of them); the future
         resolves to its last reply, an error reply as its exception object,
         or a :class:`Lost`."""
-        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        future: asyncio.Future[Any] = self._loop.create_future()
         self._pending.append(_Entry(wire, replies, future))
         if self._pumps < self._width:
             self._pumps += 1
@@ -138,20 +142,31 @@ class Lane:
             await connection.disconnect(nowait=True)
             self._fail(batch, err, written=True)
             return False
-        for done, entry in enumerate(batch):
-            try:
-                for _ in range(entry.replies):
-                    reply = await connection.read_response()
-            except ResponseError as err:
-                reply = err
-            except (RedisError, OSError, asyncio.CancelledError) as err:
-                await connection.disconnect(nowait=True)
-                self._fail(batch[done:], err, written=True)
-                if isinstance(err, asyncio.CancelledError):
-                    raise
-                return False
-            if not entry.future.done():
-                entry.future.set_result(reply)
+        done = 0
+        try:
+            # One timeout for the whole batch: redis-py's own, per reply,
+            # costs more than reading the reply.
+            async with asyncio.timeout(getattr(connection, "socket_timeout", None)):
+                for entry in batch:
+                    try:
+                        for _ in range(entry.replies):
+                            reply = await connection.read_response(timeout=math.inf)
+                    except ResponseError as err:
+                        reply = err
+                    if not entry.future.done():
+                        entry.future.set_result(reply)
+                    done += 1
+        except (RedisError, OSError, TimeoutError, asyncio.CancelledError) as err:
+            await connection.disconnect(nowait=True)
+            lost = (
+                RedisTimeoutError("Timeout reading from the server")
+                if type(err) is TimeoutError
+                else err
+            )
+            self._fail(batch[done:], lost, written=True)
+            if isinstance(err, asyncio.CancelledError):
+                raise
+            return False
         return True
 
     @staticmethod

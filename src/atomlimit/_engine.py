@@ -51,6 +51,12 @@ _MAX_SUBJECT = 65_536
 _MAX_REQUEST_ID = 1_024
 _US = timedelta(microseconds=1)
 _MAX_HOLD = timedelta(days=366)
+_TAGS: dict[str, str] = {}
+"""Recent subjects' hash tags: encoding a subject costs more than a hit's
+other planning, and traffic keeps coming back to the same subjects."""
+_MAX_TAGS = 4096
+_CACHED_SUBJECT = 256
+"""Longer subjects are encoded each time, so the cache stays under ~2 MB."""
 
 SettleStatus = Literal[
     "settled",
@@ -224,9 +230,9 @@ class Engine:
         remembered: the runners never send such a call twice. With one, the
         charge is recorded under it, so sending it again replays the first.
         """
-        if isinstance(spec, Concurrency):
-            raise InvalidInput("a Concurrency limit is taken with lease(), which can release it")
         item = self.item(spec, subject, cost, partial=partial)
+        if item.codec.hit is None:
+            raise InvalidInput("a Concurrency limit is taken with lease(), which can release it")
         if request_id is not None:
             request_part(request_id)
             return self.charge([item], request_id, self.request_ttl, local, True)
@@ -530,7 +536,13 @@ class Engine:
             raise InvalidInput(f"subject must be a str, got {type(subject).__name__}")
         if len(subject) > _MAX_SUBJECT:
             raise InvalidInput(f"subject must be at most {_MAX_SUBJECT} characters")
-        tag = _keys.subject_tag(subject)
+        tag = _TAGS.get(subject)
+        if tag is None:
+            tag = _keys.subject_tag(subject)
+            if len(subject) <= _CACHED_SUBJECT:
+                if len(_TAGS) >= _MAX_TAGS:
+                    _TAGS.clear()
+                _TAGS[subject] = tag
         return tag, self._ns + tag + spec._codec.tail
 
     def _record(self, items: Sequence[Item], rid: str) -> str:

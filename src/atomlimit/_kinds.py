@@ -31,9 +31,9 @@ from zoneinfo import ZoneInfo
 from atomlimit import _keys
 from atomlimit._money import from_units, to_units
 from atomlimit._scripts import Script, script
-from atomlimit._windows import UNIT_LENGTHS, WindowPlan, from_us
+from atomlimit._windows import UNIT_LENGTHS, WindowPlan
 from atomlimit._wire import Arg, Packed
-from atomlimit.decision import Amount, Decision
+from atomlimit.decision import Amount, Decision, decided
 from atomlimit.errors import InvalidInput
 
 if TYPE_CHECKING:
@@ -49,11 +49,12 @@ REPLAN, READ_HOLDS = -1, -3
 class Codec(Generic[Amount]):
     """One spec's view of its kind: the spec's constants, encoded once."""
 
-    __slots__ = ("flags", "limit", "limit_value", "spec", "tail")
+    __slots__ = ("flags", "limit", "limit_value", "spec", "tail", "zero")
 
     spec: Spec[Amount]
     limit: int
     limit_value: Amount
+    zero: Amount
     kind: str
     """The scripts' name for the kind (``lua/lib/items.lua``)."""
     hit: Script | None = None
@@ -68,6 +69,7 @@ class Codec(Generic[Amount]):
         self.limit_value = limit_value
         """``Decision.limit``."""
         self.flags = SHADOW if getattr(spec, "shadow", False) else 0
+        self.zero = self.amount(0)
 
     # -- what a call sends ---------------------------------------------------
 
@@ -125,15 +127,13 @@ class Codec(Generic[Amount]):
     ) -> Decision[Amount]:
         """The Decision of one item's reply; ``grant`` is what this call charged."""
         amount = self.amount
-        retry = None
-        if status == DENIED and retry_at:
-            retry = timedelta(microseconds=max(retry_at - now, 1))
-        return Decision(
+        retry = max(retry_at - now, 1) if status == DENIED and retry_at else None
+        return decided(
             status != DENIED,
             self.limit_value,
             amount(used),
             amount(max(self.limit - used - held, 0)),
-            from_us(stop),
+            stop,
             retry,
             amount(grant),
             amount(held),
@@ -143,15 +143,15 @@ class Codec(Generic[Amount]):
     def fitted(self, used: int, grant: int, stop: int) -> Decision[Amount]:
         """The Decision of a whole cost that fitted, answered as a bare integer."""
         amount = self.amount
-        return Decision(
+        return decided(
             True,
             self.limit_value,
             amount(used),
             amount(max(self.limit - used, 0)),
-            from_us(stop),
+            stop,
             None,
             amount(grant),
-            amount(0),
+            self.zero,
             False,
         )
 

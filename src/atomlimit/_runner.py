@@ -24,7 +24,10 @@ CLUSTERDOWN (wait a little, send again).
 from __future__ import annotations
 
 import asyncio
+import os
+import select
 import time
+import weakref
 from collections.abc import Awaitable, Callable, Sequence
 from enum import Enum
 from typing import Any, NamedTuple
@@ -64,6 +67,9 @@ _MAX_CLOCK = 2**53 / 1_000_000
 """Epoch seconds past which instants no longer fit Lua's exact integers."""
 
 
+_FAILED = (BaseException, Lost)
+
+
 class Next(Enum):
     """What a call's reply asks the runner to do next."""
 
@@ -78,7 +84,7 @@ class Next(Enum):
 
 def classify(outcome: Any) -> Next:
     """The next step after ``outcome``: a reply, an error reply, or a :class:`Lost`."""
-    if not isinstance(outcome, BaseException | Lost):
+    if not isinstance(outcome, _FAILED):
         return Next.DONE
     if isinstance(outcome, Lost):
         return Next.LOST
@@ -288,10 +294,23 @@ class SyncRunner:
         return self.send(step)
 
     def _one(self, call: Call) -> Any:
-        outcome = self._exchange([call])[0]
-        if isinstance(outcome, BackendError):
-            raise outcome
-        return outcome
+        if self._cluster:
+            outcome = self._exchange([call])[0]
+            if isinstance(outcome, BackendError):
+                raise outcome
+            return outcome
+        # One call to one server: the common case, without the bookkeeping
+        # that spreading calls over a cluster's nodes needs.
+        attempt = Attempt(call)
+        held = _held(self.client.connection_pool)  # type: ignore[union-attr]
+        while True:
+            outcome = _roundtrip(held, [attempt.wire()], [attempt.replies])[0]
+            if not isinstance(outcome, _FAILED):
+                return outcome
+            step = attempt.after(outcome, time.monotonic(), self._resend)
+            if step is None:
+                raise attempt.result(outcome)
+            self._mend(held, attempt, step)
 
     def _exchange(self, calls: list[Call]) -> list[Any]:
         """Each call's reply, or the BackendError it ended in, in order.
@@ -305,23 +324,23 @@ class SyncRunner:
         todo = list(range(len(calls)))
         while todo:
             again: list[int] = []
-            for pool, indices in self._route(attempts, todo).items():
+            for held, indices in self._route(attempts, todo).items():
                 sent = [attempts[i] for i in indices]
-                replies = _roundtrip(pool, [a.wire() for a in sent], [a.replies for a in sent])
+                replies = _roundtrip(held, [a.wire() for a in sent], [a.replies for a in sent])
                 for i, attempt, outcome in zip(indices, sent, replies, strict=True):
                     step = attempt.after(outcome, time.monotonic(), self._resend)
                     if step is None:
                         outcomes[i] = attempt.result(outcome)
                     else:
-                        self._mend(pool, attempt, step)
+                        self._mend(held, attempt, step)
                         again.append(i)
             todo = again
         return outcomes
 
-    def _mend(self, pool: Any, attempt: Attempt, step: Next) -> None:
+    def _mend(self, held: _Held, attempt: Attempt, step: Next) -> None:
         """Do what a reply asked for before the call is sent again."""
         if step is Next.LOAD:
-            _roundtrip(pool, [_wire.command("SCRIPT", "LOAD", attempt.call.script.source)], [1])
+            _roundtrip(held, [_wire.command("SCRIPT", "LOAD", attempt.call.script.source)], [1])
         elif step is Next.MOVED:
             self._refresh()
         elif step is Next.WAIT:
@@ -329,12 +348,13 @@ class SyncRunner:
         elif step is Next.LOST:
             time.sleep(self._resend.pause(attempt.tries))
 
-    def _route(self, attempts: list[Attempt], todo: list[int]) -> dict[Any, list[int]]:
-        """The connection pool of the server each call goes to."""
+    def _route(self, attempts: list[Attempt], todo: list[int]) -> dict[_Held, list[int]]:
+        """The connections of the server each call goes to."""
         client = self.client
-        if not isinstance(client, RedisCluster):
-            return {client.connection_pool: todo}
-        routes: dict[Any, list[int]] = {}
+        if not self._cluster:
+            return {_held(client.connection_pool): todo}  # type: ignore[union-attr]
+        assert isinstance(client, RedisCluster)
+        routes: dict[_Held, list[int]] = {}
         for i in todo:
             attempt = attempts[i]
             if attempt.asking:
@@ -350,7 +370,7 @@ class SyncRunner:
                 slot = key_slot(attempt.call.keys[0].encode())
                 node = client.nodes_manager.get_node_from_slot(slot)
             pool = client.get_redis_connection(node).connection_pool
-            routes.setdefault(pool, []).append(i)
+            routes.setdefault(_held(pool), []).append(i)
         return routes
 
     def _refresh(self) -> None:
@@ -358,37 +378,100 @@ class SyncRunner:
         self.client.nodes_manager.initialize()
 
 
-def _roundtrip(pool: Any, wires: list[bytes], counts: list[int]) -> list[Any]:
-    """Write ``wires`` on one pooled connection and read each one's replies.
+class _Held:
+    """Connections kept between calls, taken once from a redis-py pool.
+
+    redis-py's pool checks a connection out and back in around every
+    command, with checks and hooks that cost more than all of a hit's own
+    client-side work. A runner keeps the connections it has used in a list
+    instead, one list per pool shared by every runner on that pool, and
+    looks at each socket before writing on it, as the pool would. The list
+    holds no more connections than threads ever used the pool at once.
+    """
+
+    __slots__ = ("__weakref__", "idle", "pool")
+
+    def __init__(self, pool: Any) -> None:
+        self.pool = pool
+        self.idle: list[Any] = []
+
+    def take(self) -> Any:
+        """A connected connection; raises what connecting raised (nothing written)."""
+        try:
+            connection = self.idle.pop()
+        except IndexError:
+            return self.pool.get_connection()
+        if _stale(connection):
+            connection.disconnect()
+            connection.connect()
+        return connection
+
+    def give(self, connection: Any) -> None:
+        self.idle.append(connection)
+
+
+_HELD: weakref.WeakKeyDictionary[Any, _Held] = weakref.WeakKeyDictionary()
+
+
+def _held(pool: Any) -> _Held:
+    held = _HELD.get(pool)
+    if held is None:
+        held = _HELD.setdefault(pool, _Held(pool))
+    return held
+
+
+# A forked child must not write on its parent's sockets: it starts with no
+# connections kept, and redis-py's pools open new ones for it.
+os.register_at_fork(after_in_child=_HELD.clear)
+
+
+def _stale(connection: Any) -> bool:
+    """Whether the server has closed ``connection``, or sent something unasked.
+
+    Nothing to read means the connection is fine; the end of the stream (a
+    restart, a failover, an idle timeout) or stray bytes mean it must be
+    opened afresh before anything is written on it. redis-py's sockets carry
+    a timeout, so a non-blocking peek would wait: select answers at once.
+    """
+    sock = getattr(connection, "_sock", None)
+    if sock is None:
+        return True
+    try:
+        return bool(select.select((sock,), (), (), 0)[0])
+    except (ValueError, OSError):
+        return True
+
+
+def _roundtrip(held: _Held, wires: list[bytes], counts: list[int]) -> list[Any]:
+    """Write ``wires`` on one connection and read each one's replies.
 
     Each outcome is the last reply of its wire (an error reply as its
     exception), or a :class:`Lost` for wires whose replies never came.
     """
     try:
-        connection = pool.get_connection()
+        connection = held.take()
     except (RedisError, OSError) as err:
         return [Lost(err, written=False)] * len(wires)
     try:
+        connection.send_packed_command(wires, check_health=False)
+    except (RedisError, OSError) as err:
+        connection.disconnect()
+        held.give(connection)
+        return [Lost(err, written=True)] * len(wires)
+    outcomes: list[Any] = []
+    for count in counts:
         try:
-            connection.send_packed_command([b"".join(wires)])
+            for _ in range(count):
+                reply = connection.read_response()
+        except ResponseError as err:
+            reply = err
         except (RedisError, OSError) as err:
             connection.disconnect()
-            return [Lost(err, written=True)] * len(wires)
-        outcomes: list[Any] = []
-        for count in counts:
-            try:
-                for _ in range(count):
-                    reply = connection.read_response()
-            except ResponseError as err:
-                reply = err
-            except (RedisError, OSError) as err:
-                connection.disconnect()
-                outcomes.extend([Lost(err, written=True)] * (len(counts) - len(outcomes)))
-                break
-            outcomes.append(reply)
-        return outcomes
-    finally:
-        pool.release(connection)
+            outcomes.extend([Lost(err, written=True)] * (len(counts) - len(outcomes)))
+            break
+        outcomes.append(reply)
+    held.give(connection)
+    return outcomes
 
 
 def _no_factory() -> Any:
@@ -419,6 +502,7 @@ class AsyncRunner:
         "_loads",
         "_loop",
         "_resend",
+        "_single_lane",
         "_warm",
         "client",
         "closed",
@@ -438,6 +522,8 @@ class AsyncRunner:
         self._resend = _resend_policy(_connection_kwargs(client))
         self._batch = batch
         self._lanes: dict[str, Lane] = {}
+        self._single_lane: Lane | None = None
+        """The lane of a standalone server, once a call has made it."""
         self._loads: dict[tuple[str, str], asyncio.Future[Any]] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
         self._warm: asyncio.Future[None] | None = None
@@ -509,11 +595,26 @@ class AsyncRunner:
 
     async def _send(self, call: Call, raising: bool = True) -> Any:
         """The reply to ``call``, after whatever the server asked for first."""
+        lane = self._single_lane
+        if lane is not None and asyncio.get_running_loop() is self._loop:
+            # One server and the loop already checked: the common case, with
+            # none of the bookkeeping that redirects and retries need.
+            wire = _wire.evalsha(call.script.sha_bytes, call.keys, call.args)
+            outcome = await lane.submit(wire, 1)
+            if not isinstance(outcome, _FAILED):
+                return outcome
+        else:
+            outcome = None
+        return await self._recover(call, outcome, raising)
+
+    async def _recover(self, call: Call, outcome: Any, raising: bool) -> Any:
+        """Send ``call`` until its reply is final; ``outcome`` is a first send's, if any."""
         attempt = Attempt(call)
         loop = asyncio.get_running_loop()
         while True:
-            lane = await self._lane(call.keys[0], attempt.asking)
-            outcome = await lane.submit(attempt.wire(), attempt.replies)
+            if outcome is None:
+                lane = await self._lane(call.keys[0], attempt.asking)
+                outcome = await lane.submit(attempt.wire(), attempt.replies)
             step = attempt.after(outcome, loop.time(), self._resend)
             if step is None:
                 result = attempt.result(outcome)
@@ -521,25 +622,27 @@ class AsyncRunner:
                     raise result
                 return result
             if step is Next.LOAD:
-                await self._load(lane, call.script)
+                await self._load(await self._lane(call.keys[0], None), call.script)
             elif step is Next.MOVED:
                 await self._refresh()
             elif step is Next.WAIT:
                 await asyncio.sleep(_PAUSE)
             elif step is Next.LOST:
                 await asyncio.sleep(self._resend.pause(attempt.tries))
+            outcome = None
 
     async def _lane(self, key: str, asking: tuple[str, int] | None) -> Lane:
         loop = asyncio.get_running_loop()
         if self._loop is not loop:
             self._bind(loop)
         client = self.client
-        if not isinstance(client, AsyncRedisCluster):
-            lane = self._lanes.get("")
+        if not self._cluster:
+            lane = self._single_lane
             if lane is None:
-                pool = client.connection_pool
-                lane = self._lanes[""] = Lane(pool.get_connection, pool.release, self._batch)
+                pool = client.connection_pool  # type: ignore[union-attr]
+                lane = self._single_lane = Lane(pool.get_connection, pool.release, self._batch)
             return lane
+        assert isinstance(client, AsyncRedisCluster)
         await self._warmed(client)
         if asking is not None:
             node = client.nodes_manager.get_node(host=asking[0], port=asking[1])

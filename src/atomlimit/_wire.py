@@ -26,8 +26,7 @@ class Packed(bytes):
         return packed
 
 
-def bulk(value: Arg) -> bytes:
-    """One argument as a RESP bulk string."""
+def _encoded(value: Arg) -> bytes:
     if isinstance(value, str):
         data = value.encode()
     elif isinstance(value, int):
@@ -37,18 +36,35 @@ def bulk(value: Arg) -> bytes:
     return b"$%d\r\n%b\r\n" % (len(data), data)
 
 
+# The arguments nearly every call sends (no client time, a cost of 1, small
+# counts) are encoded once.
+_COMMON: dict[Arg, bytes] = {value: _encoded(value) for value in ("", *range(1024))}
+
+
+def bulk(value: Arg) -> bytes:
+    """One argument as a RESP bulk string."""
+    if type(value) is not bytes:
+        common = _COMMON.get(value)
+        if common is not None:
+            return common
+    return _encoded(value)
+
+
 def command(*args: Arg) -> bytes:
     """A whole command: ``command("SCRIPT", "LOAD", source)``."""
     return b"*%d\r\n%b" % (len(args), b"".join(bulk(arg) for arg in args))
 
 
+_HEADS: dict[tuple[bytes, int, int], bytes] = {}
+
+
 def evalsha(sha: bytes, keys: tuple[str, ...], args: tuple[Arg | Packed, ...]) -> bytes:
     """``EVALSHA sha len(keys) *keys *args``, with ``Packed`` runs of arguments kept whole."""
-    count = 3 + len(keys)
     parts = []
     for key in keys:
         data = key.encode()
         parts.append(b"$%d\r\n%b\r\n" % (len(data), data))
+    count = 3 + len(keys)
     for arg in args:
         if type(arg) is Packed:
             parts.append(arg)
@@ -56,10 +72,9 @@ def evalsha(sha: bytes, keys: tuple[str, ...], args: tuple[Arg | Packed, ...]) -
         else:
             parts.append(bulk(arg))
             count += 1
-    head = b"*%d\r\n$7\r\nEVALSHA\r\n$40\r\n%b\r\n$%d\r\n%d\r\n" % (
-        count,
-        sha,
-        len(str(len(keys))),
-        len(keys),
-    )
+    shape = (sha, len(keys), count)
+    head = _HEADS.get(shape)
+    if head is None:
+        head = b"*%d\r\n$7\r\nEVALSHA\r\n$40\r\n%b\r\n%b" % (count, sha, bulk(len(keys)))
+        _HEADS[shape] = head
     return head + b"".join(parts)

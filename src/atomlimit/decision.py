@@ -2,22 +2,51 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 Amount = TypeVar("Amount", int, Decimal)
 
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_FIELDS = (
+    "allowed",
+    "limit",
+    "used",
+    "remaining",
+    "reset_at",
+    "retry_after",
+    "granted",
+    "held",
+    "shadow_denied",
+)
 
-@dataclass(frozen=True, slots=True)
+
 class Decision(Generic[Amount]):
     """What a limit decided, and where the subject stands after it.
 
-    Amounts are ``int`` for a :class:`~atomlimit.RateLimit` and exact
-    ``Decimal`` in the cap's currency for a :class:`~atomlimit.SpendCap`.
+    Immutable. Amounts are ``int`` for a :class:`~atomlimit.RateLimit` and
+    exact ``Decimal`` in the cap's currency for a :class:`~atomlimit.SpendCap`.
+    ``bool(decision)`` is ``decision.allowed``.
     """
 
+    # The times arrive as integer microseconds and become a datetime and a
+    # timedelta only when read: most callers look at `allowed` alone, and
+    # building both on every decision was a measurable part of its cost.
+    __slots__ = (
+        "_reset",
+        "_retry",
+        "allowed",
+        "granted",
+        "held",
+        "limit",
+        "remaining",
+        "shadow_denied",
+        "used",
+    )
+
+    _reset: datetime | int
+    _retry: timedelta | int | None
     allowed: bool
     """Whether the request was admitted (for ``peek``: would be)."""
     limit: Amount
@@ -26,12 +55,6 @@ class Decision(Generic[Amount]):
     """Used in the current window: after this hit if allowed, unchanged if denied."""
     remaining: Amount
     """``limit - used - held``, never below zero."""
-    reset_at: datetime
-    """When usage is back to zero with no new traffic, an aware UTC datetime:
-    the end of the current window for a fixed window."""
-    retry_after: timedelta | None
-    """How long until the same request could pass; ``None`` when allowed, or
-    when the cost exceeds the limit and can never pass."""
     granted: Amount
     """What this call charged: the cost, less with ``partial=True``, zero when
     denied and for ``peek``."""
@@ -41,5 +64,122 @@ class Decision(Generic[Amount]):
     shadow_denied: bool
     """A shadow limit let this request through although it was over."""
 
+    def __init__(
+        self,
+        allowed: bool,
+        limit: Amount,
+        used: Amount,
+        remaining: Amount,
+        reset_at: datetime,
+        retry_after: timedelta | None,
+        granted: Amount,
+        held: Amount,
+        shadow_denied: bool = False,
+    ) -> None:
+        _init(self, allowed, limit, used, remaining, reset_at, retry_after, granted, held)
+        _SHADOW(self, shadow_denied)
+
+    @property
+    def reset_at(self) -> datetime:
+        """When usage is back to zero with no new traffic, an aware UTC
+        datetime: the end of the current window for a fixed window."""
+        reset = self._reset
+        if isinstance(reset, int):
+            reset = _EPOCH + timedelta(microseconds=reset)
+            _RESET(self, reset)
+        return reset
+
+    @property
+    def retry_after(self) -> timedelta | None:
+        """How long until the same request could pass; ``None`` when allowed,
+        or when the cost exceeds the limit and can never pass."""
+        retry = self._retry
+        if isinstance(retry, int):
+            retry = timedelta(microseconds=retry)
+            _RETRY(self, retry)
+        return retry
+
     def __bool__(self) -> bool:
         return self.allowed
+
+    def __eq__(self, other: object) -> bool:
+        if type(other) is not type(self):
+            return NotImplemented
+        return self._values() == other._values()
+
+    def __hash__(self) -> int:
+        return hash(self._values())
+
+    def __repr__(self) -> str:
+        values = zip(_FIELDS, self._values(), strict=True)
+        shown = ", ".join(f"{name}={value!r}" for name, value in values)
+        return f"Decision({shown})"
+
+    def __setattr__(self, name: str, value: object) -> None:
+        raise AttributeError(f"Decision is immutable; cannot set {name!r}")
+
+    def __delattr__(self, name: str) -> None:
+        raise AttributeError(f"Decision is immutable; cannot delete {name!r}")
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (Decision, self._values())
+
+    def _values(self) -> tuple[Any, ...]:
+        return tuple(getattr(self, name) for name in _FIELDS)
+
+
+def decided(
+    allowed: bool,
+    limit: Any,
+    used: Any,
+    remaining: Any,
+    reset_us: int,
+    retry_us: int | None,
+    granted: Any,
+    held: Any,
+    shadow_denied: bool,
+) -> Decision[Any]:
+    """A Decision from the integers a reply carries, built without checks.
+
+    Times are epoch microseconds (``reset_us``) and a microsecond count
+    (``retry_us``); they turn into a datetime and a timedelta when read.
+    """
+    decision: Decision[Any] = object.__new__(Decision)
+    _init(decision, allowed, limit, used, remaining, reset_us, retry_us, granted, held)
+    _SHADOW(decision, shadow_denied)
+    return decision
+
+
+# Writing through the slots' own descriptors skips __setattr__, which
+# refuses every write so that a Decision stays immutable for its users.
+_SLOTS = vars(Decision)
+_ALLOWED = _SLOTS["allowed"].__set__
+_LIMIT = _SLOTS["limit"].__set__
+_USED = _SLOTS["used"].__set__
+_REMAINING = _SLOTS["remaining"].__set__
+_RESET = _SLOTS["_reset"].__set__
+_RETRY = _SLOTS["_retry"].__set__
+_GRANTED = _SLOTS["granted"].__set__
+_HELD = _SLOTS["held"].__set__
+_SHADOW = _SLOTS["shadow_denied"].__set__
+
+
+def _init(
+    decision: Decision[Any],
+    allowed: bool,
+    limit: Any,
+    used: Any,
+    remaining: Any,
+    reset: Any,
+    retry: Any,
+    granted: Any,
+    held: Any,
+) -> None:
+    _ALLOWED(decision, allowed)
+    _LIMIT(decision, limit)
+    _USED(decision, used)
+    _REMAINING(decision, remaining)
+    _RESET(decision, reset)
+    _RETRY(decision, retry)
+    _GRANTED(decision, granted)
+    _HELD(decision, held)

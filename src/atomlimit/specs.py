@@ -173,7 +173,8 @@ class RateLimit(_Windowed[int]):
         if self.algorithm == "gcra" and _length(self.window) < timedelta(microseconds=self.limit):
             raise ValueError(
                 f"limit: gcra spaces requests at least 1 us apart, and {self.limit} per "
-                f"{self.window} is faster; use a longer window or a larger burst"
+                f"{self.window} is faster; count in a coarser unit of cost, or use another "
+                "algorithm"
             )
         if self.algorithm == "sliding_log" and self.limit > self.max_log:
             raise ValueError(
