@@ -47,7 +47,7 @@ import redis
 import redis.connection
 import redis.utils
 from load import SUBJECTS, Loop, batch, closed_loop, timed_calls
-from server import command_time, describe, redis_server, used_memory, valkey_server
+from server import command_time, connected, describe, redis_server, used_memory, valkey_server
 from variants import BARE, SCRIPT_COMMANDS, SEED, VARIANTS, Section, Variant
 
 T = TypeVar("T")
@@ -311,6 +311,9 @@ async def memory(url: str) -> None:
     rows = rows_for("memory")
     table = []
     with redis.Redis.from_url(url) as admin:
+        # Readings wait for the rows' connections to be gone; others a --url
+        # server may have are left alone.
+        idle = connected(admin)
         for variant in rows:
             assert variant.open_async is not None
             # Scripts loaded before FLUSHALL stay cached, so the reading after
@@ -318,10 +321,10 @@ async def memory(url: str) -> None:
             async with variant.open_async(url, BATCH_TASKS) as decide:
                 await batch(decide, BATCH_TASKS, BATCH_TASKS)
             admin.flushall()
-            before = used_memory(admin)
+            before = used_memory(admin, idle)
             async with variant.open_async(url, BATCH_TASKS) as decide:
                 _, errors = await batch(decide, MEMORY_HITS, BATCH_TASKS)
-            grown = used_memory(admin) - before
+            grown = used_memory(admin, idle) - before
             keys = admin.dbsize()
             note = f"{errors.count} errors, first: {errors.first}" if errors.count else ""
             table.append(

@@ -116,15 +116,21 @@ def command_time(client: redis.Redis, commands: frozenset[str]) -> CommandTime:
     return CommandTime(calls, usec)
 
 
-def used_memory(client: redis.Redis) -> int:
-    """``used_memory`` in bytes, once only ``client`` is connected.
+def connected(client: redis.Redis) -> int:
+    """How many clients the server has, this one included."""
+    clients: int = client.info("clients")["connected_clients"]
+    return clients
+
+
+def used_memory(client: redis.Redis, clients: int) -> int:
+    """``used_memory`` in bytes, once no more than ``clients`` are connected.
 
     Every connection holds buffers that count in ``used_memory`` and that the
     server resizes on its own schedule, so a reading is only comparable with
-    another taken with the same connections open: this one's alone.
+    another taken with the same connections open.
     """
     deadline = time.monotonic() + _STARTUP_TIMEOUT
-    while client.info("clients")["connected_clients"] > 1 and time.monotonic() < deadline:
+    while connected(client) > clients and time.monotonic() < deadline:
         time.sleep(0.01)  # closed sockets are freed once the server reads their EOF
     memory: int = client.info("memory")["used_memory"]
     return memory
