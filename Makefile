@@ -5,6 +5,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 READY := $(VENV)/.ready
+BENCH_READY := $(VENV)/.bench-ready
 
 .PHONY: demo test pytest lint typecheck bench clean
 
@@ -12,6 +13,12 @@ $(READY): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	touch $@
+
+# The peers and plotting live in the bench extra, kept out of dev so that
+# `make test` never installs them.
+$(BENCH_READY): $(READY) pyproject.toml
+	$(BIN)/python -m pip install --quiet -e '.[dev,bench]'
 	touch $@
 
 demo: $(READY)
@@ -31,8 +38,10 @@ lint: $(READY)
 typecheck: $(READY)
 	$(BIN)/mypy
 
-bench: $(READY)
-	$(BIN)/python bench/overhead.py
+# Compares atomlimit with its peers on a throwaway redis-server; pass options
+# through, e.g. `make bench BENCH_ARGS=--quick`.
+bench: $(BENCH_READY)
+	$(BIN)/python bench/peers.py $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis dist build
