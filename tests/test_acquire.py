@@ -43,11 +43,11 @@ from atomlimit import (
     Spec,
     SpendCap,
 )
-from atomlimit._demo import _race
 from atomlimit._engine import Acquisition, Engine
 from atomlimit._runner import SyncRunner
 from atomlimit._scripts import script
 from atomlimit._steps import Flow
+from atomlimit.cli.demo import _race
 
 FIXED = RateLimit(name="per-day", limit=5, window="day")
 GCRA = RateLimit(name="smooth", limit=4, window="day", algorithm="gcra")  # T = 6 h exactly
