@@ -6,9 +6,11 @@ import re
 from pathlib import Path
 
 import pytest
-from servers import Cluster, Server
+import redis
+from conftest import ServerPool
+from servers import Cluster, Server, start_server
 
-from atomlimit import _server
+from atomlimit import BackendError, Limiter, RateLimit, _server
 from atomlimit._server import Finding, Refused
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -48,6 +50,29 @@ def test_noeviction_with_maxmemory_warns_that_a_full_server_refuses_charges() ->
 
     assert finding.level == "warn"
     assert "denials and peeks still answer" in finding.message
+
+
+def test_a_full_noeviction_server_refuses_charges_but_still_denies_and_peeks(
+    server_kind: str, server_pool: ServerPool
+) -> None:
+    # What the noeviction warning promises, shown on a server that is full.
+    config = {"maxmemory": "2mb", "maxmemory-policy": "noeviction"}
+    daily = RateLimit(name="daily", limit=1, window="day")
+    with (
+        start_server(server_pool.binary(server_kind), extra_config=config) as full,
+        full.client() as client,
+    ):
+        limiter = Limiter(client)
+        assert limiter.hit(daily, "spent").allowed
+        with pytest.raises(redis.exceptions.OutOfMemoryError):  # noqa: PT012
+            for n in range(10_000):
+                client.set(f"filler:{n}", "x" * 10_000)
+
+        assert not limiter.peek(daily, "spent").allowed
+        assert not limiter.hit(daily, "spent").allowed
+        with pytest.raises(BackendError) as refused:
+            limiter.hit(daily, "fresh")
+    assert isinstance(refused.value.__cause__, redis.exceptions.OutOfMemoryError)
 
 
 def test_no_maxmemory_never_evicts_whatever_the_policy() -> None:

@@ -226,8 +226,8 @@ def check_eviction(info: Mapping[str, object]) -> Finding:
     return Finding(
         "warn",
         "eviction",
-        f"noeviction with maxmemory {maxmemory} bytes: when the server is full, "
-        "charges fail with an error (denials and peeks still answer)",
+        f"noeviction with maxmemory {info.get('maxmemory_human', maxmemory)}: when the "
+        "server is full, charges fail with an error (denials and peeks still answer)",
         "watch used_memory against maxmemory, and treat BackendError as the signal",
     )
 
