@@ -137,6 +137,18 @@ def test_server_identity_tells_valkey_from_redis() -> None:
     assert _server.check_server({"redis_version": "6.2.14"}).level == "warn"
 
 
+def test_scripting_fails_naming_what_was_refused_unless_doctor_could_not_try() -> None:
+    evalsha = _server.check_scripting(Refused("EVALSHA", "no permissions"))
+    clock = _server.check_scripting(Refused("TIME", "script: on @user_script:11."))
+    untried = _server.check_scripting(Refused("SCRIPT LOAD", "no permissions"))
+
+    assert (evalsha.level, clock.level) == ("fail", "fail")
+    assert "+evalsha" in evalsha.advice
+    assert "+time" in clock.advice
+    assert untried.level == "warn"
+    assert "not verified" in untried.message
+
+
 def test_rights_fail_naming_each_denied_command() -> None:
     rights = {"EVALSHA": "", "TIME": "no permissions to run the 'time' command", "GET": ""}
 
