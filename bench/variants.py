@@ -264,7 +264,7 @@ def throttled_sync_fixed(url: str) -> Iterator[SyncDecide]:
 
 @contextlib.asynccontextmanager
 async def seed_pattern(url: str, connections: int | None) -> AsyncIterator[AsyncDecide]:
-    """GET, then a pipeline of INCR and EXPIREAT, as ``SeedPattern`` in atomlimit._demo.
+    """GET, then a pipeline of INCR and EXPIREAT, as ``SeedPattern`` in atomlimit.cli.demo.
 
     Written out here rather than imported, so that this file depends on
     atomlimit's public API alone; client options and commands are the seed's.

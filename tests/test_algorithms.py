@@ -35,7 +35,7 @@ from atomlimit import (
     Spec,
     SpendCap,
 )
-from atomlimit._demo import _race
+from atomlimit.cli.demo import _race
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 US = timedelta(microseconds=1)

@@ -20,7 +20,7 @@ from redis.crc import key_slot
 from servers import Server
 
 from atomlimit import InvalidInput
-from atomlimit._demo import SeedPattern, _race
+from atomlimit.cli.demo import SeedPattern, _race
 from atomlimit.compat import (
     CACHE_VERSION,
     DAILY_AI_SPEND_LIMIT,

@@ -27,4 +27,7 @@ def test_demo_shows_the_seed_overshooting_and_the_engine_exact(server: Server) -
     engine_spend = rows["spend cap: atomlimit hit"]
     assert int(seed_rate[-3]) > 100  # admitted, past the limit of 100
     assert engine_rate[-4:-1] == ["100", "100", "0"]  # limit, admitted, overshoot
-    assert engine_spend[-4:-2] == ["270", "0.00"]  # admitted, overshoot
+    # The cap is 100 spends of 0.37 AUD: limit, admitted, overshoot.
+    assert engine_spend[-6:-1] == ["37.00", "AUD", "100", "0.00", "AUD"]
+    with server.client() as client:
+        assert client.dbsize() == 0

@@ -17,7 +17,7 @@ from helpers import process_race
 from servers import Cluster, Server
 
 from atomlimit import AsyncLimiter, Limiter, RateLimit, SpendCap
-from atomlimit._demo import SeedPattern, _race
+from atomlimit.cli.demo import SeedPattern, _race
 
 LIMIT = 100
 TASKS = 200

@@ -2,6 +2,6 @@
 
 import sys
 
-from atomlimit._cli import main
+from atomlimit.cli import main
 
 sys.exit(main())

@@ -1,0 +1,435 @@
+"""The command line, each command against real servers.
+
+Commands run in-process through ``main([...])``, with their output captured;
+a few run as ``python -m atomlimit`` to show the installed entry point
+behaves the same.
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+from conftest import ServerPool, Target
+from servers import Cluster, Server, free_port, start_server
+
+from atomlimit import __version__
+from atomlimit._scripts import all_names, script
+from atomlimit.cli import COMMANDS, main
+
+ROOT = Path(__file__).resolve().parents[1]
+# The rights docs/script-loading.md tells operators to grant the limiter, and
+# what doctor reads besides; tests take one away to see doctor name it.
+LIMITER_RIGHTS = re.findall(
+    r"\+[a-z|]+",
+    (ROOT / "docs" / "script-loading.md")
+    .read_text()
+    .split("ACL SETUSER limiter", 1)[1]
+    .split("```")[0],
+)
+DOCTOR_RIGHTS = ["+info", "+config|get", "+acl|whoami", "+acl|dryrun"]
+
+
+def run_cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def finding_lines(out: str, level: str, check: str) -> list[str]:
+    return [line for line in out.splitlines() if line.split()[:2] == [level, check]]
+
+
+@contextmanager
+def acl_user(server: Server, rights: list[str]) -> Iterator[str]:
+    """A user with exactly ``rights`` on ``server``; yields its URL."""
+    with server.client() as admin:
+        admin.execute_command("ACL", "SETUSER", "ops", "on", ">s3cret", "~*", "-@all", *rights)
+        try:
+            yield f"redis://ops:s3cret@127.0.0.1:{server.port}/0"
+        finally:
+            admin.execute_command("ACL", "DELUSER", "ops")
+
+
+@pytest.fixture
+def binary(server_kind: str, server_pool: ServerPool) -> str:
+    return server_pool.binary(server_kind)
+
+
+# --------------------------------------------------------------------------
+# doctor
+# --------------------------------------------------------------------------
+
+
+def test_doctor_on_a_default_server_only_warns_that_persistence_is_off(
+    server: Server, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, out, err = run_cli(capsys, "doctor", "--url", server.url)
+
+    assert code == 0, out
+    assert err == ""
+    assert finding_lines(out, "warn", "persistence")
+    for check in ("server", "scripting", "acl", "eviction", "cluster", "replication"):
+        assert finding_lines(out, "ok", check), check
+    assert out.rstrip().endswith("0 fail, 1 warn, 6 ok")
+
+
+@pytest.mark.parametrize("policy", ["allkeys-lru", "volatile-ttl"])
+def test_doctor_fails_on_a_policy_that_evicts_counters(
+    binary: str, policy: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = {"maxmemory": "10mb", "maxmemory-policy": policy}
+    with start_server(binary, extra_config=config) as evicting:
+        code, out, _ = run_cli(capsys, "doctor", "--url", evicting.url)
+
+    assert code == 1
+    (line,) = finding_lines(out, "fail", "eviction")
+    assert policy in line
+    assert "noeviction" in out
+
+
+def test_doctor_reads_the_policy_where_config_is_renamed_away(
+    binary: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = {"maxmemory": "10mb", "maxmemory-policy": "allkeys-lru", "rename-command": 'CONFIG ""'}
+    with start_server(binary, extra_config=config) as locked_down:
+        code, out, _ = run_cli(capsys, "doctor", "--url", locked_down.url)
+
+    assert code == 1
+    assert finding_lines(out, "fail", "eviction")
+    (persistence,) = finding_lines(out, "warn", "persistence")
+    assert "CONFIG GET refused" in persistence
+
+
+def test_doctor_warns_that_noeviction_with_maxmemory_refuses_charges_when_full(
+    binary: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = {"maxmemory": "10mb", "maxmemory-policy": "noeviction"}
+    with start_server(binary, extra_config=config) as capped:
+        code, out, _ = run_cli(capsys, "doctor", "--url", capped.url)
+
+    assert code == 0
+    assert finding_lines(out, "warn", "eviction")
+
+
+def test_doctor_fails_on_a_replica_and_notes_failover_on_its_primary(
+    binary: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with start_server(binary) as primary:
+        config = {"replicaof": f"127.0.0.1 {primary.port}"}
+        with start_server(binary, extra_config=config) as replica:
+            _wait_for_replicas(primary, 1)
+            replica_code, replica_out, _ = run_cli(capsys, "doctor", "--url", replica.url)
+            primary_code, primary_out, _ = run_cli(capsys, "doctor", "--url", primary.url)
+
+    assert replica_code == 1
+    (line,) = finding_lines(replica_out, "fail", "replication")
+    assert f"replica of 127.0.0.1:{primary.port}" in line
+    assert primary_code == 0
+    (note,) = finding_lines(primary_out, "ok", "replication")
+    assert "failover" in note
+    assert "min-replicas-to-write" in primary_out
+
+
+def test_doctor_names_time_when_the_user_may_not_read_the_clock(
+    server: Server, capsys: pytest.CaptureFixture[str]
+) -> None:
+    rights = [r for r in LIMITER_RIGHTS if r != "+time"] + DOCTOR_RIGHTS
+    with acl_user(server, rights) as url:
+        code, out, _ = run_cli(capsys, "doctor", "--url", url)
+
+    assert code == 1
+    (scripting,) = finding_lines(out, "fail", "scripting")
+    assert "TIME refused" in scripting
+    (acl,) = finding_lines(out, "fail", "acl")
+    assert "'ops' may not run TIME" in acl
+    assert "grant +time" in out
+
+
+def test_doctor_names_evalsha_when_the_user_may_not_run_scripts(
+    server: Server, capsys: pytest.CaptureFixture[str]
+) -> None:
+    rights = [r for r in LIMITER_RIGHTS if r != "+evalsha"] + DOCTOR_RIGHTS
+    with acl_user(server, rights) as url:
+        code, out, _ = run_cli(capsys, "doctor", "--url", url)
+
+    assert code == 1
+    assert "EVALSHA refused" in finding_lines(out, "fail", "scripting")[0]
+    assert "may not run EVALSHA" in finding_lines(out, "fail", "acl")[0]
+
+
+def test_doctor_as_the_bare_limiter_user_cannot_verify_rights_and_says_what_to_grant(
+    server: Server, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with acl_user(server, LIMITER_RIGHTS) as url:
+        code, out, _ = run_cli(capsys, "doctor", "--url", url)
+
+    assert code == 0
+    assert finding_lines(out, "ok", "scripting")
+    (acl,) = finding_lines(out, "warn", "acl")
+    assert "rights not verified" in acl
+    assert "+evalsha +script|load" in out
+    assert finding_lines(out, "warn", "server")  # INFO refused: said once, not five times
+    assert "s3cret" not in out
+    assert "ops:***@" in out
+
+
+def test_doctor_warns_only_when_script_load_alone_is_withheld(
+    server: Server, capsys: pytest.CaptureFixture[str]
+) -> None:
+    rights = [r for r in LIMITER_RIGHTS if r != "+script|load"] + DOCTOR_RIGHTS
+    with server.client() as admin:
+        # Loaded by an admin, as the limiter's scripts would be in such a deployment.
+        admin.script_load(script("server_probe").source)
+    with acl_user(server, rights) as url:
+        code, out, _ = run_cli(capsys, "doctor", "--url", url)
+
+    assert code == 0
+    assert finding_lines(out, "ok", "scripting")
+    assert "SCRIPT LOAD" in finding_lines(out, "warn", "acl")[0]
+
+
+def test_doctor_checks_every_primary_of_a_cluster(
+    cluster: Cluster, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, out, _ = run_cli(capsys, "doctor", "--url", cluster.nodes[0].url)
+
+    assert code == 0
+    assert "(cluster of 3 primaries)" in out.splitlines()[0]
+    for node in cluster.nodes:
+        assert f"\n127.0.0.1:{node.port}\n" in out
+    assert len(finding_lines(out, "ok", "cluster")) == 3
+    assert len(finding_lines(out, "ok", "scripting")) == 3
+
+
+@pytest.mark.parametrize(
+    ("url", "says"),
+    [
+        ("http://127.0.0.1:1/0", "bad URL"),
+        ("redis://127.0.0.1:1/zero", "bad URL"),
+        ("redis://127.0.0.1:{port}/0", "cannot reach"),
+    ],
+)
+def test_doctor_without_a_server_to_ask_says_so_in_one_line(
+    url: str, says: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, out, err = run_cli(capsys, "doctor", "--url", url.format(port=free_port()))
+
+    assert code == 2
+    assert out == ""
+    assert err.count("\n") == 1
+    assert err.startswith(f"atomlimit doctor: {says}")
+
+
+def test_doctor_with_a_wrong_password_says_so_in_one_line(
+    server: Server, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with acl_user(server, LIMITER_RIGHTS):
+        url = f"redis://ops:wrong@127.0.0.1:{server.port}/0"
+        code, out, err = run_cli(capsys, "doctor", "--url", url)
+
+    assert code == 2
+    assert out == ""
+    assert err.count("\n") == 1
+    assert "authentication refused" in err
+    assert "wrong" not in err
+
+
+def test_doctor_takes_the_url_from_the_environment(
+    server: Server, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("ATOMLIMIT_URL", server.url)
+
+    code, out, _ = run_cli(capsys, "doctor")
+
+    assert code == 0
+    assert server.url in out.splitlines()[0]
+
+
+def test_doctor_runs_as_a_module_with_the_same_exit_codes(server: Server) -> None:
+    reachable = _module("doctor", "--url", server.url)
+    unreachable = _module("doctor", "--url", f"redis://127.0.0.1:{free_port()}/0")
+
+    assert reachable.returncode == 0
+    assert "warn  persistence" in reachable.stdout
+    assert unreachable.returncode == 2
+    assert unreachable.stdout == ""
+    assert unreachable.stderr.count("\n") == 1
+    assert "Traceback" not in unreachable.stderr
+
+
+# --------------------------------------------------------------------------
+# scripts load
+# --------------------------------------------------------------------------
+
+
+def test_scripts_load_puts_every_script_on_every_primary(
+    target: Target, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, out, _ = run_cli(capsys, "scripts", "load", "--url", target.url)
+
+    assert code == 0
+    shas = [script(name).sha for name in all_names()]
+    for name, sha in zip(all_names(), shas, strict=True):
+        assert f"{name} " in out
+        assert sha in out
+    with target.sync_client() as client:
+        if target.kind == "cluster":
+            nodes = [client.get_redis_connection(node) for node in client.get_primaries()]
+        else:
+            nodes = [client]
+        assert len(nodes) == (3 if target.kind == "cluster" else 1)
+        for node in nodes:
+            assert node.script_exists(*shas) == [True] * len(shas)
+
+
+def test_scripts_load_refused_says_which_right_is_missing(
+    server: Server, capsys: pytest.CaptureFixture[str]
+) -> None:
+    rights = [r for r in LIMITER_RIGHTS if r != "+script|load"]
+    with acl_user(server, rights) as url:
+        code, out, err = run_cli(capsys, "scripts", "load", "--url", url)
+
+    assert code == 1
+    assert out == ""
+    assert err.count("\n") == 1
+    assert "SCRIPT LOAD refused" in err
+    assert "+script|load" in err
+
+
+# --------------------------------------------------------------------------
+# version
+# --------------------------------------------------------------------------
+
+
+def test_version_prints_the_package_and_with_a_url_the_server(
+    server: Server, server_kind: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, out, _ = run_cli(capsys, "version")
+    assert code == 0
+    assert out.splitlines()[0] == f"atomlimit {__version__}"
+
+    code, out, _ = run_cli(capsys, "version", "--url", server.url)
+    assert code == 0
+    expected = "Valkey" if server_kind == "valkey" else "Redis"
+    assert f"127.0.0.1:{server.port}: {expected} " in out
+
+
+def test_version_of_a_cluster_names_every_primary(
+    cluster: Cluster, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, out, _ = run_cli(capsys, "version", "--url", cluster.nodes[-1].url)
+
+    assert code == 0
+    assert sum(": Redis " in line for line in out.splitlines()) == 3
+
+
+# --------------------------------------------------------------------------
+# demo
+# --------------------------------------------------------------------------
+
+
+def test_demo_deletes_every_key_it_wrote_and_honours_limit(
+    server: Server, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with server.client() as client:
+        client.set("someone-elses-key", "kept")
+        before = client.dbsize()
+
+        code, out, _ = run_cli(
+            capsys, "demo", "--url", server.url, "--workers", "200", "--limit", "30"
+        )
+
+        assert client.dbsize() == before
+        assert client.get("someone-elses-key") == b"kept"
+    assert code == 0
+    rows = {line.split("  ")[0]: line.split() for line in out.splitlines() if ": " in line}
+    assert rows["rate limit: atomlimit hit"][-4:-1] == ["30", "30", "0"]
+    assert rows["spend cap: atomlimit hit"][-6:-1] == ["11.10", "AUD", "30", "0.00", "AUD"]
+    assert "30 x 0.37 = 11.10 AUD" in out
+    assert "Deleted the " in out
+
+
+def test_demo_on_an_unreachable_server_is_one_line(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, err = run_cli(capsys, "demo", "--url", f"redis://127.0.0.1:{free_port()}/0")
+
+    assert code == 2
+    assert out == ""
+    assert err.count("\n") == 1
+    assert err.startswith("atomlimit demo: cannot reach ")
+
+
+def test_demo_refuses_a_cluster_node_in_one_line(
+    cluster: Cluster, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, _, err = run_cli(capsys, "demo", "--url", cluster.nodes[0].url)
+
+    assert code == 2
+    assert err.count("\n") == 1
+    assert "needs a standalone server" in err
+
+
+@pytest.mark.parametrize("option", ["--workers", "--limit"])
+@pytest.mark.parametrize("value", ["0", "-3", "lots", "99999999"])
+def test_demo_refuses_counts_out_of_bounds_in_one_line(
+    option: str, value: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exited:
+        main(["demo", option, value])
+    err = capsys.readouterr().err
+
+    assert exited.value.code == 2
+    assert err.count("\n") == 1
+    assert err.startswith(f"atomlimit demo: argument {option}: must be a whole number from 1 to ")
+
+
+# --------------------------------------------------------------------------
+# help
+# --------------------------------------------------------------------------
+
+HELP_COMMANDS = [
+    [],
+    *([module.__name__.rsplit(".", 1)[1]] for module in COMMANDS),
+    ["scripts", "load"],
+]
+
+
+@pytest.mark.parametrize("command", HELP_COMMANDS, ids=lambda c: " ".join(c) or "atomlimit")
+def test_help_is_plain_text_with_examples(
+    command: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exited:
+        main([*command, "--help"])
+    out = capsys.readouterr().out
+
+    assert exited.value.code == 0
+    assert "``" not in out
+    for role in (":class:", ":func:", ":mod:", ":data:", ":meth:"):
+        assert role not in out
+    assert "examples:" in out or command == ["scripts"]
+    assert max(len(line) for line in out.splitlines()) <= 100
+
+
+def _module(*argv: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "atomlimit", *argv],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+def _wait_for_replicas(primary: Server, count: int) -> None:
+    deadline = time.monotonic() + 10
+    with primary.client() as client:
+        while int(client.info("replication")["connected_slaves"]) < count:
+            if time.monotonic() > deadline:
+                raise AssertionError(f"{count} replica(s) never connected to {primary}")
+            time.sleep(0.05)
