@@ -17,8 +17,11 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 from servers import free_port
 
-from atomlimit import AsyncLimiter, InvalidInput, Limiter, RateLimit, SpendCap
+from atomlimit import AsyncLimiter, Concurrency, InvalidInput, Limiter, RateLimit, SpendCap
+from atomlimit._money import MAX_UNITS
 
+SHORT = 400
+"""No message is longer, whatever the input: none formats a value whole."""
 RATE = RateLimit(name="r", limit=10, window="day")
 CAP = SpendCap(name="c", limit=Decimal("100.00"), currency="AUD", window="day")
 
@@ -44,6 +47,21 @@ def nowhere() -> Iterator[Limiter]:
         ({"tz": "Mars/Olympus_Mons"}, "RateLimit.tz", "unknown IANA time zone"),
         ({"window": timedelta(hours=1), "tz": "Australia/Sydney"}, "RateLimit.tz", "epoch"),
         ({"per": 5}, "RateLimit.per", "Extra inputs"),
+        ({"window": timedelta.max}, "RateLimit.window", "at most 366 days"),
+        ({"window": timedelta(days=366, milliseconds=1)}, "RateLimit.window", "at most 366"),
+        ({"window": timedelta(microseconds=1500)}, "RateLimit.window", "whole milliseconds"),
+        ({"window": -timedelta(days=1)}, "RateLimit.window", "at least 1 ms"),
+        ({"tz": "A" * 65}, "RateLimit.tz", "unknown IANA time zone"),
+        ({"tz": "../../etc/localtime"}, "RateLimit.tz", "unknown IANA time zone"),
+        ({"tz": "/etc/localtime"}, "RateLimit.tz", "unknown IANA time zone"),
+        ({"tz": "zone.tab"}, "RateLimit.tz", "unknown IANA time zone"),
+        ({"tz": 10**5000}, "RateLimit.tz", "an int of 16610 bits"),
+        ({"limit": 10**5000}, "RateLimit.limit", "an int of 16610 bits"),
+        ({"burst": -(10**5000), "algorithm": "gcra"}, "RateLimit.burst", "16610 bits"),
+        ({"max_log": 2**53}, "RateLimit.max_log", "between 1 and 9007199254740991"),
+        ({"shadow": 10**5000}, "RateLimit.shadow", "an int of 16610 bits"),
+        ({"name": "n" * 1_000_000}, "RateLimit.name", "(1000000 long)"),
+        ({"x" * 1_000_000: 1}, "RateLimit.'xxxx", "Extra inputs"),
     ],
 )
 def test_bad_rate_limit_spec_names_the_field(kwargs: dict[str, Any], field: str, says: str) -> None:
@@ -53,6 +71,49 @@ def test_bad_rate_limit_spec_names_the_field(kwargs: dict[str, Any], field: str,
 
     assert field in str(caught.value)
     assert says in str(caught.value)
+    assert len(str(caught.value)) <= SHORT
+
+
+def test_a_message_names_a_few_problems_and_counts_the_rest() -> None:
+    fields = {f"extra_{n}": n for n in range(1_000)}
+    with pytest.raises(InvalidInput) as caught:
+        RateLimit(name="n", limit=10, window="day", **fields)
+
+    assert str(caught.value).endswith("; and 995 more")
+    assert len(str(caught.value)) <= SHORT
+
+
+@pytest.mark.parametrize(
+    "spec",
+    [
+        {"window": timedelta(days=366)},
+        {"window": timedelta(milliseconds=1)},
+        {"window": "month", "tz": "America/Argentina/ComodRivadavia"},
+        {"limit": MAX_UNITS, "max_log": MAX_UNITS, "algorithm": "sliding_log", "window": "hour"},
+    ],
+)
+def test_rate_limit_fields_at_their_bounds_are_accepted(spec: dict[str, Any]) -> None:
+    built = RateLimit(**{"name": "n", "limit": 10, "window": "day", **spec})
+
+    assert built.model_dump(include=set(spec)) == spec
+
+
+@pytest.mark.parametrize(
+    ("lease", "says"),
+    [
+        (timedelta.max, "at most 366 days"),
+        (timedelta(days=366, microseconds=1), "at most 366 days"),
+        (timedelta(microseconds=999), "at least 1 ms"),
+        (10**5000, "an int of 16610 bits"),
+    ],
+    ids=["max", "366-days-and-1-us", "under-1-ms", "huge-int"],
+)
+def test_a_lease_beyond_its_bounds_is_refused(lease: object, says: str) -> None:
+    with pytest.raises(InvalidInput, match=r"^Concurrency\.lease: ") as caught:
+        Concurrency(name="c", limit=1, lease=lease)
+
+    assert says in str(caught.value)
+    assert Concurrency(name="c", limit=1, lease=timedelta(days=366)).lease.days == 366
 
 
 @pytest.mark.parametrize(
@@ -65,6 +126,26 @@ def test_bad_rate_limit_spec_names_the_field(kwargs: dict[str, Any], field: str,
         ({"limit": Decimal("0.0000001")}, "SpendCap.limit", "finer than the unit"),
         ({"unit": Decimal("0.5")}, "SpendCap.unit", "power of ten"),
         ({"currency": "A U D"}, "SpendCap.currency", "letters"),
+        ({"limit": "1E+999999999"}, "SpendCap.limit", "exact range"),
+        ({"limit": Decimal("1E+999999999")}, "SpendCap.limit", "exact range"),
+        ({"limit": Decimal("1E+10000000")}, "SpendCap.limit", "exact range"),
+        ({"limit": Decimal("1E-999999999")}, "SpendCap.limit", "finer than the unit"),
+        ({"limit": "1" * 65}, "SpendCap.limit", "at most 64 characters"),
+        ({"limit": 10**5000}, "SpendCap.limit", "an int of 16610 bits"),
+        ({"limit": 2**60}, "SpendCap.limit", "exact range"),
+        ({"limit": Decimal("-0")}, "SpendCap.limit", "above 0"),
+        ({"limit": Decimal("sNaN")}, "SpendCap.limit", "finite"),
+        ({"limit": "-sNaN"}, "SpendCap.limit", "finite"),
+        ({"limit": True}, "SpendCap.limit", "not bool"),
+        ({"unit": Decimal("1E+999999999")}, "SpendCap.unit", "power of ten"),
+        ({"unit": Decimal("1E-999999999")}, "SpendCap.unit", "power of ten"),
+        ({"unit": "1E+999999999"}, "SpendCap.unit", "power of ten"),
+        ({"unit": Decimal("sNaN")}, "SpendCap.unit", "power of ten"),
+        ({"unit": Decimal("-0.01")}, "SpendCap.unit", "power of ten"),
+        ({"unit": Decimal("1E-19")}, "SpendCap.unit", "power of ten"),
+        ({"unit": Decimal("0.011")}, "SpendCap.unit", "power of ten"),
+        ({"unit": Decimal("1." + "0" * 40)}, "SpendCap.unit", "power of ten"),
+        ({"currency": "A" * 1_000_000}, "SpendCap.currency", "(1000000 long)"),
     ],
 )
 def test_bad_spend_cap_spec_names_the_field(kwargs: dict[str, Any], field: str, says: str) -> None:
@@ -74,6 +155,20 @@ def test_bad_spend_cap_spec_names_the_field(kwargs: dict[str, Any], field: str, 
 
     assert field in str(caught.value)
     assert says in str(caught.value)
+    assert len(str(caught.value)) <= SHORT
+
+
+@pytest.mark.parametrize(
+    ("unit", "exponent"),
+    [(Decimal("0.010"), 2), (Decimal("1.000"), 0), (Decimal("1E-18"), 18), (Decimal(1), 0)],
+)
+def test_a_unit_written_with_trailing_zeros_is_the_same_power_of_ten(
+    unit: Decimal, exponent: int
+) -> None:
+    cap = SpendCap(name="n", limit=unit, currency="AUD", window="day", unit=unit)
+
+    assert cap._exponent == exponent
+    assert cap.unit is unit
 
 
 @pytest.mark.parametrize(

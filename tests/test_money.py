@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from decimal import Decimal
 from fractions import Fraction
 from typing import NoReturn
 
 import pytest
+import redis
 from hypothesis import given
 from hypothesis import strategies as st
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+from servers import free_port
 
+from atomlimit import Hit, Limiter, SpendCap
 from atomlimit._money import MAX_DIGITS, MAX_UNITS, from_units, to_units
 from atomlimit.errors import InvalidInput
 
@@ -168,3 +174,29 @@ def test_a_decimal_converts_exactly_or_is_refused(
     else:
         with pytest.raises(InvalidInput, match=r"^cost"):
             to_units(amount, exponent, "cost")
+
+
+def test_a_spend_cap_limit_out_of_range_is_refused_before_any_arithmetic() -> None:
+    for limit in ("1E+999999999", "1E-999999999", "1E+10000000"):
+        with pytest.raises(InvalidInput, match=r"^SpendCap\.limit is (above|finer)"):
+            SpendCap(name="c", limit=Tripwire(limit), currency="AUD", window="day")
+
+
+def test_every_call_refuses_a_cost_out_of_range_before_any_arithmetic() -> None:
+    # Nothing listens on the port: had anything been sent, this would be a
+    # BackendError, not InvalidInput.
+    client = redis.Redis(host="127.0.0.1", port=free_port(), retry=Retry(NoBackoff(), 0))
+    limiter = Limiter(client)
+    cap = SpendCap(name="c", limit=Decimal("100.00"), currency="AUD", window="day")
+    huge = Tripwire("1E+999999999")
+    calls: list[Callable[[], object]] = [
+        lambda: limiter.hit(cap, "s", huge),
+        lambda: limiter.peek(cap, "s", huge),
+        lambda: limiter.refund(cap, "s", huge),
+        lambda: limiter.reserve(cap, "s", huge),
+        lambda: limiter.acquire([Hit(cap, "s", huge)]),
+    ]
+    with client:
+        for call in calls:
+            with pytest.raises(InvalidInput, match="exact range"):
+                call()

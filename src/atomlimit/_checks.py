@@ -89,6 +89,8 @@ def show(value: object) -> str:
         # Plain notation is used only when it is about as long as the digits.
         text = str(value)
         return text if len(text) <= _SHOWN else f"{text[:_SHOWN]}... ({len(text)} characters)"
+    if isinstance(value, type):
+        return f"the class {value.__name__[:_SHOWN]}"
     return f"a value of type {type(value).__name__[:_SHOWN]}"
 
 
