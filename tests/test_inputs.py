@@ -6,6 +6,7 @@ sent, the error would be a BackendError, not InvalidInput.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterator
 from datetime import timedelta
 from decimal import Decimal
@@ -13,12 +14,17 @@ from typing import Any
 
 import pytest
 import redis
+from pydantic import BaseModel
 from redis.backoff import NoBackoff
 from redis.retry import Retry
-from servers import free_port
+from servers import Server, free_port
 
 from atomlimit import AsyncLimiter, Concurrency, InvalidInput, Limiter, RateLimit, SpendCap
+from atomlimit._checks import MAX_VALUE
 from atomlimit._money import MAX_UNITS
+from atomlimit.cache import Cache, Category
+from atomlimit.compat import RedisClient
+from atomlimit.sessions import SessionStore
 
 SHORT = 400
 """No message is longer, whatever the input: none formats a value whole."""
@@ -238,3 +244,158 @@ def test_bad_limiter_options_name_the_option(options: dict[str, Any], says: str)
 def test_specs_are_frozen_after_validation() -> None:
     with pytest.raises(Exception, match="frozen"):
         RATE.limit = 5  # type: ignore[misc]
+
+
+# --------------------------------------------------------------------------
+# Cache, sessions and the seed's client
+# --------------------------------------------------------------------------
+
+TOO_BIG = b"x" * (MAX_VALUE + 1)
+LONE_SURROGATE = "caf\udce9"
+
+
+class Profile(BaseModel):
+    name: str
+
+
+@pytest.fixture
+def nowhere_client() -> Iterator[redis.Redis]:
+    client = redis.Redis(host="127.0.0.1", port=free_port(), retry=Retry(NoBackoff(), 0))
+    with client:
+        yield client
+
+
+def test_a_cache_value_the_server_should_not_hold_is_refused_before_sending(
+    nowhere_client: redis.Redis,
+) -> None:
+    cache = Cache(nowhere_client)
+    raw = Category("raw", ttl=timedelta(days=1))
+    with pytest.raises(InvalidInput, match=f"at most {MAX_VALUE} bytes, got {MAX_VALUE + 1}"):
+        cache.set(raw, "k", TOO_BIG)
+    with pytest.raises(InvalidInput, match="UTF-8"):
+        cache.set(raw, "k", LONE_SURROGATE)
+    # Text is measured in UTF-8 bytes, not characters.
+    with pytest.raises(InvalidInput, match=f"got {MAX_VALUE // 2 * 2 + 2}"):
+        cache.set(raw, "k", "é" * (MAX_VALUE // 2 + 1))
+    with pytest.raises(InvalidInput, match="at most"):
+        cache.set(
+            Category("p", ttl=timedelta(days=1), model=Profile), "k", Profile(name="x" * MAX_VALUE)
+        )
+
+
+@pytest.mark.parametrize(
+    ("options", "says"),
+    [
+        ({"wait": timedelta(days=1, microseconds=1)}, "wait must be a timedelta from 0 to 1 day"),
+        ({"wait": timedelta.max}, "wait must be a timedelta from 0 to 1 day"),
+        ({"wait": -timedelta(microseconds=1)}, "wait"),
+        ({"lock_ttl": timedelta(days=1, milliseconds=1)}, "lock_ttl must be a timedelta"),
+        ({"lock_ttl": timedelta.max}, "from 1 ms to 1 day,"),
+        ({"lock_ttl": 10**5000}, "an int of 16610 bits"),
+        ({"version": 10**5000}, "version must be a str, got int"),
+    ],
+)
+def test_cache_durations_beyond_a_day_are_refused(
+    nowhere_client: redis.Redis, options: dict[str, Any], says: str
+) -> None:
+    with pytest.raises(InvalidInput, match=says):
+        Cache(nowhere_client, **options)
+    if "version" not in options:
+        with pytest.raises(InvalidInput, match=says):
+            Cache(nowhere_client).get_or_set(
+                Category("c", ttl=timedelta(days=1)), "k", bytes, **options
+            )
+
+
+def test_get_or_set_refuses_a_factory_it_cannot_call_before_taking_the_lock(
+    nowhere_client: redis.Redis,
+) -> None:
+    category = Category("c", ttl=timedelta(days=1))
+    with pytest.raises(InvalidInput, match="factory must be callable, got b'value'"):
+        Cache(nowhere_client).get_or_set(category, "k", b"value")  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("model", "says"),
+    [(10**5000, "an int of 16610 bits"), (int, "the class int"), ("Profile", "'Profile'")],
+    ids=["huge-int", "class", "name"],
+)
+def test_a_model_that_is_not_a_pydantic_class_is_shown_briefly(model: Any, says: str) -> None:
+    with pytest.raises(InvalidInput, match=says):
+        Category("c", ttl=timedelta(days=1), model=model)
+
+
+@pytest.mark.parametrize(
+    ("ttl", "says"),
+    [(timedelta(days=3651), "from 1 ms to 3650 days"), (10**5000, "an int of 16610 bits")],
+    ids=["over-ten-years", "huge-int"],
+)
+def test_cache_and_session_ttls_above_ten_years_are_refused(ttl: Any, says: str) -> None:
+    with pytest.raises(InvalidInput, match=says):
+        Category("c", ttl=ttl)
+    with pytest.raises(InvalidInput, match=says):
+        SessionStore(redis.Redis(port=free_port()), ttl=ttl)
+
+
+def test_session_data_the_server_should_not_hold_is_refused_before_sending(
+    nowhere_client: redis.Redis,
+) -> None:
+    store = SessionStore(nowhere_client)
+    session_id = "a" * 43
+    with pytest.raises(InvalidInput, match=f"^create: a stored value must be at most {MAX_VALUE}"):
+        store.create(TOO_BIG)
+    with pytest.raises(InvalidInput, match=r"^update: text must be encodable as UTF-8") as caught:
+        store.update(session_id, LONE_SURROGATE)
+    assert session_id not in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("limit", "shown"),
+    [
+        (10**5000, "an int of 16610 bits"),
+        (2**53, "9007199254740992"),
+        (-1, "-1"),
+        (True, "True"),
+        ("5", "'5'"),
+        (5.0, "5.0"),
+    ],
+    ids=["huge", "2**53", "negative", "bool", "str", "float"],
+)
+def test_the_seed_client_refuses_a_bad_limit_before_sending(limit: Any, shown: str) -> None:
+    seed = RedisClient(f"redis://127.0.0.1:{free_port()}/0")
+    for check in (seed.try_rate_limit, seed.check_rate_limit):
+        with pytest.raises(InvalidInput) as caught:
+            asyncio.run(check("enrichment", "acme", limit))
+
+        assert str(caught.value) == f"limit must be an int between 0 and {MAX_UNITS}, got {shown}"
+
+
+@pytest.mark.parametrize(
+    "tz",
+    ["A" * 65, "../../etc/localtime", "/etc/localtime", 10**5000],
+    ids=["long", "relative-path", "absolute-path", "huge-int"],
+)
+def test_the_seed_client_refuses_a_time_zone_that_is_not_an_iana_name(tz: Any) -> None:
+    with pytest.raises(InvalidInput, match=r"^tz must name an IANA time zone"):
+        RedisClient(f"redis://127.0.0.1:{free_port()}/0", tz=tz)
+
+
+class Float64(float):
+    """A float subclass whose repr is not a number, like numpy's."""
+
+    def __repr__(self) -> str:
+        return f"Float64({float.__repr__(self)})"
+
+
+async def test_the_seed_client_reads_a_float_subclass_as_the_float_it_is(server: Server) -> None:
+    seed = RedisClient(server.url)
+    try:
+        total = await seed.record_ai_spend("client-1", Float64(0.37))
+        with pytest.raises(InvalidInput, match="finer than the unit"):
+            await seed.record_ai_spend("client-1", Float64(1e-300))
+        with pytest.raises(InvalidInput, match="exact range"):
+            await seed.record_ai_spend("client-1", Float64(1e300))
+    finally:
+        await seed.close()
+
+    assert total == 0.37

@@ -94,6 +94,11 @@ def show(value: object) -> str:
     return f"a value of type {type(value).__name__[:_SHOWN]}"
 
 
+def days(span: timedelta) -> str:
+    """A bound in whole days, for messages: ``"1 day"``, ``"366 days"``."""
+    return "1 day" if span.days == 1 else f"{span.days} days"
+
+
 def check_part(value: object, what: str) -> str:
     """``value`` if it may stand between two ``:`` of a key, else InvalidInput naming it."""
     if type(value) is not str:
@@ -201,7 +206,7 @@ def whole_ms(value: object, what: str, most: timedelta = MAX_TTL) -> int:
     if isinstance(value, timedelta) and _MS <= value <= most and not value % _MS:
         return value // _MS
     raise InvalidInput(
-        f"{what} must be a timedelta of whole milliseconds, from 1 ms to {most.days} days, "
+        f"{what} must be a timedelta of whole milliseconds, from 1 ms to {days(most)}, "
         f"got {show(value)}"
     )
 
@@ -210,9 +215,7 @@ def span_us(value: object, what: str, most: timedelta) -> int:
     """A timedelta from 1 ms to ``most``, in microseconds."""
     if isinstance(value, timedelta) and _MS <= value <= most:
         return value // _US
-    raise InvalidInput(
-        f"{what} must be a timedelta from 1 ms to {most.days} days, got {show(value)}"
-    )
+    raise InvalidInput(f"{what} must be a timedelta from 1 ms to {days(most)}, got {show(value)}")
 
 
 def hold_us(value: object, what: str = "hold") -> int:
