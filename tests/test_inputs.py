@@ -7,10 +7,11 @@ sent, the error would be a BackendError, not InvalidInput.
 from __future__ import annotations
 
 import asyncio
+import re
 from collections.abc import Iterator
 from datetime import timedelta
 from decimal import Decimal
-from typing import Any
+from typing import Any, NoReturn
 
 import pytest
 import redis
@@ -19,8 +20,18 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 from servers import Server, free_port
 
-from atomlimit import AsyncLimiter, Concurrency, InvalidInput, Limiter, RateLimit, SpendCap
-from atomlimit._checks import MAX_VALUE
+from atomlimit import AsyncLimiter, Concurrency, Hit, InvalidInput, Limiter, RateLimit, SpendCap
+from atomlimit._checks import (
+    MAX_HITS,
+    MAX_HOLD,
+    MAX_VALUE,
+    check_flag,
+    check_hits,
+    check_int,
+    check_request_id,
+    hold_us,
+    show,
+)
 from atomlimit._money import MAX_UNITS
 from atomlimit.cache import Cache, Category
 from atomlimit.compat import RedisClient
@@ -399,3 +410,206 @@ async def test_the_seed_client_reads_a_float_subclass_as_the_float_it_is(server:
         await seed.close()
 
     assert total == 0.37
+
+
+# --------------------------------------------------------------------------
+# Checks that the limiter's planning code calls
+# --------------------------------------------------------------------------
+
+
+class Loud:
+    """A value whose repr, str, equality and truth all fail the test."""
+
+    def _called(self, *args: object) -> NoReturn:
+        raise AssertionError("a check used the value before knowing its type")
+
+    __repr__ = __str__ = __eq__ = __ne__ = __bool__ = __len__ = __iter__ = _called  # type: ignore[assignment]
+    __hash__ = None  # type: ignore[assignment]
+
+
+def test_show_describes_unbounded_values_by_size_and_the_rest_by_type() -> None:
+    assert show(10**5000) == "an int of 16610 bits"
+    assert show(-(2**64)) == "an int of 65 bits"
+    assert show(2**64 - 1) == str(2**64 - 1)
+    assert show("x" * 1_000_000) == f"{'x' * 40!r}... (1000000 long)"
+    assert show(Decimal("1" * 1_000)) == "1" * 40 + "... (1000 characters)"
+    assert show(Decimal("1E+999999999")) == "1E+999999999"
+    assert show(timedelta.max) == repr(timedelta.max)
+    assert show(Loud()) == "a value of type Loud"
+    assert show(Loud) == "the class Loud"
+
+
+@pytest.mark.parametrize(
+    ("value", "shown"),
+    [
+        (True, "True"),
+        (1.0, "1.0"),
+        (-1, "-1"),
+        (MAX_UNITS + 1, str(MAX_UNITS + 1)),
+        (10**5000, "an int of 16610 bits"),
+        ("1", "'1'"),
+        (Decimal(1), "1"),
+        (Loud(), "a value of type Loud"),
+    ],
+    ids=["bool", "float", "negative", "above", "huge", "str", "decimal", "loud"],
+)
+def test_check_int_takes_only_ints_within_its_bounds(value: object, shown: str) -> None:
+    with pytest.raises(InvalidInput) as caught:
+        check_int(value, "cost", 0, MAX_UNITS)
+
+    assert str(caught.value) == f"cost must be an int between 0 and {MAX_UNITS}, got {shown}"
+    assert check_int(MAX_UNITS, "cost", 0, MAX_UNITS) == MAX_UNITS
+
+
+def test_check_int_with_one_accepted_value_names_it() -> None:
+    with pytest.raises(InvalidInput) as caught:
+        check_int(2, "cost", 1, 1)
+
+    assert str(caught.value) == "cost must be 1, got 2"
+    assert check_int(1, "cost", 1, 1) == 1
+
+
+@pytest.mark.parametrize("value", ["no", 1, None, Loud()], ids=["str", "int", "none", "loud"])
+def test_check_flag_takes_only_bools(value: object) -> None:
+    with pytest.raises(InvalidInput, match=r"^partial must be True or False, got "):
+        check_flag(value, "partial")
+    assert check_flag(False, "partial") is False
+
+
+@pytest.mark.parametrize(
+    ("value", "shown"),
+    [
+        ("", "''"),
+        ("r" * 1_025, "(1025 long)"),
+        (17, "17"),
+        (10**5000, "16610 bits"),
+        (Loud(), "Loud"),
+    ],
+    ids=["empty", "long", "int", "huge", "loud"],
+)
+def test_check_request_id_takes_a_short_non_empty_str(value: object, shown: str) -> None:
+    with pytest.raises(
+        InvalidInput, match=r"^request_id must be a non-empty str of at most 1024"
+    ) as caught:
+        check_request_id(value)
+
+    assert shown in str(caught.value)
+    assert check_request_id("r" * 1_024) == "r" * 1_024
+
+
+@pytest.mark.parametrize(
+    ("value", "says"),
+    [
+        (None, "a list or tuple of Hit objects, got None"),
+        ("abc", "a list or tuple of Hit objects, got 'abc'"),
+        (Loud(), "a list or tuple of Hit objects, got a value of type Loud"),
+        ([], "at least one Hit"),
+        ([Hit(RATE, "s")] * (MAX_HITS + 1), f"at most {MAX_HITS} hits, got {MAX_HITS + 1}"),
+    ],
+    ids=["none", "str", "loud", "empty", "too-many"],
+)
+def test_check_hits_takes_a_list_or_tuple_of_at_most_max_hits(value: object, says: str) -> None:
+    with pytest.raises(InvalidInput, match=re.escape(says)):
+        check_hits(value)
+    hits = (Hit(RATE, "s"),) * MAX_HITS
+    assert check_hits(hits) is hits
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        timedelta(days=366, microseconds=1),
+        timedelta.max,
+        timedelta(microseconds=999),
+        timedelta(0),
+        300,
+        10**5000,
+        Loud(),
+    ],
+    ids=["above", "max", "under-1-ms", "zero", "int", "huge", "loud"],
+)
+def test_hold_us_takes_1_ms_to_366_days(value: object) -> None:
+    with pytest.raises(InvalidInput, match=r"^ttl must be a timedelta from 1 ms to 366 days, got "):
+        hold_us(value, "ttl")
+    assert hold_us(MAX_HOLD) == MAX_HOLD // timedelta(microseconds=1)
+    assert hold_us(timedelta(milliseconds=1)) == 1_000
+
+
+# Each test below states a bound whose check is in _checks.py and is called
+# from _engine.py, limiter.py or a spec's _cost_units; the reason names the
+# call. Strict: once the call is in place the test passes, and the marker
+# must go.
+
+SLOTS = Concurrency(name="slots", limit=2)
+
+
+@pytest.mark.xfail(
+    strict=True, reason="RateLimit._cost_units: return check_int(cost, 'cost', 0, MAX_UNITS)"
+)
+def test_a_huge_int_cost_on_a_rate_limit_is_invalid_input(nowhere: Limiter) -> None:
+    with pytest.raises(InvalidInput, match="an int of 16610 bits"):
+        nowhere.hit(RATE, "s", 10**5000)
+
+
+@pytest.mark.xfail(
+    strict=True, reason="Concurrency._cost_units: return check_int(cost, 'cost', 1, 1)"
+)
+def test_a_lease_cost_other_than_1_is_invalid_input_whatever_its_type(nowhere: Limiter) -> None:
+    with pytest.raises(InvalidInput, match="an int of 16610 bits"):
+        nowhere.acquire([Hit(SLOTS, "s", 10**5000)])
+    with pytest.raises(InvalidInput, match="a value of type Loud"):
+        nowhere.acquire([Hit(SLOTS, "s", Loud())])
+
+
+@pytest.mark.xfail(
+    strict=True, reason="_engine._request_part: encode(check_request_id(request_id))"
+)
+def test_a_request_id_that_is_not_text_is_invalid_input_whatever_it_is(nowhere: Limiter) -> None:
+    with pytest.raises(InvalidInput, match="an int of 16610 bits"):
+        nowhere.hit(RATE, "s", request_id=10**5000)  # type: ignore[arg-type]
+    with pytest.raises(InvalidInput, match="a value of type Loud"):
+        nowhere.hit(RATE, "s", request_id=Loud())  # type: ignore[arg-type]
+
+
+@pytest.mark.xfail(strict=True, reason="_engine._hold_us: return hold_us(hold)")
+def test_a_reservation_held_longer_than_366_days_is_invalid_input(nowhere: Limiter) -> None:
+    with pytest.raises(InvalidInput, match="366 days"):
+        nowhere.reserve(CAP, "s", Decimal(1), ttl=timedelta(days=366, milliseconds=1))
+    with pytest.raises(InvalidInput, match="366 days"):
+        nowhere.acquire([Hit(CAP, "s", Decimal(1), hold=timedelta.max)])
+
+
+@pytest.mark.xfail(strict=True, reason="Engine.hit: check_flag(partial, 'partial')")
+def test_partial_must_be_a_bool(nowhere: Limiter) -> None:
+    with pytest.raises(InvalidInput, match="partial must be True or False, got 'no'"):
+        nowhere.hit(RATE, "s", partial="no")  # type: ignore[arg-type]
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="Limiter/AsyncLimiter.lease and .reservation: check_flag(raise_on_deny, ...)",
+)
+def test_raise_on_deny_must_be_a_bool(nowhere: Limiter) -> None:
+    with pytest.raises(InvalidInput, match="raise_on_deny must be True or False"):
+        nowhere.lease(SLOTS, "s", raise_on_deny="no")  # type: ignore[arg-type]
+    with pytest.raises(InvalidInput, match="raise_on_deny must be True or False"):
+        nowhere.reservation(CAP, "s", Decimal(1), raise_on_deny="no")  # type: ignore[arg-type]
+
+
+@pytest.mark.xfail(strict=True, reason="Engine.acquire: hits = check_hits(hits), first")
+def test_acquire_takes_a_list_or_tuple_of_at_most_64_hits(nowhere: Limiter) -> None:
+    with pytest.raises(InvalidInput, match="list or tuple of Hit objects, got None"):
+        nowhere.acquire(None)  # type: ignore[arg-type]
+    with pytest.raises(InvalidInput, match="at most 64 hits"):
+        nowhere.acquire([Hit(RATE, f"s{n}") for n in range(MAX_HITS + 1)])
+
+
+@pytest.mark.xfail(
+    strict=True, reason="Engine.__init__: show(time_source) and show(clock) in its messages"
+)
+def test_limiter_options_of_any_type_are_refused_as_invalid_input() -> None:
+    client = redis.Redis(host="127.0.0.1", port=free_port())
+    with pytest.raises(InvalidInput, match="time_source"):
+        Limiter(client, time_source=10**5000)  # type: ignore[arg-type]
+    with pytest.raises(InvalidInput, match="clock"):
+        Limiter(client, clock=Loud())  # type: ignore[arg-type]
