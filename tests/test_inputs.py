@@ -25,6 +25,7 @@ from atomlimit._checks import (
     MAX_HITS,
     MAX_HOLD,
     MAX_VALUE,
+    check_choice,
     check_flag,
     check_hits,
     check_int,
@@ -478,6 +479,20 @@ def test_check_flag_takes_only_bools(value: object) -> None:
 
 @pytest.mark.parametrize(
     ("value", "shown"),
+    [("gps", "'gps'"), ("s" * 65_537, "(65537 long)"), (10**5000, "16610 bits"), (Loud(), "Loud")],
+    ids=["unknown", "long", "huge", "loud"],
+)
+def test_check_choice_compares_only_text(value: object, shown: str) -> None:
+    with pytest.raises(InvalidInput) as caught:
+        check_choice(value, "time_source", ("server", "client"))
+
+    assert str(caught.value).startswith("time_source must be 'server' or 'client', got ")
+    assert str(caught.value).endswith(shown)
+    assert check_choice("client", "time_source", ("server", "client")) == "client"
+
+
+@pytest.mark.parametrize(
+    ("value", "shown"),
     [
         ("", "''"),
         ("r" * 1_025, "(1025 long)"),
@@ -605,11 +620,18 @@ def test_acquire_takes_a_list_or_tuple_of_at_most_64_hits(nowhere: Limiter) -> N
 
 
 @pytest.mark.xfail(
-    strict=True, reason="Engine.__init__: show(time_source) and show(clock) in its messages"
+    strict=True,
+    reason="Engine.__init__: check_choice(time_source, 'time_source', ('server', 'client')), "
+    "and show(clock) in its message",
 )
 def test_limiter_options_of_any_type_are_refused_as_invalid_input() -> None:
     client = redis.Redis(host="127.0.0.1", port=free_port())
     with pytest.raises(InvalidInput, match="time_source"):
         Limiter(client, time_source=10**5000)  # type: ignore[arg-type]
+    with pytest.raises(InvalidInput, match="time_source") as caught:
+        Limiter(client, time_source="x" * 65_537)  # type: ignore[arg-type]
+    assert len(str(caught.value)) <= SHORT
+    with pytest.raises(InvalidInput, match="time_source"):
+        Limiter(client, time_source=Loud())  # type: ignore[arg-type]
     with pytest.raises(InvalidInput, match="clock"):
         Limiter(client, clock=Loud())  # type: ignore[arg-type]

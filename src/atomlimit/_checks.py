@@ -136,6 +136,14 @@ def check_flag(value: object, what: str) -> bool:
     raise InvalidInput(f"{what} must be True or False, got {show(value)}")
 
 
+def check_choice(value: object, what: str, choices: tuple[str, ...]) -> str:
+    """``value`` if it is one of ``choices``; its type is checked before any comparison."""
+    if type(value) is str and value in choices:
+        return value
+    accepted = " or ".join(repr(choice) for choice in choices)
+    raise InvalidInput(f"{what} must be {accepted}, got {show(value)}")
+
+
 def check_request_id(value: object) -> str:
     """``value`` if it can name a charge: a non-empty str of at most MAX_REQUEST_ID."""
     if type(value) is str and 0 < len(value) <= MAX_REQUEST_ID:
