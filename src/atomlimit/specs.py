@@ -141,8 +141,9 @@ class _Windowed(Spec[Amount], Generic[Amount]):
     @classmethod
     def _known_window(cls, value: object) -> Window:
         if isinstance(value, timedelta):
-            # Whole milliseconds, because expiries are set in milliseconds;
-            # at most a leap year, so every boundary stays far below 2**53 µs.
+            # Whole milliseconds, the unit the server keeps expiries in, like
+            # every other duration here; at most a leap year, so every planned
+            # boundary stays far below 2**53 µs.
             if not _MS <= value <= MAX_WINDOW or value % _MS:
                 raise ValueError(
                     "a timedelta window must be whole milliseconds, at least 1 ms and at "
