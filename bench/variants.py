@@ -91,9 +91,7 @@ class Variant:
 # --------------------------------------------------------------------------
 
 FIXED = RateLimit(name="bench-fixed", limit=HUGE, window="minute")
-GCRA = RateLimit(
-    name="bench-gcra", limit=10**6, window="second", algorithm="gcra", burst=10**12
-)
+GCRA = RateLimit(name="bench-gcra", limit=10**6, window="second", algorithm="gcra", burst=10**12)
 # Near the most a SpendCap holds at its default unit (2**53 - 1 millionths).
 CAP = SpendCap(name="bench-cap", limit=Decimal("9000000000"), currency="AUD", window="day")
 SLIDING_COUNTER = RateLimit(

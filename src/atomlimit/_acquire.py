@@ -15,6 +15,7 @@ from collections.abc import Generator, Sequence
 from functools import partial
 from typing import Any, NamedTuple
 
+from atomlimit._checks import check_hits
 from atomlimit._engine import Charged, Engine, Item, request_part
 from atomlimit._steps import Flow, Plan
 from atomlimit.decision import Decision
@@ -40,9 +41,7 @@ def acquire(engine: Engine, hits: Sequence[Hit[Any]], request_id: str | None) ->
 
     A backend failure part-way undoes what this send charged, then re-raises.
     """
-    items = [_hit_item(engine, hit) for hit in hits]
-    if not items:
-        raise InvalidInput("acquire needs at least one Hit")
+    items = [_hit_item(engine, hit) for hit in check_hits(hits)]
     groups = _groups(items)
     if len(groups) > 1 or request_id is not None:
         # Several subjects are undone from records; a caller's id is

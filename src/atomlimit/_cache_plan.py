@@ -20,7 +20,7 @@ from collections.abc import Callable, Sequence
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
-from atomlimit._checks import MAX_TTL, check_part, whole_ms
+from atomlimit._checks import check_part, check_value, days, show, whole_ms
 from atomlimit._scripts import script
 from atomlimit._steps import PRODUCE, Call, Command, Flow, Sleep
 from atomlimit._values import encode, ok, reader
@@ -30,6 +30,15 @@ if TYPE_CHECKING:
     from atomlimit.cache import Category
 
 MAX_PARTS = 16
+MAX_WAIT = timedelta(days=1)
+"""Longest a get_or_set waits for another worker's factory."""
+MAX_LOCK_TTL = timedelta(days=1)
+"""Longest a get_or_set lock outlives a holder that never releases it.
+
+A factory that runs longer than a day is not filling a cache; a lock that
+long would leave every other worker producing the value itself after its
+wait, which is the stampede the lock is there to prevent.
+"""
 LOCK_SUFFIX = "::lock"
 """Appended to an entry key to name its single-flight lock. Key parts are
 never empty, so no entry key contains ``::`` and no lock can pose as an entry."""
@@ -57,7 +66,7 @@ class CachePlan:
     def __init__(self, version: str, wait: timedelta, lock_ttl: timedelta) -> None:
         self._head = check_part(version, "version") + ":"
         self._wait = _seconds(wait, "wait")
-        self._lock_ms = whole_ms(lock_ttl, "lock_ttl")
+        self._lock_ms = _lock_ms(lock_ttl)
 
     def key(self, category: Category[Any], parts: Parts) -> str:
         """``<version>:<category>:<part>[:<part>...]``, the seed's cache key."""
@@ -94,7 +103,7 @@ class CachePlan:
         """
         key = self.key(category, parts)
         wait_s = self._wait if wait is None else _seconds(wait, "wait")
-        lock_ms = self._lock_ms if lock_ttl is None else whole_ms(lock_ttl, "lock_ttl")
+        lock_ms = self._lock_ms if lock_ttl is None else _lock_ms(lock_ttl)
         return _single_flight(category, key, wait_s, lock_ms, clock)
 
 
@@ -167,7 +176,8 @@ def _read(category: Category[Any], key: str) -> Command:
 
 
 def _write(category: Category[Any], key: str, value: object) -> Command:
-    data = encode(category.model, value, f"category {category.name!r}")
+    what = f"category {category.name!r}"
+    data = check_value(encode(category.model, value, what), what)
     return Command(("SET", key, data, "PX", category._ttl_ms), ok)
 
 
@@ -187,8 +197,12 @@ def _identifier(parts: Parts) -> str:
 
 
 def _seconds(value: object, what: str) -> float:
-    if not isinstance(value, timedelta) or not timedelta(0) <= value <= MAX_TTL:
+    if not isinstance(value, timedelta) or not timedelta(0) <= value <= MAX_WAIT:
         raise InvalidInput(
-            f"{what} must be a timedelta from 0 to {MAX_TTL.days} days, got {value!r}"
+            f"{what} must be a timedelta from 0 to {days(MAX_WAIT)}, got {show(value)}"
         )
     return value.total_seconds()
+
+
+def _lock_ms(value: object) -> int:
+    return whole_ms(value, "lock_ttl", MAX_LOCK_TTL)

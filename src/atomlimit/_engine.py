@@ -20,7 +20,14 @@ from decimal import Decimal
 from typing import Any, Literal, NamedTuple
 
 from atomlimit import _keys
-from atomlimit._checks import whole_ms
+from atomlimit._checks import (
+    MAX_SUBJECT,
+    check_choice,
+    check_flag,
+    check_request_id,
+    whole_ms,
+)
+from atomlimit._checks import hold_us as check_hold
 from atomlimit._kinds import (
     GENERATED,
     PARTIAL,
@@ -47,10 +54,6 @@ DEFAULT_HOLD = timedelta(minutes=5)
 
 _REUSED = -2
 _CHARGED = (1, 2)
-_MAX_SUBJECT = 65_536
-_MAX_REQUEST_ID = 1_024
-_US = timedelta(microseconds=1)
-_MAX_HOLD = timedelta(days=366)
 _TAGS: dict[str, str] = {}
 """Recent subjects' hash tags: encoding a subject costs more than a hit's
 other planning, and traffic keeps coming back to the same subjects."""
@@ -165,8 +168,7 @@ class Engine:
         retry_ttl: timedelta = DEFAULT_RETRY_TTL,
         new_id: Callable[[], str] = new_id,
     ) -> None:
-        if time_source not in ("server", "client"):
-            raise InvalidInput(f"time_source must be 'server' or 'client', got {time_source!r}")
+        check_choice(time_source, "time_source", ("server", "client"))
         self._ns = _keys.namespace(prefix)
         self._client_time = time_source == "client"
         self._new_id = new_id
@@ -209,8 +211,8 @@ class Engine:
         if hold is not None:
             if not isinstance(codec, Spend):
                 raise InvalidInput("hold: only a SpendCap can hold a reservation")
-            hold_us = _hold_us(hold)
-        flags = codec.flags | PARTIAL if partial else codec.flags
+            hold_us = check_hold(hold)
+        flags = codec.flags | PARTIAL if check_flag(partial, "partial") else codec.flags
         return Item(spec, subject, tag, base, codec, codec.units(cost), flags, hold_us)
 
     # -- single calls ------------------------------------------------------------
@@ -534,8 +536,8 @@ class Engine:
             raise InvalidInput(f"expected a limit spec, got {type(spec).__name__}")
         if type(subject) is not str:
             raise InvalidInput(f"subject must be a str, got {type(subject).__name__}")
-        if len(subject) > _MAX_SUBJECT:
-            raise InvalidInput(f"subject must be at most {_MAX_SUBJECT} characters")
+        if len(subject) > MAX_SUBJECT:
+            raise InvalidInput(f"subject must be at most {MAX_SUBJECT} characters")
         tag = _TAGS.get(subject)
         if tag is None:
             tag = _keys.subject_tag(subject)
@@ -575,27 +577,13 @@ def _decisions(
     return decisions
 
 
-def _hold_us(hold: object) -> int:
-    if not isinstance(hold, timedelta) or not timedelta(milliseconds=1) <= hold <= _MAX_HOLD:
-        raise InvalidInput(
-            f"hold must be a timedelta from 1 ms to {_MAX_HOLD.days} days, got {hold!r:.80}"
-        )
-    if hold % _US:
-        raise InvalidInput(f"hold must be whole microseconds, got {hold!r}")
-    return hold // _US
-
-
 def _discard(reply: object) -> None:
     return None
 
 
 def request_part(request_id: object) -> str:
     """A request id as it stands in keys and scripts."""
-    if type(request_id) is not str or not 0 < len(request_id) <= _MAX_REQUEST_ID:
-        raise InvalidInput(
-            f"request_id must be a non-empty str of at most {_MAX_REQUEST_ID} characters, "
-            f"got {request_id!r:.80}"
-        )
+    request_id = check_request_id(request_id)
     # Generated ids ("@" and 24 hex digits) stand as they are, so one handed
     # out in a BackendError works as a request_id; every other id is encoded
     # like a subject, and encoding never yields "@", so the two never meet.

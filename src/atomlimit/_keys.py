@@ -23,6 +23,7 @@ import hashlib
 import re
 from urllib.parse import quote
 
+from atomlimit._checks import show
 from atomlimit.errors import InvalidInput
 
 SCHEMA = "v1"
@@ -46,7 +47,9 @@ def encode(part: str) -> str:
 def namespace(prefix: str) -> str:
     """The versioned key prefix, after checking the caller's ``prefix``."""
     if not isinstance(prefix, str) or not _PREFIX.fullmatch(prefix):
-        raise InvalidInput(f"prefix must be 1-64 characters of A-Z a-z 0-9 _ . -, got {prefix!r}")
+        raise InvalidInput(
+            f"prefix must be 1-64 characters of A-Z a-z 0-9 _ . -, got {show(prefix)}"
+        )
     return f"{prefix}:{SCHEMA}:"
 
 

@@ -29,18 +29,17 @@ from typing import TYPE_CHECKING, Any, Generic
 from zoneinfo import ZoneInfo
 
 from atomlimit import _keys
-from atomlimit._money import from_units, to_units
+from atomlimit._checks import check_int
+from atomlimit._money import MAX_UNITS, from_units, to_units
 from atomlimit._scripts import Script, script
 from atomlimit._windows import UNIT_LENGTHS, WindowPlan
 from atomlimit._wire import Arg, Packed
 from atomlimit.decision import Amount, Decision, decided
-from atomlimit.errors import InvalidInput
 
 if TYPE_CHECKING:
     from atomlimit.specs import Spec
 
 _US = timedelta(microseconds=1)
-_MAX_UNITS = 2**53 - 1
 PARTIAL, SHADOW = 1, 2
 DENIED, FITS, SHADOWED = 0, 1, 3
 REPLAN, READ_HOLDS = -1, -3
@@ -75,13 +74,9 @@ class Codec(Generic[Amount]):
 
     def units(self, cost: object) -> int:
         """A cost in integer units, or InvalidInput."""
-        if type(cost) is not int:
-            raise InvalidInput(
-                f"cost must be an int for a {self.spec_name}, got {type(cost).__name__}"
-            )
-        if not 0 <= cost <= _MAX_UNITS:
-            raise InvalidInput(f"cost must be between 0 and {_MAX_UNITS}, got {_number(cost)}")
-        return cost
+        if type(cost) is int and 0 <= cost <= MAX_UNITS:
+            return cost
+        return check_int(cost, "cost", 0, MAX_UNITS)
 
     def state_keys(self, base: str, t: int) -> tuple[str, ...]:
         """Every key the kind's state lives in, at the planned instant ``t``."""
@@ -237,7 +232,7 @@ class Spend(_Windowed[Decimal]):
     peek = script("peek_spend")
 
     def __init__(self, spec: Any) -> None:
-        self._exponent = -int(spec.unit.normalize().as_tuple().exponent)
+        self._exponent = -spec.unit.adjusted()
         # Amounts are shown with as many decimals as the limit was written
         # with, never fewer: Decimal("100.00") reports 0.37, not 0.370000.
         self._places = min(max(0, -int(spec.limit.as_tuple().exponent)), self._exponent)
@@ -326,9 +321,7 @@ class Lease(Codec[int]):
         self._lease: int = spec.lease // _US
 
     def units(self, cost: object) -> int:
-        if type(cost) is not int or cost != 1:
-            raise InvalidInput(f"cost must be 1 for a Concurrency lease, got {_short(cost)}")
-        return 1
+        return check_int(cost, "cost", 1, 1)
 
     def extras(self, t: int) -> tuple[Arg, ...]:
         return (self._lease,)
@@ -372,15 +365,3 @@ def item_reply(reply: Sequence[Any], index: int) -> Sequence[Any]:
 def _length_us(spec: Any) -> int:
     length = spec.window if isinstance(spec.window, timedelta) else UNIT_LENGTHS[spec.window]
     return length // _US
-
-
-def _short(value: object) -> str:
-    if isinstance(value, int) and not isinstance(value, bool):
-        return _number(value)
-    return f"{value!r:.40}"
-
-
-def _number(value: int) -> str:
-    # Formatting an int of thousands of digits is slow, and past 4,300 digits
-    # Python refuses it: name its size instead.
-    return str(value) if value.bit_length() < 64 else f"an int of {value.bit_length()} bits"

@@ -49,6 +49,7 @@ from redis.exceptions import (
 
 from atomlimit import _wire
 from atomlimit._batch import Lane, Lost
+from atomlimit._checks import show
 from atomlimit._scripts import Script
 from atomlimit._steps import Call, Command, Flow, Plan, Produce, Sleep, Step
 from atomlimit.errors import Applied, BackendError, InvalidInput
@@ -181,14 +182,14 @@ def clock_reader(clock: Callable[[], float] | None) -> Callable[[], int]:
     if clock is None:
         return lambda: int(time.time() * 1_000_000)
     if not callable(clock):
-        raise InvalidInput(f"clock must be a callable returning epoch seconds, got {clock!r:.80}")
+        raise InvalidInput(f"clock must be a callable returning epoch seconds, got {show(clock)}")
 
     def read() -> int:
         seconds = clock()
         if type(seconds) not in (float, int) or not 0 < seconds < _MAX_CLOCK:
             raise InvalidInput(
                 f"clock() must return epoch seconds as a finite number between 0 and "
-                f"{_MAX_CLOCK:.0f}, got {seconds!r:.80}"
+                f"{_MAX_CLOCK:.0f}, got {show(seconds)}"
             )
         return int(seconds * 1_000_000)
 

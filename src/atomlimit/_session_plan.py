@@ -23,9 +23,9 @@ from typing import TypeGuard
 
 from pydantic import BaseModel
 
-from atomlimit._checks import whole_ms
+from atomlimit._checks import check_model, check_value, whole_ms
 from atomlimit._steps import Command
-from atomlimit._values import check_model, encode, ok, reader
+from atomlimit._values import encode, ok, reader
 from atomlimit.errors import BackendError
 
 KEY_PREFIX = "session:"
@@ -60,7 +60,7 @@ class SessionPlan:
 
     def create(self, data: object) -> tuple[str, Command]:
         """A new id, and the command that stores ``data`` under it if it is free."""
-        payload = encode(self._model, data, "create")
+        payload = check_value(encode(self._model, data, "create"), "create")
         session_id = new_id()
         args = ("SET", KEY_PREFIX + session_id, payload, "NX", "PX", self._ttl_ms)
         return session_id, Command(args, _created)
@@ -73,7 +73,7 @@ class SessionPlan:
 
     def update(self, session_id: object, data: object) -> Command | None:
         """Replace a live session's data and restart its TTL; None for a malformed id."""
-        payload = encode(self._model, data, "update")
+        payload = check_value(encode(self._model, data, "update"), "update")
         if not well_formed(session_id):
             return None
         return Command(("SET", KEY_PREFIX + session_id, payload, "XX", "PX", self._ttl_ms), ok)

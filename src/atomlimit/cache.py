@@ -31,14 +31,15 @@ from redis.asyncio.cluster import RedisCluster as AsyncRedisCluster
 from redis.cluster import RedisCluster
 
 from atomlimit._cache_plan import CachePlan, Parts
-from atomlimit._checks import check_part, whole_ms
+from atomlimit._checks import check_model, check_part, show, whole_ms
 from atomlimit._runner import AsyncRunner, SyncRunner
-from atomlimit._values import check_model
+from atomlimit.errors import InvalidInput
 
 __all__ = ["AsyncCache", "Cache", "Category"]
 
 T = TypeVar("T")
 M = TypeVar("M", bound=BaseModel)
+F = TypeVar("F")
 
 DEFAULT_VERSION = "v1"
 """The seed's ``CACHE_VERSION``."""
@@ -152,7 +153,7 @@ class Cache:
         override the cache's defaults for this call.
         """
         flow = self._plan.get_or_set(category, parts, wait=wait, lock_ttl=lock_ttl)
-        value: T = self._runner.drive(flow, factory)
+        value: T = self._runner.drive(flow, _callable(factory))
         return value
 
 
@@ -214,5 +215,13 @@ class AsyncCache:
         holds the lock leaves the lock to expire after ``lock_ttl``.
         """
         flow = self._plan.get_or_set(category, parts, wait=wait, lock_ttl=lock_ttl)
-        value: T = await self._runner.drive(flow, factory)
+        value: T = await self._runner.drive(flow, _callable(factory))
         return value
+
+
+def _callable(factory: F) -> F:
+    # Checked before the flow takes the lock: a factory that cannot be called
+    # would fail only after the lock was written.
+    if not callable(factory):
+        raise InvalidInput(f"factory must be callable, got {show(factory)}")
+    return factory

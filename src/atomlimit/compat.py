@@ -14,21 +14,19 @@ from collections.abc import Callable, Sequence
 from decimal import Decimal
 from typing import Any
 from uuid import UUID
-from zoneinfo import ZoneInfo
 
 import redis.asyncio
 from redis.asyncio.cluster import RedisCluster as AsyncRedisCluster
 
-from atomlimit._checks import check_part
+from atomlimit._checks import check_int, check_part, check_zone
 from atomlimit._engine import Engine
 from atomlimit._kinds import REPLAN, new_id
-from atomlimit._money import to_units
+from atomlimit._money import MAX_UNITS, to_units
 from atomlimit._runner import AsyncRunner
 from atomlimit._scripts import Script, script
 from atomlimit._steps import Call, Command
 from atomlimit._windows import WindowPlan
 from atomlimit._wire import Arg
-from atomlimit.errors import InvalidInput
 from atomlimit.limiter import DEFAULT_MAX_CONNECTIONS, DEFAULT_POOL_TIMEOUT
 
 __all__ = ["CACHE_VERSION", "DAILY_AI_SPEND_LIMIT", "RedisClient", "cache_key"]
@@ -71,10 +69,7 @@ class RedisClient:
         max_connections: int = DEFAULT_MAX_CONNECTIONS,
         **redis_options: Any,
     ) -> None:
-        try:
-            zone = ZoneInfo(tz)
-        except Exception as err:
-            raise InvalidInput(f"tz: unknown IANA time zone {tz!r}") from err
+        zone = check_zone(tz, "tz")
         text = {"encoding": "utf-8", "decode_responses": True}
         self.redis: redis.asyncio.Redis | AsyncRedisCluster
         if cluster:
@@ -102,6 +97,7 @@ class RedisClient:
         Racy when paired with :meth:`increment_rate_limit`; prefer
         :meth:`try_rate_limit`.
         """
+        limit = _limit(limit)
         current = await self._runner.send(
             Command(("GET", _rate_key(resource_type, resource_id)), _same)
         )
@@ -118,8 +114,7 @@ class RedisClient:
         Returns True if the use was counted, False (counting nothing) if the
         limit was already reached.
         """
-        if type(limit) is not int or limit < 0:
-            raise InvalidInput(f"limit must be a non-negative int, got {limit!r}")
+        limit = _limit(limit)
         status, _ = await self._count(_rate_key(resource_type, resource_id), limit)
         return status in _APPLIED
 
@@ -208,8 +203,14 @@ def _exact(amount: object) -> object:
     as Decimal("0.37"), not as the binary value 0.36999999999999999555.
     """
     if isinstance(amount, float):
-        return Decimal(repr(amount))
+        # float's own repr: a subclass's (numpy.float64's) may not be a number.
+        return Decimal(float.__repr__(amount))
     return amount
+
+
+def _limit(value: object) -> int:
+    # Lua compares it as a double: above 2**53 it would not be exact.
+    return check_int(value, "limit", 0, MAX_UNITS)
 
 
 def _identifier(value: object, field: str) -> str:

@@ -22,6 +22,7 @@ from redis.asyncio.cluster import RedisCluster as AsyncRedisCluster
 from redis.cluster import RedisCluster
 
 from atomlimit._acquire import Acquisition, acquire
+from atomlimit._checks import check_flag
 from atomlimit._engine import (
     DEFAULT_HOLD,
     DEFAULT_REQUEST_TTL,
@@ -43,6 +44,8 @@ LeaseT = TypeVar("LeaseT", Lease, AsyncLease)
 ReservationT = TypeVar("ReservationT", Reservation, AsyncReservation)
 
 DEFAULT_MAX_CONNECTIONS = 50
+MAX_MANY = 10_000
+"""Most hits one hit_many decides: one round trip of about a megabyte."""
 DEFAULT_POOL_TIMEOUT = 20.0
 
 
@@ -204,6 +207,7 @@ class Limiter:
         Raises :class:`~atomlimit.LimitExceeded` when the cap is full, unless
         ``raise_on_deny`` is False.
         """
+        check_flag(raise_on_deny, "raise_on_deny")
         return _granted(self.reserve(cap, subject, estimate, ttl=ttl), raise_on_deny)
 
     def lease(
@@ -219,6 +223,7 @@ class Limiter:
         Raises :class:`~atomlimit.LimitExceeded` when every slot is taken,
         unless ``raise_on_deny`` is False.
         """
+        check_flag(raise_on_deny, "raise_on_deny")
         runner = self._open()
         held = self._engine.lease(limit, subject, request_id, runner.now())
         decision = runner.run(held.call)
@@ -433,6 +438,7 @@ class AsyncLimiter:
         Raises :class:`~atomlimit.LimitExceeded` when the cap is full, unless
         ``raise_on_deny`` is False.
         """
+        check_flag(raise_on_deny, "raise_on_deny")
         return Pending(lambda: self.reserve(cap, subject, estimate, ttl=ttl), raise_on_deny)
 
     def lease(
@@ -448,6 +454,8 @@ class AsyncLimiter:
         Raises :class:`~atomlimit.LimitExceeded` when every slot is taken,
         unless ``raise_on_deny`` is False.
         """
+
+        check_flag(raise_on_deny, "raise_on_deny")
 
         async def take() -> AsyncLease:
             runner = self._open()
@@ -487,6 +495,8 @@ class AsyncLimiter:
 
 
 def _hit_calls(engine: Engine, hits: Sequence[Hit[Any]], local: int) -> list[Call]:
+    if not isinstance(hits, list | tuple) or len(hits) > MAX_MANY:
+        raise InvalidInput(f"hit_many takes a list or tuple of at most {MAX_MANY} Hit objects")
     calls = []
     for hit in hits:
         if not isinstance(hit, Hit):

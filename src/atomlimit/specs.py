@@ -14,7 +14,6 @@ from datetime import timedelta
 from decimal import Decimal
 from functools import cached_property
 from typing import TYPE_CHECKING, Annotated, Any, Generic, Literal, Self
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import (
     BaseModel,
@@ -27,7 +26,8 @@ from pydantic import (
     model_validator,
 )
 
-from atomlimit._money import MAX_UNITS, to_units
+from atomlimit._checks import MAX_LEASE, MAX_WINDOW, find_zone, show
+from atomlimit._money import MAX_DIGITS, MAX_UNITS, to_units
 from atomlimit._windows import CALENDAR_UNITS, UNIT_LENGTHS, Window
 from atomlimit.decision import Amount
 from atomlimit.errors import InvalidInput
@@ -36,9 +36,12 @@ if TYPE_CHECKING:
     from atomlimit._kinds import Codec
 
 _MS = timedelta(milliseconds=1)
-MAX_DURATION = timedelta(days=366)
-"""Longest window, lease or hold: instants a window or hold away from now
-stay far inside the exact range of Lua's numbers."""
+MAX_AMOUNT_TEXT = 64
+"""Longest decimal string read as an amount; parsing is checked by length first."""
+_MAX_PROBLEMS = 5
+"""Problems named in one InvalidInput; a model with thousands of bad fields
+would otherwise make a message of any length."""
+_MAX_FIELD = 40
 _CURRENCY = re.compile(r"[A-Za-z][A-Za-z0-9_\-]{0,15}")
 Algorithm = Literal["fixed_window", "gcra", "sliding_log", "sliding_counter"]
 
@@ -87,28 +90,27 @@ class _Windowed(Spec[Amount], Generic[Amount]):
     @classmethod
     def _known_window(cls, value: object) -> Window:
         if isinstance(value, timedelta):
-            # Whole milliseconds: a window's state expires with it, and Redis
-            # expires keys to the millisecond.
-            if not _MS <= value <= MAX_DURATION or value % _MS:
+            # Whole milliseconds, the unit the server keeps expiries in, like
+            # every other duration here; at most a leap year, so every planned
+            # boundary stays far below 2**53 µs.
+            if not _MS <= value <= MAX_WINDOW or value % _MS:
                 raise ValueError(
-                    f"a timedelta window must be whole milliseconds, from 1 ms to "
-                    f"{MAX_DURATION.days} days, got {value!r:.60}"
+                    "a timedelta window must be whole milliseconds, at least 1 ms and at "
+                    f"most {MAX_WINDOW.days} days, got {show(value)}"
                 )
             return value
         if isinstance(value, str) and value in CALENDAR_UNITS:
             return value
         units = ", ".join(CALENDAR_UNITS)
-        raise ValueError(f"must be one of {units} or a datetime.timedelta, got {value!r}")
+        raise ValueError(f"must be one of {units} or a datetime.timedelta, got {show(value)}")
 
     @field_validator("tz", mode="plain")
     @classmethod
     def _known_zone(cls, value: object) -> str:
         if not isinstance(value, str):
-            raise ValueError(f"must be an IANA time zone name, got {value!r}")
-        try:
-            ZoneInfo(value)
-        except (ZoneInfoNotFoundError, ValueError) as err:
-            raise ValueError(f"unknown IANA time zone {value!r}") from err
+            raise ValueError(f"must be an IANA time zone name, got {show(value)}")
+        if find_zone(value) is None:
+            raise ValueError(f"unknown IANA time zone {show(value)}")
         return value
 
     @model_validator(mode="after")
@@ -153,6 +155,10 @@ class RateLimit(_Windowed[int]):
 
     @model_validator(mode="after")
     def _algorithm_fits(self) -> Self:
+        if self.max_log > MAX_UNITS:
+            raise ValueError(
+                f"max_log: must be an int between 1 and {MAX_UNITS}, got {show(self.max_log)}"
+            )
         if self.algorithm == "fixed_window":
             if self.burst is not None:
                 raise ValueError("burst: only the gcra algorithm takes a burst")
@@ -208,19 +214,31 @@ class SpendCap(_Windowed[Decimal]):
     @field_validator("limit", mode="plain")
     @classmethod
     def _exact_limit(cls, value: object) -> Decimal:
+        # Only the type and sign are checked here: the range, which depends
+        # on the unit, is checked by magnitude in _limit_in_units.
         if isinstance(value, str):
+            if len(value) > MAX_AMOUNT_TEXT:
+                raise ValueError(
+                    f"a decimal string must be at most {MAX_AMOUNT_TEXT} characters, "
+                    f"got {show(value)}"
+                )
             try:
                 value = Decimal(value)
             except ArithmeticError as err:
-                raise ValueError(f"not a decimal number: {value!r}") from err
+                raise ValueError(f"not a decimal number: {show(value)}") from err
         if type(value) is int:
+            # Converting a huge int to Decimal is slow; none above 2**53 fits.
+            if value.bit_length() > MAX_UNITS.bit_length():
+                raise ValueError(
+                    f"is above the exact range of {MAX_UNITS} units, got {show(value)}"
+                )
             value = Decimal(value)
         if not isinstance(value, Decimal):
             raise ValueError(
                 f"must be a Decimal, int or decimal string, not {type(value).__name__}"
             )
-        if not value.is_finite() or value <= 0:
-            raise ValueError(f"must be a finite amount above 0, got {value}")
+        if not value.is_finite() or value.is_signed() or value.is_zero():
+            raise ValueError(f"must be a finite amount above 0, got {show(value)}")
         return value
 
     @field_validator("currency", mode="plain")
@@ -228,23 +246,31 @@ class SpendCap(_Windowed[Decimal]):
     def _plain_currency(cls, value: object) -> str:
         if not isinstance(value, str) or not _CURRENCY.fullmatch(value):
             raise ValueError(
-                f"must be 1-16 letters, digits, _ or -, starting with a letter, got {value!r}"
+                f"must be 1-16 letters, digits, _ or -, starting with a letter, got {show(value)}"
             )
         return value
 
     @field_validator("unit", mode="plain")
     @classmethod
     def _power_of_ten(cls, value: object) -> Decimal:
-        if isinstance(value, Decimal) and value.is_finite() and value > 0:
-            digits = value.normalize().as_tuple()
-            if digits.digits == (1,) and -18 <= int(digits.exponent) <= 0:
+        # By exponent and digits, never normalize(): that rounds to the
+        # context and overflows on Decimal("1E+999999999").
+        if (
+            isinstance(value, Decimal)
+            and value.is_finite()
+            and not value.is_signed()
+            and not value.is_zero()
+            and -18 <= value.adjusted() <= 0
+        ):
+            digits = value.as_tuple().digits
+            if len(digits) <= MAX_DIGITS and digits[0] == 1 and not any(digits[1:]):
                 return value
-        raise ValueError(f"must be a Decimal power of ten from 1 to 1E-18, got {value!r}")
+        raise ValueError(f"must be a Decimal power of ten from 1 to 1E-18, got {show(value)}")
 
     @model_validator(mode="after")
     def _limit_in_units(self) -> Self:
         try:
-            to_units(self.limit, -int(self.unit.normalize().as_tuple().exponent), "limit")
+            to_units(self.limit, -self.unit.adjusted(), "limit")
         except InvalidInput as err:
             raise ValueError(str(err)) from None
         return self
@@ -268,10 +294,11 @@ class Concurrency(Spec[int]):
     @field_validator("lease", mode="plain")
     @classmethod
     def _positive_lease(cls, value: object) -> timedelta:
-        if not isinstance(value, timedelta) or not _MS <= value <= MAX_DURATION or value % _MS:
+        # At most a leap year, so a lease's expiry stays far below 2**53 µs.
+        if not isinstance(value, timedelta) or not _MS <= value <= MAX_LEASE:
             raise ValueError(
-                f"must be a timedelta of whole milliseconds, from 1 ms to {MAX_DURATION.days} "
-                f"days, got {value!r:.60}"
+                f"must be a timedelta of at least 1 ms and at most {MAX_LEASE.days} days, "
+                f"got {show(value)}"
             )
         return value
 
@@ -298,12 +325,21 @@ def _length(window: Window) -> timedelta:
 def _describe(model: str, err: ValidationError) -> str:
     """One line per problem, each naming the field: ``RateLimit.limit: ...``."""
     lines = []
-    for problem in err.errors(include_url=False):
+    problems = err.errors(include_url=False)
+    for problem in problems[:_MAX_PROBLEMS]:
         message = problem["msg"].removeprefix("Value error, ")
-        field = ".".join(str(part) for part in problem["loc"])
+        field = ".".join(_field_name(part) for part in problem["loc"])
         # A whole-model check's input is every field: its message says enough.
         if field and "got" not in message:
-            message = f"{message}, got {problem.get('input')!r}"
+            message = f"{message}, got {show(problem.get('input'))}"
         # Whole-model checks name their field at the head of the message.
         lines.append(f"{model}.{field}: {message}" if field else f"{model}.{message}")
+    if len(problems) > _MAX_PROBLEMS:
+        lines.append(f"and {len(problems) - _MAX_PROBLEMS} more")
     return "; ".join(lines)
+
+
+def _field_name(part: object) -> str:
+    # An unknown keyword is named as given, and it may be any length.
+    text = str(part)
+    return text if len(text) <= _MAX_FIELD else show(text)
