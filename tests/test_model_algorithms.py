@@ -282,6 +282,7 @@ class AlgorithmMachine(RuleBasedStateMachine):
             granted=granted,
             held=0,
             shadow_denied=False,
+            spec=self.specs[name],
         )
         if request_id and decision.allowed:
             return Charge(name, subject, cost, partial, request_id, decision)

@@ -133,6 +133,7 @@ class Codec(Generic[Amount]):
             amount(grant),
             amount(held),
             status == SHADOWED,
+            self.spec,
         )
 
     def fitted(self, used: int, grant: int, stop: int) -> Decision[Amount]:
@@ -148,6 +149,7 @@ class Codec(Generic[Amount]):
             amount(grant),
             self.zero,
             False,
+            self.spec,
         )
 
     def window(self, t: int) -> tuple[int, int]:

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
-from typing import Any, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
+
+if TYPE_CHECKING:
+    from atomlimit.specs import Spec
 
 Amount = TypeVar("Amount", int, Decimal)
 
@@ -19,6 +22,9 @@ _FIELDS = (
     "granted",
     "held",
     "shadow_denied",
+    "spec",
+    "degraded",
+    "cause",
 )
 
 
@@ -37,11 +43,14 @@ class Decision(Generic[Amount]):
         "_reset",
         "_retry",
         "allowed",
+        "cause",
+        "degraded",
         "granted",
         "held",
         "limit",
         "remaining",
         "shadow_denied",
+        "spec",
         "used",
     )
 
@@ -63,6 +72,12 @@ class Decision(Generic[Amount]):
     against the limit alongside ``used``."""
     shadow_denied: bool
     """A shadow limit let this request through although it was over."""
+    spec: Spec[Amount] | None
+    """The limit that decided."""
+    degraded: bool
+    """Decided without the server, by the limit's failure policy."""
+    cause: BaseException | None
+    """Why a degraded decision was made without the server."""
 
     def __init__(
         self,
@@ -75,9 +90,15 @@ class Decision(Generic[Amount]):
         granted: Amount,
         held: Amount,
         shadow_denied: bool = False,
+        spec: Spec[Amount] | None = None,
+        degraded: bool = False,
+        cause: BaseException | None = None,
     ) -> None:
         _init(self, allowed, limit, used, remaining, reset_at, retry_after, granted, held)
         _SHADOW(self, shadow_denied)
+        _SPEC(self, spec)
+        _DEGRADED(self, degraded)
+        _CAUSE(self, cause)
 
     @property
     def reset_at(self) -> datetime:
@@ -105,10 +126,12 @@ class Decision(Generic[Amount]):
     def __eq__(self, other: object) -> bool:
         if type(other) is not type(self):
             return NotImplemented
-        return self._values() == other._values()
+        # The cause is an exception, equal only to itself: two degraded
+        # decisions alike in every value are equal whatever their causes.
+        return self._values()[:-1] == other._values()[:-1]
 
     def __hash__(self) -> int:
-        return hash(self._values())
+        return hash(self._values()[:-1])
 
     def __repr__(self) -> str:
         values = zip(_FIELDS, self._values(), strict=True)
@@ -138,6 +161,7 @@ def decided(
     granted: Any,
     held: Any,
     shadow_denied: bool,
+    spec: Spec[Any],
 ) -> Decision[Any]:
     """A Decision from the integers a reply carries, built without checks.
 
@@ -147,6 +171,9 @@ def decided(
     decision: Decision[Any] = object.__new__(Decision)
     _init(decision, allowed, limit, used, remaining, reset_us, retry_us, granted, held)
     _SHADOW(decision, shadow_denied)
+    _SPEC(decision, spec)
+    _DEGRADED(decision, False)
+    _CAUSE(decision, None)
     return decision
 
 
@@ -162,6 +189,9 @@ _RETRY = _SLOTS["_retry"].__set__
 _GRANTED = _SLOTS["granted"].__set__
 _HELD = _SLOTS["held"].__set__
 _SHADOW = _SLOTS["shadow_denied"].__set__
+_SPEC = _SLOTS["spec"].__set__
+_DEGRADED = _SLOTS["degraded"].__set__
+_CAUSE = _SLOTS["cause"].__set__
 
 
 def _init(
