@@ -17,6 +17,7 @@ from atomlimit.errors import (
     InvalidInput,
     LimitExceeded,
     RequestIdReused,
+    UnsafeServer,
 )
 from atomlimit.holds import (
     Acquired,
@@ -49,5 +50,6 @@ __all__ = [
     "Settlement",
     "Spec",
     "SpendCap",
+    "UnsafeServer",
 ]
 __version__ = "0.1.0"

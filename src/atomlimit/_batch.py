@@ -49,7 +49,17 @@ class _Entry(NamedTuple):
 class Lane:
     """The calls bound for one server, written together and answered in order."""
 
-    __slots__ = ("_give", "_loop", "_most", "_pending", "_pumps", "_take", "_tasks", "_width")
+    __slots__ = (
+        "_give",
+        "_loop",
+        "_most",
+        "_pending",
+        "_pumps",
+        "_take",
+        "_tasks",
+        "_width",
+        "fitness",
+    )
 
     def __init__(
         self,
@@ -68,6 +78,8 @@ class Lane:
         self._width = PUMPS if batch else 2**31 - 1
         self._most = MOST if batch else 1
         self._tasks: set[asyncio.Task[None]] = set()
+        self.fitness: Any = None
+        """What INFO said of the server, once the runner has asked."""
 
     def submit(self, wire: bytes, replies: int = 1) -> asyncio.Future[Any]:
         """Queue ``wire`` (a whole command, or ``replies`` of them); the future

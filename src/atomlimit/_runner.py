@@ -24,6 +24,7 @@ CLUSTERDOWN (wait a little, send again).
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import select
 import time
@@ -47,12 +48,12 @@ from redis.exceptions import (
     TryAgainError,
 )
 
-from atomlimit import _wire
+from atomlimit import _server, _wire
 from atomlimit._batch import Lane, Lost
 from atomlimit._checks import show
 from atomlimit._scripts import Script
 from atomlimit._steps import Call, Command, Flow, Plan, Produce, Sleep, Step
-from atomlimit.errors import Applied, BackendError, InvalidInput
+from atomlimit.errors import Applied, BackendError, InvalidInput, UnsafeServer
 
 _REPLANS = 3
 """A reply outside the planned windows re-plans around the server's clock;
@@ -64,6 +65,8 @@ _SETTLE_FOR = 10.0
 migrating, a failover) before it fails."""
 _PAUSE = 0.05
 _ASKING = _wire.command("ASKING")
+_INFO = _wire.command("INFO", "memory", "replication")
+_log = logging.getLogger("atomlimit")
 _MAX_CLOCK = 2**53 / 1_000_000
 """Epoch seconds past which instants no longer fit Lua's exact integers."""
 
@@ -196,6 +199,33 @@ def clock_reader(clock: Callable[[], float] | None) -> Callable[[], int]:
     return read
 
 
+def learned(address: str, outcome: Any) -> _server.Fitness | None:
+    """The server's fitness from its INFO reply, logging any warning once.
+
+    None when the reply was lost: the next call asks again.
+    """
+    if isinstance(outcome, Lost):
+        return None
+    fit = _server.fitness(address, outcome)
+    warning = fit.warning()
+    if warning:
+        _log.warning("%s", warning)
+    return fit
+
+
+def vet(fit: _server.Fitness, strict: bool) -> None:
+    """Raise UnsafeServer when ``fit`` says a limiter must not decide there."""
+    refusal = fit.refusal(strict)
+    if refusal:
+        raise UnsafeServer(refusal)
+
+
+def _address(kwargs: dict[str, Any]) -> str:
+    if kwargs.get("path"):
+        return f"unix:{kwargs['path']}"
+    return f"{kwargs.get('host', '?')}:{kwargs.get('port', '?')}"
+
+
 class _Resend(NamedTuple):
     """How often, and after what pause, a replayable call may be sent again:
     what the client's own retry policy says."""
@@ -222,12 +252,17 @@ def _resend_policy(connection_kwargs: dict[str, Any]) -> _Resend:
 class SyncRunner:
     """Performs steps over a ``redis.Redis`` or ``redis.RedisCluster``."""
 
-    __slots__ = ("_cluster", "_resend", "client", "closed", "now")
+    __slots__ = ("_cluster", "_resend", "_strict", "client", "closed", "now")
 
     def __init__(
-        self, client: redis.Redis | RedisCluster, now: Callable[[], int] | None = None
+        self,
+        client: redis.Redis | RedisCluster,
+        now: Callable[[], int] | None = None,
+        *,
+        strict: bool = False,
     ) -> None:
         self.client = client
+        self._strict = strict
         self.now = now or clock_reader(None)
         """The local clock, epoch microseconds (see :func:`clock_reader`)."""
         self._cluster = isinstance(client, RedisCluster)
@@ -304,6 +339,7 @@ class SyncRunner:
         # that spreading calls over a cluster's nodes needs.
         attempt = Attempt(call)
         held = _held(self.client.connection_pool)  # type: ignore[union-attr]
+        self._vet(held)
         while True:
             outcome = _roundtrip(held, [attempt.wire()], [attempt.replies])[0]
             if not isinstance(outcome, _FAILED):
@@ -326,6 +362,7 @@ class SyncRunner:
         while todo:
             again: list[int] = []
             for held, indices in self._route(attempts, todo).items():
+                self._vet(held)
                 sent = [attempts[i] for i in indices]
                 replies = _roundtrip(held, [a.wire() for a in sent], [a.replies for a in sent])
                 for i, attempt, outcome in zip(indices, sent, replies, strict=True):
@@ -337,6 +374,16 @@ class SyncRunner:
                         again.append(i)
             todo = again
         return outcomes
+
+    def _vet(self, held: _Held) -> None:
+        """Check the server behind ``held`` once; refuse it on every call if unfit."""
+        fit = held.fitness
+        if fit is None:
+            address = _address(held.pool.connection_kwargs)
+            fit = held.fitness = learned(address, _roundtrip(held, [_INFO], [1])[0])
+            if fit is None:
+                return
+        vet(fit, self._strict)
 
     def _mend(self, held: _Held, attempt: Attempt, step: Next) -> None:
         """Do what a reply asked for before the call is sent again."""
@@ -390,11 +437,13 @@ class _Held:
     holds no more connections than threads ever used the pool at once.
     """
 
-    __slots__ = ("__weakref__", "idle", "pool")
+    __slots__ = ("__weakref__", "fitness", "idle", "pool")
 
     def __init__(self, pool: Any) -> None:
         self.pool = pool
         self.idle: list[Any] = []
+        self.fitness: _server.Fitness | None = None
+        """What INFO said of the server, once a runner has asked."""
 
     def take(self) -> Any:
         """A connected connection; raises what connecting raised (nothing written)."""
@@ -504,6 +553,7 @@ class AsyncRunner:
         "_loop",
         "_resend",
         "_single_lane",
+        "_strict",
         "_warm",
         "client",
         "closed",
@@ -516,8 +566,10 @@ class AsyncRunner:
         now: Callable[[], int] | None = None,
         *,
         batch: bool = True,
+        strict: bool = False,
     ) -> None:
         self.client = client
+        self._strict = strict
         self.now = now or clock_reader(None)
         self._cluster = isinstance(client, AsyncRedisCluster)
         self._resend = _resend_policy(_connection_kwargs(client))
@@ -641,7 +693,11 @@ class AsyncRunner:
             lane = self._single_lane
             if lane is None:
                 pool = client.connection_pool  # type: ignore[union-attr]
-                lane = self._single_lane = Lane(pool.get_connection, pool.release, self._batch)
+                lane = self._lanes.get("")
+                if lane is None:
+                    lane = self._lanes[""] = Lane(pool.get_connection, pool.release, self._batch)
+                if await self._vet(lane, _address(pool.connection_kwargs)):
+                    self._single_lane = lane
             return lane
         assert isinstance(client, AsyncRedisCluster)
         await self._warmed(client)
@@ -657,7 +713,17 @@ class AsyncRunner:
         lane = self._lanes.get(node.name)
         if lane is None:
             lane = self._lanes[node.name] = Lane(_taker(node), _giver(node), self._batch)
+        await self._vet(lane, node.name)
         return lane
+
+    async def _vet(self, lane: Lane, address: str) -> bool:
+        """Check the lane's server once; True once it is known fit, raise if unfit."""
+        if lane.fitness is None:
+            lane.fitness = learned(address, await lane.submit(_INFO, 1))
+            if lane.fitness is None:
+                return False
+        vet(lane.fitness, self._strict)
+        return True
 
     def _bind(self, loop: asyncio.AbstractEventLoop) -> None:
         if self._loop is not None:

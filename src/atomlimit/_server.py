@@ -301,6 +301,74 @@ def check_replication(info: Mapping[str, object]) -> Finding:
     )
 
 
+def parse_info(reply: str | bytes) -> dict[str, object]:
+    """``INFO``'s text as ``field -> value``, numbers as ints (as redis-py parses it)."""
+    text = reply.decode(errors="replace") if isinstance(reply, bytes) else reply
+    info: dict[str, object] = {}
+    for line in text.splitlines():
+        if not line or line.startswith("#") or ":" not in line:
+            continue
+        field, value = line.split(":", 1)
+        info[field] = int(value) if value.lstrip("-").isdigit() else value
+    return info
+
+
+@dataclass(frozen=True, slots=True)
+class Fitness:
+    """What a limiter learns of a server on first use, and what it makes of it."""
+
+    address: str
+    findings: tuple[Finding, ...]
+    """Eviction and replication; empty when INFO was refused."""
+    unread: str = ""
+    """Why INFO could not be read (an ACL without +info), if it could not."""
+
+    def refusal(self, strict: bool) -> str | None:
+        """Why a limiter must not decide on this server, or None.
+
+        A replica answers from possibly stale data, so no limiter uses one.
+        With ``strict``, neither does it use a server that may evict its
+        keys, nor one it could not check.
+        """
+        for finding in self.findings:
+            if finding.check == "replication" and finding.level == "fail":
+                return f"{self.address}: {finding.message}; {finding.advice}"
+        if not strict:
+            return None
+        for finding in self.findings:
+            if finding.level == "fail":
+                return f"{self.address}: {finding.message}; {finding.advice} (strict=True)"
+        if self.unread:
+            return (
+                f"{self.address}: could not check the server ({self.unread}); grant +info, "
+                "or pass strict=False (strict=True)"
+            )
+        return None
+
+    def warning(self) -> str | None:
+        """What to log once about this server, or None."""
+        for finding in self.findings:
+            if finding.check == "eviction" and finding.level == "fail":
+                return f"{self.address}: {finding.message}; {finding.advice}"
+        if self.unread:
+            return (
+                f"{self.address}: could not check the eviction policy and replication "
+                f"({self.unread}); grant +info so the limiter can"
+            )
+        return None
+
+
+def fitness(address: str, reply: object) -> Fitness:
+    """The limiter's view of a server from its ``INFO memory replication`` reply.
+
+    ``reply`` is the INFO text, or the exception the server answered with.
+    """
+    if isinstance(reply, BaseException):
+        return Fitness(address, (), f"INFO refused: {reply}")
+    info = parse_info(reply)  # type: ignore[arg-type]
+    return Fitness(address, (check_eviction(info), check_replication(info)))
+
+
 def assess(replies: Replies) -> list[Finding]:
     """Every check's finding for one server, in a fixed order."""
     scripting = check_scripting(replies.clock)

@@ -6,6 +6,9 @@
   sent again safely. The redis-py error is chained as ``__cause__``.
 - :class:`RequestIdReused`: a request id came back with other costs; the
   server refused it and charged nothing.
+- :class:`UnsafeServer`: the server would lose or misreport counts (a
+  replica; with ``strict=True``, an evicting ``maxmemory-policy``); fix the
+  deployment.
 - :class:`LimitExceeded`: only raised when the caller asks for raising; wait
   for ``decision.retry_after``.
 
@@ -57,6 +60,17 @@ class BackendError(AtomlimitError):
         super().__init__(message)
         self.applied: Applied = applied
         self.request_id = request_id
+
+
+class UnsafeServer(AtomlimitError):
+    """The server would lose or misreport counts: fix the deployment.
+
+    Raised before anything is sent, on every call, by a limiter pointed at a
+    replica, and with ``strict=True`` by one whose server may evict its keys
+    (a ``maxmemory-policy`` other than ``noeviction``) or could not be
+    checked. No failure policy turns it into a decision: the server answers,
+    and its answers cannot be trusted.
+    """
 
 
 class LimitExceeded(AtomlimitError):

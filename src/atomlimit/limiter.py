@@ -65,6 +65,10 @@ class Limiter:
         retry_ttl: how long a call that needs a record but has no
             ``request_id`` (an acquire over several subjects, a reservation's
             outcome) keeps it.
+        strict: refuse to decide on a server that may evict keys (a
+            ``maxmemory-policy`` other than ``noeviction``) or whose INFO
+            cannot be read, instead of logging a warning. A replica is always
+            refused. See docs/failure-modes.md.
     """
 
     def __init__(
@@ -76,12 +80,14 @@ class Limiter:
         clock: Clock | None = None,
         request_ttl: timedelta = DEFAULT_REQUEST_TTL,
         retry_ttl: timedelta = DEFAULT_RETRY_TTL,
+        strict: bool = False,
     ) -> None:
         self._engine = Engine(
             prefix=prefix, time_source=time_source, request_ttl=request_ttl, retry_ttl=retry_ttl
         )
         now = clock_reader(clock)
-        self._runner = SyncRunner(_client(client, (redis.Redis, RedisCluster)), now)
+        client = _client(client, (redis.Redis, RedisCluster))
+        self._runner = SyncRunner(client, now, strict=check_flag(strict, "strict"))
         self._owns_client = False
 
     @classmethod
@@ -94,6 +100,7 @@ class Limiter:
         clock: Clock | None = None,
         request_ttl: timedelta = DEFAULT_REQUEST_TTL,
         retry_ttl: timedelta = DEFAULT_RETRY_TTL,
+        strict: bool = False,
         **redis_options: Any,
     ) -> Self:
         """Connect to ``url``; ``redis_options`` go to ``redis.Redis.from_url``.
@@ -108,6 +115,7 @@ class Limiter:
             clock=clock,
             request_ttl=request_ttl,
             retry_ttl=retry_ttl,
+            strict=strict,
         )
         limiter._owns_client = True
         return limiter
@@ -278,13 +286,15 @@ class AsyncLimiter:
         request_ttl: timedelta = DEFAULT_REQUEST_TTL,
         retry_ttl: timedelta = DEFAULT_RETRY_TTL,
         batch: bool = True,
+        strict: bool = False,
     ) -> None:
         self._engine = Engine(
             prefix=prefix, time_source=time_source, request_ttl=request_ttl, retry_ttl=retry_ttl
         )
         now = clock_reader(clock)
-        kinds = (redis.asyncio.Redis, AsyncRedisCluster)
-        self._runner = AsyncRunner(_client(client, kinds), now, batch=batch)
+        client = _client(client, (redis.asyncio.Redis, AsyncRedisCluster))
+        batch, strict = check_flag(batch, "batch"), check_flag(strict, "strict")
+        self._runner = AsyncRunner(client, now, batch=batch, strict=strict)
         self._owns_client = False
 
     @classmethod
@@ -298,6 +308,7 @@ class AsyncLimiter:
         request_ttl: timedelta = DEFAULT_REQUEST_TTL,
         retry_ttl: timedelta = DEFAULT_RETRY_TTL,
         batch: bool = True,
+        strict: bool = False,
         max_connections: int = DEFAULT_MAX_CONNECTIONS,
         pool_timeout: float | None = DEFAULT_POOL_TIMEOUT,
         **redis_options: Any,
@@ -319,6 +330,7 @@ class AsyncLimiter:
             request_ttl=request_ttl,
             retry_ttl=retry_ttl,
             batch=batch,
+            strict=strict,
         )
         limiter._owns_client = True
         return limiter
