@@ -40,6 +40,7 @@ _PORT_ATTEMPTS = 5
 __all__ = [
     "Cluster",
     "ClusterFormationError",
+    "Sentinel",
     "Server",
     "ServerStartError",
     "find_binaries",
@@ -47,7 +48,10 @@ __all__ = [
     "find_valkey_binary",
     "free_port",
     "start_cluster",
+    "start_replica",
+    "start_sentinel",
     "start_server",
+    "wait_until",
 ]
 
 
@@ -174,6 +178,8 @@ class Server:
         # Config-file errors are printed to stderr before `logfile` applies.
         self.stdio_path = self.dir / "stdio.log"
         self.port = 0
+        self.mode_args: list[str] = []
+        """Command-line arguments after the config file (``--sentinel``)."""
         self._process: subprocess.Popen[bytes] | None = None
 
     # -- public API ---------------------------------------------------------
@@ -311,7 +317,7 @@ class Server:
         self.log_path.write_text("")
         with self.stdio_path.open("wb") as stdio:
             self._process = subprocess.Popen(
-                [self.binary, str(self.config_path)],
+                [self.binary, str(self.config_path), *self.mode_args],
                 stdin=subprocess.DEVNULL,
                 stdout=stdio,
                 stderr=subprocess.STDOUT,
@@ -543,3 +549,138 @@ def start_cluster(binary: str, masters: int = 3) -> Cluster:
             node.stop()
         raise
     return Cluster(nodes)
+
+
+# --------------------------------------------------------------------------
+# Replication and Sentinel
+# --------------------------------------------------------------------------
+
+_REPLICATION_TIMEOUT = 30.0
+
+
+def wait_until(what: str, check: Any, timeout: float = _REPLICATION_TIMEOUT) -> Any:
+    """Poll ``check()`` until it returns something truthy; return that."""
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        try:
+            last = check()
+        except redis.RedisError as exc:
+            last = exc
+        else:
+            if last:
+                return last
+        time.sleep(0.05)
+    raise TimeoutError(f"{what} did not happen within {timeout}s (last: {last!r})")
+
+
+def start_replica(
+    binary: str, primary: Server, extra_config: dict[str, str] | None = None
+) -> Server:
+    """Start a replica of ``primary`` and wait until it has synced."""
+    config = {"replicaof": f"{HOST} {primary.port}", **(extra_config or {})}
+    replica = start_server(binary, extra_config=config)
+    try:
+        wait_until(
+            f"replica on {replica.port} syncing with {primary.port}",
+            lambda: replica.info("replication").get("master_link_status") == "up",
+        )
+    except BaseException:
+        replica.stop()
+        raise
+    return replica
+
+
+def replicas_online(primary: Server) -> int:
+    """How many replicas ``primary`` sees online."""
+    info = primary.info("replication")
+    return sum(
+        1
+        for field, value in info.items()
+        if field.startswith("slave") and isinstance(value, dict) and value.get("state") == "online"
+    )
+
+
+class Sentinel(Server):
+    """A Redis Sentinel (``redis-server <config> --sentinel``) watching one primary.
+
+    Construct via :func:`start_sentinel`. Sentinel rewrites its config file
+    as it learns the replicas and the failovers, so the file lives in the
+    sentinel's own directory.
+    """
+
+    def __init__(self, binary: str, primary: Server, name: str, down_after_ms: int) -> None:
+        super().__init__(binary)
+        self.name = name
+        self.primary_port = primary.port
+        self.down_after_ms = down_after_ms
+        self.mode_args = ["--sentinel"]
+
+    def _write_config(self) -> None:
+        lines = [
+            f"bind {HOST}",
+            f"port {self.port}",
+            f"dir {_quote(str(self.dir))}",
+            f"logfile {_quote(str(self.log_path))}",
+            "daemonize no",
+            f"sentinel monitor {self.name} {HOST} {self.primary_port} 1",
+            f"sentinel down-after-milliseconds {self.name} {self.down_after_ms}",
+            f"sentinel failover-timeout {self.name} {max(self.down_after_ms * 3, 3000)}",
+            f"sentinel parallel-syncs {self.name} 1",
+        ]
+        self.config_path.write_text("".join(line + "\n" for line in lines))
+
+    def primary_address(self) -> tuple[str, int]:
+        """The primary this sentinel names now."""
+        with self._probe_client(timeout=5.0) as client:
+            host, port = client.execute_command("SENTINEL", "GET-MASTER-ADDR-BY-NAME", self.name)
+        return (host.decode() if isinstance(host, bytes) else host, int(port))
+
+    def known_replicas(self) -> int:
+        """Replicas this sentinel has discovered and sees up."""
+        with self._probe_client(timeout=5.0) as client:
+            replicas = client.execute_command("SENTINEL", "REPLICAS", self.name)
+        found = 0
+        for fields in replicas:
+            # redis-py parses the reply into a dict of each replica's fields.
+            pairs = (
+                fields
+                if isinstance(fields, dict)
+                else dict(zip(fields[::2], fields[1::2], strict=True))
+            )
+            flags = pairs.get(b"flags", pairs.get("flags", b""))
+            flags = flags.decode() if isinstance(flags, bytes) else str(flags)
+            if "disconnected" not in flags and "s_down" not in flags:
+                found += 1
+        return found
+
+    def failover(self) -> None:
+        """Ask for a failover now, as an operator would (``SENTINEL FAILOVER``)."""
+        with self._probe_client(timeout=5.0) as client:
+            client.execute_command("SENTINEL", "FAILOVER", self.name)
+
+
+def start_sentinel(
+    binary: str,
+    primary: Server,
+    *,
+    name: str = "atomlimit",
+    replicas: int = 1,
+    down_after_ms: int = 1000,
+) -> Sentinel:
+    """Start a sentinel watching ``primary``; wait until it knows ``replicas`` of it.
+
+    Quorum 1 with one sentinel: enough to fail over on loopback, where no
+    partition can split the sentinels.
+    """
+    sentinel = Sentinel(binary, primary, name, down_after_ms)
+    try:
+        sentinel._start_on_free_port()
+        wait_until(
+            f"sentinel on {sentinel.port} discovering {replicas} replica(s)",
+            lambda: sentinel.known_replicas() >= replicas,
+        )
+    except BaseException:
+        sentinel.stop()
+        raise
+    return sentinel
