@@ -8,7 +8,8 @@
 -- Reply    {code, now, then per item after the undo: status, used, held,
 --          stop, retry_at, grant}; code 1 undone, 0 nothing recorded
 --          (never charged, or already undone), -1 now outside the planned
---          windows (re-plan; the undo itself is done)
+--          windows (re-plan; the undo itself is done): then {-1, now, 1 or
+--          0}, whether something was undone
 -- Clock    server TIME, or ARGV[1] when the caller chose client time
 -- Cost     O(items); O(grant) for a sliding log
 --
@@ -36,6 +37,6 @@ local checked = check_items(items, run)
 if not checked then
   -- The undo above is done and its record gone; a re-plan finds nothing to
   -- undo and only reports the state.
-  return {-1, run.now}
+  return {-1, run.now, code}
 end
 return checked_reply({code, run.now}, checked)

@@ -54,9 +54,9 @@ class StallingProxy:
     """Forward TCP between 127.0.0.1:<port> and a target, delaying replies.
 
     * ``delay``: seconds every server->client chunk is held back (default 0).
-    * ``stall_next_replies(n, delay)``: hold back only the next ``n`` reply
-      chunks (counted proxy-wide) by ``delay`` seconds, then fall back to
-      ``delay``-attribute behaviour.
+    * ``stall_next_replies(n, delay, after=0)``: let ``after`` reply chunks
+      pass, then hold back the next ``n`` (counted proxy-wide) by ``delay``
+      seconds, then fall back to ``delay``-attribute behaviour.
     * ``connections_accepted``: number of client connections accepted so far.
     * ``drop_connections()``: abruptly close every proxied connection.
 
@@ -72,6 +72,7 @@ class StallingProxy:
         self.port = 0
         self._lock = threading.Lock()
         self._stalled_replies_left = 0
+        self._passing_replies_left = 0
         self._stall_delay = 0.0
         self._stopping = threading.Event()
         self._listener: socket.socket | None = None
@@ -106,8 +107,9 @@ class StallingProxy:
             self._listener.close()
             self._listener = None
 
-    def stall_next_replies(self, n: int, delay: float) -> None:
+    def stall_next_replies(self, n: int, delay: float, *, after: int = 0) -> None:
         with self._lock:
+            self._passing_replies_left = after
             self._stalled_replies_left = n
             self._stall_delay = delay
 
@@ -148,6 +150,9 @@ class StallingProxy:
 
     def _reply_delay(self) -> float:
         with self._lock:
+            if self._passing_replies_left > 0:
+                self._passing_replies_left -= 1
+                return self.delay
             if self._stalled_replies_left > 0:
                 self._stalled_replies_left -= 1
                 return self._stall_delay

@@ -873,6 +873,8 @@ def test_backend_failure_at_a_later_subject_undoes_the_earlier_and_raises(target
     assert isinstance(caught.value.__cause__, redis.exceptions.ResponseError)
     assert "WRONGTYPE" in str(caught.value.__cause__)
     assert str(caught.value).startswith("charge: ResponseError")
+    assert caught.value.request_id == "req-9"
+    assert caught.value.applied == "no"  # refused, and client-a's charges taken back
     assert usage_after == [(0, 0), (0, 0), (0, 0), (0, 0)]
     assert held_after == {}
     assert records_after == []
@@ -930,7 +932,7 @@ def test_a_failed_undo_leaves_charges_that_a_resent_acquire_replays_and_undoes(
         # The server goes away just as the undo is sent.
         with pytest.raises(BackendError) as failure:
             lost.run(undo)
-        with pytest.raises(BackendError):
+        with pytest.raises(BackendError) as raised:
             flow.throw(failure.value)
         stranded = _usage(limiter, hits[:2])
         retried = limiter.acquire(hits, request_id="req-3")
@@ -940,11 +942,208 @@ def test_a_failed_undo_leaves_charges_that_a_resent_acquire_replays_and_undoes(
         final = _usage(limiter, hits)
 
     assert undo.script.name == "undo"
+    assert raised.value.applied == "unknown"  # a charge stands, and the error says it may
+    assert raised.value.request_id == "req-3"
     assert stranded == [(1, 0), (1, 0)]
     assert not retried.allowed
     assert after_retry == [(0, 0), (0, 0)]
     assert allowed.allowed
     assert final == [(1, 0), (1, 0), (1, 0)]
+
+
+# -- honest errors: the acquire's id, and a stranded acquire completed or undone --
+
+GENERATED_ID = re.compile(r"@[0-9a-f]{24}")
+
+
+def test_an_error_part_way_carries_the_generated_id_and_says_nothing_stands(
+    target: Target,
+) -> None:
+    # Several subjects are always recorded, so even without a caller's id
+    # the error names one: the one the acquire's records are kept under.
+    with target.sync_client() as client:
+        limiter = Limiter(client)
+        client.hset(_state_key(FIXED, "client-b"), "n", 1)
+        with pytest.raises(BackendError) as caught:
+            limiter.acquire(FAILING)
+        client.delete(_state_key(FIXED, "client-b"))
+        undone = limiter.undo_acquire(FAILING, request_id=caught.value.request_id or "")
+        usage = _usage(limiter, FAILING[:4])
+
+    assert caught.value.request_id is not None
+    assert GENERATED_ID.fullmatch(caught.value.request_id)
+    assert caught.value.applied == "no"
+    assert not undone  # the acquire took its own charges back before raising
+    assert usage == [(0, 0), (0, 0), (0, 0), (0, 0)]
+
+
+def test_an_error_in_a_one_subject_acquire_without_an_id_names_none(target: Target) -> None:
+    # One subject is one script: nothing is recorded, so there is no id to
+    # complete or undo with, and none is offered.
+    hits = [Hit(FIXED, "client-b"), Hit(CAP, "client-b", Decimal("1.00"))]
+    with target.sync_client() as client:
+        client.hset(_state_key(FIXED, "client-b"), "n", 1)
+        with pytest.raises(BackendError) as caught:
+            Limiter(client).acquire(hits)
+
+    assert caught.value.request_id is None
+    assert caught.value.applied == "no"
+
+
+def test_undo_acquire_takes_back_an_allowed_acquire_once(target: Target) -> None:
+    hits = [*_one_of_each("client-a"), Hit(GLOBAL, "global")]
+    with target.sync_client() as client:
+        limiter = Limiter(client)
+        _prime(limiter, "client-a")
+        before, held_before = _usage(limiter, hits), _held(client)
+        acquired = limiter.acquire(hits, request_id="req-u")
+        first = limiter.undo_acquire(hits, request_id="req-u")
+        after, held_after = _usage(limiter, hits), _held(client)
+        second = limiter.undo_acquire(hits, request_id="req-u")
+        after_second = _usage(limiter, hits)
+
+    assert acquired.allowed
+    assert (first, second) == (True, False)
+    assert after == before
+    assert held_after == held_before  # its lease and hold are dropped too
+    assert after_second == before
+
+
+def test_undo_acquire_checks_its_input_before_sending(server: Server) -> None:
+    with server.client() as client:
+        limiter = Limiter(client)
+        before = evalsha_runs(client)
+        with pytest.raises(InvalidInput):
+            limiter.undo_acquire(FAILING, request_id=None)  # type: ignore[arg-type]
+        with pytest.raises(InvalidInput):
+            limiter.undo_acquire([], request_id="req-1")
+        runs = evalsha_runs(client) - before
+
+    assert runs == 0
+
+
+@contextmanager
+def _stalling(cluster: Cluster, index: int) -> Iterator[tuple[StallingProxy, Any]]:
+    """A stalling proxy in front of one cluster node, and the address map
+    that sends a cluster client's traffic for that node through it."""
+    port = cluster.nodes[index].port
+    with StallingProxy("127.0.0.1", port) as proxy:
+
+        def remap(address: tuple[str, int]) -> tuple[str, int]:
+            return ("127.0.0.1", proxy.port) if address[1] == port else address
+
+        yield proxy, remap
+
+
+STRANDED = 1.0
+"""How long the stalled node's reply is held: well past the socket timeout."""
+
+
+def _strand(cluster: Cluster) -> tuple[list[Hit[Any]], str, Cluster]:
+    """Subjects on nodes 0 and 1, and scripts loaded everywhere."""
+    first, second = _placed(cluster, "strand", 2)
+    for node in cluster.nodes:
+        with node.client() as direct:
+            _load_scripts(direct)
+    return (
+        [Hit(FIXED, first), Hit(SLOTS, first), Hit(CAP, second, Decimal("2.00"))],
+        second,
+        cluster,
+    )
+
+
+@pytest.mark.parametrize("finish", ["complete", "undo"])
+def test_cluster_acquire_stranded_by_a_stalled_node_is_completed_or_undone_with_its_id(
+    cluster: Cluster, finish: str
+) -> None:
+    # Node 1 runs its charge, but the reply stalls past the socket timeout:
+    # the acquire takes node 0's charges back and raises. Node 1's charge
+    # stands, under the record of the id the error carries; sending the
+    # acquire again with that id completes it, undo_acquire takes it back.
+    hits, second, _ = _strand(cluster)
+    with _stalling(cluster, 1) as (proxy, remap), cluster.client() as direct:
+        with cluster.client(address_remap=remap, socket_timeout=0.3) as client:
+            limiter = Limiter(client)
+            limiter.peek(CAP, second)  # connect through the proxy before it stalls
+            proxy.stall_next_replies(1, STRANDED)
+            with pytest.raises(BackendError) as caught:
+                limiter.acquire(hits)
+            time.sleep(STRANDED)  # the stalled reply arrives, to nobody
+            stranded = _usage(Limiter(direct), hits)
+            request_id = caught.value.request_id or ""
+            if finish == "complete":
+                result: object = limiter.acquire(hits, request_id=request_id)
+                again: object = limiter.acquire(hits, request_id=request_id)
+            else:
+                result = limiter.undo_acquire(hits, request_id=request_id)
+                again = limiter.undo_acquire(hits, request_id=request_id)
+        final = _usage(Limiter(direct), hits)
+
+    assert caught.value.applied == "unknown"
+    assert GENERATED_ID.fullmatch(request_id)
+    assert isinstance(caught.value.__cause__, redis.exceptions.TimeoutError)
+    assert stranded == [(0, 0), (0, 0), (Decimal("2.00"), 0)]
+    if finish == "complete":
+        assert isinstance(result, Acquired)
+        assert isinstance(again, Acquired)
+        assert result.allowed
+        assert again.decisions == result.decisions  # a replay, charged once
+        assert final == [(1, 0), (1, 0), (Decimal("2.00"), 0)]
+    else:
+        assert (result, again) == (True, False)
+        assert final == [(0, 0), (0, 0), (0, 0)]
+
+
+def test_cluster_acquire_whose_undo_stalls_says_a_charge_may_stand(cluster: Cluster) -> None:
+    # The denial comes from node 0; the undo of node 1's charge stalls. The
+    # error says a charge may stand, and undo_acquire makes sure it does not.
+    first, second = _placed(cluster, "unstuck", 2)
+    hits = [Hit(CAP, second, Decimal("2.00")), Hit(GLOBAL, first)]
+    for node in cluster.nodes:
+        with node.client() as direct:
+            _load_scripts(direct)
+    with _stalling(cluster, 1) as (proxy, remap), cluster.client() as direct:
+        Limiter(direct).hit(GLOBAL, first, 3)  # node 0 will deny
+        with cluster.client(address_remap=remap, socket_timeout=0.3) as client:
+            limiter = Limiter(client)
+            limiter.peek(CAP, second)
+            proxy.stall_next_replies(1, STRANDED, after=1)  # the charge's reply passes
+            with pytest.raises(BackendError) as caught:
+                limiter.acquire(hits, request_id="req-s")
+            time.sleep(STRANDED)
+            undone = limiter.undo_acquire(hits, request_id="req-s")
+        final = _usage(Limiter(direct), hits[:1])
+
+    assert caught.value.applied == "unknown"
+    assert caught.value.request_id == "req-s"
+    assert undone is False  # the stalled undo had run; nothing was left to take back
+    assert final == [(0, 0)]
+
+
+async def test_async_cluster_acquire_stranded_by_a_stalled_node_is_undone_with_its_id(
+    cluster: Cluster,
+) -> None:
+    hits, second, _ = _strand(cluster)
+    with _stalling(cluster, 1) as (proxy, remap), cluster.client() as direct:
+        client = cluster.async_client(address_remap=remap, socket_timeout=0.3)
+        try:
+            limiter = AsyncLimiter(client)
+            await limiter.peek(CAP, second)
+            proxy.stall_next_replies(1, STRANDED)
+            with pytest.raises(BackendError) as caught:
+                await limiter.acquire(hits)
+            await asyncio.sleep(STRANDED)
+            stranded = _usage(Limiter(direct), hits)
+            undone = await limiter.undo_acquire(hits, request_id=caught.value.request_id or "")
+        finally:
+            await client.aclose()
+        final = _usage(Limiter(direct), hits)
+
+    assert caught.value.applied == "unknown"
+    assert GENERATED_ID.fullmatch(caught.value.request_id or "")
+    assert stranded == [(0, 0), (0, 0), (Decimal("2.00"), 0)]
+    assert undone
+    assert final == [(0, 0), (0, 0), (0, 0)]
 
 
 async def test_async_acquire_cut_off_between_subjects_charges_all_or_nothing(

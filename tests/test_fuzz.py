@@ -573,6 +573,21 @@ def test_acquire_takes_anything_and_charges_all_or_nothing(
     acquire()
 
 
+def test_undo_acquire_takes_anything_and_leaves_every_key_expiring(
+    client: redis.Redis, watch: Watch
+) -> None:
+    limiter = Limiter(client)
+
+    @fuzz(max_examples=100)
+    @given(hits=hits(), request_id=request_ids)
+    def undo(hits: Any, request_id: Any) -> None:
+        client.flushall()
+        watch(lambda: limiter.acquire(hits, request_id=request_id))
+        watch(lambda: limiter.undo_acquire(hits, request_id=request_id))
+
+    undo()
+
+
 def test_reserve_settle_and_release_take_anything(client: redis.Redis, watch: Watch) -> None:
     limiter = Limiter(client)
 

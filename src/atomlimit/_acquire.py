@@ -7,6 +7,12 @@ in the order they first appear, each under a record of what it charged; if a
 later subject denies, the earlier ones are undone, exactly, from those
 records, before the acquire returns denied. The flow yields the calls and
 the runner sends them (:mod:`atomlimit._runner`).
+
+A backend failure part-way is reported for the acquire as a whole: the
+:class:`~atomlimit.BackendError` carries the acquire's request id whenever
+its charges are recorded (always, across subjects), and ``applied`` says
+whether any charge may still stand. With that id the caller completes the
+acquire (sends it again) or takes it back (:func:`undo`).
 """
 
 from __future__ import annotations
@@ -19,7 +25,7 @@ from atomlimit._checks import check_hits
 from atomlimit._engine import Charged, Engine, Item, request_part
 from atomlimit._steps import Flow, Plan
 from atomlimit.decision import Decision
-from atomlimit.errors import AtomlimitError, InvalidInput
+from atomlimit.errors import Applied, AtomlimitError, BackendError, InvalidInput
 from atomlimit.specs import Hit
 
 
@@ -51,6 +57,8 @@ def acquire(engine: Engine, hits: Sequence[Hit[Any]], request_id: str | None) ->
         # One subject is one atomic script, and a generated id is never sent
         # twice: it only names the leases and holds taken.
         rid, ttl = engine.record_ttl(None)[0], None
+    # The id a caller can send again: only a recorded acquire has one.
+    visible = rid if ttl else None
     decisions: list[Decision[Any] | None] = [None] * len(items)
     charged: list[tuple[list[int], int]] = []
     replayed: list[list[int]] = []
@@ -64,12 +72,16 @@ def acquire(engine: Engine, hits: Sequence[Hit[Any]], request_id: str | None) ->
             charged.append((group, outcome.at))
             if outcome.replayed:
                 replayed.append(group)
-    except AtomlimitError:
+    except AtomlimitError as err:
         # After a failure the later subjects' state is unknown: a replayed
         # charge may belong to an earlier send that went all the way, so
         # only what this send charged is taken back.
         ours = [(group, at) for group, at in charged if group not in replayed]
-        yield from _undo_all(engine, items, ours, rid, decisions)
+        yield from _undo_all(engine, items, ours, rid, decisions, visible)
+        if isinstance(err, BackendError):
+            # The failed subject's own charge may stand (a lost reply), or
+            # not (a refusal); everything before it was just taken back.
+            _for_the_acquire(err, visible, err.applied)
         raise
     if len(charged) == len(groups):
         done = [d for d in decisions if d is not None]
@@ -77,13 +89,37 @@ def acquire(engine: Engine, hits: Sequence[Hit[Any]], request_id: str | None) ->
         return Acquisition(True, done, None, held, request_part(rid))
     # Denied: a replayed charge here was stranded by an earlier send that
     # never finished (its later subjects have no record), so it goes too.
-    yield from _undo_all(engine, items, charged, rid, decisions)
-    for group in groups[len(charged) + 1 :]:
-        batch = [items[i] for i in group]
-        _fill(decisions, group, (yield Plan(partial(engine.check, batch))))
+    yield from _undo_all(engine, items, charged, rid, decisions, visible)
+    try:
+        for group in groups[len(charged) + 1 :]:
+            batch = [items[i] for i in group]
+            _fill(decisions, group, (yield Plan(partial(engine.check, batch))))
+    except BackendError as err:
+        # Every charge is already taken back: only the report is missing.
+        _for_the_acquire(err, visible, "no")
+        raise
     final = [d for d in decisions if d is not None]
     denied_at = next(i for i, d in enumerate(final) if not d.allowed)
     return Acquisition(False, final, denied_at, [], request_part(rid))
+
+
+def undo(engine: Engine, hits: Sequence[Hit[Any]], request_id: str) -> Flow:
+    """Take back what the acquire of ``hits`` under ``request_id`` charged:
+    yields calls, returns whether anything was charged and is now undone.
+
+    Every subject is undone from its record, in reverse order, whatever
+    became of the acquire: stranded part-way, denied, or allowed (its
+    leases and holds are dropped too). An undo deletes the record, so a
+    second one finds nothing and changes nothing.
+    """
+    request_part(request_id)
+    items = [_hit_item(engine, hit) for hit in check_hits(hits)]
+    undone = False
+    for group in reversed(_groups(items)):
+        batch = [items[i] for i in group]
+        outcome: Charged = yield Plan(partial(engine.take_back, batch, request_id))
+        undone = undone or outcome.undone
+    return undone
 
 
 def _hit_item(engine: Engine, hit: Hit[Any]) -> Item:
@@ -112,11 +148,24 @@ def _undo_all(
     charged: list[tuple[list[int], int]],
     rid: str,
     decisions: list[Decision[Any] | None],
+    visible: str | None,
 ) -> Generator[Plan, Any, None]:
-    for group, at in reversed(charged):
-        batch = [items[i] for i in group]
-        outcome: Charged = yield Plan(partial(engine.undo, batch, rid, at))
-        _fill(decisions, group, outcome)
+    try:
+        for group, at in reversed(charged):
+            batch = [items[i] for i in group]
+            outcome: Charged = yield Plan(partial(engine.undo, batch, rid, at))
+            _fill(decisions, group, outcome)
+    except BackendError as err:
+        # The subjects not yet undone keep their charges, under records the
+        # caller can complete or undo the acquire with.
+        _for_the_acquire(err, visible, "unknown")
+        raise
+
+
+def _for_the_acquire(err: BackendError, request_id: str | None, applied: Applied) -> None:
+    """Make ``err`` speak for the acquire as a whole rather than for one call."""
+    err.request_id = request_id
+    err.applied = applied
 
 
 def _fill(decisions: list[Decision[Any] | None], group: list[int], outcome: Charged) -> None:

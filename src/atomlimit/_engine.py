@@ -125,6 +125,8 @@ class Charged(NamedTuple):
     """The planned instant: an undo plans the same windows."""
     replayed: bool = False
     """The charge was made by an earlier send under this id, not by this one."""
+    undone: bool = False
+    """For an undo: a charge was recorded under the id, and is now taken back."""
 
 
 class Held(NamedTuple):
@@ -427,22 +429,34 @@ class Engine:
             if reply[0] == REPLAN:
                 # The undo is done, but the clock left the charged windows:
                 # the state to report is that of the windows open now.
-                return self._undone(items, request_id, at, local)
-            return Charged(False, _decisions(items, reply, reply[1], False), request_id, at)
+                return self._undone(items, request_id, at, local, reply[2] == 1)
+            decisions = _decisions(items, reply, reply[1], False)
+            return Charged(False, decisions, request_id, at, undone=reply[0] == 1)
 
         keys = (self._record(items, rid), *(k for i in items for k in i.keys(at)))
         args = (client_now, rid, len(items), *_encode(items, at))
         return Call(script("undo"), keys, args, read, True, request_id)
 
-    def _undone(self, items: Sequence[Item], request_id: str, at: int, local: int) -> Call:
+    def take_back(self, items: Sequence[Item], request_id: str, local: int) -> Call:
+        """Plan an undo of whatever ``request_id`` charged ``items``, planned now.
+
+        For a caller who lost track of an acquire: the charge's own instant is
+        not known, so the undo plans the windows open now. A charge made in a
+        window that has closed since owes nothing back, as in every undo.
+        """
+        return self.undo(items, request_id, self.planned(local)[0], local)
+
+    def _undone(
+        self, items: Sequence[Item], request_id: str, at: int, local: int, undone: bool
+    ) -> Call:
         """A read-only check of ``items``, read as the report of an undo."""
         check = self.check(items, local)
 
         def read(reply: Sequence[Any]) -> Any:
             found = check.read(reply)
             if isinstance(found, Call):
-                return self._undone(items, request_id, at, local)
-            return Charged(False, found.decisions, request_id, at)
+                return self._undone(items, request_id, at, local, undone)
+            return Charged(False, found.decisions, request_id, at, undone=undone)
 
         return check._replace(read=read)
 

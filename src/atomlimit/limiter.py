@@ -21,7 +21,7 @@ import redis.asyncio
 from redis.asyncio.cluster import RedisCluster as AsyncRedisCluster
 from redis.cluster import RedisCluster
 
-from atomlimit._acquire import Acquisition, acquire
+from atomlimit._acquire import Acquisition, acquire, undo
 from atomlimit._checks import check_flag
 from atomlimit._engine import (
     DEFAULT_HOLD,
@@ -185,6 +185,19 @@ class Limiter:
         runner = self._open()
         found: Acquisition = runner.drive(acquire(self._engine, hits, request_id))
         return _acquired(found, hits, self._lease_of, self._reservation_of)
+
+    def undo_acquire(self, hits: Sequence[Hit[Any]], *, request_id: str) -> bool:
+        """Take back exactly what the acquire of ``hits`` under ``request_id`` charged.
+
+        For an acquire that raised :class:`~atomlimit.BackendError` part-way:
+        pass the same hits and the error's ``request_id``. Returns True if
+        something was charged under that id and is now taken back, False if
+        nothing was (never charged, already undone, or its record expired).
+        Sending it again changes nothing. See docs/acquire.md.
+        """
+        runner = self._open()
+        undone: bool = runner.drive(undo(self._engine, hits, request_id))
+        return undone
 
     def reserve(
         self,
@@ -420,6 +433,13 @@ class AsyncLimiter:
                     await reservation.release()
             raise
         return _acquired(found, hits, self._lease_of, self._reservation_of)
+
+    async def undo_acquire(self, hits: Sequence[Hit[Any]], *, request_id: str) -> bool:
+        """Take back exactly what the acquire of ``hits`` under ``request_id``
+        charged; see :meth:`Limiter.undo_acquire`."""
+        runner = self._open()
+        undone: bool = await runner.drive(undo(self._engine, hits, request_id))
+        return undone
 
     async def reserve(
         self,
