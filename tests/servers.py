@@ -233,6 +233,10 @@ class Server:
                     ) from None
                 time.sleep(0.1)
 
+    def halt(self) -> None:
+        """Stop the process but keep its port and directory, for :meth:`restart`."""
+        self._terminate(kill=False)
+
     def stop(self) -> None:
         """Stop the process and delete its data directory.  Idempotent."""
         self._terminate(kill=False)
@@ -578,6 +582,10 @@ def start_replica(
     binary: str, primary: Server, extra_config: dict[str, str] | None = None
 ) -> Server:
     """Start a replica of ``primary`` and wait until it has synced."""
+    with primary._probe_client(timeout=5.0) as client:
+        # A primary waits 5 s by default before a diskless sync, for more
+        # replicas to share it; here each sync would cost a test those 5 s.
+        client.config_set("repl-diskless-sync-delay", 0)
     config = {"replicaof": f"{HOST} {primary.port}", **(extra_config or {})}
     replica = start_server(binary, extra_config=config)
     try:

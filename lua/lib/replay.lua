@@ -13,6 +13,10 @@
 
 -- The recorded reply as a replay, {-2, now} for a fingerprint that does not
 -- match, or nil when the id is new.
+--
+-- A replay rewrites the record's expiry, unchanged: a write replicated after
+-- the first charge's, so a WAIT sent after the replay waits for replicas to
+-- have the charge, whichever connection made it.
 local function replay_lookup(record, fingerprint, now)
   local stored = redis.call('GET', record)
   if not stored then
@@ -21,6 +25,10 @@ local function replay_lookup(record, fingerprint, now)
   local values = {cmsgpack.unpack(stored)}
   if values[1] ~= fingerprint then
     return {-2, now}
+  end
+  local left = redis.call('PTTL', record)
+  if left > 0 then
+    redis.call('PEXPIRE', record, left)
   end
   local reply = {2, now}
   for i = 2, #values do

@@ -49,9 +49,10 @@ def acquire(engine: Engine, hits: Sequence[Hit[Any]], request_id: str | None) ->
     """
     items = [_hit_item(engine, hit) for hit in check_hits(hits)]
     groups = _groups(items)
-    if len(groups) > 1 or request_id is not None:
+    if len(groups) > 1 or request_id is not None or any(i.codec.wait for i in items):
         # Several subjects are undone from records; a caller's id is
-        # remembered so that sending the acquire again replays it.
+        # remembered so that sending the acquire again replays it; a charge
+        # that waits for replicas can fail after it was made.
         rid, ttl = engine.record_ttl(request_id)
     else:
         # One subject is one atomic script, and a generated id is never sent

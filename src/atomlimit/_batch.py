@@ -40,6 +40,11 @@ class Lost(NamedTuple):
     """Whether the call may have reached the server (then it may have run)."""
 
 
+class Replies(list[Any]):
+    """Every reply of a wire that holds several commands (ASKING, a script,
+    WAIT), in order, each error reply as its exception object."""
+
+
 class _Entry(NamedTuple):
     wire: bytes
     replies: int
@@ -83,8 +88,8 @@ class Lane:
 
     def submit(self, wire: bytes, replies: int = 1) -> asyncio.Future[Any]:
         """Queue ``wire`` (a whole command, or ``replies`` of them); the future
-        resolves to its last reply, an error reply as its exception object,
-        or a :class:`Lost`."""
+        resolves to its reply (:class:`Replies` for several), an error reply
+        as its exception object, or a :class:`Lost`."""
         future: asyncio.Future[Any] = self._loop.create_future()
         self._pending.append(_Entry(wire, replies, future))
         if self._pumps < self._width:
@@ -160,11 +165,13 @@ class Lane:
             # costs more than reading the reply.
             async with asyncio.timeout(getattr(connection, "socket_timeout", None)):
                 for entry in batch:
-                    try:
-                        for _ in range(entry.replies):
+                    if entry.replies == 1:
+                        try:
                             reply = await connection.read_response(timeout=math.inf)
-                    except ResponseError as err:
-                        reply = err
+                        except ResponseError as err:
+                            reply = err
+                    else:
+                        reply = await _each(connection, entry.replies)
                     if not entry.future.done():
                         entry.future.set_result(reply)
                     done += 1
@@ -187,6 +194,18 @@ class Lane:
         for entry in batch:
             if not entry.future.done():
                 entry.future.set_result(lost)
+
+
+async def _each(connection: Any, count: int) -> Replies:
+    """``count`` replies; every one is read, so the connection stays in step
+    whichever of them failed."""
+    replies = Replies()
+    for _ in range(count):
+        try:
+            replies.append(await connection.read_response(timeout=math.inf))
+        except ResponseError as err:
+            replies.append(err)
+    return replies
 
 
 def _closed_by_server(connection: Any) -> bool:

@@ -40,10 +40,10 @@ from atomlimit._kinds import (
     new_id,
 )
 from atomlimit._scripts import script
-from atomlimit._steps import Call
+from atomlimit._steps import Acked, Call, Wait
 from atomlimit._wire import Arg
 from atomlimit.decision import Decision
-from atomlimit.errors import InvalidInput, RequestIdReused
+from atomlimit.errors import BackendError, InvalidInput, RequestIdReused
 from atomlimit.specs import Concurrency, Spec, SpendCap
 
 TimeSource = Literal["server", "client"]
@@ -233,10 +233,17 @@ class Engine:
         Without a request id the kind's own script decides, and nothing is
         remembered: the runners never send such a call twice. With one, the
         charge is recorded under it, so sending it again replays the first.
+        A charge that waits for replicas is always recorded, under a fresh
+        id if the caller gave none: it can fail after it was made.
         """
         item = self.item(spec, subject, cost, partial=partial)
         if item.codec.hit is None:
-            raise InvalidInput("a Concurrency limit is taken with lease(), which can release it")
+            if item.codec.wait is None:
+                raise InvalidInput(
+                    "a Concurrency limit is taken with lease(), which can release it"
+                )
+            rid, ttl = self.record_ttl(request_id)
+            return self.charge([item], rid, ttl, local, True)
         if request_id is not None:
             request_part(request_id)
             return self.charge([item], request_id, self.request_ttl, local, True)
@@ -383,8 +390,14 @@ class Engine:
         record = (self._record(items, rid),) if record_ttl else ()
         fingerprint = ";".join(f"{i.kind}:{i.units}:{i.flags}" for i in items) if record else ""
         args = (client_now, record_ttl or "", rid, fingerprint, len(items), *_encode(items, t))
+        replay = request_id if record else None
+        wait = _wait(items)
+        # A waited charge can fail after it was made: only a record makes
+        # sending it again safe, and every planner gives it one.
+        assert wait is None or record
 
-        def read(reply: Sequence[Any]) -> Any:
+        def read(outcome: Any) -> Any:
+            reply = outcome if wait is None else outcome.reply
             code, now = reply[0], reply[1]
             self.observe(now, local)
             if code == REPLAN:
@@ -393,14 +406,16 @@ class Engine:
                 names = ", ".join(repr(i.spec.name) for i in items)
                 raise RequestIdReused(f"request_id was already charged for other costs ({names})")
             charged = code in _CHARGED
+            if wait is not None and charged:
+                # A denial wrote nothing, so only a charge must be confirmed.
+                confirm(outcome, wait, replay)
             decisions = _decisions(items, reply, now, charged)
             if one:
                 return decisions[0]
             return Charged(charged, decisions, rid, t, code == 2)
 
         keys = (*record, *(key for item in items for key in item.keys(t)))
-        replay = request_id if record else None
-        return Call(script("charge"), keys, args, read, bool(record), replay)
+        return Call(script("charge"), keys, args, read, bool(record), replay, wait)
 
     def check(self, items: Sequence[Item], local: int, one: bool = False) -> Call:
         """Plan a read-only check of every item: reads as Charged (nothing
@@ -501,8 +516,10 @@ class Engine:
     def _hold(self, item: Item, request_id: str | None, local: int) -> Held:
         if request_id is None:
             # Nobody can send this call again, so nothing needs remembering:
-            # the hold or lease is kept under the fresh id.
-            visible, ttl = self._new_id(), None
+            # the hold or lease is kept under the fresh id. A hold that waits
+            # for replicas is remembered, to be replayed after a failed wait.
+            visible = self._new_id()
+            ttl = None if item.codec.wait is None else self.retry_ttl
         else:
             visible, ttl = request_id, self.request_ttl
         rid = request_part(visible)
@@ -577,6 +594,39 @@ def _encode(items: Sequence[Item], t: int) -> tuple[Arg, ...]:
     for item in items:
         args.extend(item.encoded(t))
     return tuple(args)
+
+
+def _wait(items: Sequence[Item]) -> Wait | None:
+    """What the items' charge waits for: the most replicas any asks for, as
+    long as any waits."""
+    if len(items) == 1:
+        return items[0].codec.wait
+    waits = [item.codec.wait for item in items if item.codec.wait is not None]
+    if len(waits) <= 1:
+        return waits[0] if waits else None
+    return Wait.of(max(w.replicas for w in waits), max(w.timeout_ms for w in waits))
+
+
+def confirm(outcome: Acked, wait: Wait, request_id: str | None) -> None:
+    """Raise unless WAIT says enough replicas have the charge just made.
+
+    The charge stands on the primary either way; what is unknown is whether
+    it would survive a failover. Its record makes sending it again with
+    ``request_id`` a replay, which waits for the replicas once more.
+    """
+    acked = outcome.replicas
+    if type(acked) is int and acked >= wait.replicas:
+        return
+    if isinstance(acked, BaseException):
+        found = f"WAIT was refused ({type(acked).__name__}: {acked})"
+    else:
+        found = f"{acked} of {wait.replicas} replicas acknowledged it within {wait.timeout_ms} ms"
+    err = BackendError(
+        f"charge: made on the primary, but {found}", applied="unknown", request_id=request_id
+    )
+    if isinstance(acked, BaseException):
+        raise err from acked
+    raise err
 
 
 def _decisions(

@@ -32,6 +32,7 @@ from atomlimit import _keys
 from atomlimit._checks import check_int
 from atomlimit._money import MAX_UNITS, from_units, to_units
 from atomlimit._scripts import Script, script
+from atomlimit._steps import Wait
 from atomlimit._windows import UNIT_LENGTHS, WindowPlan
 from atomlimit._wire import Arg, Packed
 from atomlimit.decision import Amount, Decision, decided
@@ -59,6 +60,8 @@ class Codec(Generic[Amount]):
     hit: Script | None = None
     """The kind's own script for a single hit; None: it goes through charge.lua."""
     peek: Script | None = None
+    wait: Wait | None = None
+    """Replicas a charge waits for (``SpendCap.wait_replicas``), if any."""
 
     def __init__(self, spec: Spec[Amount], limit: int, limit_value: Amount) -> None:
         self.spec = spec
@@ -230,7 +233,7 @@ class Spend(_Windowed[Decimal]):
 
     __slots__ = ("_exponent", "_places")
     kind = "sc"
-    hit = script("hit_spend")
+    hit: Script | None = script("hit_spend")
     peek = script("peek_spend")
 
     def __init__(self, spec: Any) -> None:
@@ -254,6 +257,22 @@ class Spend(_Windowed[Decimal]):
 
     def single_keys(self, base: str, t: int) -> tuple[str, ...]:
         return (self.window_key(base, t),)
+
+
+class WaitingSpend(Spend):
+    """A ``SpendCap`` with ``wait_replicas``: each charge waits for replicas.
+
+    A charge whose replicas do not confirm in time has still been made on
+    the primary, so it must carry a record for the caller to send it again
+    as a replay: it never runs the record-less single-hit script.
+    """
+
+    __slots__ = ("wait",)
+    hit = None
+
+    def __init__(self, spec: Any) -> None:
+        super().__init__(spec)
+        self.wait = Wait.of(spec.wait_replicas, spec.wait_timeout // timedelta(milliseconds=1))
 
 
 class Gcra(Codec[int]):
@@ -334,7 +353,7 @@ def codec_for(spec: Spec[Any]) -> Codec[Any]:
     from atomlimit.specs import Concurrency, RateLimit, SpendCap
 
     if isinstance(spec, SpendCap):
-        return Spend(spec)
+        return WaitingSpend(spec) if spec.wait_replicas else Spend(spec)
     if isinstance(spec, Concurrency):
         return Lease(spec)
     assert isinstance(spec, RateLimit)

@@ -49,10 +49,10 @@ from redis.exceptions import (
 )
 
 from atomlimit import _server, _wire
-from atomlimit._batch import Lane, Lost
+from atomlimit._batch import Lane, Lost, Replies
 from atomlimit._checks import show
 from atomlimit._scripts import Script
-from atomlimit._steps import Call, Command, Flow, Plan, Produce, Sleep, Step
+from atomlimit._steps import Acked, Call, Command, Flow, Plan, Produce, Sleep, Step
 from atomlimit.errors import Applied, BackendError, InvalidInput, UnsafeServer
 
 _REPLANS = 3
@@ -72,6 +72,8 @@ _MAX_CLOCK = 2**53 / 1_000_000
 
 
 _FAILED = (BaseException, Lost)
+_UNSORTED = (BaseException, Lost, Replies)
+"""Outcomes that are not one plain reply: :class:`Attempt` sorts them out."""
 
 
 class Next(Enum):
@@ -130,7 +132,7 @@ class Attempt:
     sends the call again.
     """
 
-    __slots__ = ("asking", "call", "deadline", "redirects", "tries", "written")
+    __slots__ = ("asking", "call", "deadline", "outcome", "redirects", "tries", "written")
 
     def __init__(self, call: Call) -> None:
         self.call = call
@@ -141,19 +143,37 @@ class Attempt:
         self.deadline: float | None = None
         self.written = False
         """Some send of this call may have reached the server."""
+        self.outcome: Any = None
+        """The call's outcome from the last send, as :meth:`after` sorted it."""
 
     def wire(self) -> bytes:
-        """The call's request, after ASKING when redirected."""
+        """The call's request: after ASKING when redirected, before WAIT when it waits."""
         call = self.call
         wire = _wire.evalsha(call.script.sha_bytes, call.keys, call.args)
+        if call.wait is not None:
+            wire += call.wait.wire
         return _ASKING + wire if self.asking else wire
 
     @property
     def replies(self) -> int:
-        return 2 if self.asking else 1
+        return 1 + (self.asking is not None) + (self.call.wait is not None)
+
+    def sort(self, outcome: Any) -> Any:
+        """The script's own outcome among the replies its wire brought back.
+
+        ASKING's reply is dropped; WAIT's goes with the script's in an
+        :class:`~atomlimit._steps.Acked`, unless the script failed.
+        """
+        if type(outcome) is not Replies:
+            return outcome
+        replies = outcome[1:] if self.asking else outcome
+        if self.call.wait is None or isinstance(replies[0], BaseException):
+            return replies[0]
+        return Acked(replies[0], replies[1])
 
     def after(self, outcome: Any, now: float, resend: _Resend) -> Next | None:
         """The fix to make before sending again, or None when ``outcome`` is final."""
+        outcome = self.outcome = self.sort(outcome)
         step = classify(outcome)
         self.asking = None
         if isinstance(outcome, Lost):
@@ -173,8 +193,10 @@ class Attempt:
             return step
         return None
 
-    def result(self, outcome: Any) -> Any:
-        """The reply, or the BackendError the call ended in."""
+    def result(self) -> Any:
+        """The final outcome :meth:`after` sorted: the reply, or the BackendError
+        the call ended in."""
+        outcome = self.outcome
         if classify(outcome) is Next.DONE:
             return outcome
         return failure(self.call.script.name, outcome, self.call.request_id, self.written)
@@ -342,11 +364,14 @@ class SyncRunner:
         self._vet(held)
         while True:
             outcome = _roundtrip(held, [attempt.wire()], [attempt.replies])[0]
-            if not isinstance(outcome, _FAILED):
+            if not isinstance(outcome, _UNSORTED):
                 return outcome
             step = attempt.after(outcome, time.monotonic(), self._resend)
             if step is None:
-                raise attempt.result(outcome)
+                result = attempt.result()
+                if isinstance(result, BackendError):
+                    raise result
+                return result
             self._mend(held, attempt, step)
 
     def _exchange(self, calls: list[Call]) -> list[Any]:
@@ -368,7 +393,7 @@ class SyncRunner:
                 for i, attempt, outcome in zip(indices, sent, replies, strict=True):
                     step = attempt.after(outcome, time.monotonic(), self._resend)
                     if step is None:
-                        outcomes[i] = attempt.result(outcome)
+                        outcomes[i] = attempt.result()
                     else:
                         self._mend(held, attempt, step)
                         again.append(i)
@@ -511,8 +536,10 @@ def _roundtrip(held: _Held, wires: list[bytes], counts: list[int]) -> list[Any]:
     outcomes: list[Any] = []
     for count in counts:
         try:
-            for _ in range(count):
+            if count == 1:
                 reply = connection.read_response()
+            else:
+                reply = Replies(_each(connection.read_response, count))
         except ResponseError as err:
             reply = err
         except (RedisError, OSError) as err:
@@ -522,6 +549,18 @@ def _roundtrip(held: _Held, wires: list[bytes], counts: list[int]) -> list[Any]:
         outcomes.append(reply)
     held.give(connection)
     return outcomes
+
+
+def _each(read: Callable[[], Any], count: int) -> list[Any]:
+    """``count`` replies, an error reply as its exception: every one is read,
+    so the connection stays in step whichever of them failed."""
+    replies = []
+    for _ in range(count):
+        try:
+            replies.append(read())
+        except ResponseError as err:
+            replies.append(err)
+    return replies
 
 
 def _no_factory() -> Any:
@@ -649,7 +688,7 @@ class AsyncRunner:
     async def _send(self, call: Call, raising: bool = True) -> Any:
         """The reply to ``call``, after whatever the server asked for first."""
         lane = self._single_lane
-        if lane is not None and asyncio.get_running_loop() is self._loop:
+        if lane is not None and call.wait is None and asyncio.get_running_loop() is self._loop:
             # One server and the loop already checked: the common case, with
             # none of the bookkeeping that redirects and retries need.
             wire = _wire.evalsha(call.script.sha_bytes, call.keys, call.args)
@@ -670,7 +709,7 @@ class AsyncRunner:
                 outcome = await lane.submit(attempt.wire(), attempt.replies)
             step = attempt.after(outcome, loop.time(), self._resend)
             if step is None:
-                result = attempt.result(outcome)
+                result = attempt.result()
                 if raising and isinstance(result, BackendError):
                     raise result
                 return result

@@ -10,7 +10,30 @@ from collections.abc import Callable, Generator
 from typing import Any, NamedTuple
 
 from atomlimit._scripts import Script
-from atomlimit._wire import Arg, Packed
+from atomlimit._wire import Arg, Packed, command
+
+
+class Wait(NamedTuple):
+    """Replicas that must acknowledge a call's writes before it counts as done."""
+
+    replicas: int
+    timeout_ms: int
+    wire: bytes
+    """``WAIT replicas timeout``, encoded: the runner writes it right after
+    the script, on the same connection, so both replies come back in the
+    same round trip (WAIT cannot run inside a script)."""
+
+    @classmethod
+    def of(cls, replicas: int, timeout_ms: int) -> Wait:
+        return cls(replicas, timeout_ms, command("WAIT", replicas, timeout_ms))
+
+
+class Acked(NamedTuple):
+    """A waited call's outcome: the script's reply, then WAIT's."""
+
+    reply: Any
+    replicas: Any
+    """How many replicas acknowledged in time, or the error WAIT was refused with."""
 
 
 class Call(NamedTuple):
@@ -27,6 +50,8 @@ class Call(NamedTuple):
     request_id: str | None = None
     """The caller-visible id that record is kept under, if the caller may
     send the call again themselves (``request_id=``)."""
+    wait: Wait | None = None
+    """Send WAIT after the script; ``read`` then gets an :class:`Acked`."""
 
 
 class Plan(NamedTuple):

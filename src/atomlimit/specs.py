@@ -43,6 +43,10 @@ _MAX_PROBLEMS = 5
 would otherwise make a message of any length."""
 _MAX_FIELD = 40
 _CURRENCY = re.compile(r"[A-Za-z][A-Za-z0-9_\-]{0,15}")
+MAX_WAIT_REPLICAS = 32
+"""Most replicas a charge can wait for."""
+MAX_WAIT = timedelta(seconds=60)
+"""Longest a charge waits for its replicas."""
 Algorithm = Literal["fixed_window", "gcra", "sliding_log", "sliding_counter"]
 
 
@@ -210,6 +214,23 @@ class SpendCap(_Windowed[Decimal]):
     """Smallest amount tracked: a power of ten, from 1 down to 1E-18."""
     shadow: StrictBool = False
     """Count and report, but always allow: try a new cap on live traffic."""
+    wait_replicas: Annotated[StrictInt, Field(ge=0, le=MAX_WAIT_REPLICAS)] = 0
+    """Replicas that must have a charge before it returns (Redis ``WAIT``); 0
+    returns as soon as the primary has it. See docs/failure-modes.md."""
+    wait_timeout: timedelta = timedelta(seconds=1)
+    """How long a charge waits for ``wait_replicas``; past it, the charge
+    raises ``BackendError(applied="unknown")`` with an id to replay it."""
+
+    @field_validator("wait_timeout", mode="plain")
+    @classmethod
+    def _bounded_wait(cls, value: object) -> timedelta:
+        # Never 0: WAIT with no timeout blocks for as long as a replica is down.
+        if not isinstance(value, timedelta) or not _MS <= value <= MAX_WAIT or value % _MS:
+            raise ValueError(
+                "must be a timedelta of whole milliseconds, at least 1 ms and at most "
+                f"{MAX_WAIT.seconds} s, got {show(value)}"
+            )
+        return value
 
     @field_validator("limit", mode="plain")
     @classmethod
