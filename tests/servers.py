@@ -586,7 +586,12 @@ def start_replica(
         # A primary waits 5 s by default before a diskless sync, for more
         # replicas to share it; here each sync would cost a test those 5 s.
         client.config_set("repl-diskless-sync-delay", 0)
-    config = {"replicaof": f"{HOST} {primary.port}", **(extra_config or {})}
+    config = {
+        "replicaof": f"{HOST} {primary.port}",
+        # The same for the replica, should a failover make it a primary.
+        "repl-diskless-sync-delay": "0",
+        **(extra_config or {}),
+    }
     replica = start_server(binary, extra_config=config)
     try:
         wait_until(

@@ -9,6 +9,7 @@ lets a limit overshoot) and prints the figure.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import time
@@ -20,7 +21,7 @@ import pytest
 import redis
 from conftest import ServerPool
 from helpers import evalsha_runs
-from servers import Server, start_replica, start_server
+from servers import Server, start_replica, start_server, wait_until
 
 from atomlimit import AsyncLimiter, BackendError, Limiter, RateLimit, UnsafeServer, _wire
 from atomlimit._engine import Engine
@@ -230,6 +231,97 @@ async def test_async_a_limiter_on_a_replica_refuses_every_call(
             await limiter.peek(DAILY, "s")
 
     assert f"127.0.0.1:{primary.port}" in str(refused.value)
+
+
+@contextmanager
+def _demotable(server_kind: str, server_pool: ServerPool) -> Iterator[tuple[Server, Server]]:
+    """Two private primaries: the first is made a replica of the second mid-test."""
+    binary = server_pool.binary(server_kind)
+    fast_sync = {"repl-diskless-sync-delay": "0"}
+    with start_server(binary) as demoted, start_server(binary, extra_config=fast_sync) as promoted:
+        yield demoted, promoted
+
+
+def _demote(server: Server, primary: Server, kill_clients: bool) -> None:
+    """Make ``server`` a replica of ``primary``, as a failover does to an old primary.
+
+    Sentinel also closes the old primary's client connections; a manual
+    REPLICAOF leaves them open, and the next write on one answers READONLY.
+    """
+    with server.client() as admin:
+        admin.replicaof("127.0.0.1", primary.port)
+        wait_until(
+            "the demoted server syncing",
+            lambda: admin.info("replication")["master_link_status"] == "up",
+        )
+        if kill_clients:
+            admin.client_kill_filter(_type="normal", skipme=True)
+
+
+def test_a_primary_made_a_replica_is_refused_once_its_clients_reconnect(
+    server_kind: str, server_pool: ServerPool
+) -> None:
+    with _demotable(server_kind, server_pool) as (old, new), old.client() as client:
+        limiter = Limiter(client)
+        first = limiter.hit(DAILY, "s")
+        _demote(old, new, kill_clients=True)
+        # The call that finds its connection closed opens another and goes
+        # out; the check runs again before the next one.
+        with contextlib.suppress(UnsafeServer):
+            limiter.peek(DAILY, "s")
+        with pytest.raises(UnsafeServer) as refused:
+            limiter.peek(DAILY, "s")
+
+    assert first.allowed
+    assert f"127.0.0.1:{new.port}" in str(refused.value)
+
+
+def test_a_primary_made_a_replica_under_an_open_connection_is_refused_after_readonly(
+    server_kind: str, server_pool: ServerPool
+) -> None:
+    with _demotable(server_kind, server_pool) as (old, new), old.client() as client:
+        limiter = Limiter(client)
+        limiter.hit(DAILY, "s")
+        _demote(old, new, kill_clients=False)
+        with pytest.raises(BackendError) as readonly:
+            limiter.hit(DAILY, "s")
+        with pytest.raises(UnsafeServer):
+            limiter.peek(DAILY, "s")
+
+    assert isinstance(readonly.value.__cause__, redis.exceptions.ReadOnlyError)
+    assert readonly.value.applied == "no"
+
+
+async def test_async_a_primary_made_a_replica_is_refused_once_its_clients_reconnect(
+    server_kind: str, server_pool: ServerPool
+) -> None:
+    with _demotable(server_kind, server_pool) as (old, new):
+        async with old.async_client() as client:
+            limiter = AsyncLimiter(client)
+            await limiter.hit(DAILY, "s")
+            await asyncio.to_thread(_demote, old, new, True)
+            with contextlib.suppress(UnsafeServer):
+                await limiter.peek(DAILY, "s")
+            with pytest.raises(UnsafeServer):
+                await limiter.peek(DAILY, "s")
+            with pytest.raises(UnsafeServer):
+                await limiter.hit(DAILY, "s")
+
+
+async def test_async_a_primary_made_a_replica_is_refused_after_readonly(
+    server_kind: str, server_pool: ServerPool
+) -> None:
+    with _demotable(server_kind, server_pool) as (old, new):
+        async with old.async_client() as client:
+            limiter = AsyncLimiter(client)
+            await limiter.hit(DAILY, "s")
+            await asyncio.to_thread(_demote, old, new, False)
+            with pytest.raises(BackendError) as readonly:
+                await limiter.hit(DAILY, "s")
+            with pytest.raises(UnsafeServer):
+                await limiter.peek(DAILY, "s")
+
+    assert isinstance(readonly.value.__cause__, redis.exceptions.ReadOnlyError)
 
 
 def _bare_hit(client: redis.Redis, subject: str) -> object:

@@ -16,6 +16,9 @@ from __future__ import annotations
 
 import asyncio
 import re
+import shutil
+import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import timedelta
@@ -24,7 +27,11 @@ from typing import Any
 
 import pytest
 import redis
-from servers import Cluster, Server, start_replica, start_server, wait_until
+import redis.asyncio.sentinel
+import redis.sentinel
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+from servers import Cluster, Server, start_replica, start_sentinel, start_server, wait_until
 
 from atomlimit import (
     AsyncLimiter,
@@ -34,6 +41,7 @@ from atomlimit import (
     Limiter,
     RateLimit,
     SpendCap,
+    UnsafeServer,
 )
 from atomlimit._engine import Engine
 from atomlimit._steps import Acked
@@ -352,3 +360,183 @@ async def test_async_on_a_cluster_wait_goes_to_the_node_that_charged(cluster: Cl
 
     assert caught.value.applied == "unknown"
     assert used == Decimal("1.00")
+
+
+# -- failover under load, through Sentinel ----------------------------------------
+
+LOAD = RateLimit(name="load", limit=10**12, window="day")
+"""A limit no run reaches: every charge the primary makes is admitted."""
+AFTER = 100
+"""Hits sent once the failover is over, each of which must count."""
+SERVICE = "atomlimit"
+
+
+class Tally:
+    """What the load saw: admitted hits, and errors by what they said of the charge."""
+
+    def __init__(self) -> None:
+        self.admitted = 0
+        self.refused = 0
+        """BackendError(applied="no"): nothing was charged."""
+        self.unknown = 0
+        """BackendError(applied="unknown"): charged or not."""
+
+    def count(self, decision: Any = None, error: BackendError | None = None) -> None:
+        if error is None:
+            self.admitted += bool(decision.allowed)
+        elif error.applied == "no":
+            self.refused += 1
+        else:
+            self.unknown += 1
+
+
+GUARDED = {"min-replicas-to-write": "1", "min-replicas-max-lag": "1"}
+
+
+@contextmanager
+def _watched(kind: str) -> Iterator[tuple[Server, Server, Any]]:
+    """A primary, its replica and a Sentinel watching them (Redis 7 from PATH)."""
+    binary = shutil.which("redis-server")
+    if binary is None:
+        pytest.fail("failover tests need redis-server on PATH", pytrace=False)
+    config = GUARDED if kind == "guarded" else {}
+    with start_server(binary, extra_config=config) as primary:
+        replica = start_replica(binary, primary, extra_config=config)
+        try:
+            with start_sentinel(binary, primary, name=SERVICE) as sentinel:
+                yield primary, replica, sentinel
+        finally:
+            replica.stop()
+
+
+def _fail_over(kind: str, primary: Server, replica: Server, sentinel: Any) -> None:
+    """Cause the failover and wait until it is over.
+
+    ``kill``: the primary dies, and Sentinel promotes the replica once it
+    has been unreachable for ``down-after-milliseconds``. Otherwise an
+    operator asks for it (``SENTINEL FAILOVER``); the old primary keeps
+    taking writes until Sentinel turns it into a replica of the new one.
+    """
+    if kind == "kill":
+        primary._terminate(kill=True)
+    else:
+        sentinel.failover()
+    wait_until("Sentinel naming the replica", lambda: sentinel.primary_address()[1] == replica.port)
+    if kind != "kill":
+        wait_until(
+            "the old primary turned into a replica",
+            lambda: primary.info("replication")["role"] == "slave",
+        )
+        # With min-replicas-to-write, the new primary takes writes once its
+        # new replica has synced: that too is part of the failover window.
+        wait_until("the new primary's replica in sync", lambda: _online(replica) == 1)
+
+
+def _report(kind: str, mode: str, tally: Tally, counted: int, seconds: float) -> None:
+    print(
+        f"\nfailover ({kind}, {mode}): admitted {tally.admitted}, counted on the new primary "
+        f"{counted}, lost {tally.admitted - counted}; errors: {tally.refused} refused "
+        f"(nothing charged), {tally.unknown} unknown; failover took {seconds:.1f} s"
+    )
+
+
+def test_a_limiter_on_a_sentinel_replica_is_refused_naming_the_service() -> None:
+    with _watched("operator") as (_, _replica, sentinel):
+        discovery = redis.sentinel.Sentinel([("127.0.0.1", sentinel.port)], socket_timeout=0.5)
+        with (
+            discovery.slave_for(SERVICE, socket_timeout=0.5) as client,
+            pytest.raises(UnsafeServer) as refused,
+        ):
+            Limiter(client).hit(LOAD, "s")
+        with discovery.master_for(SERVICE, socket_timeout=0.5) as client:
+            decision = Limiter(client).hit(LOAD, "s")
+
+    assert f"the replica of Sentinel service {SERVICE!r}" in str(refused.value)
+    assert decision.allowed
+
+
+FAILOVERS = ["operator", "guarded", "kill"]
+
+
+@pytest.mark.parametrize("kind", FAILOVERS)
+def test_a_sentinel_client_keeps_deciding_across_a_failover(kind: str) -> None:
+    with _watched(kind) as (primary, replica, sentinel):
+        discovery = redis.sentinel.Sentinel([("127.0.0.1", sentinel.port)], socket_timeout=0.5)
+        client = discovery.master_for(SERVICE, socket_timeout=0.5, retry=Retry(NoBackoff(), 0))
+        limiter = Limiter(client)
+        tally, stop = Tally(), threading.Event()
+
+        def load() -> None:
+            while not stop.is_set():
+                try:
+                    tally.count(limiter.hit(LOAD, "s"))
+                except BackendError as err:
+                    tally.count(error=err)
+
+        workers = [threading.Thread(target=load) for _ in range(2)]
+        for worker in workers:
+            worker.start()
+        try:
+            time.sleep(0.5)
+            started = time.monotonic()
+            _fail_over(kind, primary, replica, sentinel)
+            seconds = time.monotonic() - started
+            time.sleep(0.5)  # load after the failover window, too
+        finally:
+            stop.set()
+            for worker in workers:
+                worker.join()
+        with replica.client() as promoted:
+            counted = int(Limiter(promoted).peek(LOAD, "s", 0).used)
+            role = promoted.info("replication")["role"]
+            after = [limiter.hit(LOAD, "s") for _ in range(AFTER)]
+            counted_after = int(Limiter(promoted).peek(LOAD, "s", 0).used)
+        client.close()
+
+    _report(kind, "sync", tally, counted, seconds)
+    assert role == "master"
+    assert tally.admitted > 0
+    assert counted <= tally.admitted + tally.unknown  # no charge from nowhere
+    assert all(decision.allowed for decision in after)
+    assert counted_after == counted + AFTER  # past the window, nothing is lost
+
+
+async def test_async_a_sentinel_client_keeps_deciding_across_a_failover() -> None:
+    kind = "kill"
+    with _watched(kind) as (primary, replica, sentinel):
+        discovery = redis.asyncio.sentinel.Sentinel(
+            [("127.0.0.1", sentinel.port)], socket_timeout=0.5
+        )
+        client = discovery.master_for(SERVICE, socket_timeout=0.5, retry=None)
+        limiter = AsyncLimiter(client)
+        tally, stop = Tally(), asyncio.Event()
+
+        async def load() -> None:
+            while not stop.is_set():
+                try:
+                    tally.count(await limiter.hit(LOAD, "s"))
+                except BackendError as err:
+                    tally.count(error=err)
+                    await asyncio.sleep(0.01)
+
+        workers = [asyncio.ensure_future(load()) for _ in range(20)]
+        try:
+            await asyncio.sleep(0.5)
+            started = time.monotonic()
+            await asyncio.to_thread(_fail_over, kind, primary, replica, sentinel)
+            seconds = time.monotonic() - started
+            await asyncio.sleep(0.5)
+        finally:
+            stop.set()
+            await asyncio.gather(*workers)
+        with replica.client() as promoted:
+            counted = int(Limiter(promoted).peek(LOAD, "s", 0).used)
+            after = [await limiter.hit(LOAD, "s") for _ in range(AFTER)]
+            counted_after = int(Limiter(promoted).peek(LOAD, "s", 0).used)
+        await client.aclose()
+
+    _report(kind, "async", tally, counted, seconds)
+    assert tally.admitted > 0
+    assert counted <= tally.admitted + tally.unknown
+    assert all(decision.allowed for decision in after)
+    assert counted_after == counted + AFTER

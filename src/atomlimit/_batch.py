@@ -22,7 +22,7 @@ from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import Any, NamedTuple
 
-from redis.exceptions import RedisError, ResponseError
+from redis.exceptions import ReadOnlyError, RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 PUMPS = 2
@@ -64,6 +64,8 @@ class Lane:
         "_tasks",
         "_width",
         "fitness",
+        "recheck",
+        "warned",
     )
 
     def __init__(
@@ -84,7 +86,11 @@ class Lane:
         self._most = MOST if batch else 1
         self._tasks: set[asyncio.Task[None]] = set()
         self.fitness: Any = None
-        """What INFO said of the server, once the runner has asked."""
+        """What INFO said of the server, once the runner has asked; None: ask."""
+        self.warned: str | None = None
+        """The warning last logged about the server."""
+        self.recheck: Callable[[], None] | None = None
+        """Called when the server must be checked again."""
 
     def submit(self, wire: bytes, replies: int = 1) -> asyncio.Future[Any]:
         """Queue ``wire`` (a whole command, or ``replies`` of them); the future
@@ -145,6 +151,8 @@ class Lane:
             # A pooled connection the server has closed (a restart, a
             # failover, an idle timeout) would take the batch and fail it
             # with an outcome nobody could know; open a fresh one first.
+            # The server behind it may have changed role: check it again.
+            self._forget()
             try:
                 await connection.disconnect(nowait=True)
                 await connection.connect()
@@ -169,9 +177,9 @@ class Lane:
                         try:
                             reply = await connection.read_response(timeout=math.inf)
                         except ResponseError as err:
-                            reply = err
+                            reply = self._answered(err)
                     else:
-                        reply = await _each(connection, entry.replies)
+                        reply = await self._each(connection, entry.replies)
                     if not entry.future.done():
                         entry.future.set_result(reply)
                     done += 1
@@ -188,24 +196,34 @@ class Lane:
             return False
         return True
 
+    async def _each(self, connection: Any, count: int) -> Replies:
+        """``count`` replies; every one is read, so the connection stays in
+        step whichever of them failed."""
+        replies = Replies()
+        for _ in range(count):
+            try:
+                replies.append(await connection.read_response(timeout=math.inf))
+            except ResponseError as err:
+                replies.append(self._answered(err))
+        return replies
+
+    def _answered(self, err: ResponseError) -> ResponseError:
+        """An error reply; READONLY says the server is a replica now."""
+        if isinstance(err, ReadOnlyError):
+            self._forget()
+        return err
+
+    def _forget(self) -> None:
+        self.fitness = None
+        if self.recheck is not None:
+            self.recheck()
+
     @staticmethod
     def _fail(batch: list[_Entry], err: BaseException, written: bool) -> None:
         lost = Lost(err, written)
         for entry in batch:
             if not entry.future.done():
                 entry.future.set_result(lost)
-
-
-async def _each(connection: Any, count: int) -> Replies:
-    """``count`` replies; every one is read, so the connection stays in step
-    whichever of them failed."""
-    replies = Replies()
-    for _ in range(count):
-        try:
-            replies.append(await connection.read_response(timeout=math.inf))
-        except ResponseError as err:
-            replies.append(err)
-    return replies
 
 
 def _closed_by_server(connection: Any) -> bool:

@@ -43,6 +43,7 @@ from redis.exceptions import (
     ClusterDownError,
     MovedError,
     NoScriptError,
+    ReadOnlyError,
     RedisError,
     ResponseError,
     TryAgainError,
@@ -221,18 +222,20 @@ def clock_reader(clock: Callable[[], float] | None) -> Callable[[], int]:
     return read
 
 
-def learned(address: str, outcome: Any) -> _server.Fitness | None:
-    """The server's fitness from its INFO reply, logging any warning once.
+def learn(holder: _Held | Lane, address: str, outcome: Any) -> None:
+    """Keep on ``holder`` what the server's INFO reply says of it.
 
-    None when the reply was lost: the next call asks again.
+    A warning is logged once: again only if the server comes back with
+    another (it is checked again after it closed a connection). A lost
+    reply leaves the server unchecked, and the next call asks again.
     """
     if isinstance(outcome, Lost):
-        return None
-    fit = _server.fitness(address, outcome)
+        return
+    fit = holder.fitness = _server.fitness(address, outcome)
     warning = fit.warning()
-    if warning:
+    if warning and warning != holder.warned:
         _log.warning("%s", warning)
-    return fit
+    holder.warned = warning
 
 
 def vet(fit: _server.Fitness, strict: bool) -> None:
@@ -242,7 +245,14 @@ def vet(fit: _server.Fitness, strict: bool) -> None:
         raise UnsafeServer(refusal)
 
 
-def _address(kwargs: dict[str, Any]) -> str:
+def _address(pool: Any) -> str:
+    """Where ``pool`` connects, as messages name the server."""
+    service = getattr(pool, "service_name", None)
+    if service is not None:
+        # A Sentinel-managed pool follows whichever server holds the role.
+        role = "primary" if getattr(pool, "is_master", True) else "replica"
+        return f"the {role} of Sentinel service {service!r}"
+    kwargs = pool.connection_kwargs
     if kwargs.get("path"):
         return f"unix:{kwargs['path']}"
     return f"{kwargs.get('host', '?')}:{kwargs.get('port', '?')}"
@@ -404,8 +414,8 @@ class SyncRunner:
         """Check the server behind ``held`` once; refuse it on every call if unfit."""
         fit = held.fitness
         if fit is None:
-            address = _address(held.pool.connection_kwargs)
-            fit = held.fitness = learned(address, _roundtrip(held, [_INFO], [1])[0])
+            learn(held, _address(held.pool), _roundtrip(held, [_INFO], [1])[0])
+            fit = held.fitness
             if fit is None:
                 return
         vet(fit, self._strict)
@@ -462,13 +472,15 @@ class _Held:
     holds no more connections than threads ever used the pool at once.
     """
 
-    __slots__ = ("__weakref__", "fitness", "idle", "pool")
+    __slots__ = ("__weakref__", "fitness", "idle", "pool", "warned")
 
     def __init__(self, pool: Any) -> None:
         self.pool = pool
         self.idle: list[Any] = []
         self.fitness: _server.Fitness | None = None
-        """What INFO said of the server, once a runner has asked."""
+        """What INFO said of the server, once a runner has asked; None: ask."""
+        self.warned: str | None = None
+        """The warning last logged about the server."""
 
     def take(self) -> Any:
         """A connected connection; raises what connecting raised (nothing written)."""
@@ -477,6 +489,9 @@ class _Held:
         except IndexError:
             return self.pool.get_connection()
         if _stale(connection):
+            # The server closed it: it may have restarted, or a failover
+            # made it a replica, so what INFO said is checked again.
+            self.fitness = None
             connection.disconnect()
             connection.connect()
         return connection
@@ -539,9 +554,9 @@ def _roundtrip(held: _Held, wires: list[bytes], counts: list[int]) -> list[Any]:
             if count == 1:
                 reply = connection.read_response()
             else:
-                reply = Replies(_each(connection.read_response, count))
+                reply = Replies(_each(held, connection.read_response, count))
         except ResponseError as err:
-            reply = err
+            reply = _answered(held, err)
         except (RedisError, OSError) as err:
             connection.disconnect()
             outcomes.extend([Lost(err, written=True)] * (len(counts) - len(outcomes)))
@@ -551,7 +566,7 @@ def _roundtrip(held: _Held, wires: list[bytes], counts: list[int]) -> list[Any]:
     return outcomes
 
 
-def _each(read: Callable[[], Any], count: int) -> list[Any]:
+def _each(held: _Held, read: Callable[[], Any], count: int) -> list[Any]:
     """``count`` replies, an error reply as its exception: every one is read,
     so the connection stays in step whichever of them failed."""
     replies = []
@@ -559,8 +574,16 @@ def _each(read: Callable[[], Any], count: int) -> list[Any]:
         try:
             replies.append(read())
         except ResponseError as err:
-            replies.append(err)
+            replies.append(_answered(held, err))
     return replies
+
+
+def _answered(held: _Held, err: ResponseError) -> ResponseError:
+    """An error reply; READONLY says the server is a replica now, so the
+    next call checks it again (and refuses it)."""
+    if isinstance(err, ReadOnlyError):
+        held.fitness = None
+    return err
 
 
 def _no_factory() -> Any:
@@ -735,7 +758,8 @@ class AsyncRunner:
                 lane = self._lanes.get("")
                 if lane is None:
                     lane = self._lanes[""] = Lane(pool.get_connection, pool.release, self._batch)
-                if await self._vet(lane, _address(pool.connection_kwargs)):
+                    lane.recheck = self._recheck
+                if await self._vet(lane, _address(pool)):
                     self._single_lane = lane
             return lane
         assert isinstance(client, AsyncRedisCluster)
@@ -758,11 +782,16 @@ class AsyncRunner:
     async def _vet(self, lane: Lane, address: str) -> bool:
         """Check the lane's server once; True once it is known fit, raise if unfit."""
         if lane.fitness is None:
-            lane.fitness = learned(address, await lane.submit(_INFO, 1))
+            learn(lane, address, await lane.submit(_INFO, 1))
             if lane.fitness is None:
                 return False
         vet(lane.fitness, self._strict)
         return True
+
+    def _recheck(self) -> None:
+        # The lane's server must be checked again: no call takes the fast
+        # path, which skips the check, until one has.
+        self._single_lane = None
 
     def _bind(self, loop: asyncio.AbstractEventLoop) -> None:
         if self._loop is not None:
