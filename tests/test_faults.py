@@ -229,6 +229,27 @@ def test_acl_user_limited_to_evalsha_script_load_and_script_commands(server: Ser
     assert after_reset.used == 0
 
 
+def test_a_refused_time_inside_a_script_is_named_with_its_fix(server: Server) -> None:
+    # Redis 7.0 answers a command refused inside a script without naming
+    # it; the scripts name TIME themselves, and say what to grant.
+    grants = [grant for grant in _documented_acl() if grant != "+time"]
+    with server.client() as admin:
+        admin.execute_command("ACL", "SETUSER", "notime", "on", ">secret", "~*", "-@all", *grants)
+        try:
+            with server.client(username="notime", password="secret") as client:
+                with pytest.raises(BackendError) as refused:
+                    Limiter(client).hit(SPEC, "s")
+                decided = Limiter(client, time_source="client").hit(SPEC, "s")
+        finally:
+            admin.execute_command("ACL", "DELUSER", "notime")
+
+    assert isinstance(refused.value.__cause__, redis.exceptions.NoPermissionError)
+    assert "may not run TIME" in str(refused.value)
+    assert "grant +time" in str(refused.value)
+    assert refused.value.applied == "no"
+    assert decided.allowed
+
+
 def test_unreachable_server_raises_backend_error_with_the_cause() -> None:
     client = redis.Redis(host="127.0.0.1", port=free_port(), retry=Retry(NoBackoff(), 0))
     with client, pytest.raises(BackendError) as caught:
