@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import shutil
+import subprocess
 import time
 from decimal import Decimal
 from pathlib import Path
@@ -10,11 +12,12 @@ from pathlib import Path
 import pytest
 import redis
 import redis.asyncio
+from conftest import ServerPool
 from helpers import evalsha_runs
 from proxy import StallingProxy
 from redis.backoff import NoBackoff
 from redis.retry import Retry
-from servers import Server, free_port
+from servers import Server, ServerStartError, free_port, start_server
 
 from atomlimit import AsyncLimiter, BackendError, Limiter, RateLimit, SpendCap
 
@@ -277,3 +280,143 @@ def test_wrong_type_at_a_limit_key_is_a_backend_error(server: Server) -> None:
             Limiter(client).hit(SPEC, "s")
 
     assert isinstance(caught.value.__cause__, redis.exceptions.ResponseError)
+
+
+# -- restarts and pauses, measured ------------------------------------------------
+
+LOAD = RateLimit(name="load", limit=10**9, window="day")
+
+
+@pytest.mark.parametrize("persistence", ["none", "aof-everysec"])
+def test_what_a_killed_server_forgets(
+    server_kind: str, server_pool: ServerPool, persistence: str
+) -> None:
+    # Without persistence a restart forgets every count: limits start
+    # again from zero. With AOF every reply follows the write to the file,
+    # so a killed process loses nothing (a machine crash can lose the last
+    # second, which no test here can cause).
+    config = {"appendonly": "yes", "appendfsync": "everysec"} if persistence != "none" else {}
+    with (
+        start_server(server_pool.binary(server_kind), extra_config=config) as srv,
+        srv.client() as client,
+    ):
+        limiter = Limiter(client)
+        admitted = sum(limiter.hit(LOAD, "s").allowed for _ in range(2_000))
+        srv.restart(kill=True)
+        kept = int(limiter.peek(LOAD, "s").used)
+
+    print(f"\n{server_kind} killed, {persistence}: admitted {admitted}, kept {kept}")
+    assert admitted == 2_000
+    assert kept == (0 if persistence == "none" else admitted)
+
+
+def test_a_paused_server_delays_charges_and_a_request_id_keeps_them_single(
+    server: Server, stalling_proxy: StallingProxy
+) -> None:
+    # CLIENT PAUSE WRITE (a failover's handover, an operator) holds every
+    # script that may write. A hit held past the socket timeout is reported
+    # unknown: the client closed its connection, and the server dropped the
+    # held command with it. With a request id the client sends it again
+    # until the pause ends, and the record keeps it to one charge.
+    with (
+        _through(stalling_proxy, retry=Retry(NoBackoff(), 5)) as client,
+        server.client() as admin,
+    ):
+        limiter = Limiter(client)
+        limiter.hit(SPEC, "warm-up", request_id="w")
+        limiter.hit(SPEC, "warm-up")
+        admin.execute_command("CLIENT", "PAUSE", 600, "WRITE")
+        started = time.monotonic()
+        with pytest.raises(BackendError) as unknown:
+            limiter.hit(SPEC, "plain")
+        recorded = limiter.hit(SPEC, "recorded", request_id="req-p")
+        waited = time.monotonic() - started
+        plain, once = (Limiter(admin).peek(SPEC, s).used for s in ("plain", "recorded"))
+
+    print(
+        f"\npaused 600 ms: the plain hit raised unknown and was charged {plain} time(s); "
+        f"the recorded hit returned after {waited:.2f} s, charged {once} time(s)"
+    )
+    assert unknown.value.applied == "unknown"
+    assert plain in (0, 1)
+    assert recorded.allowed
+    assert once == 1
+
+
+@pytest.fixture(scope="module")
+def tls_files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    """A throwaway CA and a server certificate for 127.0.0.1, made with openssl."""
+    if shutil.which("openssl") is None:
+        pytest.skip("openssl is not installed")
+    where = tmp_path_factory.mktemp("tls")
+    names = {name: str(where / name) for name in ("ca.key", "ca.crt", "server.key", "server.csr")}
+    names["server.crt"] = str(where / "server.crt")
+    steps = [
+        ["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=test-ca",
+         "-keyout", names["ca.key"], "-out", names["ca.crt"]],
+        ["req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=127.0.0.1",
+         "-keyout", names["server.key"], "-out", names["server.csr"]],
+        ["x509", "-req", "-in", names["server.csr"], "-CA", names["ca.crt"], "-CAkey",
+         names["ca.key"], "-CAcreateserial", "-days", "1", "-out", names["server.crt"],
+         "-extfile", str(where / "san.ext")],
+    ]  # fmt: skip
+    (where / "san.ext").write_text("subjectAltName=IP:127.0.0.1\n")
+    for step in steps:
+        subprocess.run(["openssl", *step], check=True, capture_output=True)
+    return names
+
+
+def test_over_tls_decisions_and_a_restart_work_as_in_plain_text(
+    server_pool: ServerPool, tls_files: dict[str, str]
+) -> None:
+    port = free_port()
+    config = {
+        "tls-port": str(port),
+        "tls-cert-file": tls_files["server.crt"],
+        "tls-key-file": tls_files["server.key"],
+        "tls-ca-cert-file": tls_files["ca.crt"],
+        "tls-auth-clients": "no",
+    }
+    try:
+        srv = start_server(server_pool.binary("redis"), extra_config=config, persistent=True)
+    except ServerStartError as err:
+        pytest.skip(f"this redis-server has no TLS: {err}")
+    with (
+        srv,
+        redis.Redis(
+            host="127.0.0.1", port=port, ssl=True, ssl_ca_certs=tls_files["ca.crt"]
+        ) as client,
+    ):
+        limiter = Limiter(client)
+        first = limiter.hit(SPEC, "s", request_id="r1")
+        srv.restart(kill=True)
+        second = limiter.hit(SPEC, "s")
+        replayed = limiter.hit(SPEC, "s", request_id="r1")
+
+    assert client.connection_pool.connection_class is redis.SSLConnection
+    assert (first.used, second.used, replayed.used) == (1, 2, 1)
+
+
+async def test_async_over_tls_decisions_work(
+    server_pool: ServerPool, tls_files: dict[str, str]
+) -> None:
+    port = free_port()
+    config = {
+        "tls-port": str(port),
+        "tls-cert-file": tls_files["server.crt"],
+        "tls-key-file": tls_files["server.key"],
+        "tls-ca-cert-file": tls_files["ca.crt"],
+        "tls-auth-clients": "no",
+    }
+    with start_server(server_pool.binary("redis"), extra_config=config) as srv:
+        client = redis.asyncio.Redis(
+            host="127.0.0.1", port=port, ssl=True, ssl_ca_certs=tls_files["ca.crt"]
+        )
+        async with client:
+            limiter = AsyncLimiter(client)
+            decisions = await asyncio.gather(*(limiter.hit(SPEC, "s") for _ in range(10)))
+            srv.restart(kill=True)
+            after = await limiter.hit(SPEC, "t")
+
+    assert sorted(d.used for d in decisions) == list(range(1, 11))
+    assert after.used == 1

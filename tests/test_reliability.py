@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import logging
 import time
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -424,3 +425,37 @@ def test_strict_refuses_a_server_it_cannot_check(server: Server) -> None:
     assert "could not check the server" in str(refused.value)
     assert "grant +info" in str(refused.value)
     assert keys == 0
+
+
+# -- what remembering caller ids costs ------------------------------------------------
+
+REMEMBERED = 10_000
+RECORD_BOUND = 300
+"""Bytes per remembered caller id that docs/request-ids.md promises not to pass."""
+
+
+def test_caller_ids_cost_a_bounded_record_each_for_request_ttl(
+    server_kind: str, server_pool: ServerPool
+) -> None:
+    # Ids shaped like the ones callers send (a prefix and a UUID, 40
+    # characters), each on a charged hit: one record per decision, kept for
+    # the default request_ttl of a day.
+    enrichment = RateLimit(name="enrichment", limit=10**9, window="day")
+    with start_server(server_pool.binary(server_kind)) as srv, srv.client() as client:
+        limiter = Limiter(client)
+        limiter.hit(enrichment, "client-42", request_id="warm-up")
+        before = int(client.info("memory")["used_memory"])
+        for n in range(REMEMBERED):
+            limiter.hit(enrichment, "client-42", request_id=f"req-{uuid.UUID(int=n)}")
+        per_decision = (int(client.info("memory")["used_memory"]) - before) / REMEMBERED
+        record = next(iter(client.scan_iter("*:r:req-*")))
+        one, ttl_ms = client.memory_usage(record), client.pttl(record)
+
+    day = 86_400
+    print(
+        f"\n{server_kind}: one record {one} B (MEMORY USAGE), {per_decision:.0f} B per charged "
+        f"decision (used_memory); at request_ttl=1 day: {per_decision * day / 1e6:.1f} MB "
+        "per decision/s"
+    )
+    assert 0 < per_decision <= RECORD_BOUND
+    assert abs(ttl_ms - day * 1000) < 60_000  # kept for the default request_ttl
