@@ -171,6 +171,31 @@ def _same_on_both(primary: redis.Redis, replica: redis.Redis) -> bool:
     return True
 
 
+def test_what_waiting_costs_a_charge(pair: tuple[Server, Server]) -> None:
+    # No timing is asserted: the figures are printed. Each waiting charge is
+    # still one round trip, and the replica acknowledges within it.
+    primary, replica = pair
+    with primary.client() as client, replica.client() as copy:
+        limiter = Limiter(client)
+        limiter.hit(WAITING, "warm-up", 0)
+        limiter.hit(PLAIN, "warm-up", 0, request_id="w")
+        timings = {}
+        for cap in (PLAIN, WAITING):
+            started = time.perf_counter()
+            for n in range(500):
+                # Both recorded, so the only difference is WAIT.
+                limiter.hit(cap, "s", Decimal("0.01"), request_id=f"{cap.wait_replicas}-{n}")
+            timings[cap.wait_replicas] = (time.perf_counter() - started) / 500
+        on_replica = _same_on_both(client, copy)
+
+    plain, waiting = timings[0], timings[1]
+    print(
+        f"\n{primary.binary.rsplit('/', 1)[-1]}: a recorded charge {plain * 1e6:.0f} us, "
+        f"with wait_replicas=1 {waiting * 1e6:.0f} us (x {waiting / plain:.2f})"
+    )
+    assert on_replica
+
+
 def test_a_waiting_charge_returns_once_the_replica_has_it(pair: tuple[Server, Server]) -> None:
     primary, replica = pair
     with primary.client() as client, replica.client() as copy:

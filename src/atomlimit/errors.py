@@ -3,7 +3,8 @@
 - :class:`InvalidInput`: fix the input; nothing was sent to the server.
 - :class:`BackendError`: Redis failed or is unreachable. ``applied`` says
   whether the call may have taken effect; with a ``request_id`` it can be
-  sent again safely. The redis-py error is chained as ``__cause__``.
+  sent again safely (or, for an acquire, undone). The redis-py error is
+  chained as ``__cause__``.
 - :class:`RequestIdReused`: a request id came back with other costs; the
   server refused it and charged nothing.
 - :class:`UnsafeServer`: the server would lose or misreport counts (a
@@ -48,10 +49,16 @@ class BackendError(AtomlimitError):
     ``applied`` is ``"no"`` when the call cannot have taken effect (the
     connection was refused, the server answered with an error), and
     ``"unknown"`` when it may have (the reply was lost after the call was
-    written). ``request_id`` is the id the call ran under when the server
-    keeps a record of it: sending the call again with ``request_id=`` that
-    id replays the first outcome if it was charged, and decides afresh if it
-    was not. It is None when nothing on the server remembers the call.
+    written, or a charge on a cap with ``wait_replicas`` was not confirmed by
+    its replicas). ``request_id`` is the id the call ran under when the
+    server keeps a record of it: sending the call again with ``request_id=``
+    that id replays the first outcome if it was charged, and decides afresh
+    if it was not. It is None when nothing on the server remembers the call.
+
+    For an ``acquire``, both speak for the whole acquire: ``request_id``
+    covers every subject, and ``applied`` is ``"unknown"`` while any charge
+    may stand. Send the acquire again with that id to complete it, or call
+    ``undo_acquire`` with it to take it back.
     """
 
     def __init__(
