@@ -1,10 +1,12 @@
 """Servers that would lose or misreport counts: eviction, replicas, an ACL without INFO.
 
-On first use each limiter reads ``INFO memory replication`` from its server.
-These tests start servers configured the way a deployment might be, and show
-what a limiter does there: warn once, refuse with ``strict=True``, refuse a
-replica always. Where a risk is real, a test measures it (how far eviction
-lets a limit overshoot) and prints the figure.
+On first use each limiter reads ``INFO memory replication`` from its server,
+and again after the server closed a connection or answered READONLY. These
+tests start servers configured the way a deployment might be, and show what
+a limiter does there: warn once, refuse with ``strict=True``, refuse a
+replica always, and a primary made a replica from the next call. Where a
+risk is real, a test measures it (how far eviction lets a limit overshoot,
+what remembering caller ids costs) and prints the figure.
 """
 
 from __future__ import annotations

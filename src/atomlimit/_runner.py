@@ -133,12 +133,23 @@ class Attempt:
     sends the call again.
     """
 
-    __slots__ = ("asking", "call", "deadline", "outcome", "redirects", "tries", "written")
+    __slots__ = (
+        "asking",
+        "call",
+        "deadline",
+        "outcome",
+        "redirects",
+        "replies",
+        "tries",
+        "written",
+    )
 
     def __init__(self, call: Call) -> None:
         self.call = call
         self.asking: tuple[str, int] | None = None
         """Send to this node after ASKING: the slot is moving there."""
+        self.replies = 1 if call.wait is None else 2
+        """How many replies the wire brings back."""
         self.tries = 0
         self.redirects = 0
         self.deadline: float | None = None
@@ -154,10 +165,6 @@ class Attempt:
         if call.wait is not None:
             wire += call.wait.wire
         return _ASKING + wire if self.asking else wire
-
-    @property
-    def replies(self) -> int:
-        return 1 + (self.asking is not None) + (self.call.wait is not None)
 
     def sort(self, outcome: Any) -> Any:
         """The script's own outcome among the replies its wire brought back.
@@ -176,7 +183,9 @@ class Attempt:
         """The fix to make before sending again, or None when ``outcome`` is final."""
         outcome = self.outcome = self.sort(outcome)
         step = classify(outcome)
-        self.asking = None
+        if self.asking is not None:
+            self.asking = None
+            self.replies -= 1
         if isinstance(outcome, Lost):
             self.written = self.written or outcome.written
         if step in (Next.LOAD, Next.ASK, Next.MOVED):
@@ -185,6 +194,7 @@ class Attempt:
                 return None
             if step is Next.ASK:
                 self.asking = (outcome.host, outcome.port)
+                self.replies += 1
             return step
         if step is Next.WAIT:
             self.deadline = self.deadline or now + _SETTLE_FOR
