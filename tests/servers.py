@@ -51,6 +51,7 @@ __all__ = [
     "start_replica",
     "start_sentinel",
     "start_server",
+    "wait_replicated",
     "wait_until",
 ]
 
@@ -594,14 +595,29 @@ def start_replica(
     }
     replica = start_server(binary, extra_config=config)
     try:
-        wait_until(
-            f"replica on {replica.port} syncing with {primary.port}",
-            lambda: replica.info("replication").get("master_link_status") == "up",
-        )
+        wait_replicated(primary, 1)
     except BaseException:
         replica.stop()
         raise
     return replica
+
+
+def wait_replicated(primary: Server, replicas: int) -> None:
+    """Wait until ``replicas`` replicas acknowledge the primary's writes.
+
+    A replica that reports its link up may not acknowledge yet (a primary
+    streams to it only after its first ACK), so the test is a write that
+    ``WAIT`` confirms. The probe key is deleted again.
+    """
+    probe = "atomlimit-test:replication-probe"
+
+    def acknowledged() -> bool:
+        with primary._probe_client(timeout=5.0) as client:
+            client.set(probe, 1)
+            client.delete(probe)
+            return int(client.execute_command("WAIT", replicas, 100)) >= replicas
+
+    wait_until(f"{replicas} replica(s) acknowledging {primary.port}", acknowledged)
 
 
 def replicas_online(primary: Server) -> int:

@@ -31,7 +31,15 @@ import redis.asyncio.sentinel
 import redis.sentinel
 from redis.backoff import NoBackoff
 from redis.retry import Retry
-from servers import Cluster, Server, start_replica, start_sentinel, start_server, wait_until
+from servers import (
+    Cluster,
+    Server,
+    start_replica,
+    start_sentinel,
+    start_server,
+    wait_replicated,
+    wait_until,
+)
 
 from atomlimit import (
     AsyncLimiter,
@@ -148,7 +156,7 @@ def _halted(replica: Server, primary: Server) -> Iterator[None]:
         yield
     finally:
         replica.restart()
-        wait_until("replica back in sync", lambda: _online(primary) == 1)
+        wait_replicated(primary, 1)
 
 
 def _online(primary: Server) -> int:
