@@ -1009,6 +1009,34 @@ def test_undo_acquire_takes_back_an_allowed_acquire_once(target: Target) -> None
     assert after_second == before
 
 
+def test_a_refusal_after_a_replayed_subject_says_a_charge_may_stand(server: Server) -> None:
+    # An earlier send charged client-a and died before global. Sent again,
+    # client-a replays (that charge is not this send's to take back) and
+    # global is refused: nothing new was charged, yet a charge stands under
+    # the id, so the error cannot say "no".
+    hits = [Hit(FIXED, "client-a"), Hit(GLOBAL, "global")]
+    with server.client() as client:
+        limiter = Limiter(client)
+        runner = SyncRunner(client)
+        flow = acquire(Engine(), hits, "req-r")
+        runner.run(_planned(next(flow), runner))  # client-a charged; the sender dies
+        flow.close()
+        client.hset(_state_key(GLOBAL, "global"), "n", 1)
+        with pytest.raises(BackendError) as caught:
+            limiter.acquire(hits, request_id="req-r")
+        standing = _usage(limiter, hits[:1])
+        client.delete(_state_key(GLOBAL, "global"))
+        undone = limiter.undo_acquire(hits, request_id="req-r")
+        after = _usage(limiter, hits)
+
+    assert isinstance(caught.value.__cause__, redis.exceptions.ResponseError)
+    assert caught.value.applied == "unknown"
+    assert caught.value.request_id == "req-r"
+    assert standing == [(1, 0)]
+    assert undone
+    assert after == [(0, 0), (0, 0)]
+
+
 def test_undo_acquire_checks_its_input_before_sending(server: Server) -> None:
     with server.client() as client:
         limiter = Limiter(client)

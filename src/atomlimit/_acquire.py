@@ -81,8 +81,9 @@ def acquire(engine: Engine, hits: Sequence[Hit[Any]], request_id: str | None) ->
         yield from _undo_all(engine, items, ours, rid, decisions, visible)
         if isinstance(err, BackendError):
             # The failed subject's own charge may stand (a lost reply), or
-            # not (a refusal); everything before it was just taken back.
-            _for_the_acquire(err, visible, err.applied)
+            # not (a refusal); what this send charged before it was just
+            # taken back, but replayed charges of an earlier send still stand.
+            _for_the_acquire(err, visible, "unknown" if replayed else err.applied)
         raise
     if len(charged) == len(groups):
         done = [d for d in decisions if d is not None]
