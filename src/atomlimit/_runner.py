@@ -155,7 +155,10 @@ class Attempt:
     def after(self, outcome: Any, now: float, resend: _Resend) -> Next | None:
         """The fix to make before sending again, or None when ``outcome`` is final."""
         step = classify(outcome)
-        self.asking = None
+        if step is not Next.LOAD:
+            # A script loaded on the node that asked for it is sent there
+            # again; anything else starts from the slot's owner.
+            self.asking = None
         if isinstance(outcome, Lost):
             self.written = self.written or outcome.written
         if step in (Next.LOAD, Next.ASK, Next.MOVED):
@@ -664,6 +667,7 @@ class AsyncRunner:
         """Send ``call`` until its reply is final; ``outcome`` is a first send's, if any."""
         attempt = Attempt(call)
         loop = asyncio.get_running_loop()
+        lane = self._single_lane
         while True:
             if outcome is None:
                 lane = await self._lane(call.keys[0], attempt.asking)
@@ -675,7 +679,8 @@ class AsyncRunner:
                     raise result
                 return result
             if step is Next.LOAD:
-                await self._load(await self._lane(call.keys[0], None), call.script)
+                assert lane is not None
+                await self._load(lane, call.script)
             elif step is Next.MOVED:
                 await self._refresh()
             elif step is Next.WAIT:
