@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 if TYPE_CHECKING:
     from atomlimit.decision import Decision
+    from atomlimit.specs import Spec
 
 Applied = Literal["no", "unknown"]
 
@@ -74,8 +75,38 @@ class UnsafeServer(AtomlimitError):
 
 
 class LimitExceeded(AtomlimitError):
-    """A limit denied a request and the caller asked for an exception."""
+    """A limit denied a request and the caller asked for an exception.
 
-    def __init__(self, decision: Decision[Any]) -> None:
-        super().__init__(f"limit exceeded; retry after {decision.retry_after}")
+    ``limit`` is the spec that denied, ``subject`` whom it was charged to
+    (None where the raiser did not know it), and ``decision`` its
+    :class:`~atomlimit.Decision`: wait ``decision.retry_after``, or give up
+    when that is None (the cost can never fit). The message names the limit
+    but never the subject, which may be personal (an address, an account),
+    so that logging the error leaks nothing.
+    """
+
+    def __init__(
+        self,
+        decision: Decision[Any],
+        *,
+        limit: Spec[Any] | None = None,
+        subject: str | None = None,
+    ) -> None:
         self.decision = decision
+        self.limit: Spec[Any] | None = decision.spec if limit is None else limit
+        self.subject = subject
+        super().__init__(_message(self.limit, decision))
+
+
+def _message(limit: Spec[Any] | None, decision: Decision[Any]) -> str:
+    from atomlimit._checks import show
+
+    named = (
+        "limit exceeded"
+        if limit is None
+        else (f"{type(limit).__name__} {show(limit.name)} exceeded")
+    )
+    retry = decision.retry_after
+    if retry is None:
+        return f"{named}; the cost can never fit within it"
+    return f"{named}; retry after {retry}"

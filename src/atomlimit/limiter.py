@@ -10,11 +10,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Callable, Sequence
+import functools
+import random
+import time
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from datetime import timedelta
 from decimal import Decimal
 from types import TracebackType
-from typing import Any, Self, TypeVar
+from typing import Any, ParamSpec, Self, TypeVar
 
 import redis
 import redis.asyncio
@@ -31,8 +34,10 @@ from atomlimit._engine import (
     Item,
     TimeSource,
 )
+from atomlimit._limited import check_function, configure
 from atomlimit._runner import AsyncRunner, SyncRunner, clock_reader
 from atomlimit._steps import Call
+from atomlimit._waiting import deadline_after, pause
 from atomlimit.decision import Amount, Decision
 from atomlimit.errors import InvalidInput, LimitExceeded
 from atomlimit.holds import Acquired, AsyncLease, AsyncReservation, Lease, Pending, Reservation
@@ -42,6 +47,8 @@ Clock = Callable[[], float]
 H = TypeVar("H", Lease, Reservation)
 LeaseT = TypeVar("LeaseT", Lease, AsyncLease)
 ReservationT = TypeVar("ReservationT", Reservation, AsyncReservation)
+P = ParamSpec("P")
+R = TypeVar("R")
 
 DEFAULT_MAX_CONNECTIONS = 50
 MAX_MANY = 10_000
@@ -237,6 +244,75 @@ class Limiter:
         decision = runner.run(held.call)
         lease = Lease(self._engine, runner, decision, held.item, held.request_id)
         return _granted(lease, raise_on_deny)
+
+    # ------------------------------------------------------------------
+    # Waiting and decorating. Each try is one hit, atomic like any other,
+    # so waiters never overshoot; how long to sleep is decided by the pure
+    # policy in atomlimit._waiting.
+    # ------------------------------------------------------------------
+
+    def wait(
+        self,
+        limit: Spec[Amount],
+        subject: str,
+        cost: Amount | int = 1,
+        *,
+        timeout: timedelta | float | None = None,
+    ) -> Decision[Amount]:
+        """Hit ``limit`` until it allows, sleeping ``retry_after`` (plus jitter) between tries.
+
+        Returns the allowing Decision. Raises
+        :class:`~atomlimit.LimitExceeded` at once when the cost can never
+        fit, or when the next try that could pass would land after
+        ``timeout`` (a ``timedelta`` or seconds, at most a day; None waits
+        as long as it takes). Never sleeps past the deadline.
+        """
+        deadline = deadline_after(timeout, time.monotonic())
+        while True:
+            decision = self.hit(limit, subject, cost)
+            if decision.allowed:
+                return decision
+            sleep = pause(decision, deadline, time.monotonic(), random.random)
+            if sleep is None:
+                raise LimitExceeded(decision, limit=limit, subject=subject)
+            time.sleep(sleep)
+
+    def limited(
+        self,
+        limit: Spec[Any],
+        *,
+        subject: str | Callable[..., str],
+        cost: Any = 1,
+        wait: bool = False,
+        timeout: timedelta | float | None = None,
+    ) -> Callable[[Callable[P, R]], Callable[P, R]]:
+        """Decorate a function so that each call is charged to ``limit`` first.
+
+        ``subject`` and ``cost`` are values, or callables taking the
+        function's own arguments. A denied call raises
+        :class:`~atomlimit.LimitExceeded` without running the function, or
+        with ``wait=True`` waits as :meth:`wait` does, up to ``timeout``.
+        Async functions need :class:`AsyncLimiter`; see docs/decorators.md.
+        """
+        config = configure(limit, subject, cost, wait, timeout)
+
+        def decorate(func: Callable[P, R]) -> Callable[P, R]:
+            check_function(func, asynchronous=False)
+
+            @functools.wraps(func)
+            def charged(*args: P.args, **kwargs: P.kwargs) -> R:
+                who, amount = config.arguments(args, kwargs)
+                if config.wait:
+                    self.wait(config.limit, who, amount, timeout=config.timeout)
+                else:
+                    decision = self.hit(config.limit, who, amount)
+                    if not decision.allowed:
+                        raise LimitExceeded(decision, limit=config.limit, subject=who)
+                return func(*args, **kwargs)
+
+            return charged
+
+        return decorate
 
     def close(self) -> None:
         """Close the client if this limiter created it (see :meth:`from_url`).
@@ -476,6 +552,75 @@ class AsyncLimiter:
             return AsyncLease(self._engine, runner, decision, held.item, held.request_id)
 
         return Pending(take, raise_on_deny)
+
+    # ------------------------------------------------------------------
+    # Waiting and decorating: Limiter's twins, differing only in await.
+    # ------------------------------------------------------------------
+
+    async def wait(
+        self,
+        limit: Spec[Amount],
+        subject: str,
+        cost: Amount | int = 1,
+        *,
+        # Not asyncio.timeout: that cancels when time is up, while a wait
+        # knows from retry_after that it cannot make it and gives up at once.
+        timeout: timedelta | float | None = None,  # noqa: ASYNC109
+    ) -> Decision[Amount]:
+        """Hit ``limit`` until it allows, sleeping ``retry_after`` (plus jitter) between tries.
+
+        Returns the allowing Decision. Raises
+        :class:`~atomlimit.LimitExceeded` at once when the cost can never
+        fit, or when the next try that could pass would land after
+        ``timeout`` (a ``timedelta`` or seconds, at most a day; None waits
+        as long as it takes). Never sleeps past the deadline.
+        """
+        deadline = deadline_after(timeout, time.monotonic())
+        while True:
+            decision = await self.hit(limit, subject, cost)
+            if decision.allowed:
+                return decision
+            sleep = pause(decision, deadline, time.monotonic(), random.random)
+            if sleep is None:
+                raise LimitExceeded(decision, limit=limit, subject=subject)
+            await asyncio.sleep(sleep)
+
+    def limited(
+        self,
+        limit: Spec[Any],
+        *,
+        subject: str | Callable[..., str],
+        cost: Any = 1,
+        wait: bool = False,
+        timeout: timedelta | float | None = None,
+    ) -> Callable[[Callable[P, Awaitable[R]]], Callable[P, Coroutine[Any, Any, R]]]:
+        """Decorate an ``async def`` function so that each call is charged to ``limit`` first.
+
+        ``subject`` and ``cost`` are values, or callables taking the
+        function's own arguments. A denied call raises
+        :class:`~atomlimit.LimitExceeded` without running the function, or
+        with ``wait=True`` waits as :meth:`wait` does, up to ``timeout``.
+        Plain functions need :class:`Limiter`; see docs/decorators.md.
+        """
+        config = configure(limit, subject, cost, wait, timeout)
+
+        def decorate(func: Callable[P, Awaitable[R]]) -> Callable[P, Coroutine[Any, Any, R]]:
+            check_function(func, asynchronous=True)
+
+            @functools.wraps(func)
+            async def charged(*args: P.args, **kwargs: P.kwargs) -> R:
+                who, amount = config.arguments(args, kwargs)
+                if config.wait:
+                    await self.wait(config.limit, who, amount, timeout=config.timeout)
+                else:
+                    decision = await self.hit(config.limit, who, amount)
+                    if not decision.allowed:
+                        raise LimitExceeded(decision, limit=config.limit, subject=who)
+                return await func(*args, **kwargs)
+
+            return charged
+
+        return decorate
 
     async def aclose(self) -> None:
         """Close the client if this limiter created it (see :meth:`from_url`).

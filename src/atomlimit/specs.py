@@ -44,6 +44,7 @@ would otherwise make a message of any length."""
 _MAX_FIELD = 40
 _CURRENCY = re.compile(r"[A-Za-z][A-Za-z0-9_\-]{0,15}")
 Algorithm = Literal["fixed_window", "gcra", "sliding_log", "sliding_counter"]
+_PARSE_OPTIONS = frozenset({"algorithm", "burst", "max_log", "shadow"})
 
 
 class Spec(BaseModel, Generic[Amount]):
@@ -152,6 +153,37 @@ class RateLimit(_Windowed[int]):
     """sliding_log only: the largest ``limit`` accepted."""
     shadow: StrictBool = False
     """Count and report, but always allow: try a new limit on live traffic."""
+
+    @classmethod
+    def parse(cls, rate: str, *, name: str | None = None, **options: Any) -> RateLimit:
+        """A RateLimit from a rate string: ``"100/minute"``, ``"5/30s"``,
+        ``"10 per 2 hours"``, ``"1000/day@Australia/Sydney"``.
+
+        ``name`` defaults to the rate in its shortest spelling, so two
+        strings that say the same rate share state. ``options`` are the other
+        fields (``algorithm``, ``burst``, ``max_log``, ``shadow``). A bad
+        string raises InvalidInput naming the position of the error; the
+        grammar is in docs/decorators.md.
+
+        >>> RateLimit.parse("5/30s").window
+        datetime.timedelta(seconds=30)
+        """
+        from atomlimit._rates import parse_rate
+
+        unknown = sorted(set(options) - _PARSE_OPTIONS)
+        if unknown:
+            allowed = ", ".join(sorted(_PARSE_OPTIONS))
+            raise InvalidInput(
+                f"RateLimit.parse takes {allowed} besides the rate, got {show(unknown[0])}"
+            )
+        parsed = parse_rate(rate)
+        return cls(
+            name=parsed.text if name is None else name,
+            limit=parsed.limit,
+            window=parsed.window,
+            tz=parsed.tz,
+            **options,
+        )
 
     @model_validator(mode="after")
     def _algorithm_fits(self) -> Self:
