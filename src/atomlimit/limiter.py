@@ -1,9 +1,10 @@
 """The two thin shells: :class:`Limiter` (sync) and :class:`AsyncLimiter`.
 
 They hand what :mod:`atomlimit._engine` plans to a runner from
-:mod:`atomlimit._runner`, and wrap held things in handles from
-:mod:`atomlimit.holds`; every rule lives in those places, once. Read the two
-classes side by side: they differ only in ``await``.
+:mod:`atomlimit._runner`, through the limiter's guard (:mod:`atomlimit._guard`:
+circuit breaker, failure policy, observers), and wrap held things in handles
+from :mod:`atomlimit.holds`; every rule lives in those places, once. Read the
+two classes side by side: they differ only in ``await``.
 """
 
 from __future__ import annotations
@@ -31,11 +32,13 @@ from atomlimit._engine import (
     Item,
     TimeSource,
 )
+from atomlimit._guard import AsyncGuardedRunner, Breaker, Guard, GuardedRunner, check_deadline
 from atomlimit._runner import AsyncRunner, SyncRunner, clock_reader
-from atomlimit._steps import Call
+from atomlimit._steps import Call, Flow
 from atomlimit.decision import Amount, Decision
 from atomlimit.errors import InvalidInput, LimitExceeded
 from atomlimit.holds import Acquired, AsyncLease, AsyncReservation, Lease, Pending, Reservation
+from atomlimit.observe import Observer
 from atomlimit.specs import Concurrency, Hit, Spec, SpendCap
 
 Clock = Callable[[], float]
@@ -47,6 +50,8 @@ DEFAULT_MAX_CONNECTIONS = 50
 MAX_MANY = 10_000
 """Most hits one hit_many decides: one round trip of about a megabyte."""
 DEFAULT_POOL_TIMEOUT = 20.0
+DEFAULT_BREAKER = Breaker()
+"""Open after 5 failures in a row (or one refused connection), probe after 2 s."""
 
 
 class Limiter:
@@ -68,7 +73,16 @@ class Limiter:
         strict: refuse to decide on a server that may evict keys (a
             ``maxmemory-policy`` other than ``noeviction``) or whose INFO
             cannot be read, instead of logging a warning. A replica is always
-            refused. See docs/failure-modes.md.
+            refused. See docs/cli.md (``doctor``).
+        breaker: when to stop asking a failing server, and for how long
+            (:class:`~atomlimit.Breaker`); None turns the breaker off, so
+            every call tries the server. See docs/failure-policy.md.
+        observers: objects told of every decision and backend failure
+            (:class:`atomlimit.observe.Observer`), at most 16.
+
+    A call waits for the server at most as long as the client allows: its
+    ``socket_connect_timeout`` and ``socket_timeout`` (redis-py waits
+    forever by default). Set both on a client used in production.
     """
 
     def __init__(
@@ -81,6 +95,8 @@ class Limiter:
         request_ttl: timedelta = DEFAULT_REQUEST_TTL,
         retry_ttl: timedelta = DEFAULT_RETRY_TTL,
         strict: bool = False,
+        breaker: Breaker | None = DEFAULT_BREAKER,
+        observers: Sequence[Observer] = (),
     ) -> None:
         self._engine = Engine(
             prefix=prefix, time_source=time_source, request_ttl=request_ttl, retry_ttl=retry_ttl
@@ -88,6 +104,8 @@ class Limiter:
         now = clock_reader(clock)
         client = _client(client, (redis.Redis, RedisCluster))
         self._runner = SyncRunner(client, now, strict=check_flag(strict, "strict"))
+        self._guard = Guard(breaker, observers, now)
+        self._handles = GuardedRunner(self._guard, self._runner)
         self._owns_client = False
 
     @classmethod
@@ -101,6 +119,8 @@ class Limiter:
         request_ttl: timedelta = DEFAULT_REQUEST_TTL,
         retry_ttl: timedelta = DEFAULT_RETRY_TTL,
         strict: bool = False,
+        breaker: Breaker | None = DEFAULT_BREAKER,
+        observers: Sequence[Observer] = (),
         **redis_options: Any,
     ) -> Self:
         """Connect to ``url``; ``redis_options`` go to ``redis.Redis.from_url``.
@@ -116,6 +136,8 @@ class Limiter:
             request_ttl=request_ttl,
             retry_ttl=retry_ttl,
             strict=strict,
+            breaker=breaker,
+            observers=observers,
         )
         limiter._owns_client = True
         return limiter
@@ -137,7 +159,7 @@ class Limiter:
         """
         runner = self._open()
         call = self._engine.hit(limit, subject, cost, request_id, partial, runner.now())
-        result: Decision[Amount] = runner.run(call)
+        result: Decision[Amount] = self._guard.decide("hit", limit, cost, runner.run, call)
         return result
 
     def hit_many(self, hits: Sequence[Hit[Any]]) -> list[Decision[Any]]:
@@ -147,13 +169,17 @@ class Limiter:
         decisions come back in order. For all-or-nothing, use :meth:`acquire`.
         """
         runner = self._open()
-        results: list[Decision[Any]] = runner.run_many(_hit_calls(self._engine, hits, runner.now()))
+        calls = _hit_calls(self._engine, hits, runner.now())
+        results: list[Decision[Any]] = self._guard.run(
+            "hit_many", runner.run_many, calls, self._guard.many(hits)
+        )
         return results
 
     def peek(self, limit: Spec[Amount], subject: str, cost: Amount | int = 1) -> Decision[Amount]:
         """Would a hit of ``cost`` pass now? Charges nothing."""
         runner = self._open()
-        result: Decision[Amount] = runner.run(self._engine.peek(limit, subject, cost, runner.now()))
+        call = self._engine.peek(limit, subject, cost, runner.now())
+        result: Decision[Amount] = self._guard.decide("peek", limit, cost, runner.run, call)
         return result
 
     def refund(
@@ -170,20 +196,26 @@ class Limiter:
         """
         runner = self._open()
         call = self._engine.refund(limit, subject, amount, request_id, runner.now())
-        result: Decision[Amount] = runner.run(call)
+        result: Decision[Amount] = self._guard.decide("refund", limit, amount, runner.run, call)
         return result
 
     def reset(self, limit: Spec[Any], subject: str) -> None:
-        """Forget ``subject``'s usage of ``limit``."""
+        """Forget ``subject``'s usage of ``limit``; a backend failure always raises."""
         runner = self._open()
-        runner.run(self._engine.reset(limit, subject, runner.now()))
+        self._guard.run("reset", runner.run, self._engine.reset(limit, subject, runner.now()))
 
     def acquire(
         self, hits: Sequence[Hit[Any]], *, request_id: str | None = None
     ) -> Acquired[Lease, Reservation]:
-        """Charge every hit or none of them; see docs/acquire.md."""
+        """Charge every hit or none of them; see docs/acquire.md.
+
+        When the server fails, the strictest failure policy among the hits
+        decides: any "raise" raises, else any "deny" denies, else all allow.
+        """
         runner = self._open()
-        found: Acquisition = runner.drive(acquire(self._engine, hits, request_id))
+        flow = acquire(self._engine, hits, request_id)
+        fallback = self._guard.acquisition(self._engine, hits)
+        found: Acquisition = self._guard.run("acquire", runner.drive, flow, fallback)
         return _acquired(found, hits, self._lease_of, self._reservation_of)
 
     def reserve(
@@ -198,8 +230,8 @@ class Limiter:
         """Hold ``estimate`` on ``cap`` until settled, released, or ``ttl`` passes."""
         runner = self._open()
         held = self._engine.reserve(cap, subject, estimate, ttl, request_id, runner.now())
-        decision = runner.run(held.call)
-        return Reservation(self._engine, runner, decision, held.item, held.request_id)
+        decision = self._guard.decide("reserve", cap, estimate, runner.run, held.call)
+        return Reservation(self._engine, self._handles, decision, held.item, held.request_id)
 
     def reservation(
         self,
@@ -234,8 +266,8 @@ class Limiter:
         check_flag(raise_on_deny, "raise_on_deny")
         runner = self._open()
         held = self._engine.lease(limit, subject, request_id, runner.now())
-        decision = runner.run(held.call)
-        lease = Lease(self._engine, runner, decision, held.item, held.request_id)
+        decision = self._guard.decide("lease", limit, 1, runner.run, held.call)
+        lease = Lease(self._engine, self._handles, decision, held.item, held.request_id)
         return _granted(lease, raise_on_deny)
 
     def close(self) -> None:
@@ -261,19 +293,27 @@ class Limiter:
         return self._runner
 
     def _lease_of(self, decision: Decision[Any], item: Item, rid: str) -> Lease:
-        return Lease(self._engine, self._runner, decision, item, rid)
+        return Lease(self._engine, self._handles, decision, item, rid)
 
     def _reservation_of(self, decision: Decision[Any], item: Item, rid: str) -> Reservation:
-        return Reservation(self._engine, self._runner, decision, item, rid)
+        return Reservation(self._engine, self._handles, decision, item, rid)
 
 
 class AsyncLimiter:
     """Race-free limits over ``redis.asyncio.Redis`` or ``redis.asyncio.RedisCluster``.
 
-    Takes the same arguments as :class:`Limiter`, and ``batch``: calls that
-    concurrent tasks start together go out in one write per server, each
-    script still atomic (``batch=False`` sends each call on its own). One
-    instance serves any number of tasks on its event loop.
+    Takes the same arguments as :class:`Limiter`, and:
+
+    - ``batch``: calls that concurrent tasks start together go out in one
+      write per server, each script still atomic (``batch=False`` sends
+      each call on its own).
+    - ``deadline``: the longest a call may wait for the server, a
+      ``timedelta``; past it the call fails as a
+      :class:`~atomlimit.BackendError` (outcome unknown), which the limit's
+      failure policy may turn into a degraded decision. An ``acquire`` still
+      finishes undoing what it charged before it gives up.
+
+    One instance serves any number of tasks on its event loop.
     """
 
     def __init__(
@@ -287,6 +327,9 @@ class AsyncLimiter:
         retry_ttl: timedelta = DEFAULT_RETRY_TTL,
         batch: bool = True,
         strict: bool = False,
+        breaker: Breaker | None = DEFAULT_BREAKER,
+        observers: Sequence[Observer] = (),
+        deadline: timedelta | None = None,
     ) -> None:
         self._engine = Engine(
             prefix=prefix, time_source=time_source, request_ttl=request_ttl, retry_ttl=retry_ttl
@@ -295,6 +338,8 @@ class AsyncLimiter:
         client = _client(client, (redis.asyncio.Redis, AsyncRedisCluster))
         batch, strict = check_flag(batch, "batch"), check_flag(strict, "strict")
         self._runner = AsyncRunner(client, now, batch=batch, strict=strict)
+        self._guard = Guard(breaker, observers, now, check_deadline(deadline))
+        self._handles = AsyncGuardedRunner(self._guard, self._runner)
         self._owns_client = False
 
     @classmethod
@@ -309,6 +354,9 @@ class AsyncLimiter:
         retry_ttl: timedelta = DEFAULT_RETRY_TTL,
         batch: bool = True,
         strict: bool = False,
+        breaker: Breaker | None = DEFAULT_BREAKER,
+        observers: Sequence[Observer] = (),
+        deadline: timedelta | None = None,
         max_connections: int = DEFAULT_MAX_CONNECTIONS,
         pool_timeout: float | None = DEFAULT_POOL_TIMEOUT,
         **redis_options: Any,
@@ -331,6 +379,9 @@ class AsyncLimiter:
             retry_ttl=retry_ttl,
             batch=batch,
             strict=strict,
+            breaker=breaker,
+            observers=observers,
+            deadline=deadline,
         )
         limiter._owns_client = True
         return limiter
@@ -352,7 +403,7 @@ class AsyncLimiter:
         """
         runner = self._open()
         call = self._engine.hit(limit, subject, cost, request_id, partial, runner.now())
-        result: Decision[Amount] = await runner.run(call)
+        result: Decision[Amount] = await self._guard.adecide("hit", limit, cost, runner.run, call)
         return result
 
     async def hit_many(self, hits: Sequence[Hit[Any]]) -> list[Decision[Any]]:
@@ -363,7 +414,9 @@ class AsyncLimiter:
         """
         runner = self._open()
         calls = _hit_calls(self._engine, hits, runner.now())
-        results: list[Decision[Any]] = await runner.run_many(calls)
+        results: list[Decision[Any]] = await self._guard.arun(
+            "hit_many", runner.run_many, calls, self._guard.many(hits)
+        )
         return results
 
     async def peek(
@@ -372,7 +425,7 @@ class AsyncLimiter:
         """Would a hit of ``cost`` pass now? Charges nothing."""
         runner = self._open()
         call = self._engine.peek(limit, subject, cost, runner.now())
-        result: Decision[Amount] = await runner.run(call)
+        result: Decision[Amount] = await self._guard.adecide("peek", limit, cost, runner.run, call)
         return result
 
     async def refund(
@@ -389,13 +442,17 @@ class AsyncLimiter:
         """
         runner = self._open()
         call = self._engine.refund(limit, subject, amount, request_id, runner.now())
-        result: Decision[Amount] = await runner.run(call)
+        result: Decision[Amount] = await self._guard.adecide(
+            "refund", limit, amount, runner.run, call
+        )
         return result
 
     async def reset(self, limit: Spec[Any], subject: str) -> None:
-        """Forget ``subject``'s usage of ``limit``."""
+        """Forget ``subject``'s usage of ``limit``; a backend failure always raises."""
         runner = self._open()
-        await runner.run(self._engine.reset(limit, subject, runner.now()))
+        await self._guard.arun(
+            "reset", runner.run, self._engine.reset(limit, subject, runner.now())
+        )
 
     async def acquire(
         self, hits: Sequence[Hit[Any]], *, request_id: str | None = None
@@ -407,18 +464,10 @@ class AsyncLimiter:
         cancellation goes through, so no partial charge survives; leases and
         holds it took are then released, since nobody holds their handles.
         """
-        runner = self._open()
-        done = asyncio.ensure_future(runner.drive(acquire(self._engine, hits, request_id)))
-        try:
-            found: Acquisition = await asyncio.shield(done)
-        except asyncio.CancelledError:
-            with contextlib.suppress(Exception):
-                result = _acquired(await done, hits, self._lease_of, self._reservation_of)
-                for lease in result.leases:
-                    await lease.release()
-                for reservation in result.reservations:
-                    await reservation.release()
-            raise
+        self._open()
+        flow = acquire(self._engine, hits, request_id)
+        fallback = self._guard.acquisition(self._engine, hits)
+        found: Acquisition = await self._guard.arun("acquire", self._whole, flow, fallback)
         return _acquired(found, hits, self._lease_of, self._reservation_of)
 
     async def reserve(
@@ -433,8 +482,8 @@ class AsyncLimiter:
         """Hold ``estimate`` on ``cap`` until settled, released, or ``ttl`` passes."""
         runner = self._open()
         held = self._engine.reserve(cap, subject, estimate, ttl, request_id, runner.now())
-        decision = await runner.run(held.call)
-        return AsyncReservation(self._engine, runner, decision, held.item, held.request_id)
+        decision = await self._guard.adecide("reserve", cap, estimate, runner.run, held.call)
+        return AsyncReservation(self._engine, self._handles, decision, held.item, held.request_id)
 
     def reservation(
         self,
@@ -472,8 +521,8 @@ class AsyncLimiter:
         async def take() -> AsyncLease:
             runner = self._open()
             held = self._engine.lease(limit, subject, request_id, runner.now())
-            decision = await runner.run(held.call)
-            return AsyncLease(self._engine, runner, decision, held.item, held.request_id)
+            decision = await self._guard.adecide("lease", limit, 1, runner.run, held.call)
+            return AsyncLease(self._engine, self._handles, decision, held.item, held.request_id)
 
         return Pending(take, raise_on_deny)
 
@@ -500,10 +549,29 @@ class AsyncLimiter:
         return self._runner
 
     def _lease_of(self, decision: Decision[Any], item: Item, rid: str) -> AsyncLease:
-        return AsyncLease(self._engine, self._runner, decision, item, rid)
+        return AsyncLease(self._engine, self._handles, decision, item, rid)
 
     def _reservation_of(self, decision: Decision[Any], item: Item, rid: str) -> AsyncReservation:
-        return AsyncReservation(self._engine, self._runner, decision, item, rid)
+        return AsyncReservation(self._engine, self._handles, decision, item, rid)
+
+    async def _whole(self, flow: Flow) -> Acquisition:
+        """Drive an acquire to its end even if the caller is cancelled.
+
+        Cancelled part-way (by the caller, or by the deadline), the acquire
+        still finishes (all charged, or what was charged undone) before the
+        cancellation goes through, so no partial charge survives; leases and
+        holds it took are then released, since nobody holds their handles.
+        """
+        done = asyncio.ensure_future(self._runner.drive(flow))
+        try:
+            return await asyncio.shield(done)
+        except asyncio.CancelledError:
+            with contextlib.suppress(Exception):
+                found = await done
+                for item, decision in found.held:
+                    handle = self._reservation_of if item.hold else self._lease_of
+                    await handle(decision, item, found.request_id).release()
+            raise
 
 
 def _hit_calls(engine: Engine, hits: Sequence[Hit[Any]], local: int) -> list[Call]:
