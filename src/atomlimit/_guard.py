@@ -476,6 +476,9 @@ class Guard:
         started = time.perf_counter()
         ticket = self._admit()
         if isinstance(ticket, BreakerOpen):
+            # Failing fast must still suspend: a task that retries in a loop
+            # would otherwise never let the event loop run anything else.
+            await asyncio.sleep(0)
             return self._fall_back(operation, ticket, started, fallback)
         try:
             if self.deadline is None:
