@@ -212,6 +212,21 @@ def test_prometheus_breaker_gauge_returns_to_zero_when_the_probe_succeeds() -> N
     assert registry.get_sample_value("atomlimit_breakers_open") == 0
 
 
+def test_observers_on_one_registry_share_its_metrics(server: Server) -> None:
+    registry = CollectorRegistry()
+    with server.client() as client:
+        first = Limiter(client, observers=[PrometheusObserver(registry)])
+        second = Limiter(client, observers=[PrometheusObserver(registry)])
+        first.hit(DAILY, "a")
+        second.hit(DAILY, "b")
+
+    labels = {"limit": "enrichment", "kind": "fixed_window", "operation": "hit"}
+    counted = registry.get_sample_value(
+        "atomlimit_decisions_total", {**labels, "outcome": "allowed"}
+    )
+    assert counted == 2
+
+
 def test_subjects_never_become_label_values(server: Server) -> None:
     registry = CollectorRegistry()
     subjects = [f"customer-{n}" for n in range(50)]

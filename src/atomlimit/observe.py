@@ -20,13 +20,12 @@ fixed by the code, so their combinations stay few.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
+import weakref
+from typing import Any, Literal, Protocol, runtime_checkable
 
 from atomlimit.decision import Decision
-from atomlimit.errors import BackendError
-
-if TYPE_CHECKING:
-    from atomlimit.specs import Spec
+from atomlimit.errors import BackendError, BreakerOpen
+from atomlimit.specs import Concurrency, RateLimit, Spec, SpendCap
 
 __all__ = [
     "BreakerState",
@@ -124,8 +123,6 @@ def outcome_of(decision: Decision[Any]) -> Outcome:
 
 def kind_of(spec: Spec[Any] | None) -> str:
     """``"fixed_window"``, ``"gcra"``, ..., ``"spend_cap"`` or ``"concurrency"``."""
-    from atomlimit.specs import Concurrency, RateLimit, SpendCap
-
     if isinstance(spec, RateLimit):
         return spec.algorithm
     if isinstance(spec, SpendCap):
@@ -142,8 +139,6 @@ def error_class(error: BackendError) -> str:
     ``TimeoutError``, ``ResponseError`` and so on for what the client met.
     A bounded set: the exception classes of redis-py and Python.
     """
-    from atomlimit.errors import BreakerOpen
-
     if isinstance(error, BreakerOpen):
         return "BreakerOpen"
     cause = error.__cause__
@@ -173,9 +168,10 @@ class PrometheusObserver(Observer):
     - ``atomlimit_breaker_transitions_total{state}``: breaker changes, by
       the state entered.
 
-    One observer may serve several limiters. ``registry`` defaults to
-    prometheus-client's global registry; two observers need two registries,
-    since a registry holds each metric name once.
+    ``registry`` defaults to prometheus-client's global registry. Observers
+    built on one registry with one namespace share its metrics, so every
+    limiter of an application may build its own; the first one's
+    ``buckets`` are the ones used.
     """
 
     def __init__(
@@ -192,35 +188,11 @@ class PrometheusObserver(Observer):
                 "PrometheusObserver needs prometheus-client: pip install 'atomlimit[prometheus]'"
             ) from err
         registry = prom.REGISTRY if registry is None else registry
-        where = {"namespace": namespace, "registry": registry}
-        self._decisions = prom.Counter(
-            "decisions",
-            "Decisions made, by limit, kind, operation and outcome.",
-            ["limit", "kind", "operation", "outcome"],
-            **where,
-        )
-        self._errors = prom.Counter(
-            "backend_errors",
-            "Backend failures met by limiter calls, by operation and error class.",
-            ["operation", "error"],
-            **where,
-        )
-        self._seconds = prom.Histogram(
-            "decision_seconds",
-            "Time a limiter call took, once per decision it made.",
-            ["operation"],
-            buckets=buckets,
-            **where,
-        )
-        self._open = prom.Gauge(
-            "breakers_open", "Limiters whose circuit breaker is open or half-open.", **where
-        )
-        self._transitions = prom.Counter(
-            "breaker_transitions",
-            "Circuit breaker changes, by the state entered.",
-            ["state"],
-            **where,
-        )
+        made = _PROMETHEUS.setdefault(registry, {})
+        metrics = made.get(namespace)
+        if metrics is None:
+            metrics = made[namespace] = _prometheus_metrics(prom, registry, namespace, buckets)
+        self._decisions, self._errors, self._seconds, self._open, self._transitions = metrics
         # Resolving a labelled child costs more than counting with it, and
         # the label sets are few: keep the children.
         self._counted: dict[tuple[str, str, str, str], Any] = {}
@@ -248,6 +220,49 @@ class PrometheusObserver(Observer):
             self._open.inc()
         elif new == "closed":
             self._open.dec()
+
+
+_PROMETHEUS: weakref.WeakKeyDictionary[Any, dict[str, tuple[Any, ...]]] = (
+    weakref.WeakKeyDictionary()
+)
+"""The metrics made on each registry, by namespace: a registry takes each
+name once, so a second observer on it must reuse the first one's."""
+
+
+def _prometheus_metrics(
+    prom: Any, registry: Any, namespace: str, buckets: tuple[float, ...]
+) -> tuple[Any, ...]:
+    where = {"namespace": namespace, "registry": registry}
+    return (
+        prom.Counter(
+            "decisions",
+            "Decisions made, by limit, kind, operation and outcome.",
+            ["limit", "kind", "operation", "outcome"],
+            **where,
+        ),
+        prom.Counter(
+            "backend_errors",
+            "Backend failures met by limiter calls, by operation and error class.",
+            ["operation", "error"],
+            **where,
+        ),
+        prom.Histogram(
+            "decision_seconds",
+            "Time a limiter call took, once per decision it made.",
+            ["operation"],
+            buckets=buckets,
+            **where,
+        ),
+        prom.Gauge(
+            "breakers_open", "Limiters whose circuit breaker is open or half-open.", **where
+        ),
+        prom.Counter(
+            "breaker_transitions",
+            "Circuit breaker changes, by the state entered.",
+            ["state"],
+            **where,
+        ),
+    )
 
 
 # --------------------------------------------------------------------------
