@@ -22,6 +22,7 @@ from atomlimit import (
     Breaker,
     Concurrency,
     Hit,
+    InvalidInput,
     Limiter,
     RateLimit,
     SpendCap,
@@ -225,6 +226,24 @@ def test_observers_on_one_registry_share_its_metrics(server: Server) -> None:
         "atomlimit_decisions_total", {**labels, "outcome": "allowed"}
     )
     assert counted == 2
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"namespace": "my-app"},
+        {"namespace": ""},
+        {"namespace": "x" * 65},
+        {"buckets": ()},
+        {"buckets": (0.5, 0.1)},
+        {"buckets": (0.1, float("inf"))},
+        {"buckets": [0.1]},
+        {"buckets": tuple(range(1, 66))},
+    ],
+)
+def test_prometheus_options_are_bounded(options: dict[str, Any]) -> None:
+    with pytest.raises(InvalidInput):
+        PrometheusObserver(CollectorRegistry(), **options)
 
 
 def test_subjects_never_become_label_values(server: Server) -> None:

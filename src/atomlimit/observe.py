@@ -20,11 +20,15 @@ fixed by the code, so their combinations stay few.
 
 from __future__ import annotations
 
+import itertools
+import math
+import re
 import weakref
 from typing import Any, Literal, Protocol, runtime_checkable
 
+from atomlimit._checks import show
 from atomlimit.decision import Decision
-from atomlimit.errors import BackendError, BreakerOpen
+from atomlimit.errors import BackendError, BreakerOpen, InvalidInput
 from atomlimit.specs import Concurrency, RateLimit, Spec, SpendCap
 
 __all__ = [
@@ -187,6 +191,8 @@ class PrometheusObserver(Observer):
             raise ImportError(
                 "PrometheusObserver needs prometheus-client: pip install 'atomlimit[prometheus]'"
             ) from err
+        _check_namespace(namespace)
+        _check_buckets(buckets)
         registry = prom.REGISTRY if registry is None else registry
         made = _PROMETHEUS.setdefault(registry, {})
         metrics = made.get(namespace)
@@ -227,6 +233,33 @@ _PROMETHEUS: weakref.WeakKeyDictionary[Any, dict[str, tuple[Any, ...]]] = (
 )
 """The metrics made on each registry, by namespace: a registry takes each
 name once, so a second observer on it must reuse the first one's."""
+
+
+_NAMESPACE = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}")
+MAX_BUCKETS = 64
+
+
+def _check_namespace(namespace: object) -> None:
+    if type(namespace) is not str or not _NAMESPACE.fullmatch(namespace):
+        raise InvalidInput(
+            "namespace must be 1-64 letters, digits or _, not starting with a digit, "
+            f"got {show(namespace)}"
+        )
+
+
+def _check_buckets(buckets: object) -> None:
+    """Histogram bounds: 1 to 64 finite seconds, each above the last."""
+    if (
+        isinstance(buckets, tuple)
+        and 0 < len(buckets) <= MAX_BUCKETS
+        and all(type(b) in (int, float) and 0 < b < math.inf for b in buckets)
+        and all(a < b for a, b in itertools.pairwise(buckets))
+    ):
+        return
+    raise InvalidInput(
+        f"buckets must be a tuple of 1 to {MAX_BUCKETS} increasing positive seconds, "
+        f"got {show(buckets)}"
+    )
 
 
 def _prometheus_metrics(
