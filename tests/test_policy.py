@@ -432,3 +432,25 @@ def test_observers_and_breakers_are_checked_when_the_limiter_is_built() -> None:
             AsyncLimiter(redis.asyncio.Redis(), deadline=0.5)  # type: ignore[arg-type]
         with pytest.raises(InvalidInput, match="deadline"):
             AsyncLimiter(redis.asyncio.Redis(), deadline=timedelta(hours=1))
+
+
+async def test_async_deadline_fails_a_stalled_call_as_unknown_naming_its_request_id(
+    server: Server, stalling_proxy: StallingProxy
+) -> None:
+    client = redis.asyncio.Redis(host="127.0.0.1", port=stalling_proxy.port, retry=NO_RETRY)
+    async with client:
+        limiter = AsyncLimiter(client, deadline=timedelta(milliseconds=100), breaker=None)
+        await limiter.peek(RAISE, "warm-up")
+        stalling_proxy.delay = 0.5
+        started = time.monotonic()
+        with pytest.raises(BackendError) as caught:
+            await limiter.hit(RAISE, "s", request_id="req-5")
+        took = time.monotonic() - started
+        degraded = await limiter.hit(DENY, "s")
+        stalling_proxy.delay = 0
+
+    assert "no reply within the limiter's deadline of 0.1 s" in str(caught.value)
+    assert caught.value.applied == "unknown"
+    assert caught.value.request_id == "req-5"
+    assert took < 0.5  # the deadline, not the stall, ended the call
+    assert (degraded.allowed, degraded.degraded) == (False, True)

@@ -448,7 +448,7 @@ class Guard:
         try:
             result = send(step)
         except BaseException as err:
-            return self._failed(operation, ticket, started, err, fallback)
+            return self._failed(operation, ticket, started, err, step, fallback)
         self._succeeded(operation, ticket, started, result)
         return result
 
@@ -487,7 +487,7 @@ class Guard:
                 async with asyncio.timeout(self.deadline):
                     result = await send(step)
         except BaseException as err:
-            return self._failed(operation, ticket, started, err, fallback)
+            return self._failed(operation, ticket, started, err, step, fallback)
         self._succeeded(operation, ticket, started, result)
         return result
 
@@ -532,10 +532,11 @@ class Guard:
         ticket: int,
         started: float,
         err: BaseException,
+        step: Any,
         fallback: Callable[[BackendError], T] | None,
     ) -> T:
         """Report a failed call, then raise it or hand it to the policy."""
-        error = self._deadline_passed(err, operation) or backend_failure(err, operation)
+        error = self._deadline_passed(err, step, operation) or backend_failure(err, operation)
         circuit = self._circuit
         if error is None:
             if circuit is not None:
@@ -567,12 +568,20 @@ class Guard:
                 self._report_decision(decision, operation, seconds)
         return result
 
-    def _deadline_passed(self, err: BaseException, operation: str) -> BackendError | None:
-        if self.deadline is None or type(err) is not TimeoutError or err.__cause__ is not None:
+    def _deadline_passed(
+        self, err: BaseException, step: Any, operation: str
+    ) -> BackendError | None:
+        """The deadline's TimeoutError as a BackendError; None for any other error.
+
+        The runners turn every timeout of their own into a BackendError, so
+        a bare TimeoutError out of a guarded call is the deadline's.
+        """
+        if self.deadline is None or type(err) is not TimeoutError:
             return None
         error = BackendError(
             f"{operation}: no reply within the limiter's deadline of {self.deadline:g} s",
             applied="unknown",
+            request_id=getattr(step, "request_id", None),
         )
         error.__cause__ = err
         return error
