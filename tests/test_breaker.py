@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import errno
 import logging
+import threading
 from datetime import timedelta
 from typing import Any
 
@@ -183,6 +184,36 @@ def test_late_answers_of_calls_admitted_before_it_opened_change_nothing() -> Non
     assert moves == [None, None]
     assert circuit.state == "open"
     assert circuit.opened_at == 0.1
+
+
+def test_threads_racing_to_fail_open_it_once_and_racing_to_probe_get_one_probe() -> None:
+    circuit = Circuit(Breaker(failures=3, cool_down=timedelta(seconds=2)))
+    start = threading.Barrier(16)
+    moves: list[Any] = []
+    tickets: list[Any] = []
+
+    def fail_once() -> None:
+        ticket = circuit.admit(0.0)
+        start.wait()
+        moves.append(fail(circuit, ticket, 0.0, timeout()))
+
+    def try_to_probe() -> None:
+        start.wait()
+        try:
+            tickets.append(circuit.admit(5.0))
+        except BreakerOpen:
+            tickets.append(None)
+
+    for work in (fail_once, try_to_probe):
+        threads = [threading.Thread(target=work) for _ in range(16)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+
+    assert [m for m in moves if m] == [("closed", "open")]
+    assert tickets.count(PROBE) == 1
+    assert tickets.count(None) == 15
 
 
 @pytest.mark.parametrize(
