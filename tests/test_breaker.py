@@ -399,7 +399,7 @@ def test_an_observer_that_raises_never_changes_a_decision(
 
     assert decision.allowed
     assert decision.degraded
-    assert "observer Broken.on_decision raised; ignored" in caplog.text
+    assert "observer Broken.on_error raised; ignored" in caplog.text
     assert "RuntimeError: dashboard down" in caplog.text
 
 

@@ -411,7 +411,7 @@ class Guard:
         clock: monotonic seconds, for the breaker's cool-down and the log.
     """
 
-    __slots__ = ("_circuit", "_clock", "_log", "_observers", "deadline", "now")
+    __slots__ = ("_circuit", "_clock", "_log", "_observer_log", "_observers", "deadline", "now")
 
     def __init__(
         self,
@@ -429,6 +429,7 @@ class Guard:
         self.deadline = deadline
         self._clock = clock
         self._log = _Throttle(LOG_EVERY)
+        self._observer_log = _Throttle(LOG_EVERY)
 
     # -- sync ------------------------------------------------------------------
 
@@ -674,11 +675,20 @@ class Guard:
             except Exception:
                 self._observer_failed(observer, "on_breaker")
 
-    @staticmethod
-    def _observer_failed(observer: object, method: str) -> None:
-        # Watching must never change a decision; the traceback says why.
+    def _observer_failed(self, observer: object, method: str) -> None:
+        # Watching must never change a decision; the traceback says why. An
+        # observer that fails on every call would log on every call, so the
+        # log is throttled like degraded decisions are.
+        skipped = self._observer_log.due(self._clock())
+        if skipped is None:
+            return
+        more = f"; {skipped} more observer failures since the last warning" if skipped else ""
         _log.warning(
-            "observer %s.%s raised; ignored", type(observer).__name__, method, exc_info=True
+            "observer %s.%s raised; ignored%s",
+            type(observer).__name__,
+            method,
+            more,
+            exc_info=True,
         )
 
 
