@@ -95,13 +95,25 @@ def kill(server: Server) -> None:
     server._terminate(kill=True)
 
 
+AFTER = 2.0
+"""Seconds the load goes on once the server is back: enough for a cool-down
+and a probe even on a machine busy with other work."""
+
+
+@dataclass
+class Until:
+    """When the load stops; moved once the server is back, however long that took."""
+
+    at: float
+
+
 def load_sync(
-    limiter: Limiter, threads: int, until: float, log: list[Made]
+    limiter: Limiter, threads: int, until: Until, log: list[Made]
 ) -> list[threading.Thread]:
     """Threads that hit both limits in turn until ``until``, recording every call."""
 
     def work() -> None:
-        while time.monotonic() < until:
+        while time.monotonic() < until.at:
             for spec in SPECS:
                 started = time.monotonic()
                 decision = limiter.hit(spec, "client-42")
@@ -114,9 +126,9 @@ def load_sync(
     return workers
 
 
-async def load_async(limiter: AsyncLimiter, tasks: int, until: float, log: list[Made]) -> None:
+async def load_async(limiter: AsyncLimiter, tasks: int, until: Until, log: list[Made]) -> None:
     async def work() -> None:
-        while time.monotonic() < until:
+        while time.monotonic() < until.at:
             for spec in SPECS:
                 started = time.monotonic()
                 decision = await limiter.hit(spec, "client-42")
@@ -186,7 +198,8 @@ def test_killed_and_restarted_under_load(
     with client_of(persistent) as client:
         limiter = Limiter(client, breaker=BREAKER)
         start = time.monotonic()
-        workers = load_sync(limiter, threads=4, until=start + 3.0, log=log)
+        until = Until(start + 60)
+        workers = load_sync(limiter, threads=4, until=until, log=log)
         time.sleep(0.5)
         kill(persistent)
         killed = time.monotonic()
@@ -194,6 +207,7 @@ def test_killed_and_restarted_under_load(
         bare = bare_calls(persistent, until=killed + 1.0)
         persistent.restart()
         back = time.monotonic()
+        until.at = back + AFTER
         for worker in workers:
             worker.join()
         admitted = Limiter(client).peek(DENY, "client-42").used
@@ -229,7 +243,7 @@ async def test_async_killed_and_restarted_under_load(
         retry=Retry(NoBackoff(), 0),
     ) as client:
         limiter = AsyncLimiter(client, breaker=BREAKER)
-        start = time.monotonic()
+        until = Until(time.monotonic() + 60)
         moments: dict[str, float] = {}
 
         async def outage() -> None:
@@ -239,8 +253,9 @@ async def test_async_killed_and_restarted_under_load(
             await asyncio.sleep(1.0)
             await asyncio.to_thread(persistent.restart)
             moments["back"] = time.monotonic()
+            until.at = moments["back"] + AFTER
 
-        await asyncio.gather(load_async(limiter, 20, start + 3.0, log), outage())
+        await asyncio.gather(load_async(limiter, 20, until, log), outage())
 
     check_policies(log)
     after = recovery(log, moments["back"])
@@ -289,7 +304,7 @@ def stalled_calls(
         started = time.monotonic()
         sender = stall_with(server, command)
         ended = started + STALL
-        for worker in load_sync(limiter, threads=1, until=ended + 1.0, log=log):
+        for worker in load_sync(limiter, threads=1, until=Until(ended + AFTER), log=log):
             worker.join()
         sender.join()
     return log, ended
@@ -343,7 +358,7 @@ async def test_async_deadline_and_breaker_through_debug_sleep(
         await limiter.peek(ALLOW, "client-42")
         sender = await asyncio.to_thread(stall_with, private, ("DEBUG", "SLEEP", STALL))
         ended = time.monotonic() - 0.05 + STALL
-        await load_async(limiter, 20, ended + 1.0, log)
+        await load_async(limiter, 20, Until(ended + AFTER), log)
         await asyncio.to_thread(sender.join)
 
     check_policies(log)
