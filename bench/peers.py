@@ -139,6 +139,24 @@ def rotated(items: Sequence[T], turn: int) -> list[T]:
     return [*items[start:], *items[:start]]
 
 
+def print_variations(title: str, figures: dict[Variant, float], *, rates: bool) -> None:
+    """Each row that varies another (``Variant.versus``) as a cost ratio to it.
+
+    ``rates``: the figures are decisions/s, so the cost is the inverse ratio;
+    otherwise they are times. Above 1 means the variation costs more.
+    """
+    by_label = {v.label: v for v in figures}
+    rows = []
+    for variant, value in figures.items():
+        base = by_label.get(variant.versus or "")
+        if base is None or not value:
+            continue
+        cost = figures[base] / value if rates else value / figures[base]
+        rows.append([variant.label, base.label, f"x{cost:.3f}"])
+    if rows:
+        print_table(title, ["row", "against", "time per decision, ratio"], rows)
+
+
 def rows_for(section: Section) -> list[Variant]:
     return [v for v in VARIANTS if section in v.sections]
 
@@ -236,6 +254,7 @@ async def throughput(url: str, settings: Settings) -> dict[Variant, float]:
         )
         if peer:
             print(f"best peer: {peer.label}")
+        print_variations(f"Overhead of options, async, {tasks} tasks", rates, rates=True)
     return rates
 
 
@@ -263,6 +282,7 @@ def latency(url: str, settings: Settings) -> None:
         ["row", "µs per call", "vs fastest peer"],
         [[v.label, f"{m:.1f}", ratio(m, fastest)] for v, m in medians.items()],
     )
+    print_variations("Overhead of options, sync, one thread", medians, rates=False)
 
 
 async def server_time(url: str, settings: Settings) -> None:

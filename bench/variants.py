@@ -41,9 +41,11 @@ import redis
 import redis.asyncio
 import throttled
 import throttled.asyncio
+from prometheus_client import CollectorRegistry
 
 from atomlimit import AsyncLimiter, Hit, Limiter, RateLimit, Spec, SpendCap
 from atomlimit.asgi import RateLimitMiddleware
+from atomlimit.observe import Observer, PrometheusObserver
 
 AsyncDecide = Callable[[str], Awaitable[bool]]
 """Decide once for ``subject``; True when the decision admitted it."""
@@ -82,6 +84,9 @@ class Variant:
     Only top-level ones: Redis also counts the commands a script or an EXEC
     runs, inside the script's or the EXEC's own time.
     """
+    versus: str | None = None
+    """The label of the row this one is a variation of: the sections print
+    this row's cost as a ratio to that one's (an observer on against off)."""
 
     @property
     def label(self) -> str:
@@ -104,12 +109,32 @@ SLIDING_COUNTER = RateLimit(
 SLIDING_LOG = RateLimit(name="bench-log", limit=10_000, window="minute", algorithm="sliding_log")
 
 
-def atomlimit_async(spec: Spec[Any], cost: Decimal | int = 1) -> AsyncFactory:
+Options = Callable[[], dict[str, Any]]
+"""Limiter options, made afresh for each opening (an observer has its own registry)."""
+
+
+def _defaults() -> dict[str, Any]:
+    return {}
+
+
+def with_prometheus() -> dict[str, Any]:
+    """A Prometheus observer on a registry of its own, as an application would set one up."""
+    observers: list[Observer] = [PrometheusObserver(CollectorRegistry())]
+    return {"observers": observers}
+
+
+def without_breaker() -> dict[str, Any]:
+    return {"breaker": None}
+
+
+def atomlimit_async(
+    spec: Spec[Any], cost: Decimal | int = 1, options: Options = _defaults
+) -> AsyncFactory:
     """``AsyncLimiter.from_url(url).hit``, with the pool ``from_url`` chooses."""
 
     @contextlib.asynccontextmanager
     async def opened(url: str, connections: int | None) -> AsyncIterator[AsyncDecide]:
-        limiter = AsyncLimiter.from_url(url)
+        limiter = AsyncLimiter.from_url(url, **options())
 
         async def decide(subject: str) -> bool:
             return (await limiter.hit(spec, subject, cost)).allowed
@@ -122,12 +147,14 @@ def atomlimit_async(spec: Spec[Any], cost: Decimal | int = 1) -> AsyncFactory:
     return opened
 
 
-def atomlimit_sync(spec: Spec[Any], cost: Decimal | int = 1) -> SyncFactory:
+def atomlimit_sync(
+    spec: Spec[Any], cost: Decimal | int = 1, options: Options = _defaults
+) -> SyncFactory:
     """``Limiter.from_url(url).hit``."""
 
     @contextlib.contextmanager
     def opened(url: str) -> Iterator[SyncDecide]:
-        limiter = Limiter.from_url(url)
+        limiter = Limiter.from_url(url, **options())
 
         def decide(subject: str) -> bool:
             return limiter.hit(spec, subject, cost).allowed
@@ -429,6 +456,24 @@ VARIANTS: tuple[Variant, ...] = (
         _PLOTTED | {"sustained"},
         atomlimit_async(FIXED),
         atomlimit_sync(FIXED),
+    ),
+    Variant(
+        "atomlimit",
+        "fixed window + Prometheus observer",
+        "atomlimit",
+        frozenset({"throughput"}),
+        atomlimit_async(FIXED, options=with_prometheus),
+        atomlimit_sync(FIXED, options=with_prometheus),
+        versus="atomlimit: fixed window",
+    ),
+    Variant(
+        "atomlimit",
+        "fixed window, no breaker",
+        "atomlimit",
+        frozenset({"throughput"}),
+        atomlimit_async(FIXED, options=without_breaker),
+        atomlimit_sync(FIXED, options=without_breaker),
+        versus="atomlimit: fixed window",
     ),
     Variant("atomlimit", "GCRA", "atomlimit", _EVERY, atomlimit_async(GCRA), atomlimit_sync(GCRA)),
     Variant(

@@ -3,7 +3,11 @@
 - :class:`InvalidInput`: fix the input; nothing was sent to the server.
 - :class:`BackendError`: Redis failed or is unreachable. ``applied`` says
   whether the call may have taken effect; with a ``request_id`` it can be
-  sent again safely. The redis-py error is chained as ``__cause__``.
+  sent again safely. The redis-py error is chained as ``__cause__``. A
+  limit's failure policy (``on_backend_error``) can turn it into a degraded
+  decision instead.
+- :class:`BreakerOpen`: a BackendError raised without trying the server,
+  because the limiter's circuit breaker is open after repeated failures.
 - :class:`RequestIdReused`: a request id came back with other costs; the
   server refused it and charged nothing.
 - :class:`UnsafeServer`: the server would lose or misreport counts (a
@@ -61,6 +65,18 @@ class BackendError(AtomlimitError):
         super().__init__(message)
         self.applied: Applied = applied
         self.request_id = request_id
+
+
+class BreakerOpen(BackendError):
+    """The limiter's circuit breaker is open: the call failed fast, unsent.
+
+    After repeated backend failures a limiter stops paying a timeout per
+    call: for a cool-down every call raises this at once (``applied`` is
+    ``"no"``), then one probe call goes to the server and closes the
+    breaker if it answers. ``__cause__`` is the failure that opened it.
+    Like any BackendError, a limit's failure policy may turn it into a
+    degraded decision.
+    """
 
 
 class UnsafeServer(AtomlimitError):

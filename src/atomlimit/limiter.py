@@ -1,9 +1,10 @@
 """The two thin shells: :class:`Limiter` (sync) and :class:`AsyncLimiter`.
 
 They hand what :mod:`atomlimit._engine` plans to a runner from
-:mod:`atomlimit._runner`, and wrap held things in handles from
-:mod:`atomlimit.holds`; every rule lives in those places, once. Read the two
-classes side by side: they differ only in ``await``.
+:mod:`atomlimit._runner`, through the limiter's guard (:mod:`atomlimit._guard`:
+circuit breaker, failure policy, observers), and wrap held things in handles
+from :mod:`atomlimit.holds`; every rule lives in those places, once. Read the
+two classes side by side: they differ only in ``await``.
 """
 
 from __future__ import annotations
@@ -34,13 +35,15 @@ from atomlimit._engine import (
     Item,
     TimeSource,
 )
+from atomlimit._guard import AsyncGuardedRunner, Breaker, Guard, GuardedRunner, check_deadline
 from atomlimit._limited import check_function, configure
 from atomlimit._runner import AsyncRunner, SyncRunner, clock_reader
-from atomlimit._steps import Call
+from atomlimit._steps import Call, Flow
 from atomlimit._waiting import deadline_after, pause
 from atomlimit.decision import Amount, Decision
 from atomlimit.errors import InvalidInput, LimitExceeded
 from atomlimit.holds import Acquired, AsyncLease, AsyncReservation, Lease, Pending, Reservation
+from atomlimit.observe import Observer
 from atomlimit.specs import Concurrency, Hit, Spec, SpendCap
 
 Clock = Callable[[], float]
@@ -54,6 +57,8 @@ DEFAULT_MAX_CONNECTIONS = 50
 MAX_MANY = 10_000
 """Most hits one hit_many decides: one round trip of about a megabyte."""
 DEFAULT_POOL_TIMEOUT = 20.0
+DEFAULT_BREAKER = Breaker()
+"""Open after 5 failures in a row (or one refused connection), probe after 2 s."""
 
 
 class Limiter:
@@ -75,7 +80,16 @@ class Limiter:
         strict: refuse to decide on a server that may evict keys (a
             ``maxmemory-policy`` other than ``noeviction``) or whose INFO
             cannot be read, instead of logging a warning. A replica is always
-            refused. See docs/failure-modes.md.
+            refused. See docs/cli.md (``doctor``).
+        breaker: when to stop asking a failing server, and for how long
+            (:class:`~atomlimit.Breaker`); None turns the breaker off, so
+            every call tries the server. See docs/failure-policy.md.
+        observers: objects told of every decision and backend failure
+            (:class:`atomlimit.observe.Observer`), at most 16.
+
+    A call waits for the server at most as long as the client allows: its
+    ``socket_connect_timeout`` and ``socket_timeout`` (redis-py waits
+    forever by default). Set both on a client used in production.
     """
 
     def __init__(
@@ -88,6 +102,8 @@ class Limiter:
         request_ttl: timedelta = DEFAULT_REQUEST_TTL,
         retry_ttl: timedelta = DEFAULT_RETRY_TTL,
         strict: bool = False,
+        breaker: Breaker | None = DEFAULT_BREAKER,
+        observers: Sequence[Observer] = (),
     ) -> None:
         self._engine = Engine(
             prefix=prefix, time_source=time_source, request_ttl=request_ttl, retry_ttl=retry_ttl
@@ -95,6 +111,8 @@ class Limiter:
         now = clock_reader(clock)
         client = _client(client, (redis.Redis, RedisCluster))
         self._runner = SyncRunner(client, now, strict=check_flag(strict, "strict"))
+        self._guard = Guard(breaker, observers, now)
+        self._handles = GuardedRunner(self._guard, self._runner)
         self._owns_client = False
 
     @classmethod
@@ -108,6 +126,8 @@ class Limiter:
         request_ttl: timedelta = DEFAULT_REQUEST_TTL,
         retry_ttl: timedelta = DEFAULT_RETRY_TTL,
         strict: bool = False,
+        breaker: Breaker | None = DEFAULT_BREAKER,
+        observers: Sequence[Observer] = (),
         **redis_options: Any,
     ) -> Self:
         """Connect to ``url``; ``redis_options`` go to ``redis.Redis.from_url``.
@@ -123,6 +143,8 @@ class Limiter:
             request_ttl=request_ttl,
             retry_ttl=retry_ttl,
             strict=strict,
+            breaker=breaker,
+            observers=observers,
         )
         limiter._owns_client = True
         return limiter
@@ -144,7 +166,7 @@ class Limiter:
         """
         runner = self._open()
         call = self._engine.hit(limit, subject, cost, request_id, partial, runner.now())
-        result: Decision[Amount] = runner.run(call)
+        result: Decision[Amount] = self._guard.decide("hit", limit, cost, runner.run, call)
         return result
 
     def hit_many(self, hits: Sequence[Hit[Any]]) -> list[Decision[Any]]:
@@ -154,13 +176,17 @@ class Limiter:
         decisions come back in order. For all-or-nothing, use :meth:`acquire`.
         """
         runner = self._open()
-        results: list[Decision[Any]] = runner.run_many(_hit_calls(self._engine, hits, runner.now()))
+        calls = _hit_calls(self._engine, hits, runner.now())
+        results: list[Decision[Any]] = self._guard.run(
+            "hit_many", runner.run_many, calls, self._guard.many(hits)
+        )
         return results
 
     def peek(self, limit: Spec[Amount], subject: str, cost: Amount | int = 1) -> Decision[Amount]:
         """Would a hit of ``cost`` pass now? Charges nothing."""
         runner = self._open()
-        result: Decision[Amount] = runner.run(self._engine.peek(limit, subject, cost, runner.now()))
+        call = self._engine.peek(limit, subject, cost, runner.now())
+        result: Decision[Amount] = self._guard.decide("peek", limit, cost, runner.run, call)
         return result
 
     def refund(
@@ -177,20 +203,26 @@ class Limiter:
         """
         runner = self._open()
         call = self._engine.refund(limit, subject, amount, request_id, runner.now())
-        result: Decision[Amount] = runner.run(call)
+        result: Decision[Amount] = self._guard.decide("refund", limit, amount, runner.run, call)
         return result
 
     def reset(self, limit: Spec[Any], subject: str) -> None:
-        """Forget ``subject``'s usage of ``limit``."""
+        """Forget ``subject``'s usage of ``limit``; a backend failure always raises."""
         runner = self._open()
-        runner.run(self._engine.reset(limit, subject, runner.now()))
+        self._guard.run("reset", runner.run, self._engine.reset(limit, subject, runner.now()))
 
     def acquire(
         self, hits: Sequence[Hit[Any]], *, request_id: str | None = None
     ) -> Acquired[Lease, Reservation]:
-        """Charge every hit or none of them; see docs/acquire.md."""
+        """Charge every hit or none of them; see docs/acquire.md.
+
+        When the server fails, the strictest failure policy among the hits
+        decides: any "raise" raises, else any "deny" denies, else all allow.
+        """
         runner = self._open()
-        found: Acquisition = runner.drive(acquire(self._engine, hits, request_id))
+        flow = acquire(self._engine, hits, request_id)
+        fallback = self._guard.acquisition(self._engine, hits)
+        found: Acquisition = self._guard.run("acquire", runner.drive, flow, fallback)
         return _acquired(found, hits, self._lease_of, self._reservation_of)
 
     def reserve(
@@ -205,8 +237,8 @@ class Limiter:
         """Hold ``estimate`` on ``cap`` until settled, released, or ``ttl`` passes."""
         runner = self._open()
         held = self._engine.reserve(cap, subject, estimate, ttl, request_id, runner.now())
-        decision = runner.run(held.call)
-        return Reservation(self._engine, runner, decision, held.item, held.request_id)
+        decision = self._guard.decide("reserve", cap, estimate, runner.run, held.call)
+        return Reservation(self._engine, self._handles, decision, held.item, held.request_id)
 
     def reservation(
         self,
@@ -241,8 +273,8 @@ class Limiter:
         check_flag(raise_on_deny, "raise_on_deny")
         runner = self._open()
         held = self._engine.lease(limit, subject, request_id, runner.now())
-        decision = runner.run(held.call)
-        lease = Lease(self._engine, runner, decision, held.item, held.request_id)
+        decision = self._guard.decide("lease", limit, 1, runner.run, held.call)
+        lease = Lease(self._engine, self._handles, decision, held.item, held.request_id)
         return _granted(lease, raise_on_deny)
 
     # ------------------------------------------------------------------
@@ -337,19 +369,27 @@ class Limiter:
         return self._runner
 
     def _lease_of(self, decision: Decision[Any], item: Item, rid: str) -> Lease:
-        return Lease(self._engine, self._runner, decision, item, rid)
+        return Lease(self._engine, self._handles, decision, item, rid)
 
     def _reservation_of(self, decision: Decision[Any], item: Item, rid: str) -> Reservation:
-        return Reservation(self._engine, self._runner, decision, item, rid)
+        return Reservation(self._engine, self._handles, decision, item, rid)
 
 
 class AsyncLimiter:
     """Race-free limits over ``redis.asyncio.Redis`` or ``redis.asyncio.RedisCluster``.
 
-    Takes the same arguments as :class:`Limiter`, and ``batch``: calls that
-    concurrent tasks start together go out in one write per server, each
-    script still atomic (``batch=False`` sends each call on its own). One
-    instance serves any number of tasks on its event loop.
+    Takes the same arguments as :class:`Limiter`, and:
+
+    - ``batch``: calls that concurrent tasks start together go out in one
+      write per server, each script still atomic (``batch=False`` sends
+      each call on its own).
+    - ``deadline``: the longest a call may wait for the server, a
+      ``timedelta``; past it the call fails as a
+      :class:`~atomlimit.BackendError` (outcome unknown), which the limit's
+      failure policy may turn into a degraded decision. An ``acquire`` still
+      finishes undoing what it charged before it gives up.
+
+    One instance serves any number of tasks on its event loop.
     """
 
     def __init__(
@@ -363,6 +403,9 @@ class AsyncLimiter:
         retry_ttl: timedelta = DEFAULT_RETRY_TTL,
         batch: bool = True,
         strict: bool = False,
+        breaker: Breaker | None = DEFAULT_BREAKER,
+        observers: Sequence[Observer] = (),
+        deadline: timedelta | None = None,
     ) -> None:
         self._engine = Engine(
             prefix=prefix, time_source=time_source, request_ttl=request_ttl, retry_ttl=retry_ttl
@@ -371,6 +414,8 @@ class AsyncLimiter:
         client = _client(client, (redis.asyncio.Redis, AsyncRedisCluster))
         batch, strict = check_flag(batch, "batch"), check_flag(strict, "strict")
         self._runner = AsyncRunner(client, now, batch=batch, strict=strict)
+        self._guard = Guard(breaker, observers, now, check_deadline(deadline))
+        self._handles = AsyncGuardedRunner(self._guard, self._runner)
         self._owns_client = False
 
     @classmethod
@@ -385,6 +430,9 @@ class AsyncLimiter:
         retry_ttl: timedelta = DEFAULT_RETRY_TTL,
         batch: bool = True,
         strict: bool = False,
+        breaker: Breaker | None = DEFAULT_BREAKER,
+        observers: Sequence[Observer] = (),
+        deadline: timedelta | None = None,
         max_connections: int = DEFAULT_MAX_CONNECTIONS,
         pool_timeout: float | None = DEFAULT_POOL_TIMEOUT,
         **redis_options: Any,
@@ -407,6 +455,9 @@ class AsyncLimiter:
             retry_ttl=retry_ttl,
             batch=batch,
             strict=strict,
+            breaker=breaker,
+            observers=observers,
+            deadline=deadline,
         )
         limiter._owns_client = True
         return limiter
@@ -428,7 +479,7 @@ class AsyncLimiter:
         """
         runner = self._open()
         call = self._engine.hit(limit, subject, cost, request_id, partial, runner.now())
-        result: Decision[Amount] = await runner.run(call)
+        result: Decision[Amount] = await self._guard.adecide("hit", limit, cost, runner.run, call)
         return result
 
     async def hit_many(self, hits: Sequence[Hit[Any]]) -> list[Decision[Any]]:
@@ -439,7 +490,9 @@ class AsyncLimiter:
         """
         runner = self._open()
         calls = _hit_calls(self._engine, hits, runner.now())
-        results: list[Decision[Any]] = await runner.run_many(calls)
+        results: list[Decision[Any]] = await self._guard.arun(
+            "hit_many", runner.run_many, calls, self._guard.many(hits)
+        )
         return results
 
     async def peek(
@@ -448,7 +501,7 @@ class AsyncLimiter:
         """Would a hit of ``cost`` pass now? Charges nothing."""
         runner = self._open()
         call = self._engine.peek(limit, subject, cost, runner.now())
-        result: Decision[Amount] = await runner.run(call)
+        result: Decision[Amount] = await self._guard.adecide("peek", limit, cost, runner.run, call)
         return result
 
     async def refund(
@@ -465,13 +518,17 @@ class AsyncLimiter:
         """
         runner = self._open()
         call = self._engine.refund(limit, subject, amount, request_id, runner.now())
-        result: Decision[Amount] = await runner.run(call)
+        result: Decision[Amount] = await self._guard.adecide(
+            "refund", limit, amount, runner.run, call
+        )
         return result
 
     async def reset(self, limit: Spec[Any], subject: str) -> None:
-        """Forget ``subject``'s usage of ``limit``."""
+        """Forget ``subject``'s usage of ``limit``; a backend failure always raises."""
         runner = self._open()
-        await runner.run(self._engine.reset(limit, subject, runner.now()))
+        await self._guard.arun(
+            "reset", runner.run, self._engine.reset(limit, subject, runner.now())
+        )
 
     async def acquire(
         self, hits: Sequence[Hit[Any]], *, request_id: str | None = None
@@ -483,18 +540,10 @@ class AsyncLimiter:
         cancellation goes through, so no partial charge survives; leases and
         holds it took are then released, since nobody holds their handles.
         """
-        runner = self._open()
-        done = asyncio.ensure_future(runner.drive(acquire(self._engine, hits, request_id)))
-        try:
-            found: Acquisition = await asyncio.shield(done)
-        except asyncio.CancelledError:
-            with contextlib.suppress(Exception):
-                result = _acquired(await done, hits, self._lease_of, self._reservation_of)
-                for lease in result.leases:
-                    await lease.release()
-                for reservation in result.reservations:
-                    await reservation.release()
-            raise
+        self._open()
+        flow = acquire(self._engine, hits, request_id)
+        fallback = self._guard.acquisition(self._engine, hits)
+        found: Acquisition = await self._guard.arun("acquire", self._whole, flow, fallback)
         return _acquired(found, hits, self._lease_of, self._reservation_of)
 
     async def reserve(
@@ -509,8 +558,8 @@ class AsyncLimiter:
         """Hold ``estimate`` on ``cap`` until settled, released, or ``ttl`` passes."""
         runner = self._open()
         held = self._engine.reserve(cap, subject, estimate, ttl, request_id, runner.now())
-        decision = await runner.run(held.call)
-        return AsyncReservation(self._engine, runner, decision, held.item, held.request_id)
+        decision = await self._guard.adecide("reserve", cap, estimate, runner.run, held.call)
+        return AsyncReservation(self._engine, self._handles, decision, held.item, held.request_id)
 
     def reservation(
         self,
@@ -548,8 +597,8 @@ class AsyncLimiter:
         async def take() -> AsyncLease:
             runner = self._open()
             held = self._engine.lease(limit, subject, request_id, runner.now())
-            decision = await runner.run(held.call)
-            return AsyncLease(self._engine, runner, decision, held.item, held.request_id)
+            decision = await self._guard.adecide("lease", limit, 1, runner.run, held.call)
+            return AsyncLease(self._engine, self._handles, decision, held.item, held.request_id)
 
         return Pending(take, raise_on_deny)
 
@@ -645,10 +694,29 @@ class AsyncLimiter:
         return self._runner
 
     def _lease_of(self, decision: Decision[Any], item: Item, rid: str) -> AsyncLease:
-        return AsyncLease(self._engine, self._runner, decision, item, rid)
+        return AsyncLease(self._engine, self._handles, decision, item, rid)
 
     def _reservation_of(self, decision: Decision[Any], item: Item, rid: str) -> AsyncReservation:
-        return AsyncReservation(self._engine, self._runner, decision, item, rid)
+        return AsyncReservation(self._engine, self._handles, decision, item, rid)
+
+    async def _whole(self, flow: Flow) -> Acquisition:
+        """Drive an acquire to its end even if the caller is cancelled.
+
+        Cancelled part-way (by the caller, or by the deadline), the acquire
+        still finishes (all charged, or what was charged undone) before the
+        cancellation goes through, so no partial charge survives; leases and
+        holds it took are then released, since nobody holds their handles.
+        """
+        done = asyncio.ensure_future(self._runner.drive(flow))
+        try:
+            return await asyncio.shield(done)
+        except asyncio.CancelledError:
+            with contextlib.suppress(Exception):
+                found = await done
+                for item, decision in found.held:
+                    handle = self._reservation_of if item.hold else self._lease_of
+                    await handle(decision, item, found.request_id).release()
+            raise
 
 
 def _hit_calls(engine: Engine, hits: Sequence[Hit[Any]], local: int) -> list[Call]:

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from decimal import Decimal
 from functools import cached_property
-from typing import TYPE_CHECKING, Annotated, Any, Generic, Literal, Self
+from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Generic, Literal, Self
 
 from pydantic import (
     BaseModel,
@@ -45,6 +45,8 @@ _MAX_FIELD = 40
 _CURRENCY = re.compile(r"[A-Za-z][A-Za-z0-9_\-]{0,15}")
 Algorithm = Literal["fixed_window", "gcra", "sliding_log", "sliding_counter"]
 _PARSE_OPTIONS = frozenset({"algorithm", "burst", "max_log", "shadow"})
+FailurePolicy = Literal["raise", "allow", "deny", "allow_unmetered_spend"]
+"""What a limit decides when the server cannot be asked; see docs/failure-policy.md."""
 
 
 class Spec(BaseModel, Generic[Amount]):
@@ -57,6 +59,16 @@ class Spec(BaseModel, Generic[Amount]):
 
     name: Annotated[str, Field(min_length=1, max_length=256)]
     """Names the limit in keys; two specs with one name and kind share state."""
+    on_backend_error: FailurePolicy = "raise"
+    """What a call decides when the server fails or cannot be reached:
+    ``"raise"`` (the default) raises :class:`~atomlimit.BackendError`;
+    ``"deny"`` and ``"allow"`` return a degraded Decision
+    (``degraded=True``, ``cause`` set) that denies or admits. A SpendCap
+    does not take ``"allow"``: admitting spend nobody records is spelled
+    ``"allow_unmetered_spend"``."""
+
+    _ALLOWING: ClassVar[str] = "allow"
+    """How this kind of limit spells admitting without the server."""
 
     def __init__(self, **data: Any) -> None:
         try:
@@ -70,6 +82,21 @@ class Spec(BaseModel, Generic[Amount]):
         if not isinstance(value, str):
             raise ValueError(f"must be a str, got {type(value).__name__}")
         return value
+
+    @field_validator("on_backend_error", mode="plain")
+    @classmethod
+    def _known_policy(cls, value: object) -> str:
+        allowing = cls._ALLOWING
+        if type(value) is str and value in ("raise", "deny", allowing):
+            return value
+        if type(value) is str and value == "allow":
+            raise ValueError(
+                "a SpendCap that allows while the server is down lets every spend "
+                "through, unrecorded and uncapped, for as long as the outage lasts; "
+                "if that is what you want, say so with "
+                "on_backend_error='allow_unmetered_spend', or use 'deny' or 'raise'"
+            )
+        raise ValueError(f"must be 'raise', 'deny' or {allowing!r}, got {show(value)}")
 
     @cached_property
     def _codec(self) -> Codec[Amount]:
@@ -242,6 +269,8 @@ class SpendCap(_Windowed[Decimal]):
     """Smallest amount tracked: a power of ten, from 1 down to 1E-18."""
     shadow: StrictBool = False
     """Count and report, but always allow: try a new cap on live traffic."""
+
+    _ALLOWING: ClassVar[str] = "allow_unmetered_spend"
 
     @field_validator("limit", mode="plain")
     @classmethod
