@@ -12,6 +12,7 @@ Sections:
     server      server time per decision, from INFO commandstats
     memory      keys and bytes left by 10,000 hits over 500 subjects
     sustained   long closed loops of 200 and 1,000 tasks: errors, fairness, tail latency
+    asgi        an ASGI app behind RateLimitMiddleware against the same app without it
     plot        decisions/s against task count, written as a PNG (only with --plot)
 
 Every timed figure is the median of several rounds; each round runs every
@@ -48,14 +49,24 @@ import redis.connection
 import redis.utils
 from load import SUBJECTS, Loop, batch, closed_loop, timed_calls
 from server import command_time, connected, describe, redis_server, used_memory, valkey_server
-from variants import BARE, SCRIPT_COMMANDS, SEED, VARIANTS, Section, Variant
+from variants import (
+    ACQUIRE_ALONE,
+    BARE,
+    MIDDLEWARE,
+    SCRIPT_COMMANDS,
+    SEED,
+    VARIANTS,
+    Section,
+    Variant,
+)
 
 T = TypeVar("T")
 
-SECTIONS = ("throughput", "latency", "server", "memory", "sustained", "plot")
+SECTIONS = ("throughput", "latency", "server", "memory", "sustained", "asgi", "plot")
 THROUGHPUT_TASKS = (64, 1000)
 SUSTAINED_TASKS = (200, 1000)
 PLOT_TASKS = (1, 8, 64, 256, 1000)
+ASGI_TASKS = (1, 64)
 DEFAULT_PLOT = Path("docs/img/throughput.png")
 CHUNK = 100
 """Sync calls per row before the next row takes its turn."""
@@ -126,6 +137,24 @@ def rotated(items: Sequence[T], turn: int) -> list[T]:
     """``items`` starting at ``turn``: each round starts with a different row."""
     start = turn % len(items)
     return [*items[start:], *items[:start]]
+
+
+def print_variations(title: str, figures: dict[Variant, float], *, rates: bool) -> None:
+    """Each row that varies another (``Variant.versus``) as a cost ratio to it.
+
+    ``rates``: the figures are decisions/s, so the cost is the inverse ratio;
+    otherwise they are times. Above 1 means the variation costs more.
+    """
+    by_label = {v.label: v for v in figures}
+    rows = []
+    for variant, value in figures.items():
+        base = by_label.get(variant.versus or "")
+        if base is None or not value:
+            continue
+        cost = figures[base] / value if rates else value / figures[base]
+        rows.append([variant.label, base.label, f"x{cost:.3f}"])
+    if rows:
+        print_table(title, ["row", "against", "time per decision, ratio"], rows)
 
 
 def rows_for(section: Section) -> list[Variant]:
@@ -225,6 +254,7 @@ async def throughput(url: str, settings: Settings) -> dict[Variant, float]:
         )
         if peer:
             print(f"best peer: {peer.label}")
+        print_variations(f"Overhead of options, async, {tasks} tasks", rates, rates=True)
     return rates
 
 
@@ -252,6 +282,7 @@ def latency(url: str, settings: Settings) -> None:
         ["row", "µs per call", "vs fastest peer"],
         [[v.label, f"{m:.1f}", ratio(m, fastest)] for v, m in medians.items()],
     )
+    print_variations("Overhead of options, sync, one thread", medians, rates=False)
 
 
 async def server_time(url: str, settings: Settings) -> None:
@@ -400,6 +431,42 @@ def sustained_row(label: str, loop: Loop) -> list[str]:
     ]
 
 
+async def asgi_overhead(url: str, settings: Settings) -> None:
+    """Section 6: the middleware's cost per request, against the same app without it.
+
+    Requests go to the application in-process, so the difference is the
+    middleware: its acquire (one round trip) and its header fields.
+    """
+    rows = rows_for("asgi")
+    bare = next(v for v in rows if v.role == "baseline")
+    loops = await loop_rounds(url, rows, ASGI_TASKS, settings)
+    for tasks in ASGI_TASKS:
+        rates = median_rates(loops[tasks])
+        base_us = 1e6 / rates[bare] if rates[bare] else None
+        table = []
+        for variant, rate in rates.items():
+            us = 1e6 / rate if rate else float("inf")
+            added = "-" if variant is bare or base_us is None else f"{us - base_us:.1f}"
+            table.append(
+                [
+                    variant.label,
+                    f"{rate:,.0f}",
+                    f"{us:.1f}",
+                    ratio(us, base_us),
+                    added,
+                    issues(loops[tasks][variant]),
+                ]
+            )
+        print_table(
+            f"ASGI middleware, {tasks} task(s), closed loop (median of {settings.rounds})",
+            ["row", "requests/s", "µs per request", "vs no middleware", "added µs", "notes"],
+            table,
+        )
+        if rates[MIDDLEWARE] and rates[ACQUIRE_ALONE]:
+            own = 1e6 / rates[MIDDLEWARE] - 1e6 / rates[ACQUIRE_ALONE]
+            print(f"the middleware beyond its acquire: {own:.1f} µs per request")
+
+
 async def probe_peers(url: str, settings: Settings) -> dict[Variant, float]:
     """One closed loop per peer at the largest task count, to pick the best."""
     peers = [v for v in rows_for("throughput") if v.role == "peer"]
@@ -408,7 +475,7 @@ async def probe_peers(url: str, settings: Settings) -> dict[Variant, float]:
 
 
 async def plot(url: str, settings: Settings, path: Path, caption: str) -> None:
-    """Section 6: decisions/s against task count, as a table and a PNG."""
+    """Section 7: decisions/s against task count, as a table and a PNG."""
     rows = rows_for("plot")
     loops = await loop_rounds(url, rows, PLOT_TASKS, settings)
     series = {v: [median_rates(loops[n])[v] for n in PLOT_TASKS] for v in rows}
@@ -532,6 +599,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             "server": lambda: asyncio.run(server_time(url, settings)),
             "memory": lambda: asyncio.run(memory(url)),
             "sustained": lambda: asyncio.run(sustained(url, settings, best_peer(rates))),
+            "asgi": lambda: asyncio.run(asgi_overhead(url, settings)),
             "plot": lambda: asyncio.run(plot(url, settings, args.plot, caption)),
         }
         for section in chosen:

@@ -23,6 +23,7 @@ whether that default holds up is part of what is measured.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
@@ -40,8 +41,11 @@ import redis
 import redis.asyncio
 import throttled
 import throttled.asyncio
+from prometheus_client import CollectorRegistry
 
-from atomlimit import AsyncLimiter, Limiter, RateLimit, Spec, SpendCap
+from atomlimit import AsyncLimiter, Hit, Limiter, RateLimit, Spec, SpendCap
+from atomlimit.asgi import RateLimitMiddleware
+from atomlimit.observe import Observer, PrometheusObserver
 
 AsyncDecide = Callable[[str], Awaitable[bool]]
 """Decide once for ``subject``; True when the decision admitted it."""
@@ -52,7 +56,7 @@ SyncFactory = Callable[[str], contextlib.AbstractContextManager[SyncDecide]]
 
 Role = Literal["atomlimit", "peer", "baseline"]
 """Which ratio column a row feeds: peers set "vs best peer", baselines are references."""
-Section = Literal["throughput", "server", "memory", "plot", "sustained"]
+Section = Literal["throughput", "server", "memory", "plot", "sustained", "asgi"]
 
 SCRIPT_COMMANDS = frozenset({"eval", "evalsha", "eval_ro", "evalsha_ro", "fcall", "fcall_ro"})
 """Commands that run a script; their time includes the commands the script calls."""
@@ -80,6 +84,9 @@ class Variant:
     Only top-level ones: Redis also counts the commands a script or an EXEC
     runs, inside the script's or the EXEC's own time.
     """
+    versus: str | None = None
+    """The label of the row this one is a variation of: the sections print
+    this row's cost as a ratio to that one's (an observer on against off)."""
 
     @property
     def label(self) -> str:
@@ -102,12 +109,32 @@ SLIDING_COUNTER = RateLimit(
 SLIDING_LOG = RateLimit(name="bench-log", limit=10_000, window="minute", algorithm="sliding_log")
 
 
-def atomlimit_async(spec: Spec[Any], cost: Decimal | int = 1) -> AsyncFactory:
+Options = Callable[[], dict[str, Any]]
+"""Limiter options, made afresh for each opening (an observer has its own registry)."""
+
+
+def _defaults() -> dict[str, Any]:
+    return {}
+
+
+def with_prometheus() -> dict[str, Any]:
+    """A Prometheus observer on a registry of its own, as an application would set one up."""
+    observers: list[Observer] = [PrometheusObserver(CollectorRegistry())]
+    return {"observers": observers}
+
+
+def without_breaker() -> dict[str, Any]:
+    return {"breaker": None}
+
+
+def atomlimit_async(
+    spec: Spec[Any], cost: Decimal | int = 1, options: Options = _defaults
+) -> AsyncFactory:
     """``AsyncLimiter.from_url(url).hit``, with the pool ``from_url`` chooses."""
 
     @contextlib.asynccontextmanager
     async def opened(url: str, connections: int | None) -> AsyncIterator[AsyncDecide]:
-        limiter = AsyncLimiter.from_url(url)
+        limiter = AsyncLimiter.from_url(url, **options())
 
         async def decide(subject: str) -> bool:
             return (await limiter.hit(spec, subject, cost)).allowed
@@ -120,12 +147,14 @@ def atomlimit_async(spec: Spec[Any], cost: Decimal | int = 1) -> AsyncFactory:
     return opened
 
 
-def atomlimit_sync(spec: Spec[Any], cost: Decimal | int = 1) -> SyncFactory:
+def atomlimit_sync(
+    spec: Spec[Any], cost: Decimal | int = 1, options: Options = _defaults
+) -> SyncFactory:
     """``Limiter.from_url(url).hit``."""
 
     @contextlib.contextmanager
     def opened(url: str) -> Iterator[SyncDecide]:
-        limiter = Limiter.from_url(url)
+        limiter = Limiter.from_url(url, **options())
 
         def decide(subject: str) -> bool:
             return limiter.hit(spec, subject, cost).allowed
@@ -325,6 +354,93 @@ def bare_sync(url: str) -> Iterator[SyncDecide]:
 
 
 # --------------------------------------------------------------------------
+# An application behind the ASGI middleware, and the same one without it
+# --------------------------------------------------------------------------
+
+
+async def hello_app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+    """The smallest ASGI application: one short response."""
+    await send({"type": "http.response.start", "status": 200, "headers": []})
+    await send({"type": "http.response.body", "body": b"hello"})
+
+
+async def asgi_request(app: Any, subject: str) -> bool:
+    """One GET to ``app``, in-process, from client address ``subject``; True on a 200.
+
+    No socket and no HTTP parsing, so the two rows differ by the middleware
+    alone.
+    """
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "GET",
+        "scheme": "http",
+        "path": "/",
+        "raw_path": b"/",
+        "root_path": "",
+        "query_string": b"",
+        "headers": [(b"host", b"bench")],
+        "client": (subject, 50000),
+        "server": ("bench", 80),
+    }
+    status = 0
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message: dict[str, Any]) -> None:
+        nonlocal status
+        if message["type"] == "http.response.start":
+            status = message["status"]
+
+    await app(scope, receive, send)
+    # The bare app never suspends, and a closed loop of calls that never
+    # yield would starve the harness's timer; both rows pay this one yield.
+    await asyncio.sleep(0)
+    return status == 200
+
+
+@contextlib.asynccontextmanager
+async def asgi_limited(url: str, connections: int | None) -> AsyncIterator[AsyncDecide]:
+    """``hello_app`` behind ``RateLimitMiddleware`` with one fixed-window limit."""
+    limiter = AsyncLimiter.from_url(url)
+    app = RateLimitMiddleware(hello_app, limiter=limiter, limits=FIXED)
+
+    async def decide(subject: str) -> bool:
+        return await asgi_request(app, subject)
+
+    try:
+        yield decide
+    finally:
+        await limiter.aclose()
+
+
+@contextlib.asynccontextmanager
+async def acquire_alone(url: str, connections: int | None) -> AsyncIterator[AsyncDecide]:
+    """The acquire the middleware makes, without ASGI: what deciding costs by itself."""
+    limiter = AsyncLimiter.from_url(url)
+
+    async def decide(subject: str) -> bool:
+        return (await limiter.acquire([Hit(FIXED, subject)])).allowed
+
+    try:
+        yield decide
+    finally:
+        await limiter.aclose()
+
+
+@contextlib.asynccontextmanager
+async def asgi_bare(url: str, connections: int | None) -> AsyncIterator[AsyncDecide]:
+    """``hello_app`` alone: what a request costs without any limit."""
+
+    async def decide(subject: str) -> bool:
+        return await asgi_request(hello_app, subject)
+
+    yield decide
+
+
+# --------------------------------------------------------------------------
 # The registry
 # --------------------------------------------------------------------------
 
@@ -340,6 +456,24 @@ VARIANTS: tuple[Variant, ...] = (
         _PLOTTED | {"sustained"},
         atomlimit_async(FIXED),
         atomlimit_sync(FIXED),
+    ),
+    Variant(
+        "atomlimit",
+        "fixed window + Prometheus observer",
+        "atomlimit",
+        frozenset({"throughput"}),
+        atomlimit_async(FIXED, options=with_prometheus),
+        atomlimit_sync(FIXED, options=with_prometheus),
+        versus="atomlimit: fixed window",
+    ),
+    Variant(
+        "atomlimit",
+        "fixed window, no breaker",
+        "atomlimit",
+        frozenset({"throughput"}),
+        atomlimit_async(FIXED, options=without_breaker),
+        atomlimit_sync(FIXED, options=without_breaker),
+        versus="atomlimit: fixed window",
     ),
     Variant("atomlimit", "GCRA", "atomlimit", _EVERY, atomlimit_async(GCRA), atomlimit_sync(GCRA)),
     Variant(
@@ -400,8 +534,17 @@ VARIANTS: tuple[Variant, ...] = (
         server_commands=frozenset({"get", "multi", "exec"}),
     ),
     Variant("bare EVALSHA", "INCRBY + EXPIRE", "baseline", _PLOTTED, bare_async, bare_sync),
+    Variant(
+        "ASGI app", "behind RateLimitMiddleware", "atomlimit", frozenset({"asgi"}), asgi_limited
+    ),
+    Variant("ASGI app", "no middleware", "baseline", frozenset({"asgi"}), asgi_bare),
+    Variant(
+        "atomlimit", "the same acquire, no ASGI", "atomlimit", frozenset({"asgi"}), acquire_alone
+    ),
 )
 """Every row, in the order the tables print them."""
 
 SEED = next(v for v in VARIANTS if v.library == "seed pattern")
+MIDDLEWARE = next(v for v in VARIANTS if v.open_async is asgi_limited)
+ACQUIRE_ALONE = next(v for v in VARIANTS if v.open_async is acquire_alone)
 BARE = next(v for v in VARIANTS if v.library == "bare EVALSHA")

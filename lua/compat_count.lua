@@ -16,6 +16,7 @@
 -- the day, so workers running the seed's GET / INCR code keep working on
 -- the same key during a rolling deploy.
 -- include: lib/clock.lua
+-- include: lib/planned.lua
 -- include: lib/once.lua
 
 local key, record = KEYS[1], KEYS[2]

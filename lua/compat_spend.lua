@@ -18,6 +18,7 @@
 -- The total is written back as plain decimal text, which INCRBYFLOAT on
 -- workers still running the seed's code can keep adding to.
 -- include: lib/clock.lua
+-- include: lib/planned.lua
 -- include: lib/decimal.lua
 -- include: lib/once.lua
 

@@ -6,9 +6,10 @@
 -- ARGV[3]  limit, in units
 -- ARGV[4]  flags: 1 partial, 2 shadow
 -- ARGV[5]  window length, microseconds
--- Reply    {status, now, used, 0, stop, retry_at, grant}: status 1 charged
---          (grant may be partial), 0 denied (nothing charged), 3 over the
---          limit but charged in shadow mode
+-- Reply    {used, stop} when all of the cost fitted; otherwise {status,
+--          now, used, 0, stop, retry_at, grant}: status 1 a partial grant,
+--          0 denied (nothing charged), 3 over the limit but charged in
+--          shadow mode
 -- Clock    server TIME, or ARGV[1] when the caller chose client time
 -- Cost     O(1)
 -- include: lib/clock.lua

@@ -17,6 +17,7 @@
 -- Cost     O(log n + expired holds)
 -- include: lib/clock.lua
 -- include: lib/reply.lua
+-- include: lib/item_reply.lua
 -- include: lib/spend.lua
 -- include: lib/outcome.lua
 

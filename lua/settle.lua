@@ -23,6 +23,7 @@
 -- the same settle (same call id) gets its original reply back.
 -- include: lib/clock.lua
 -- include: lib/reply.lua
+-- include: lib/item_reply.lua
 -- include: lib/spend.lua
 -- include: lib/outcome.lua
 

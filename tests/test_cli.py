@@ -13,13 +13,23 @@ import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
 from pathlib import Path
+from typing import Any
 
 import pytest
 from conftest import ServerPool, Target
 from servers import Cluster, Server, free_port, start_server
 
-from atomlimit import __version__
+from atomlimit import (
+    Concurrency,
+    Hit,
+    Limiter,
+    RateLimit,
+    SpendCap,
+    __version__,
+)
 from atomlimit._scripts import all_names, script
 from atomlimit.cli import COMMANDS, main
 
@@ -392,6 +402,190 @@ def test_demo_refuses_counts_out_of_bounds_in_one_line(
 # --------------------------------------------------------------------------
 # help
 # --------------------------------------------------------------------------
+
+# --------------------------------------------------------------------------
+# inspect and reset
+# --------------------------------------------------------------------------
+
+DAY = RateLimit(name="enrichment", limit=1000, window="day")
+SMOOTH = RateLimit(name="api", limit=10, window="minute", algorithm="gcra")
+LOG = RateLimit(name="login", limit=5, window="minute", algorithm="sliding_log")
+COUNTER = RateLimit(name="search", limit=50, window="minute", algorithm="sliding_counter")
+CAP = SpendCap(name="ai", limit=Decimal("100.00"), currency="AUD", window="day")
+SLOTS = Concurrency(name="openai", limit=3)
+
+
+def usage_of(out: str, subject: str, name: str, part: str) -> list[str]:
+    """The rows of an inspect table for one subject, limit and part."""
+    return [
+        line
+        for line in out.splitlines()
+        if line.split()[:2] == [subject, name] and f" {part} " in line
+    ]
+
+
+def fill(client: Any) -> None:
+    """One subject's usage of every kind, and a little of another subject's."""
+    limiter = Limiter(client)
+    limiter.hit(DAY, "client-42", cost=3, request_id="req-1")
+    limiter.hit(SMOOTH, "client-42", cost=4)
+    for _ in range(2):
+        limiter.hit(LOG, "client-42")
+    limiter.hit(COUNTER, "client-42", cost=7)
+    limiter.hit(CAP, "client-42", cost=Decimal("0.37"))
+    limiter.reserve(CAP, "client-42", Decimal("2.00"))
+    limiter.lease(SLOTS, "client-42")
+    limiter.hit(DAY, "other:{tenant}", cost=5)
+
+
+def test_inspect_shows_usage_window_end_and_ttl_of_every_kind(
+    target: Target, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with target.sync_client() as client:
+        fill(client)
+    midnight = datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
+    window_end = midnight + timedelta(days=1) - timedelta(seconds=1)
+
+    code, out, err = run_cli(capsys, "inspect", "--url", target.url, "--subject", "client-42")
+
+    assert code == 0, err
+    (day,) = usage_of(out, "client-42", "enrichment", "window")
+    assert f"3 used since {midnight:%Y-%m-%d} 00:00:00Z" in day
+    assert f"{window_end:%Y-%m-%d %H:%M:%S}Z" in day  # the key ends with its window
+    assert usage_of(out, "client-42", "enrichment", "request record")
+    assert "busy for" in usage_of(out, "client-42", "api", "state")[0]
+    assert "2 entries" in usage_of(out, "client-42", "login", "state")[0]
+    assert "7 used since" in usage_of(out, "client-42", "search", "state")[0]
+    (cap,) = usage_of(out, "client-42", "ai", "window")
+    assert "0.37 AUD spent since" in cap
+    assert "2.00 AUD held" in cap
+    assert "1 hold open" in usage_of(out, "client-42", "ai", "holds")[0]
+    assert "1 lease held" in usage_of(out, "client-42", "openai", "state")[0]
+    assert "other:{tenant}" not in out
+    hours = float(day.split()[-1].removesuffix("h")) if day.endswith("h") else 0.0
+    assert 0 <= hours <= 24
+
+
+def test_inspect_by_name_across_subjects_decodes_each_subject(
+    target: Target, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with target.sync_client() as client:
+        fill(client)
+
+    code, out, _ = run_cli(capsys, "inspect", "--url", target.url, "--name", "enrichment")
+
+    assert code == 0
+    assert "5 used since" in usage_of(out, "other:{tenant}", "enrichment", "window")[0]
+    assert "3 used since" in usage_of(out, "client-42", "enrichment", "window")[0]
+    assert " api " not in out
+
+
+def test_inspect_scans_and_never_sends_keys(
+    server: Server, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with server.client() as client:
+        fill(client)
+        client.config_resetstat()
+        run_cli(capsys, "inspect", "--url", server.url)
+        stats = client.info("commandstats")
+
+    assert "cmdstat_scan" in stats
+    assert "cmdstat_keys" not in stats
+
+
+def test_inspect_stops_at_its_cap_and_says_so(
+    server: Server, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with server.client() as client:
+        limiter = Limiter(client)
+        limiter.hit_many([Hit(DAY, f"client-{n}") for n in range(300)])
+
+    code, out, _ = run_cli(capsys, "inspect", "--url", server.url, "--max-keys", "50")
+
+    assert code == 0
+    assert out.splitlines()[0].endswith(": 50 keys")
+    assert "stopped early" in out
+
+
+def test_inspect_of_an_empty_server_says_so(
+    server: Server, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, out, _ = run_cli(capsys, "inspect", "--url", server.url, "--prefix", "other-app")
+
+    assert code == 0
+    assert out.strip() == f"{server.url}: no atomlimit keys found"
+
+
+def test_reset_without_yes_lists_and_deletes_nothing(
+    target: Target, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with target.sync_client() as client:
+        fill(client)
+        code, out, _ = run_cli(
+            capsys, "reset", "--url", target.url, "--name", "ai", "--subject", "client-42"
+        )
+        after = Limiter(client).peek(CAP, "client-42", cost=0)
+
+    assert code == 0
+    assert "nothing deleted: run again with --yes to delete these 3 keys" in out
+    assert usage_of(out, "client-42", "ai", "holds")
+    assert after.used == Decimal("0.37")
+    assert after.held == Decimal("2.00")
+
+
+def test_reset_with_yes_forgets_one_subject_of_one_limit_only(
+    target: Target, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with target.sync_client() as client:
+        fill(client)
+        code, out, _ = run_cli(
+            capsys, "reset", "--url", target.url, "--name", "ai", "--subject", "client-42", "--yes"
+        )
+        limiter = Limiter(client)
+        cap, day = limiter.peek(CAP, "client-42", cost=0), limiter.peek(DAY, "client-42")
+        replayed = limiter.hit(DAY, "client-42", cost=3, request_id="req-1")
+
+    assert code == 0
+    assert "deleted 3 keys" in out
+    assert (cap.used, cap.held) == (Decimal(0), Decimal(0))
+    assert day.used == 3  # another limit of the same subject is untouched
+    assert replayed.used == 3  # and its request records too
+
+
+def test_reset_of_one_kind_leaves_another_kind_of_the_same_name(
+    server: Server, capsys: pytest.CaptureFixture[str]
+) -> None:
+    fixed = RateLimit(name="shared", limit=10, window="day")
+    smooth = RateLimit(name="shared", limit=10, window="minute", algorithm="gcra")
+    with server.client() as client:
+        limiter = Limiter(client)
+        limiter.hit(fixed, "s", cost=2)
+        limiter.hit(smooth, "s", cost=2)
+        run_cli(
+            capsys,
+            "reset",
+            "--url",
+            server.url,
+            "--name",
+            "shared",
+            "--subject",
+            "s",
+            "--kind",
+            "gcra",
+            "--yes",
+        )
+        left = limiter.peek(fixed, "s").used, limiter.peek(smooth, "s").used
+
+    assert left == (2, 0)
+
+
+def test_reset_needs_a_name_and_a_subject(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exited:
+        main(["reset", "--url", "redis://127.0.0.1:1/0", "--name", "ai"])
+
+    assert exited.value.code == 2
+    assert "--subject" in capsys.readouterr().err
+
 
 HELP_COMMANDS = [
     [],

@@ -33,6 +33,7 @@ from pydantic import BaseModel
 from servers import Server
 
 from atomlimit import (
+    Breaker,
     Concurrency,
     Hit,
     InvalidInput,
@@ -44,6 +45,7 @@ from atomlimit import (
 )
 from atomlimit.cache import Cache, Category
 from atomlimit.compat import RedisClient
+from atomlimit.observe import Observer
 from atomlimit.sessions import SessionStore
 
 
@@ -389,6 +391,8 @@ VALID_FIELDS: dict[str, st.SearchStrategy[Any]] = {
     "currency": st.sampled_from(["AUD", "usd", "tokens_1"]),
     "unit": st.sampled_from([Decimal("0.01"), Decimal(1), Decimal("1E-18"), Decimal("1.000")]),
     "lease": st.sampled_from([timedelta(milliseconds=1), timedelta(days=366)]),
+    # "allow" is refused by a SpendCap, "allow_unmetered_spend" by the others.
+    "on_backend_error": st.sampled_from(["raise", "deny", "allow", "allow_unmetered_spend"]),
 }
 LIMIT_FIELDS = {
     RateLimit: st.integers(1, 100),
@@ -396,9 +400,18 @@ LIMIT_FIELDS = {
     Concurrency: st.integers(1, 3),
 }
 FIELDS_OF = {
-    RateLimit: ("name", "window", "tz", "algorithm", "burst", "max_log", "shadow"),
-    SpendCap: ("name", "window", "tz", "currency", "unit", "shadow"),
-    Concurrency: ("name", "lease"),
+    RateLimit: (
+        "name",
+        "window",
+        "tz",
+        "algorithm",
+        "burst",
+        "max_log",
+        "shadow",
+        "on_backend_error",
+    ),
+    SpendCap: ("name", "window", "tz", "currency", "unit", "shadow", "on_backend_error"),
+    Concurrency: ("name", "lease", "on_backend_error"),
 }
 
 
@@ -447,6 +460,10 @@ def test_specs_refuse_bad_fields_briefly_and_every_spec_built_can_be_used(
     build_and_use()
 
 
+class Quiet(Observer):
+    """An observer that inherits the protocol's methods, which do nothing."""
+
+
 def test_limiter_options_are_refused_or_give_a_working_limiter(
     client: redis.Redis, watch: Watch
 ) -> None:
@@ -456,8 +473,17 @@ def test_limiter_options_are_refused_or_give_a_working_limiter(
         request_ttl=valid_or(st.sampled_from([timedelta(days=1), timedelta(days=3_650)])),
         retry_ttl=valid_or(st.sampled_from([timedelta(minutes=2), timedelta(milliseconds=1)])),
         time_source=mostly(st.sampled_from(["server", "client"]), anything()),
+        breaker=valid_or(st.sampled_from([Breaker(), None, Breaker(failures=1000)])),
+        observers=valid_or(st.sampled_from([(), [Quiet()], (Quiet(),) * 16])),
     )
-    def configure(prefix: Any, request_ttl: Any, retry_ttl: Any, time_source: Any) -> None:
+    def configure(
+        prefix: Any,
+        request_ttl: Any,
+        retry_ttl: Any,
+        time_source: Any,
+        breaker: Any,
+        observers: Any,
+    ) -> None:
         client.flushall()
         limiter = watch(
             lambda: Limiter(
@@ -466,6 +492,8 @@ def test_limiter_options_are_refused_or_give_a_working_limiter(
                 request_ttl=request_ttl,
                 retry_ttl=retry_ttl,
                 time_source=time_source,
+                breaker=breaker,
+                observers=observers,
             )
         )
         if not isinstance(limiter, Refused):

@@ -1,4 +1,4 @@
--- lib/clock.lua: the clock, planned windows, and how long state is kept.
+-- lib/clock.lua: the clock, and how long state is kept.
 -- Included by operation scripts first; defines locals only.
 --
 -- Instants are integer microseconds since the Unix epoch. Lua numbers are
@@ -24,30 +24,6 @@ local function clock_now(client_now)
   return tonumber(t[1]) * 1000000 + tonumber(t[2])
 end
 
--- The client plans three consecutive windows from its calendar (Lua has no
--- time zones): b1..b2, b2..b3, b3..b4. Returns the one holding now, or nil
--- when now is outside all three, so the client re-plans around the server's
--- time instead of the script guessing.
-local function pick_window(now, b1, b2, b3, b4)
-  if now < b1 or now >= b4 then
-    return nil
-  end
-  if now < b2 then
-    return b1, b2
-  end
-  if now < b3 then
-    return b2, b3
-  end
-  return b3, b4
-end
-
--- A relative TTL in whole milliseconds, rounded up, ending at `stop`.
--- Relative, not PEXPIREAT: with client time the server clock may disagree,
--- and the key must outlive the window on the clock that defines it.
-local function ms_until(stop, now)
-  return math.max(1, math.ceil((stop - now) / 1000))
-end
-
 -- State that records its own window or expiry outlives the instant it stops
 -- mattering by this much, so a worker whose clock runs a few seconds behind
 -- the writer's (client time) still finds the count of a window it is in.
@@ -55,8 +31,11 @@ end
 -- window or expiry before trusting it.
 local GRACE_MS = 5000
 
+-- A relative TTL in whole milliseconds, rounded up, ending GRACE_MS after
+-- `stop`. Relative, not PEXPIREAT: with client time the server clock may
+-- disagree, and the key must outlive the window on the clock that defines it.
 local function ms_kept(stop, now)
-  return ms_until(stop, now) + GRACE_MS
+  return math.max(1, math.ceil((stop - now) / 1000)) + GRACE_MS
 end
 
 -- Integers as plain text, never in exponent form.

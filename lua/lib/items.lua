@@ -4,6 +4,7 @@
 -- Defines locals only.
 -- include: lib/clock.lua
 -- include: lib/reply.lua
+-- include: lib/item_reply.lua
 -- include: lib/fixed_window.lua
 -- include: lib/spend.lua
 -- include: lib/gcra.lua

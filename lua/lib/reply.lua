@@ -1,5 +1,4 @@
--- lib/reply.lua: how a cost is decided against the room left, and the
--- shape of one decision in a reply.
+-- lib/reply.lua: how a cost is decided against the room left.
 -- Included by operation scripts; defines locals only.
 
 local DENIED, FITS, SHADOWED = 0, 1, 3
@@ -19,11 +18,4 @@ local function decide(cost, room, flags)
     return SHADOWED, cost
   end
   return DENIED, 0
-end
-
--- Six integers per item: status, used, held, stop, retry_at, grant.
-local function item_reply(reply, status, used, held, stop, retry, grant)
-  local n = #reply
-  reply[n + 1], reply[n + 2], reply[n + 3] = status, used, held
-  reply[n + 4], reply[n + 5], reply[n + 6] = stop, retry, grant
 end

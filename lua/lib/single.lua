@@ -3,8 +3,9 @@
 -- Included after the kind's library; defines locals only.
 --
 -- ARGV: client time or '', cost, limit, flags, then the kind's own
--- arguments; every reply is {status, now, used, held, stop, retry_at,
--- grant}, or {-1, now} when now is outside the planned window.
+-- arguments. A charge of all of the cost answers {used, stop}; anything
+-- else {status, now, used, held, stop, retry_at, grant}, or {-1, now} when
+-- now is outside the planned window.
 
 -- The kind's arguments in the items' order: limit, cost, flags, extras.
 local function single_args()
@@ -30,6 +31,9 @@ local function single(kind, id, charge)
   local used, stop = it.used, it.stop
   if charge then
     used, stop = it.apply(grant)
+    if status == FITS and grant == cost then
+      return {used, stop}
+    end
   end
   return {status, run.now, used, it.held, stop, 0, grant}
 end

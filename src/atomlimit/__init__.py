@@ -10,10 +10,12 @@ number of concurrent workers can push a limit past its value.
 True
 """
 
+from atomlimit._guard import Breaker
 from atomlimit.decision import Decision
 from atomlimit.errors import (
     AtomlimitError,
     BackendError,
+    BreakerOpen,
     InvalidInput,
     LimitExceeded,
     RequestIdReused,
@@ -37,6 +39,8 @@ __all__ = [
     "AsyncReservation",
     "AtomlimitError",
     "BackendError",
+    "Breaker",
+    "BreakerOpen",
     "Concurrency",
     "Decision",
     "Hit",

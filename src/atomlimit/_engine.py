@@ -497,6 +497,9 @@ class Engine:
         def read(reply: Any) -> Any:
             if type(reply) is int:
                 return codec.fitted(reply, units, codec.window(t)[1])
+            if len(reply) == 2 and reply[0] >= 0:
+                # {used, stop}: all of the cost fitted (kinds with no window).
+                return codec.fitted(reply[0], units, reply[1])
             status = reply[0]
             if status == READ_HOLDS:
                 # The spend cap holds something the kind's script cannot

@@ -8,11 +8,13 @@ encoded, so a call only adds what varies.
 
 Replies come in two shapes:
 
-- a kind's own script (``hit_<kind>.lua``, ``peek_<kind>.lua``) answers an
-  integer, the units used after a charge that fitted whole (fixed windows
-  and spend caps, the common case), or ``[status, now, used, held, stop,
-  retry_at, grant]``; ``[-1, now]`` asks for a re-plan around the server's
-  clock, and ``[-3]`` (spend caps) for the script that reads the holds;
+- a kind's own script (``hit_<kind>.lua``, ``peek_<kind>.lua``) answers a
+  charge that fitted whole, the common case, with an integer, the units
+  used after it (fixed windows and spend caps, whose window the client
+  named), or ``[used, stop]`` (the other kinds); anything else with
+  ``[status, now, used, held, stop, retry_at, grant]``; ``[-1, now]`` asks
+  for a re-plan around the server's clock, and ``[-3]`` (spend caps) for
+  the script that reads the holds;
 - the scripts of several items (``charge.lua``, ``peek.lua``, ``undo.lua``,
   ``refund.lua``) answer ``[code, now]`` then six integers per item:
   ``status, used, held, stop, retry_at, grant``.
@@ -42,6 +44,8 @@ if TYPE_CHECKING:
 
 _US = timedelta(microseconds=1)
 PARTIAL, SHADOW = 1, 2
+_COSTS = 256
+"""Distinct Decimal costs a spend cap's codec keeps converted."""
 DENIED, FITS, SHADOWED = 0, 1, 3
 REPLAN, READ_HOLDS = -1, -3
 
@@ -231,7 +235,7 @@ class FixedWindow(_Windowed[int]):
 class Spend(_Windowed[Decimal]):
     """``SpendCap``: committed spend per window, and holds that belong to none."""
 
-    __slots__ = ("_exponent", "_places")
+    __slots__ = ("_costs", "_exponent", "_places")
     kind = "sc"
     hit: Script | None = script("hit_spend")
     peek = script("peek_spend")
@@ -241,12 +245,24 @@ class Spend(_Windowed[Decimal]):
         # Amounts are shown with as many decimals as the limit was written
         # with, never fewer: Decimal("100.00") reports 0.37, not 0.370000.
         self._places = min(max(0, -int(spec.limit.as_tuple().exponent)), self._exponent)
+        self._costs: dict[Decimal, int] = {}
         super().__init__(spec, to_units(spec.limit, self._exponent, "limit"), spec.limit)
         # Currency and unit are in the key: reading units stored at another
         # scale, or in another currency, would be silently wrong.
         self.tail = f"{self.tail}:{spec.currency}:{self._exponent}"
 
     def units(self, cost: object) -> int:
+        # Costs repeat (a price per call, a per-token rate): converting one
+        # exactly costs more than the rest of a hit's planning, so the last
+        # few are kept. Only Decimals: a bool equals an int as a dict key.
+        if type(cost) is Decimal:
+            units = self._costs.get(cost)
+            if units is None:
+                units = to_units(cost, self._exponent, "cost")
+                if len(self._costs) >= _COSTS:
+                    self._costs.clear()
+                self._costs[cost] = units
+            return units
         return to_units(cost, self._exponent, "cost")
 
     def amount(self, units: int) -> Decimal:

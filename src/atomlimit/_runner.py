@@ -183,7 +183,9 @@ class Attempt:
         """The fix to make before sending again, or None when ``outcome`` is final."""
         outcome = self.outcome = self.sort(outcome)
         step = classify(outcome)
-        if self.asking is not None:
+        if step is not Next.LOAD and self.asking is not None:
+            # A script loaded on the node that asked for it is sent there
+            # again; anything else starts from the slot's owner.
             self.asking = None
             self.replies -= 1
         if isinstance(outcome, Lost):
@@ -729,11 +731,12 @@ class AsyncRunner:
             if not isinstance(outcome, _FAILED):
                 return outcome
         else:
-            outcome = None
-        return await self._recover(call, outcome, raising)
+            lane, outcome = None, None
+        return await self._recover(call, lane, outcome, raising)
 
-    async def _recover(self, call: Call, outcome: Any, raising: bool) -> Any:
-        """Send ``call`` until its reply is final; ``outcome`` is a first send's, if any."""
+    async def _recover(self, call: Call, lane: Lane | None, outcome: Any, raising: bool) -> Any:
+        """Send ``call`` until its reply is final; ``outcome`` is a first send's
+        on ``lane``, if any."""
         attempt = Attempt(call)
         loop = asyncio.get_running_loop()
         while True:
@@ -747,7 +750,8 @@ class AsyncRunner:
                     raise result
                 return result
             if step is Next.LOAD:
-                await self._load(await self._lane(call.keys[0], None), call.script)
+                assert lane is not None
+                await self._load(lane, call.script)
             elif step is Next.MOVED:
                 await self._refresh()
             elif step is Next.WAIT:

@@ -150,6 +150,53 @@ class Decision(Generic[Amount]):
     def _values(self) -> tuple[Any, ...]:
         return tuple(getattr(self, name) for name in _FIELDS)
 
+    def headers(self, *, now: datetime | None = None) -> dict[str, str]:
+        """The ``RateLimit-Policy`` and ``RateLimit`` header fields for this decision.
+
+        They follow draft-ietf-httpapi-ratelimit-headers-11, as
+        :func:`atomlimit.headers.rate_limit_headers` builds them (which also
+        takes the several decisions of an acquire). A denial that can be
+        retried adds ``Retry-After``, in whole seconds rounded up.
+
+        >>> decision.headers()                                        # doctest: +SKIP
+        {'RateLimit-Policy': '"api";q=100;w=60', 'RateLimit': '"api";r=99;t=42'}
+        """
+        from atomlimit.headers import rate_limit_headers
+
+        return rate_limit_headers([self], now=now)
+
+    def as_dict(self) -> dict[str, Any]:
+        """This decision as JSON-ready values, for logs and response bodies.
+
+        Times are ISO 8601 strings in UTC, ``retry_after`` is seconds (a
+        number, or None), and a spend cap's amounts are decimal strings so
+        that no float ever rounds money. ``name`` and ``kind`` say which
+        limit decided; ``cause`` is the failure's type name, if any.
+        """
+        spec = self.spec
+        retry = self.retry_after
+        return {
+            "name": None if spec is None else spec.name,
+            "kind": None if spec is None else type(spec).__name__,
+            "currency": getattr(spec, "currency", None),
+            "allowed": self.allowed,
+            "limit": _amount(self.limit),
+            "used": _amount(self.used),
+            "remaining": _amount(self.remaining),
+            "granted": _amount(self.granted),
+            "held": _amount(self.held),
+            "reset_at": self.reset_at.isoformat(),
+            "retry_after": None if retry is None else retry.total_seconds(),
+            "shadow_denied": self.shadow_denied,
+            "degraded": self.degraded,
+            "cause": None if self.cause is None else type(self.cause).__name__,
+        }
+
+
+def _amount(value: Any) -> int | str:
+    # Fixed-point text: str() of a Decimal may use an exponent ("1E+2").
+    return format(value, "f") if isinstance(value, Decimal) else value
+
 
 def decided(
     allowed: bool,

@@ -4,7 +4,10 @@
 - :class:`BackendError`: Redis failed or is unreachable. ``applied`` says
   whether the call may have taken effect; with a ``request_id`` it can be
   sent again safely (or, for an acquire, undone). The redis-py error is
-  chained as ``__cause__``.
+  chained as ``__cause__``. A limit's failure policy (``on_backend_error``)
+  can turn it into a degraded decision instead.
+- :class:`BreakerOpen`: a BackendError raised without trying the server,
+  because the limiter's circuit breaker is open after repeated failures.
 - :class:`RequestIdReused`: a request id came back with other costs; the
   server refused it and charged nothing.
 - :class:`UnsafeServer`: the server would lose or misreport counts (a
@@ -23,6 +26,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 if TYPE_CHECKING:
     from atomlimit.decision import Decision
+    from atomlimit.specs import Spec
 
 Applied = Literal["no", "unknown"]
 
@@ -69,6 +73,18 @@ class BackendError(AtomlimitError):
         self.request_id = request_id
 
 
+class BreakerOpen(BackendError):
+    """The limiter's circuit breaker is open: the call failed fast, unsent.
+
+    After repeated backend failures a limiter stops paying a timeout per
+    call: for a cool-down every call raises this at once (``applied`` is
+    ``"no"``), then one probe call goes to the server and closes the
+    breaker if it answers. ``__cause__`` is the failure that opened it.
+    Like any BackendError, a limit's failure policy may turn it into a
+    degraded decision.
+    """
+
+
 class UnsafeServer(AtomlimitError):
     """The server would lose or misreport counts: fix the deployment.
 
@@ -81,8 +97,38 @@ class UnsafeServer(AtomlimitError):
 
 
 class LimitExceeded(AtomlimitError):
-    """A limit denied a request and the caller asked for an exception."""
+    """A limit denied a request and the caller asked for an exception.
 
-    def __init__(self, decision: Decision[Any]) -> None:
-        super().__init__(f"limit exceeded; retry after {decision.retry_after}")
+    ``limit`` is the spec that denied, ``subject`` whom it was charged to
+    (None where the raiser did not know it), and ``decision`` its
+    :class:`~atomlimit.Decision`: wait ``decision.retry_after``, or give up
+    when that is None (the cost can never fit). The message names the limit
+    but never the subject, which may be personal (an address, an account),
+    so that logging the error leaks nothing.
+    """
+
+    def __init__(
+        self,
+        decision: Decision[Any],
+        *,
+        limit: Spec[Any] | None = None,
+        subject: str | None = None,
+    ) -> None:
         self.decision = decision
+        self.limit: Spec[Any] | None = decision.spec if limit is None else limit
+        self.subject = subject
+        super().__init__(_message(self.limit, decision))
+
+
+def _message(limit: Spec[Any] | None, decision: Decision[Any]) -> str:
+    from atomlimit._checks import show
+
+    named = (
+        "limit exceeded"
+        if limit is None
+        else (f"{type(limit).__name__} {show(limit.name)} exceeded")
+    )
+    retry = decision.retry_after
+    if retry is None:
+        return f"{named}; the cost can never fit within it"
+    return f"{named}; retry after {retry}"

@@ -1,9 +1,13 @@
 """What a caller holds after a call: reservations, leases, acquire results.
 
 Each handle carries what it needs to finish its business (the engine that
-plans, the runner that sends), so settling, releasing or renewing is one
-more script run. The sync and async handles read alike, differing in
-``await``.
+plans, the limiter's guarded runner that sends), so settling, releasing or
+renewing is one more script run. The sync and async handles read alike,
+differing in ``await``.
+
+A handle from a degraded decision (made without the server, by the limit's
+failure policy) holds nothing on the server, whatever its ``allowed`` says,
+so its release, renew and settle send nothing.
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ from atomlimit.specs import Hit
 
 if TYPE_CHECKING:
     from atomlimit._engine import Engine, Item
-    from atomlimit._runner import AsyncRunner, SyncRunner
+    from atomlimit._guard import AsyncGuardedRunner, GuardedRunner
     from atomlimit._steps import Call
 
 __all__ = [
@@ -75,6 +79,11 @@ class _Handle:
         self.id = rid
         """The hold's id: the request id it was taken under."""
 
+    @property
+    def _holds_nothing(self) -> bool:
+        """Denied, or degraded: nothing on the server to release or renew."""
+        return not self.allowed or self.decision.degraded
+
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.id} allowed={self.allowed}>"
 
@@ -96,7 +105,8 @@ class _Reservable(_Handle):
 
     def _nothing_held(self) -> Settlement:
         # A denied reservation holds nothing and must write no outcome under
-        # its id, which a later reserve may reuse (request-ids.md).
+        # its id, which a later reserve may reuse (request-ids.md). Nor does
+        # a degraded one, whose spend went unrecorded by the policy's consent.
         return Settlement("expired", self.decision.granted, self.decision)
 
     def _repeat(self, settling: bool) -> SettleStatus | None:
@@ -151,17 +161,20 @@ class Reservation(_Reservable):
 
     __slots__ = ()
 
-    _runner: SyncRunner
+    _runner: GuardedRunner
 
     def settle(self, actual: Decimal | int) -> Settlement:
         """Charge the actual cost (even past the cap) and drop the hold."""
         self._refuse_if_denied()
+        if self.decision.degraded:
+            self._item.codec.units(actual)  # bad input is refused all the same
+            return self._nothing_held()
         call, repeat = self._settling(actual)
         return self._remember(self._runner.run(call), repeat)
 
     def release(self) -> Settlement:
         """Drop the hold and charge nothing."""
-        if not self.allowed:
+        if self._holds_nothing:
             return self._nothing_held()
         repeat = self._repeat(settling=False)
         call = self._engine.release(self._item, self.id, self._runner.now())
@@ -186,17 +199,20 @@ class AsyncReservation(_Reservable):
 
     __slots__ = ()
 
-    _runner: AsyncRunner
+    _runner: AsyncGuardedRunner
 
     async def settle(self, actual: Decimal | int) -> Settlement:
         """Charge the actual cost (even past the cap) and drop the hold."""
         self._refuse_if_denied()
+        if self.decision.degraded:
+            self._item.codec.units(actual)  # bad input is refused all the same
+            return self._nothing_held()
         call, repeat = self._settling(actual)
         return self._remember(await self._runner.run(call), repeat)
 
     async def release(self) -> Settlement:
         """Drop the hold and charge nothing."""
-        if not self.allowed:
+        if self._holds_nothing:
             return self._nothing_held()
         repeat = self._repeat(settling=False)
         call = self._engine.release(self._item, self.id, self._runner.now())
@@ -225,11 +241,11 @@ class Lease(_Handle):
 
     __slots__ = ()
 
-    _runner: SyncRunner
+    _runner: GuardedRunner
 
     def renew(self) -> bool:
         """Extend the lease by its full length; False if it had already lapsed."""
-        if not self.allowed:
+        if self._holds_nothing:
             return False
         call = self._engine.renew(self._item, self.id, self._runner.now())
         held: bool = self._runner.run(call)
@@ -237,7 +253,7 @@ class Lease(_Handle):
 
     def release(self) -> bool:
         """Give the slot back; False if it had already lapsed or been released."""
-        if not self.allowed:
+        if self._holds_nothing:
             return False
         held: bool = self._runner.run(
             self._engine.drop_lease(self._item, self.id, self._runner.now())
@@ -258,11 +274,11 @@ class AsyncLease(_Handle):
 
     __slots__ = ()
 
-    _runner: AsyncRunner
+    _runner: AsyncGuardedRunner
 
     async def renew(self) -> bool:
         """Extend the lease by its full length; False if it had already lapsed."""
-        if not self.allowed:
+        if self._holds_nothing:
             return False
         held: bool = await self._runner.run(
             self._engine.renew(self._item, self.id, self._runner.now())
@@ -271,7 +287,7 @@ class AsyncLease(_Handle):
 
     async def release(self) -> bool:
         """Give the slot back; False if it had already lapsed or been released."""
-        if not self.allowed:
+        if self._holds_nothing:
             return False
         held: bool = await self._runner.run(
             self._engine.drop_lease(self._item, self.id, self._runner.now())

@@ -1,20 +1,24 @@
 """The two thin shells: :class:`Limiter` (sync) and :class:`AsyncLimiter`.
 
 They hand what :mod:`atomlimit._engine` plans to a runner from
-:mod:`atomlimit._runner`, and wrap held things in handles from
-:mod:`atomlimit.holds`; every rule lives in those places, once. Read the two
-classes side by side: they differ only in ``await``.
+:mod:`atomlimit._runner`, through the limiter's guard (:mod:`atomlimit._guard`:
+circuit breaker, failure policy, observers), and wrap held things in handles
+from :mod:`atomlimit.holds`; every rule lives in those places, once. Read the
+two classes side by side: they differ only in ``await``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Callable, Sequence
+import functools
+import random
+import time
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from datetime import timedelta
 from decimal import Decimal
 from types import TracebackType
-from typing import Any, Self, TypeVar
+from typing import Any, ParamSpec, Self, TypeVar
 
 import redis
 import redis.asyncio
@@ -31,22 +35,30 @@ from atomlimit._engine import (
     Item,
     TimeSource,
 )
+from atomlimit._guard import AsyncGuardedRunner, Breaker, Guard, GuardedRunner, check_deadline
+from atomlimit._limited import check_function, configure
 from atomlimit._runner import AsyncRunner, SyncRunner, clock_reader
-from atomlimit._steps import Call
+from atomlimit._steps import Call, Flow
+from atomlimit._waiting import deadline_after, pause
 from atomlimit.decision import Amount, Decision
 from atomlimit.errors import InvalidInput, LimitExceeded
 from atomlimit.holds import Acquired, AsyncLease, AsyncReservation, Lease, Pending, Reservation
+from atomlimit.observe import Observer
 from atomlimit.specs import Concurrency, Hit, Spec, SpendCap
 
 Clock = Callable[[], float]
 H = TypeVar("H", Lease, Reservation)
 LeaseT = TypeVar("LeaseT", Lease, AsyncLease)
 ReservationT = TypeVar("ReservationT", Reservation, AsyncReservation)
+P = ParamSpec("P")
+R = TypeVar("R")
 
 DEFAULT_MAX_CONNECTIONS = 50
 MAX_MANY = 10_000
 """Most hits one hit_many decides: one round trip of about a megabyte."""
 DEFAULT_POOL_TIMEOUT = 20.0
+DEFAULT_BREAKER = Breaker()
+"""Open after 5 failures in a row (or one refused connection), probe after 2 s."""
 
 
 class Limiter:
@@ -68,7 +80,16 @@ class Limiter:
         strict: refuse to decide on a server that may evict keys (a
             ``maxmemory-policy`` other than ``noeviction``) or whose INFO
             cannot be read, instead of logging a warning. A replica is always
-            refused. See docs/failure-modes.md.
+            refused. See docs/cli.md (``doctor``).
+        breaker: when to stop asking a failing server, and for how long
+            (:class:`~atomlimit.Breaker`); None turns the breaker off, so
+            every call tries the server. See docs/failure-policy.md.
+        observers: objects told of every decision and backend failure
+            (:class:`atomlimit.observe.Observer`), at most 16.
+
+    A call waits for the server at most as long as the client allows: its
+    ``socket_connect_timeout`` and ``socket_timeout`` (redis-py waits
+    forever by default). Set both on a client used in production.
     """
 
     def __init__(
@@ -81,6 +102,8 @@ class Limiter:
         request_ttl: timedelta = DEFAULT_REQUEST_TTL,
         retry_ttl: timedelta = DEFAULT_RETRY_TTL,
         strict: bool = False,
+        breaker: Breaker | None = DEFAULT_BREAKER,
+        observers: Sequence[Observer] = (),
     ) -> None:
         self._engine = Engine(
             prefix=prefix, time_source=time_source, request_ttl=request_ttl, retry_ttl=retry_ttl
@@ -88,6 +111,8 @@ class Limiter:
         now = clock_reader(clock)
         client = _client(client, (redis.Redis, RedisCluster))
         self._runner = SyncRunner(client, now, strict=check_flag(strict, "strict"))
+        self._guard = Guard(breaker, observers, now)
+        self._handles = GuardedRunner(self._guard, self._runner)
         self._owns_client = False
 
     @classmethod
@@ -101,6 +126,8 @@ class Limiter:
         request_ttl: timedelta = DEFAULT_REQUEST_TTL,
         retry_ttl: timedelta = DEFAULT_RETRY_TTL,
         strict: bool = False,
+        breaker: Breaker | None = DEFAULT_BREAKER,
+        observers: Sequence[Observer] = (),
         **redis_options: Any,
     ) -> Self:
         """Connect to ``url``; ``redis_options`` go to ``redis.Redis.from_url``.
@@ -116,6 +143,8 @@ class Limiter:
             request_ttl=request_ttl,
             retry_ttl=retry_ttl,
             strict=strict,
+            breaker=breaker,
+            observers=observers,
         )
         limiter._owns_client = True
         return limiter
@@ -137,7 +166,7 @@ class Limiter:
         """
         runner = self._open()
         call = self._engine.hit(limit, subject, cost, request_id, partial, runner.now())
-        result: Decision[Amount] = runner.run(call)
+        result: Decision[Amount] = self._guard.decide("hit", limit, cost, runner.run, call)
         return result
 
     def hit_many(self, hits: Sequence[Hit[Any]]) -> list[Decision[Any]]:
@@ -147,13 +176,17 @@ class Limiter:
         decisions come back in order. For all-or-nothing, use :meth:`acquire`.
         """
         runner = self._open()
-        results: list[Decision[Any]] = runner.run_many(_hit_calls(self._engine, hits, runner.now()))
+        calls = _hit_calls(self._engine, hits, runner.now())
+        results: list[Decision[Any]] = self._guard.run(
+            "hit_many", runner.run_many, calls, self._guard.many(hits)
+        )
         return results
 
     def peek(self, limit: Spec[Amount], subject: str, cost: Amount | int = 1) -> Decision[Amount]:
         """Would a hit of ``cost`` pass now? Charges nothing."""
         runner = self._open()
-        result: Decision[Amount] = runner.run(self._engine.peek(limit, subject, cost, runner.now()))
+        call = self._engine.peek(limit, subject, cost, runner.now())
+        result: Decision[Amount] = self._guard.decide("peek", limit, cost, runner.run, call)
         return result
 
     def refund(
@@ -170,20 +203,26 @@ class Limiter:
         """
         runner = self._open()
         call = self._engine.refund(limit, subject, amount, request_id, runner.now())
-        result: Decision[Amount] = runner.run(call)
+        result: Decision[Amount] = self._guard.decide("refund", limit, amount, runner.run, call)
         return result
 
     def reset(self, limit: Spec[Any], subject: str) -> None:
-        """Forget ``subject``'s usage of ``limit``."""
+        """Forget ``subject``'s usage of ``limit``; a backend failure always raises."""
         runner = self._open()
-        runner.run(self._engine.reset(limit, subject, runner.now()))
+        self._guard.run("reset", runner.run, self._engine.reset(limit, subject, runner.now()))
 
     def acquire(
         self, hits: Sequence[Hit[Any]], *, request_id: str | None = None
     ) -> Acquired[Lease, Reservation]:
-        """Charge every hit or none of them; see docs/acquire.md."""
+        """Charge every hit or none of them; see docs/acquire.md.
+
+        When the server fails, the strictest failure policy among the hits
+        decides: any "raise" raises, else any "deny" denies, else all allow.
+        """
         runner = self._open()
-        found: Acquisition = runner.drive(acquire(self._engine, hits, request_id))
+        flow = acquire(self._engine, hits, request_id)
+        fallback = self._guard.acquisition(self._engine, hits)
+        found: Acquisition = self._guard.run("acquire", runner.drive, flow, fallback)
         return _acquired(found, hits, self._lease_of, self._reservation_of)
 
     def undo_acquire(self, hits: Sequence[Hit[Any]], *, request_id: str) -> bool:
@@ -211,8 +250,8 @@ class Limiter:
         """Hold ``estimate`` on ``cap`` until settled, released, or ``ttl`` passes."""
         runner = self._open()
         held = self._engine.reserve(cap, subject, estimate, ttl, request_id, runner.now())
-        decision = runner.run(held.call)
-        return Reservation(self._engine, runner, decision, held.item, held.request_id)
+        decision = self._guard.decide("reserve", cap, estimate, runner.run, held.call)
+        return Reservation(self._engine, self._handles, decision, held.item, held.request_id)
 
     def reservation(
         self,
@@ -247,9 +286,78 @@ class Limiter:
         check_flag(raise_on_deny, "raise_on_deny")
         runner = self._open()
         held = self._engine.lease(limit, subject, request_id, runner.now())
-        decision = runner.run(held.call)
-        lease = Lease(self._engine, runner, decision, held.item, held.request_id)
+        decision = self._guard.decide("lease", limit, 1, runner.run, held.call)
+        lease = Lease(self._engine, self._handles, decision, held.item, held.request_id)
         return _granted(lease, raise_on_deny)
+
+    # ------------------------------------------------------------------
+    # Waiting and decorating. Each try is one hit, atomic like any other,
+    # so waiters never overshoot; how long to sleep is decided by the pure
+    # policy in atomlimit._waiting.
+    # ------------------------------------------------------------------
+
+    def wait(
+        self,
+        limit: Spec[Amount],
+        subject: str,
+        cost: Amount | int = 1,
+        *,
+        timeout: timedelta | float | None = None,
+    ) -> Decision[Amount]:
+        """Hit ``limit`` until it allows, sleeping ``retry_after`` (plus jitter) between tries.
+
+        Returns the allowing Decision. Raises
+        :class:`~atomlimit.LimitExceeded` at once when the cost can never
+        fit, or when the next try that could pass would land after
+        ``timeout`` (a ``timedelta`` or seconds, at most a day; None waits
+        as long as it takes). Never sleeps past the deadline.
+        """
+        deadline = deadline_after(timeout, time.monotonic())
+        while True:
+            decision = self.hit(limit, subject, cost)
+            if decision.allowed:
+                return decision
+            sleep = pause(decision, deadline, time.monotonic(), random.random)
+            if sleep is None:
+                raise LimitExceeded(decision, limit=limit, subject=subject)
+            time.sleep(sleep)
+
+    def limited(
+        self,
+        limit: Spec[Any],
+        *,
+        subject: str | Callable[..., str],
+        cost: Any = 1,
+        wait: bool = False,
+        timeout: timedelta | float | None = None,
+    ) -> Callable[[Callable[P, R]], Callable[P, R]]:
+        """Decorate a function so that each call is charged to ``limit`` first.
+
+        ``subject`` and ``cost`` are values, or callables taking the
+        function's own arguments. A denied call raises
+        :class:`~atomlimit.LimitExceeded` without running the function, or
+        with ``wait=True`` waits as :meth:`wait` does, up to ``timeout``.
+        Async functions need :class:`AsyncLimiter`; see docs/decorators.md.
+        """
+        config = configure(limit, subject, cost, wait, timeout)
+
+        def decorate(func: Callable[P, R]) -> Callable[P, R]:
+            check_function(func, asynchronous=False)
+
+            @functools.wraps(func)
+            def charged(*args: P.args, **kwargs: P.kwargs) -> R:
+                who, amount = config.arguments(args, kwargs)
+                if config.wait:
+                    self.wait(config.limit, who, amount, timeout=config.timeout)
+                else:
+                    decision = self.hit(config.limit, who, amount)
+                    if not decision.allowed:
+                        raise LimitExceeded(decision, limit=config.limit, subject=who)
+                return func(*args, **kwargs)
+
+            return charged
+
+        return decorate
 
     def close(self) -> None:
         """Close the client if this limiter created it (see :meth:`from_url`).
@@ -274,19 +382,27 @@ class Limiter:
         return self._runner
 
     def _lease_of(self, decision: Decision[Any], item: Item, rid: str) -> Lease:
-        return Lease(self._engine, self._runner, decision, item, rid)
+        return Lease(self._engine, self._handles, decision, item, rid)
 
     def _reservation_of(self, decision: Decision[Any], item: Item, rid: str) -> Reservation:
-        return Reservation(self._engine, self._runner, decision, item, rid)
+        return Reservation(self._engine, self._handles, decision, item, rid)
 
 
 class AsyncLimiter:
     """Race-free limits over ``redis.asyncio.Redis`` or ``redis.asyncio.RedisCluster``.
 
-    Takes the same arguments as :class:`Limiter`, and ``batch``: calls that
-    concurrent tasks start together go out in one write per server, each
-    script still atomic (``batch=False`` sends each call on its own). One
-    instance serves any number of tasks on its event loop.
+    Takes the same arguments as :class:`Limiter`, and:
+
+    - ``batch``: calls that concurrent tasks start together go out in one
+      write per server, each script still atomic (``batch=False`` sends
+      each call on its own).
+    - ``deadline``: the longest a call may wait for the server, a
+      ``timedelta``; past it the call fails as a
+      :class:`~atomlimit.BackendError` (outcome unknown), which the limit's
+      failure policy may turn into a degraded decision. An ``acquire`` still
+      finishes undoing what it charged before it gives up.
+
+    One instance serves any number of tasks on its event loop.
     """
 
     def __init__(
@@ -300,6 +416,9 @@ class AsyncLimiter:
         retry_ttl: timedelta = DEFAULT_RETRY_TTL,
         batch: bool = True,
         strict: bool = False,
+        breaker: Breaker | None = DEFAULT_BREAKER,
+        observers: Sequence[Observer] = (),
+        deadline: timedelta | None = None,
     ) -> None:
         self._engine = Engine(
             prefix=prefix, time_source=time_source, request_ttl=request_ttl, retry_ttl=retry_ttl
@@ -308,6 +427,8 @@ class AsyncLimiter:
         client = _client(client, (redis.asyncio.Redis, AsyncRedisCluster))
         batch, strict = check_flag(batch, "batch"), check_flag(strict, "strict")
         self._runner = AsyncRunner(client, now, batch=batch, strict=strict)
+        self._guard = Guard(breaker, observers, now, check_deadline(deadline))
+        self._handles = AsyncGuardedRunner(self._guard, self._runner)
         self._owns_client = False
 
     @classmethod
@@ -322,6 +443,9 @@ class AsyncLimiter:
         retry_ttl: timedelta = DEFAULT_RETRY_TTL,
         batch: bool = True,
         strict: bool = False,
+        breaker: Breaker | None = DEFAULT_BREAKER,
+        observers: Sequence[Observer] = (),
+        deadline: timedelta | None = None,
         max_connections: int = DEFAULT_MAX_CONNECTIONS,
         pool_timeout: float | None = DEFAULT_POOL_TIMEOUT,
         **redis_options: Any,
@@ -344,6 +468,9 @@ class AsyncLimiter:
             retry_ttl=retry_ttl,
             batch=batch,
             strict=strict,
+            breaker=breaker,
+            observers=observers,
+            deadline=deadline,
         )
         limiter._owns_client = True
         return limiter
@@ -365,7 +492,7 @@ class AsyncLimiter:
         """
         runner = self._open()
         call = self._engine.hit(limit, subject, cost, request_id, partial, runner.now())
-        result: Decision[Amount] = await runner.run(call)
+        result: Decision[Amount] = await self._guard.adecide("hit", limit, cost, runner.run, call)
         return result
 
     async def hit_many(self, hits: Sequence[Hit[Any]]) -> list[Decision[Any]]:
@@ -376,7 +503,9 @@ class AsyncLimiter:
         """
         runner = self._open()
         calls = _hit_calls(self._engine, hits, runner.now())
-        results: list[Decision[Any]] = await runner.run_many(calls)
+        results: list[Decision[Any]] = await self._guard.arun(
+            "hit_many", runner.run_many, calls, self._guard.many(hits)
+        )
         return results
 
     async def peek(
@@ -385,7 +514,7 @@ class AsyncLimiter:
         """Would a hit of ``cost`` pass now? Charges nothing."""
         runner = self._open()
         call = self._engine.peek(limit, subject, cost, runner.now())
-        result: Decision[Amount] = await runner.run(call)
+        result: Decision[Amount] = await self._guard.adecide("peek", limit, cost, runner.run, call)
         return result
 
     async def refund(
@@ -402,13 +531,17 @@ class AsyncLimiter:
         """
         runner = self._open()
         call = self._engine.refund(limit, subject, amount, request_id, runner.now())
-        result: Decision[Amount] = await runner.run(call)
+        result: Decision[Amount] = await self._guard.adecide(
+            "refund", limit, amount, runner.run, call
+        )
         return result
 
     async def reset(self, limit: Spec[Any], subject: str) -> None:
-        """Forget ``subject``'s usage of ``limit``."""
+        """Forget ``subject``'s usage of ``limit``; a backend failure always raises."""
         runner = self._open()
-        await runner.run(self._engine.reset(limit, subject, runner.now()))
+        await self._guard.arun(
+            "reset", runner.run, self._engine.reset(limit, subject, runner.now())
+        )
 
     async def acquire(
         self, hits: Sequence[Hit[Any]], *, request_id: str | None = None
@@ -420,18 +553,10 @@ class AsyncLimiter:
         cancellation goes through, so no partial charge survives; leases and
         holds it took are then released, since nobody holds their handles.
         """
-        runner = self._open()
-        done = asyncio.ensure_future(runner.drive(acquire(self._engine, hits, request_id)))
-        try:
-            found: Acquisition = await asyncio.shield(done)
-        except asyncio.CancelledError:
-            with contextlib.suppress(Exception):
-                result = _acquired(await done, hits, self._lease_of, self._reservation_of)
-                for lease in result.leases:
-                    await lease.release()
-                for reservation in result.reservations:
-                    await reservation.release()
-            raise
+        self._open()
+        flow = acquire(self._engine, hits, request_id)
+        fallback = self._guard.acquisition(self._engine, hits)
+        found: Acquisition = await self._guard.arun("acquire", self._whole, flow, fallback)
         return _acquired(found, hits, self._lease_of, self._reservation_of)
 
     async def undo_acquire(self, hits: Sequence[Hit[Any]], *, request_id: str) -> bool:
@@ -453,8 +578,8 @@ class AsyncLimiter:
         """Hold ``estimate`` on ``cap`` until settled, released, or ``ttl`` passes."""
         runner = self._open()
         held = self._engine.reserve(cap, subject, estimate, ttl, request_id, runner.now())
-        decision = await runner.run(held.call)
-        return AsyncReservation(self._engine, runner, decision, held.item, held.request_id)
+        decision = await self._guard.adecide("reserve", cap, estimate, runner.run, held.call)
+        return AsyncReservation(self._engine, self._handles, decision, held.item, held.request_id)
 
     def reservation(
         self,
@@ -492,10 +617,79 @@ class AsyncLimiter:
         async def take() -> AsyncLease:
             runner = self._open()
             held = self._engine.lease(limit, subject, request_id, runner.now())
-            decision = await runner.run(held.call)
-            return AsyncLease(self._engine, runner, decision, held.item, held.request_id)
+            decision = await self._guard.adecide("lease", limit, 1, runner.run, held.call)
+            return AsyncLease(self._engine, self._handles, decision, held.item, held.request_id)
 
         return Pending(take, raise_on_deny)
+
+    # ------------------------------------------------------------------
+    # Waiting and decorating: Limiter's twins, differing only in await.
+    # ------------------------------------------------------------------
+
+    async def wait(
+        self,
+        limit: Spec[Amount],
+        subject: str,
+        cost: Amount | int = 1,
+        *,
+        # Not asyncio.timeout: that cancels when time is up, while a wait
+        # knows from retry_after that it cannot make it and gives up at once.
+        timeout: timedelta | float | None = None,  # noqa: ASYNC109
+    ) -> Decision[Amount]:
+        """Hit ``limit`` until it allows, sleeping ``retry_after`` (plus jitter) between tries.
+
+        Returns the allowing Decision. Raises
+        :class:`~atomlimit.LimitExceeded` at once when the cost can never
+        fit, or when the next try that could pass would land after
+        ``timeout`` (a ``timedelta`` or seconds, at most a day; None waits
+        as long as it takes). Never sleeps past the deadline.
+        """
+        deadline = deadline_after(timeout, time.monotonic())
+        while True:
+            decision = await self.hit(limit, subject, cost)
+            if decision.allowed:
+                return decision
+            sleep = pause(decision, deadline, time.monotonic(), random.random)
+            if sleep is None:
+                raise LimitExceeded(decision, limit=limit, subject=subject)
+            await asyncio.sleep(sleep)
+
+    def limited(
+        self,
+        limit: Spec[Any],
+        *,
+        subject: str | Callable[..., str],
+        cost: Any = 1,
+        wait: bool = False,
+        timeout: timedelta | float | None = None,
+    ) -> Callable[[Callable[P, Awaitable[R]]], Callable[P, Coroutine[Any, Any, R]]]:
+        """Decorate an ``async def`` function so that each call is charged to ``limit`` first.
+
+        ``subject`` and ``cost`` are values, or callables taking the
+        function's own arguments. A denied call raises
+        :class:`~atomlimit.LimitExceeded` without running the function, or
+        with ``wait=True`` waits as :meth:`wait` does, up to ``timeout``.
+        Plain functions need :class:`Limiter`; see docs/decorators.md.
+        """
+        config = configure(limit, subject, cost, wait, timeout)
+
+        def decorate(func: Callable[P, Awaitable[R]]) -> Callable[P, Coroutine[Any, Any, R]]:
+            check_function(func, asynchronous=True)
+
+            @functools.wraps(func)
+            async def charged(*args: P.args, **kwargs: P.kwargs) -> R:
+                who, amount = config.arguments(args, kwargs)
+                if config.wait:
+                    await self.wait(config.limit, who, amount, timeout=config.timeout)
+                else:
+                    decision = await self.hit(config.limit, who, amount)
+                    if not decision.allowed:
+                        raise LimitExceeded(decision, limit=config.limit, subject=who)
+                return await func(*args, **kwargs)
+
+            return charged
+
+        return decorate
 
     async def aclose(self) -> None:
         """Close the client if this limiter created it (see :meth:`from_url`).
@@ -520,10 +714,29 @@ class AsyncLimiter:
         return self._runner
 
     def _lease_of(self, decision: Decision[Any], item: Item, rid: str) -> AsyncLease:
-        return AsyncLease(self._engine, self._runner, decision, item, rid)
+        return AsyncLease(self._engine, self._handles, decision, item, rid)
 
     def _reservation_of(self, decision: Decision[Any], item: Item, rid: str) -> AsyncReservation:
-        return AsyncReservation(self._engine, self._runner, decision, item, rid)
+        return AsyncReservation(self._engine, self._handles, decision, item, rid)
+
+    async def _whole(self, flow: Flow) -> Acquisition:
+        """Drive an acquire to its end even if the caller is cancelled.
+
+        Cancelled part-way (by the caller, or by the deadline), the acquire
+        still finishes (all charged, or what was charged undone) before the
+        cancellation goes through, so no partial charge survives; leases and
+        holds it took are then released, since nobody holds their handles.
+        """
+        done = asyncio.ensure_future(self._runner.drive(flow))
+        try:
+            return await asyncio.shield(done)
+        except asyncio.CancelledError:
+            with contextlib.suppress(Exception):
+                found = await done
+                for item, decision in found.held:
+                    handle = self._reservation_of if item.hold else self._lease_of
+                    await handle(decision, item, found.request_id).release()
+            raise
 
 
 def _hit_calls(engine: Engine, hits: Sequence[Hit[Any]], local: int) -> list[Call]:

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from decimal import Decimal
 from functools import cached_property
-from typing import TYPE_CHECKING, Annotated, Any, Generic, Literal, Self
+from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Generic, Literal, Self
 
 from pydantic import (
     BaseModel,
@@ -48,6 +48,9 @@ MAX_WAIT_REPLICAS = 32
 MAX_WAIT = timedelta(seconds=60)
 """Longest a charge waits for its replicas."""
 Algorithm = Literal["fixed_window", "gcra", "sliding_log", "sliding_counter"]
+_PARSE_OPTIONS = frozenset({"algorithm", "burst", "max_log", "shadow"})
+FailurePolicy = Literal["raise", "allow", "deny", "allow_unmetered_spend"]
+"""What a limit decides when the server cannot be asked; see docs/failure-policy.md."""
 
 
 class Spec(BaseModel, Generic[Amount]):
@@ -60,6 +63,16 @@ class Spec(BaseModel, Generic[Amount]):
 
     name: Annotated[str, Field(min_length=1, max_length=256)]
     """Names the limit in keys; two specs with one name and kind share state."""
+    on_backend_error: FailurePolicy = "raise"
+    """What a call decides when the server fails or cannot be reached:
+    ``"raise"`` (the default) raises :class:`~atomlimit.BackendError`;
+    ``"deny"`` and ``"allow"`` return a degraded Decision
+    (``degraded=True``, ``cause`` set) that denies or admits. A SpendCap
+    does not take ``"allow"``: admitting spend nobody records is spelled
+    ``"allow_unmetered_spend"``."""
+
+    _ALLOWING: ClassVar[str] = "allow"
+    """How this kind of limit spells admitting without the server."""
 
     def __init__(self, **data: Any) -> None:
         try:
@@ -73,6 +86,21 @@ class Spec(BaseModel, Generic[Amount]):
         if not isinstance(value, str):
             raise ValueError(f"must be a str, got {type(value).__name__}")
         return value
+
+    @field_validator("on_backend_error", mode="plain")
+    @classmethod
+    def _known_policy(cls, value: object) -> str:
+        allowing = cls._ALLOWING
+        if type(value) is str and value in ("raise", "deny", allowing):
+            return value
+        if type(value) is str and value == "allow":
+            raise ValueError(
+                "a SpendCap that allows while the server is down lets every spend "
+                "through, unrecorded and uncapped, for as long as the outage lasts; "
+                "if that is what you want, say so with "
+                "on_backend_error='allow_unmetered_spend', or use 'deny' or 'raise'"
+            )
+        raise ValueError(f"must be 'raise', 'deny' or {allowing!r}, got {show(value)}")
 
     @cached_property
     def _codec(self) -> Codec[Amount]:
@@ -157,6 +185,37 @@ class RateLimit(_Windowed[int]):
     shadow: StrictBool = False
     """Count and report, but always allow: try a new limit on live traffic."""
 
+    @classmethod
+    def parse(cls, rate: str, *, name: str | None = None, **options: Any) -> RateLimit:
+        """A RateLimit from a rate string: ``"100/minute"``, ``"5/30s"``,
+        ``"10 per 2 hours"``, ``"1000/day@Australia/Sydney"``.
+
+        ``name`` defaults to the rate in its shortest spelling, so two
+        strings that say the same rate share state. ``options`` are the other
+        fields (``algorithm``, ``burst``, ``max_log``, ``shadow``). A bad
+        string raises InvalidInput naming the position of the error; the
+        grammar is in docs/decorators.md.
+
+        >>> RateLimit.parse("5/30s").window
+        datetime.timedelta(seconds=30)
+        """
+        from atomlimit._rates import parse_rate
+
+        unknown = sorted(set(options) - _PARSE_OPTIONS)
+        if unknown:
+            allowed = ", ".join(sorted(_PARSE_OPTIONS))
+            raise InvalidInput(
+                f"RateLimit.parse takes {allowed} besides the rate, got {show(unknown[0])}"
+            )
+        parsed = parse_rate(rate)
+        return cls(
+            name=parsed.text if name is None else name,
+            limit=parsed.limit,
+            window=parsed.window,
+            tz=parsed.tz,
+            **options,
+        )
+
     @model_validator(mode="after")
     def _algorithm_fits(self) -> Self:
         if self.max_log > MAX_UNITS:
@@ -231,6 +290,8 @@ class SpendCap(_Windowed[Decimal]):
                 f"{MAX_WAIT.seconds} s, got {show(value)}"
             )
         return value
+
+    _ALLOWING: ClassVar[str] = "allow_unmetered_spend"
 
     @field_validator("limit", mode="plain")
     @classmethod

@@ -1,0 +1,151 @@
+"""The programs in examples/, each started against a real server and checked by what it
+prints or serves. The two web applications run under uvicorn on a free loopback port."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from decimal import Decimal
+from pathlib import Path
+
+import http_sfv
+import httpx2
+import pytest
+from servers import Server
+
+from atomlimit import Limiter, SpendCap
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+STARTUP = 30.0
+"""Seconds an application may take to start answering."""
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+@contextmanager
+def serving(script: str, server: Server, *args: str) -> Iterator[httpx2.Client]:
+    """The example application running under uvicorn, and a client for it."""
+    port = free_port()
+    command = [sys.executable, str(EXAMPLES / script), "--url", server.url, "--port", str(port)]
+    process = subprocess.Popen([*command, *args], stderr=subprocess.PIPE, text=True)
+    try:
+        with httpx2.Client(base_url=f"http://127.0.0.1:{port}") as client:
+            wait_until_up(client, process)
+            yield client
+    finally:
+        process.terminate()
+        _, errors = process.communicate(timeout=30)
+    assert "Traceback" not in errors, errors
+
+
+def wait_until_up(client: httpx2.Client, process: subprocess.Popen[str]) -> None:
+    deadline = time.monotonic() + STARTUP
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            pytest.fail(f"the example exited early: {process.communicate()[1]}")
+        try:
+            if client.get("/health").status_code == 200:
+                return
+        except httpx2.TransportError:
+            time.sleep(0.1)
+    pytest.fail("the example did not start answering")
+
+
+def run(script: str, server: Server) -> str:
+    result = subprocess.run(
+        [sys.executable, str(EXAMPLES / script), "--url", server.url],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+    return result.stdout
+
+
+def items(field: str) -> list[tuple[str, dict[str, object]]]:
+    members = http_sfv.List()
+    members.parse(field.encode("ascii"))
+    return [(member.value, dict(member.params)) for member in members]
+
+
+def test_the_fastapi_app_limits_every_route_and_search_more_tightly(server: Server) -> None:
+    with serving("fastapi_app.py", server) as client:
+        searches = [client.get("/search", params={"q": "redis"}) for _ in range(3)]
+        home = [client.get("/") for _ in range(3)]
+        health = [client.get("/health") for _ in range(10)]
+
+    assert [r.status_code for r in searches] == [200, 200, 429]
+    assert searches[0].json() == {"q": "redis", "searches_left": 1}
+    assert searches[2].json() == {"detail": "RateLimit 'search' exceeded"}
+    assert int(searches[2].headers["Retry-After"]) >= 1
+    # The middleware's per-client limit of 5 counts the searches too.
+    assert [r.status_code for r in home] == [200, 200, 429]
+    assert home[2].json()["violated-policies"] == ["per-client"]
+    assert items(home[0].headers["RateLimit-Policy"]) == [("per-client", {"q": 5, "w": 60})]
+    assert {r.status_code for r in health} == {200}
+
+
+def test_the_starlette_app_limits_api_paths_and_streams_untouched(server: Server) -> None:
+    with serving("starlette_app.py", server) as client:
+        streamed = client.get("/api/stream")
+        listed = [client.get("/api/items") for _ in range(3)]
+        health = client.get("/health")
+
+    assert streamed.status_code == 200
+    assert streamed.text == "line 0\nline 1\nline 2\n"
+    assert [name for name, _ in items(streamed.headers["RateLimit"])] == ["burst", "daily"]
+    assert [r.status_code for r in listed] == [200, 200, 429]
+    assert listed[2].json()["violated-policies"] == ["burst"]
+    assert "RateLimit" not in health.headers
+
+
+def test_the_starlette_app_behind_a_trusted_proxy_limits_each_forwarded_client(
+    server: Server,
+) -> None:
+    with serving("starlette_app.py", server, "--trusted-hops", "1") as client:
+        alice = [
+            client.get("/api/items", headers={"x-forwarded-for": "198.51.100.1"}).status_code
+            for _ in range(4)
+        ]
+        bob = client.get("/api/items", headers={"x-forwarded-for": "198.51.100.2"}).status_code
+
+    assert alice == [200, 200, 200, 429]
+    assert bob == 200
+
+
+def test_the_ai_workers_never_spend_past_the_cap(server: Server) -> None:
+    lines = run("ai_workers.py", server).splitlines()
+
+    completed, refused = (int(part.split()[-1]) for part in lines[1].split(", "))
+    spent = Decimal(lines[2].split()[1])
+    cap = SpendCap(name="model-spend", limit=Decimal("0.25"), currency="USD", window="day")
+    with Limiter.from_url(server.url) as limiter:
+        on_server = limiter.peek(cap, "team-a", cost=0)
+
+    assert completed + refused == 40
+    assert completed > 0
+    assert refused > 0  # the cap binds
+    assert spent <= cap.limit
+    assert on_server.used == spent
+    assert on_server.held == 0
+    assert lines[2].endswith("within the cap")
+
+
+def test_the_job_runner_waits_for_exports_and_skips_the_extra_report(server: Server) -> None:
+    lines = run("job_runner.py", server).splitlines()
+
+    assert [line.split(" at ")[0] for line in lines[:7]] == [
+        f"export acme #{n}" for n in range(1, 8)
+    ]
+    assert lines[7:9] == ["report sent to acme", "report sent to acme"]
+    assert lines[9].startswith("report skipped: RateLimit 'reports' exceeded")
+    assert "acme" not in lines[9]
