@@ -465,11 +465,12 @@ def _fail_over(kind: str, primary: Server, replica: Server, sentinel: Any) -> No
         wait_until("the new primary's replica in sync", lambda: _online(replica) == 1)
 
 
-def _report(kind: str, mode: str, tally: Tally, counted: int, seconds: float) -> None:
+def _report(kind: str, mode: str, tally: Tally, counted: int, seconds: float, back: float) -> None:
     print(
         f"\nfailover ({kind}, {mode}): admitted {tally.admitted}, counted on the new primary "
         f"{counted}, lost {tally.admitted - counted}; errors: {tally.refused} refused "
-        f"(nothing charged), {tally.unknown} unknown; failover took {seconds:.1f} s"
+        f"(nothing charged), {tally.unknown} unknown; failover took {seconds:.1f} s, "
+        f"deciding again after {back:.1f} s"
     )
 
 
@@ -514,7 +515,13 @@ def test_a_sentinel_client_keeps_deciding_across_a_failover(kind: str) -> None:
             started = time.monotonic()
             _fail_over(kind, primary, replica, sentinel)
             seconds = time.monotonic() - started
-            time.sleep(0.5)  # load after the failover window, too
+            # The load goes on past the failover window, which ends when the
+            # limiter decides again (after the circuit breaker's cool-down,
+            # if the failover opened it).
+            resumed = tally.admitted
+            wait_until("the limiter deciding again", lambda: tally.admitted > resumed)
+            back = time.monotonic() - started
+            wait_until("the limiter going on", lambda: tally.admitted > resumed + AFTER)
         finally:
             stop.set()
             for worker in workers:
@@ -526,7 +533,7 @@ def test_a_sentinel_client_keeps_deciding_across_a_failover(kind: str) -> None:
             counted_after = int(Limiter(promoted).peek(LOAD, "s", 0).used)
         client.close()
 
-    _report(kind, "sync", tally, counted, seconds)
+    _report(kind, "sync", tally, counted, seconds, back)
     assert role == "master"
     assert tally.admitted > 0
     assert counted <= tally.admitted + tally.unknown  # no charge from nowhere
@@ -558,7 +565,14 @@ async def test_async_a_sentinel_client_keeps_deciding_across_a_failover() -> Non
             started = time.monotonic()
             await asyncio.to_thread(_fail_over, kind, primary, replica, sentinel)
             seconds = time.monotonic() - started
-            await asyncio.sleep(0.5)
+            resumed = tally.admitted
+            await asyncio.to_thread(
+                wait_until, "the limiter deciding again", lambda: tally.admitted > resumed
+            )
+            back = time.monotonic() - started
+            await asyncio.to_thread(
+                wait_until, "the limiter going on", lambda: tally.admitted > resumed + AFTER
+            )
         finally:
             stop.set()
             await asyncio.gather(*workers)
@@ -568,7 +582,7 @@ async def test_async_a_sentinel_client_keeps_deciding_across_a_failover() -> Non
             counted_after = int(Limiter(promoted).peek(LOAD, "s", 0).used)
         await client.aclose()
 
-    _report(kind, "async", tally, counted, seconds)
+    _report(kind, "async", tally, counted, seconds, back)
     assert tally.admitted > 0
     assert counted <= tally.admitted + tally.unknown
     assert all(decision.allowed for decision in after)
