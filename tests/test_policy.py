@@ -226,12 +226,6 @@ def test_hit_many_decides_each_hit_by_its_own_policy_unless_one_raises(down: Lim
     assert [(d.allowed, d.degraded) for d in decisions] == [(True, True), (False, True)]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=TypeError,
-    reason="SyncRunner.run_many hands a failed call's BackendError to call.read, which "
-    "cannot read it; AsyncRunner.run_many raises it. Remove this mark when the runner does too.",
-)
 def test_hit_many_that_reaches_a_dead_server_is_decided_by_the_policy() -> None:
     with dead_client() as client:
         limiter = Limiter(client, breaker=None)

@@ -44,6 +44,7 @@ from redis.exceptions import (
     MovedError,
     NoScriptError,
     ReadOnlyError,
+    RedisClusterException,
     RedisError,
     ResponseError,
     TryAgainError,
@@ -327,6 +328,8 @@ class SyncRunner:
         outcomes = self._exchange(list(calls))
         results = []
         for call, outcome in zip(calls, outcomes, strict=True):
+            if isinstance(outcome, BackendError):
+                raise outcome
             result = call.read(outcome)
             results.append(self.run(result) if isinstance(result, Call) else result)
         return results
@@ -448,6 +451,14 @@ class SyncRunner:
         client = self.client
         if not self._cluster:
             return {_held(client.connection_pool): todo}  # type: ignore[union-attr]
+        try:
+            return self._cluster_route(attempts, todo)
+        except (RedisError, RedisClusterException) as err:
+            # The layout could not be learned: nothing was sent.
+            raise failure("route", err) from err
+
+    def _cluster_route(self, attempts: list[Attempt], todo: list[int]) -> dict[_Held, list[int]]:
+        client = self.client
         assert isinstance(client, RedisCluster)
         routes: dict[_Held, list[int]] = {}
         for i in todo:
@@ -761,6 +772,13 @@ class AsyncRunner:
             outcome = None
 
     async def _lane(self, key: str, asking: tuple[str, int] | None) -> Lane:
+        try:
+            return await self._find_lane(key, asking)
+        except (RedisError, RedisClusterException) as err:
+            # The cluster's layout could not be learned: nothing was sent.
+            raise failure("route", err) from err
+
+    async def _find_lane(self, key: str, asking: tuple[str, int] | None) -> Lane:
         loop = asyncio.get_running_loop()
         if self._loop is not loop:
             self._bind(loop)
