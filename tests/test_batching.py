@@ -97,7 +97,11 @@ async def test_a_stalled_batch_charges_each_call_at_most_once(
     )
     async with client:
         limiter = AsyncLimiter(client)
-        await limiter.hit(CAP, "s", cost=0)  # connect, load the script, open the window
+        # Connect, load the script, open the window, and open every
+        # connection the lane will use: a new connection's handshake reply
+        # would otherwise be the chunk the proxy holds back.
+        await asyncio.gather(*(limiter.hit(CAP, "s", cost=0) for _ in range(50)))
+        connections = stalling_proxy.connections_accepted
         with server.client() as direct:
             before = evalsha_runs(direct)
         stalling_proxy.stall_next_replies(1, STALL)
@@ -112,6 +116,7 @@ async def test_a_stalled_batch_charges_each_call_at_most_once(
 
     lost = [o for o in outcomes if isinstance(o, BackendError)]
     decided = [o for o in outcomes if not isinstance(o, BaseException)]
+    assert stalling_proxy.connections_accepted == connections
     assert lost, "the stall must have caught part of the batch"
     assert all(err.applied == "unknown" for err in lost)
     assert runs == 50  # each call ran once: none was sent twice
