@@ -19,6 +19,10 @@ import socket
 import threading
 from collections.abc import Callable
 from types import TracebackType
+from typing import Any
+
+import redis
+import redis.asyncio
 
 __all__ = ["StallingProxy"]
 
@@ -106,6 +110,14 @@ class StallingProxy:
         if self._listener is not None:
             self._listener.close()
             self._listener = None
+
+    def client(self, **options: Any) -> redis.Redis:
+        """A redis-py client whose connections pass through this proxy."""
+        return redis.Redis(host=_HOST, port=self.port, **options)
+
+    def async_client(self, **options: Any) -> redis.asyncio.Redis:
+        """An asyncio redis-py client whose connections pass through this proxy."""
+        return redis.asyncio.Redis(host=_HOST, port=self.port, **options)
 
     def stall_next_replies(self, n: int, delay: float, *, after: int = 0) -> None:
         with self._lock:

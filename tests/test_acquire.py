@@ -1183,7 +1183,7 @@ async def test_async_acquire_cut_off_between_subjects_charges_all_or_nothing(
     hits = [Hit(FIXED, "client-a"), Hit(GLOBAL, "global")]
     with server.client() as direct:
         _load_scripts(direct)
-    client = redis.asyncio.Redis(host="127.0.0.1", port=stalling_proxy.port)
+    client = stalling_proxy.async_client()
     async with client:
         limiter = AsyncLimiter(client)
         await limiter.peek(FIXED, "warm-up")

@@ -16,8 +16,6 @@ from datetime import timedelta
 from decimal import Decimal
 
 import pytest
-import redis
-import redis.asyncio
 from conftest import Target
 from helpers import evalsha_runs
 from proxy import StallingProxy
@@ -92,9 +90,7 @@ async def test_a_stalled_batch_charges_each_call_at_most_once(
     # The whole batch's replies are held past the socket timeout: every call
     # in it ran on the server, and none is sent again (no request id, so a
     # second send could charge twice): each reports an unknown outcome.
-    client = redis.asyncio.Redis(
-        host="127.0.0.1", port=stalling_proxy.port, socket_timeout=SOCKET_TIMEOUT
-    )
+    client = stalling_proxy.async_client(socket_timeout=SOCKET_TIMEOUT)
     async with client:
         limiter = AsyncLimiter(client)
         # Connect, load the script, open the window, and open every
@@ -127,9 +123,7 @@ async def test_a_stalled_batch_charges_each_call_at_most_once(
 async def test_a_stalled_batch_with_request_ids_is_sent_again_and_replayed(
     server: Server, stalling_proxy: StallingProxy
 ) -> None:
-    client = redis.asyncio.Redis(
-        host="127.0.0.1", port=stalling_proxy.port, socket_timeout=SOCKET_TIMEOUT
-    )
+    client = stalling_proxy.async_client(socket_timeout=SOCKET_TIMEOUT)
     async with client:
         limiter = AsyncLimiter(client)
         await limiter.hit(CAP, "s", cost=0, request_id="warm-up")

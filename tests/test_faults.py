@@ -77,7 +77,7 @@ async def test_async_hit_after_server_restart_reloads_and_charges_once(
 
 def _through(proxy: StallingProxy, **options: object) -> redis.Redis:
     # redis-py's default Retry: it would re-send a command after a timeout.
-    return redis.Redis(host="127.0.0.1", port=proxy.port, socket_timeout=SOCKET_TIMEOUT, **options)
+    return proxy.client(socket_timeout=SOCKET_TIMEOUT, **options)
 
 
 def test_a_lost_reply_with_a_request_id_is_sent_again_and_charges_once(
@@ -125,9 +125,7 @@ def test_a_lost_reply_without_a_request_id_is_reported_unknown_never_sent_twice(
 async def test_async_lost_reply_with_a_request_id_is_sent_again_and_charges_once(
     server: Server, stalling_proxy: StallingProxy
 ) -> None:
-    client = redis.asyncio.Redis(
-        host="127.0.0.1", port=stalling_proxy.port, socket_timeout=SOCKET_TIMEOUT
-    )
+    client = stalling_proxy.async_client(socket_timeout=SOCKET_TIMEOUT)
     async with client:
         limiter = AsyncLimiter(client)
         await limiter.hit(SPEC, "warm-up")
@@ -144,9 +142,7 @@ async def test_async_lost_reply_with_a_request_id_is_sent_again_and_charges_once
 async def test_async_lost_reply_without_a_request_id_is_reported_unknown(
     server: Server, stalling_proxy: StallingProxy
 ) -> None:
-    client = redis.asyncio.Redis(
-        host="127.0.0.1", port=stalling_proxy.port, socket_timeout=SOCKET_TIMEOUT
-    )
+    client = stalling_proxy.async_client(socket_timeout=SOCKET_TIMEOUT)
     async with client:
         limiter = AsyncLimiter(client)
         await limiter.hit(SPEC, "warm-up")

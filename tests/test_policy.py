@@ -299,7 +299,7 @@ def test_acquire_that_fails_part_way_undoes_what_it_charged_before_denying(
     with SecondReplyStalls("127.0.0.1", server.port) as proxy, server.client() as direct:
         for name in all_names():
             direct.script_load(script(name).source)
-        client = redis.Redis(host="127.0.0.1", port=proxy.port, socket_timeout=0.2, retry=NO_RETRY)
+        client = proxy.client(socket_timeout=0.2, retry=NO_RETRY)
         with client:
             limiter = Limiter(client)
             limiter.peek(first, "warm-up")  # connected, and the server checked
@@ -431,7 +431,7 @@ def test_observers_and_breakers_are_checked_when_the_limiter_is_built() -> None:
 async def test_async_deadline_fails_a_stalled_call_as_unknown_naming_its_request_id(
     server: Server, stalling_proxy: StallingProxy
 ) -> None:
-    client = redis.asyncio.Redis(host="127.0.0.1", port=stalling_proxy.port, retry=NO_RETRY)
+    client = stalling_proxy.async_client(retry=NO_RETRY)
     async with client:
         limiter = AsyncLimiter(client, deadline=timedelta(milliseconds=100), breaker=None)
         await limiter.peek(RAISE, "warm-up")

@@ -725,7 +725,7 @@ async def test_async_resent_reserve_holds_once(target: Target) -> None:
 
 def _through(proxy: StallingProxy) -> redis.Redis:
     # redis-py's default Retry: it re-sends a command after a timeout.
-    return redis.Redis(host="127.0.0.1", port=proxy.port, socket_timeout=SOCKET_TIMEOUT)
+    return proxy.client(socket_timeout=SOCKET_TIMEOUT)
 
 
 def _warmed_up(client: redis.Redis) -> Limiter:
@@ -756,9 +756,7 @@ def test_stalled_settle_retried_by_redis_py_charges_once(
 async def test_async_stalled_settle_retried_by_redis_py_charges_once(
     server: Server, stalling_proxy: StallingProxy
 ) -> None:
-    client = redis.asyncio.Redis(
-        host="127.0.0.1", port=stalling_proxy.port, socket_timeout=SOCKET_TIMEOUT
-    )
+    client = stalling_proxy.async_client(socket_timeout=SOCKET_TIMEOUT)
     async with client:
         limiter = AsyncLimiter(client)
         warm = await limiter.reserve(DAY_CAP, "warm-up", _d("1.00"))
