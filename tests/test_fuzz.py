@@ -38,6 +38,7 @@ from atomlimit import (
     Hit,
     InvalidInput,
     Limiter,
+    LimitExceeded,
     RateLimit,
     RequestIdReused,
     Spec,
@@ -475,6 +476,7 @@ def test_limiter_options_are_refused_or_give_a_working_limiter(
         time_source=mostly(st.sampled_from(["server", "client"]), anything()),
         breaker=valid_or(st.sampled_from([Breaker(), None, Breaker(failures=1000)])),
         observers=valid_or(st.sampled_from([(), [Quiet()], (Quiet(),) * 16])),
+        strict=valid_or(st.booleans()),
     )
     def configure(
         prefix: Any,
@@ -483,6 +485,7 @@ def test_limiter_options_are_refused_or_give_a_working_limiter(
         time_source: Any,
         breaker: Any,
         observers: Any,
+        strict: Any,
     ) -> None:
         client.flushall()
         limiter = watch(
@@ -494,6 +497,7 @@ def test_limiter_options_are_refused_or_give_a_working_limiter(
                 time_source=time_source,
                 breaker=breaker,
                 observers=observers,
+                strict=strict,
             )
         )
         if not isinstance(limiter, Refused):
@@ -614,6 +618,89 @@ def test_undo_acquire_takes_anything_and_leaves_every_key_expiring(
         watch(lambda: limiter.undo_acquire(hits, request_id=request_id))
 
     undo()
+
+
+def test_hit_many_takes_anything_and_decides_every_hit(client: redis.Redis, watch: Watch) -> None:
+    limiter = Limiter(client)
+
+    @fuzz(max_examples=100)
+    @given(hits=hits())
+    # One past the most hits one call takes.
+    @example(hits=[Hit(RATES[0], "s")] * 10_001)
+    def hit_many(hits: Any) -> None:
+        client.flushall()
+        decisions = watch(lambda: limiter.hit_many(hits))
+        if not isinstance(decisions, Refused):
+            assert len(decisions) == len(hits)
+
+    hit_many()
+
+
+def exceeded_or(call: Callable[[], Any]) -> Callable[[], Any]:
+    """``call``, with a LimitExceeded it raises returned: a denial, not a refusal."""
+
+    def run() -> Any:
+        try:
+            return call()
+        except LimitExceeded as err:
+            return err
+
+    return run
+
+
+# A fresh subject fits any cost within its limit at once, so no example waits
+# long; one that can never fit is refused at once too.
+timeouts = valid_or(st.sampled_from([None, 0, 0.05, timedelta(0), timedelta(milliseconds=50)]))
+
+
+def test_wait_takes_anything_and_charges_only_what_fits(client: redis.Redis, watch: Watch) -> None:
+    limiter = Limiter(client)
+
+    @fuzz(max_examples=100)
+    @given(limit_and_cost=with_cost(limits), subject=subjects, timeout=timeouts)
+    @example(limit_and_cost=(RATES[0], 1), subject="s", timeout=timedelta.max)
+    @example(limit_and_cost=(RATES[0], 1), subject="s", timeout=10**5000)
+    @example(limit_and_cost=(RATES[0], 1), subject="s", timeout=float("nan"))
+    def wait(limit_and_cost: tuple[Any, Any], subject: Any, timeout: Any) -> None:
+        client.flushall()
+        spec, cost = limit_and_cost
+        outcome = watch(exceeded_or(lambda: limiter.wait(spec, subject, cost, timeout=timeout)))
+        if isinstance(outcome, LimitExceeded):
+            assert client.dbsize() == 0  # a cost that can never fit charged nothing
+
+    wait()
+
+
+def test_limited_takes_anything_when_it_decorates_and_when_called(
+    client: redis.Redis, watch: Watch
+) -> None:
+    limiter = Limiter(client)
+
+    @fuzz(max_examples=100)
+    @given(
+        limit_and_cost=with_cost(limits),
+        subject=valid_or(st.sampled_from(["s", lambda: "s"])),
+        wait=valid_or(st.booleans()),
+        timeout=timeouts,
+        func=mostly(st.just(lambda: "ran"), anything()),
+    )
+    def limited(
+        limit_and_cost: tuple[Any, Any], subject: Any, wait: Any, timeout: Any, func: Any
+    ) -> None:
+        client.flushall()
+        spec, cost = limit_and_cost
+        decorate = watch(
+            lambda: limiter.limited(spec, subject=subject, cost=cost, wait=wait, timeout=timeout)
+        )
+        if isinstance(decorate, Refused):
+            return
+        job = watch(lambda: decorate(func))
+        if isinstance(job, Refused):
+            return
+        outcome = watch(exceeded_or(job))
+        assert isinstance(outcome, Refused | LimitExceeded) or outcome == func()
+
+    limited()
 
 
 def test_reserve_settle_and_release_take_anything(client: redis.Redis, watch: Watch) -> None:
