@@ -11,24 +11,74 @@
 --          0 denied (nothing charged), 3 over the limit but charged in
 --          shadow mode
 -- Clock    server TIME, or ARGV[1] when the caller chose client time
--- Cost     O(1): a GET and a SET
--- include: lib/clock.lua
--- include: lib/reply.lua
--- include: lib/gcra.lua
+-- Cost     O(1): a GET and a SET; the SET sets the expiry only when the TAT
+--          enters a later second
+--
+-- The algorithm is lib/gcra.lua's (its notes explain the base, the slack
+-- and the expiry), written out here without a function: every `local
+-- function` of a script is a closure built again on each EVALSHA, and the
+-- shared library's dozen of them cost a fifth of this script's server time.
+-- tests/test_model_algorithms.py holds both forms to one model.
 
-local key = KEYS[1]
-local now = clock_now(ARGV[1])
-local cost, burst, interval = tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[5])
-local ahead = gc_ahead(key, now)
-local room = gc_room(burst, interval, ahead)
-local status, grant = decide(cost, room, tonumber(ARGV[4]))
-if status == DENIED then
-  return {0, now, burst - room, 0, now + math.ceil(ahead), gc_retry(burst, interval, ahead, cost, now), 0}
+local GC_BASE, GC_SLACK, GC_SECOND, GRACE_MS = 1735689600000000, 0.1, 1000000, 5000
+
+local key, client_now = KEYS[1], ARGV[1]
+local now
+if client_now ~= '' then
+  now = tonumber(client_now)
+else
+  local t = redis.pcall('TIME')
+  if t.err then
+    -- As lib/clock.lua's clock_now: name the refused command and the fix.
+    error({err = 'NOPERM the user may not run TIME, which atomlimit reads for the ' ..
+      'server\'s clock: grant +time, or build the limiter with time_source="client" (' ..
+      string.gsub(t.err, '^ERR ', '') .. ')'})
+  end
+  now = t[1] * 1000000 + t[2]
 end
+local cost, burst, interval = tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[5])
+
+-- How far the stored TAT is ahead of now, and the units that fit.
+local stored = tonumber(redis.call('GET', key))
+local ahead = 0
+if stored and stored > now - GC_BASE then
+  ahead = stored - (now - GC_BASE)
+end
+local room = math.floor((burst * interval - ahead + GC_SLACK) / interval)
+
+local status, grant = 1, cost
+if cost > room then
+  local flags = tonumber(ARGV[4])
+  if flags % 2 == 1 and room > 0 then
+    grant = room
+  elseif flags < 2 then
+    local retry = 0
+    if cost <= burst then
+      retry = now + math.max(math.ceil(ahead + (cost - burst) * interval - GC_SLACK), 0)
+    end
+    return {0, now, burst - room, 0, now + math.ceil(ahead), retry, 0}
+  else
+    status = 3
+  end
+end
+
 ahead = ahead + grant * interval
-gc_store(key, now, ahead, ARGV[1])
-local used, stop = burst - gc_room(burst, interval, ahead), now + math.ceil(ahead)
-if status == FITS and grant == cost then
+-- A grant of nothing (a cost of 0) leaves the state as it is.
+if grant > 0 then
+  local tat = now - GC_BASE + ahead
+  if client_now ~= '' then
+    redis.call('SET', key, tat, 'PX', math.max(1, math.ceil(ahead / 1000)) + GRACE_MS)
+  elseif stored and math.floor(tat / GC_SECOND) <= math.floor(stored / GC_SECOND) then
+    -- The key's expiry is at least gc_expiry(stored), which is gc_expiry(tat).
+    redis.call('SET', key, tat, 'KEEPTTL')
+  else
+    redis.call('SET', key, tat, 'PXAT',
+      (GC_BASE + (math.floor(tat / GC_SECOND) + 1) * GC_SECOND) / 1000 + GRACE_MS)
+  end
+end
+local used, stop = burst - math.floor((burst * interval - ahead + GC_SLACK) / interval),
+  now + math.ceil(ahead)
+if status == 1 and grant == cost then
   return {used, stop}
 end
 return {status, now, used, 0, stop, 0, grant}

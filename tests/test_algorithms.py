@@ -28,6 +28,7 @@ from servers import Server
 from atomlimit import (
     AsyncLimiter,
     Concurrency,
+    Hit,
     InvalidInput,
     Limiter,
     RateLimit,
@@ -219,6 +220,43 @@ def test_gcra_with_a_long_interval_passes_no_earlier_than_retry_after(server: Se
     assert denied.retry_after == timedelta(hours=1)
     assert not one_early.allowed
     assert on_time.allowed
+
+
+GC_BASE_MS = 1_735_689_600_000
+"""lib/gcra.lua stores the TAT in microseconds counted from 2025-01-01."""
+
+
+def test_gcra_state_outlives_its_arrival_time_on_the_server_clock(target: Target) -> None:
+    # hit_gcra.lua sets the expiry only when the TAT enters a later second
+    # and otherwise keeps it; acquire and refund (lib/gcra.lua) set it too.
+    # Whichever wrote last, the key must live until GRACE_MS past its TAT,
+    # or a busy subject's state would vanish and its burst refill early.
+    spec = RateLimit(name="tat", limit=10, window="second", algorithm="gcra", burst=100)
+    lives: list[bool] = []
+    expiries: list[int] = []
+    with target.sync_client() as client:
+        limiter = Limiter(client)
+
+        def check() -> None:
+            (key,) = client.scan_iter("*tat*")
+            tat_ms = GC_BASE_MS + float(client.get(key)) / 1000
+            expiry = client.pexpiretime(key)
+            lives.append(expiry >= tat_ms + 5_000)
+            expiries.append(expiry)
+
+        for step in range(45):
+            if step % 9 == 8:
+                limiter.refund(spec, "s", 3)
+            elif step % 5 == 4:
+                limiter.acquire([Hit(spec, "s", 2)])
+            else:
+                assert limiter.hit(spec, "s", 1 + step % 3).allowed
+            check()
+
+    assert all(lives)
+    # The loop crossed seconds of TAT, and some hits kept the expiry.
+    assert len(set(expiries)) > 2
+    assert len(set(expiries)) < len(expiries)
 
 
 async def test_async_gcra_passes_the_burst_then_refills(target: Target) -> None:

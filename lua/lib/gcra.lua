@@ -35,16 +35,30 @@ local function gc_room(burst, interval, ahead)
   return math.floor((burst * interval - ahead + GC_SLACK) / interval)
 end
 
+-- The TAT's key expires at the end of the whole second holding TAT +
+-- GRACE_MS, on the server's clock. The expiry is a function of the stored
+-- TAT alone, and a key's expiry is never earlier than that function of its
+-- value, so hit_gcra.lua, seeing the stored TAT, knows the key's expiry
+-- without asking and sets it again only when a charge moves the TAT into a
+-- later second: most charges keep the TTL, and formatting and setting an
+-- expiry is a third of a hit's server time. Every writer of a TAT on the
+-- server's clock must keep that promise: write PXAT gc_expiry(tat), or keep
+-- an expiry that is already later.
+local GC_SECOND = 1000000
+
+local function gc_expiry(tat)
+  return (GC_BASE + (math.floor(tat / GC_SECOND) + 1) * GC_SECOND) / 1000 + GRACE_MS
+end
+
 -- Stores a TAT `ahead` microseconds after now; a TAT not ahead is no state.
--- It lives GRACE_MS past the TAT. On the server's clock the expiry is
--- absolute (PXAT): Redis replicates a relative one by rewriting it, which
--- costs more than the rest of the SET.
+-- It lives at least GRACE_MS past the TAT; with client time the expiry is
+-- relative, since the server's clock may disagree with the one deciding.
 local function gc_store(key, now, ahead, client_now)
   if ahead <= 0 then
     redis.call('DEL', key)
   elseif client_now == '' then
-    local at = math.ceil((now + ahead) / 1000) + GRACE_MS
-    redis.call('SET', key, now - GC_BASE + ahead, 'PXAT', at)
+    local tat = now - GC_BASE + ahead
+    redis.call('SET', key, tat, 'PXAT', gc_expiry(tat))
   else
     redis.call('SET', key, now - GC_BASE + ahead, 'PX', ms_kept(now + ahead, now))
   end

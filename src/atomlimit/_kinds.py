@@ -294,7 +294,7 @@ class WaitingSpend(Spend):
 class Gcra(Codec[int]):
     """``RateLimit(algorithm="gcra")``: the theoretical arrival time."""
 
-    __slots__ = ("_interval",)
+    __slots__ = ("_interval", "_packed")
     kind = "gc"
     hit = script("hit_gcra")
     peek = script("peek_gcra")
@@ -304,9 +304,19 @@ class Gcra(Codec[int]):
         # The emission interval, in microseconds: each unit of cost moves the
         # theoretical arrival time on by this much.
         self._interval = repr(_length_us(spec) / spec.limit)
+        # Burst, flags and interval follow the cost, the same on every call
+        # with the spec's own flags, so they are encoded once.
+        self._packed = Packed((self.limit, self.flags, self._interval))
 
     def extras(self, t: int) -> tuple[Arg, ...]:
         return (self._interval,)
+
+    def single_args(
+        self, client_now: int | str, units: int, flags: int, t: int, call_id: str
+    ) -> tuple[Arg | Packed, ...]:
+        if flags == self.flags:
+            return (client_now, units, self._packed)
+        return (client_now, units, self.limit, flags, self._interval)
 
 
 class SlidingLog(Codec[int]):
