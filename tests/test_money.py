@@ -16,6 +16,7 @@ from redis.retry import Retry
 from servers import free_port
 
 from atomlimit import Hit, Limiter, SpendCap
+from atomlimit._kinds import Codec, codec_for
 from atomlimit._money import MAX_DIGITS, MAX_UNITS, from_units, to_units
 from atomlimit.errors import InvalidInput
 
@@ -200,3 +201,24 @@ def test_every_call_refuses_a_cost_out_of_range_before_any_arithmetic() -> None:
         for call in calls:
             with pytest.raises(InvalidInput, match="exact range"):
                 call()
+
+
+@given(
+    limit=st.decimals(min_value=Decimal("0.000001"), max_value=Decimal("9000000000"), places=6)
+    | st.sampled_from(
+        [Decimal("1E+2"), Decimal("100.00"), Decimal("5"), Decimal("0.50"), Decimal("5.00000000")]
+    ),
+    used_share=st.fractions(min_value=0, max_value=Fraction(11, 10)),
+    grant=st.integers(min_value=0, max_value=10**9),
+)
+def test_a_fitted_spend_reports_the_digits_of_every_other_decision(
+    limit: Decimal, used_share: Fraction, grant: int
+) -> None:
+    # The fast path for a spend hit that fitted (a subtraction, and kept
+    # grants) must show the very digits the general path shows.
+    codec = codec_for(SpendCap(name="cap", limit=limit, currency="AUD", window="day"))
+    used = int(codec.limit * used_share)
+    fast = codec.fitted(used, grant, 0)
+    general = Codec.fitted(codec, used, grant, 0)
+    shown = [str(getattr(fast, field)) for field in ("used", "remaining", "granted", "held")]
+    assert shown == [str(getattr(general, f)) for f in ("used", "remaining", "granted", "held")]

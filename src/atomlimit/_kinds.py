@@ -235,7 +235,7 @@ class FixedWindow(_Windowed[int]):
 class Spend(_Windowed[Decimal]):
     """``SpendCap``: committed spend per window, and holds that belong to none."""
 
-    __slots__ = ("_costs", "_exponent", "_places")
+    __slots__ = ("_amounts", "_costs", "_exponent", "_places", "_subtracts")
     kind = "sc"
     hit: Script | None = script("hit_spend")
     peek = script("peek_spend")
@@ -246,6 +246,10 @@ class Spend(_Windowed[Decimal]):
         # with, never fewer: Decimal("100.00") reports 0.37, not 0.370000.
         self._places = min(max(0, -int(spec.limit.as_tuple().exponent)), self._exponent)
         self._costs: dict[Decimal, int] = {}
+        self._amounts: dict[int, Decimal] = {}
+        # The limit less an amount has the digits from_units would give,
+        # unless the limit is written with more decimals than are shown.
+        self._subtracts = int(spec.limit.as_tuple().exponent) >= -self._places
         super().__init__(spec, to_units(spec.limit, self._exponent, "limit"), spec.limit)
         # Currency and unit are in the key: reading units stored at another
         # scale, or in another currency, would be silently wrong.
@@ -267,6 +271,36 @@ class Spend(_Windowed[Decimal]):
 
     def amount(self, units: int) -> Decimal:
         return from_units(units, self._exponent, self._places)
+
+    def fitted(self, used: int, grant: int, stop: int) -> Decision[Decimal]:
+        # Making Decimals was most of what a spend hit cost over a count's:
+        # a grant is a cost, which repeats, so the last few are kept, and
+        # what remains is the limit less what is used, one subtraction.
+        granted = self._amounts.get(grant)
+        if granted is None:
+            granted = self.amount(grant)
+            if len(self._amounts) >= _COSTS:
+                self._amounts.clear()
+            self._amounts[grant] = granted
+        spent = self.amount(used)
+        if used >= self.limit:
+            remaining = self.zero
+        elif self._subtracts:
+            remaining = self.limit_value - spent
+        else:
+            remaining = self.amount(self.limit - used)
+        return decided(
+            True,
+            self.limit_value,
+            spent,
+            remaining,
+            stop,
+            None,
+            granted,
+            self.zero,
+            False,
+            self.spec,
+        )
 
     def state_keys(self, base: str, t: int) -> tuple[str, ...]:
         return (self.window_key(base, t), base + ":holds", base + ":held")
