@@ -50,8 +50,8 @@ import redis.utils
 from load import SUBJECTS, Loop, batch, closed_loop, timed_calls
 from server import command_time, connected, describe, redis_server, used_memory, valkey_server
 from variants import (
-    ACQUIRE_ALONE,
     BARE,
+    HIT_ALONE,
     MIDDLEWARE,
     SCRIPT_COMMANDS,
     SEED,
@@ -435,7 +435,7 @@ async def asgi_overhead(url: str, settings: Settings) -> None:
     """Section 6: the middleware's cost per request, against the same app without it.
 
     Requests go to the application in-process, so the difference is the
-    middleware: its acquire (one round trip) and its header fields.
+    middleware: its hit (one round trip) and its header fields.
     """
     rows = rows_for("asgi")
     bare = next(v for v in rows if v.role == "baseline")
@@ -462,9 +462,9 @@ async def asgi_overhead(url: str, settings: Settings) -> None:
             ["row", "requests/s", "µs per request", "vs no middleware", "added µs", "notes"],
             table,
         )
-        if rates[MIDDLEWARE] and rates[ACQUIRE_ALONE]:
-            own = 1e6 / rates[MIDDLEWARE] - 1e6 / rates[ACQUIRE_ALONE]
-            print(f"the middleware beyond its acquire: {own:.1f} µs per request")
+        if rates[MIDDLEWARE] and rates[HIT_ALONE]:
+            own = 1e6 / rates[MIDDLEWARE] - 1e6 / rates[HIT_ALONE]
+            print(f"the middleware beyond its hit: {own:.1f} µs per request")
 
 
 async def probe_peers(url: str, settings: Settings) -> dict[Variant, float]:

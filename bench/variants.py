@@ -43,7 +43,7 @@ import throttled
 import throttled.asyncio
 from prometheus_client import CollectorRegistry
 
-from atomlimit import AsyncLimiter, Hit, Limiter, RateLimit, Spec, SpendCap
+from atomlimit import AsyncLimiter, Limiter, RateLimit, Spec, SpendCap
 from atomlimit.asgi import RateLimitMiddleware
 from atomlimit.observe import Observer, PrometheusObserver
 
@@ -417,12 +417,13 @@ async def asgi_limited(url: str, connections: int | None) -> AsyncIterator[Async
 
 
 @contextlib.asynccontextmanager
-async def acquire_alone(url: str, connections: int | None) -> AsyncIterator[AsyncDecide]:
-    """The acquire the middleware makes, without ASGI: what deciding costs by itself."""
+async def hit_alone(url: str, connections: int | None) -> AsyncIterator[AsyncDecide]:
+    """The call the middleware makes for one rate limit, without ASGI: what
+    deciding costs by itself."""
     limiter = AsyncLimiter.from_url(url)
 
     async def decide(subject: str) -> bool:
-        return (await limiter.acquire([Hit(FIXED, subject)])).allowed
+        return (await limiter.hit(FIXED, subject)).allowed
 
     try:
         yield decide
@@ -538,13 +539,11 @@ VARIANTS: tuple[Variant, ...] = (
         "ASGI app", "behind RateLimitMiddleware", "atomlimit", frozenset({"asgi"}), asgi_limited
     ),
     Variant("ASGI app", "no middleware", "baseline", frozenset({"asgi"}), asgi_bare),
-    Variant(
-        "atomlimit", "the same acquire, no ASGI", "atomlimit", frozenset({"asgi"}), acquire_alone
-    ),
+    Variant("atomlimit", "the same hit, no ASGI", "atomlimit", frozenset({"asgi"}), hit_alone),
 )
 """Every row, in the order the tables print them."""
 
 SEED = next(v for v in VARIANTS if v.library == "seed pattern")
 MIDDLEWARE = next(v for v in VARIANTS if v.open_async is asgi_limited)
-ACQUIRE_ALONE = next(v for v in VARIANTS if v.open_async is acquire_alone)
+HIT_ALONE = next(v for v in VARIANTS if v.open_async is hit_alone)
 BARE = next(v for v in VARIANTS if v.library == "bare EVALSHA")

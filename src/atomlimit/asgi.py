@@ -7,7 +7,9 @@ alike::
     app.add_middleware(RateLimitMiddleware, limiter=limiter, limits=[per_minute, per_day])
 
 Every limit of a request is charged in one :meth:`~atomlimit.AsyncLimiter.acquire`:
-all of them, or none. A denied request gets ``429`` with a small
+all of them, or none; a single rate limit, in one
+:meth:`~atomlimit.AsyncLimiter.hit`, which is the same decision made by the
+smaller script. A denied request gets ``429`` with a small
 ``application/problem+json`` body, ``Retry-After`` and the ``RateLimit``
 fields; an allowed one goes to the application, and its response carries
 the fields too. Lifespan and WebSocket events, and every message after the
@@ -23,8 +25,10 @@ from collections.abc import Awaitable, Callable, MutableMapping, Sequence
 from typing import Any
 
 from atomlimit._checks import MAX_HITS, check_int, show
+from atomlimit.decision import Decision
 from atomlimit.errors import InvalidInput
 from atomlimit.headers import rate_limit_headers
+from atomlimit.holds import AsyncLease
 from atomlimit.limiter import AsyncLimiter
 from atomlimit.specs import Concurrency, Hit, RateLimit, Spec
 
@@ -125,6 +129,12 @@ class RateLimitMiddleware:
         self.app = app
         self.limiter = limiter
         self.limits = _checked_limits(limits)
+        # One RateLimit needs no all-or-nothing across limits and holds no
+        # lease: a hit decides it alike, without acquire's record.
+        only = self.limits[0]
+        self._only: RateLimit | None = (
+            only if len(self.limits) == 1 and isinstance(only, RateLimit) else None
+        )
         self.key: Key = client_address() if key is None else key
         self._include = None if include is None else _prefixes(include, "include")
         self._exclude = _prefixes(exclude, "exclude")
@@ -139,19 +149,26 @@ class RateLimitMiddleware:
         if subject is None:
             await self.app(scope, receive, send)
             return
-        result = await self.limiter.acquire([Hit(limit, subject) for limit in self.limits])
+        decisions: Sequence[Decision[int]]
+        leases: Sequence[AsyncLease] = ()
+        if self._only is not None:
+            decision = await self.limiter.hit(self._only, subject)
+            decisions, allowed = (decision,), decision.allowed
+        else:
+            result = await self.limiter.acquire([Hit(limit, subject) for limit in self.limits])
+            decisions, allowed, leases = result.decisions, result.allowed, result.leases
         fields = [
             (name.lower().encode("ascii"), value.encode("ascii"))
-            for name, value in rate_limit_headers(result.decisions).items()
+            for name, value in rate_limit_headers(decisions).items()
         ]
-        if not result.allowed:
-            denied = [d.spec.name for d in result.decisions if not d.allowed and d.spec]
+        if not allowed:
+            denied = [d.spec.name for d in decisions if not d.allowed and d.spec]
             await _too_many_requests(send, fields, denied)
             return
         try:
             await self.app(scope, receive, _adding(send, fields))
         finally:
-            for lease in result.leases:
+            for lease in leases:
                 await lease.release()
 
     def _applies(self, path: str) -> bool:
