@@ -145,6 +145,20 @@ def test_a_sydney_day_that_springs_forward_is_23_hours() -> None:
     assert parsed(fields["RateLimit-Policy"])[0][1]["w"] == 23 * 3600
 
 
+def test_one_calendar_limit_reports_each_day_at_its_own_length() -> None:
+    # Policies are made once per spec where the window has one length; a
+    # zone's day has not, so each decision of the same spec is measured.
+    daily = RateLimit(name="daily", limit=1000, window="day", tz="Australia/Sydney")
+    short_end = datetime(2025, 10, 5, 13, tzinfo=UTC)
+    long_end = datetime(2026, 4, 5, 14, tzinfo=UTC)
+    lengths = [
+        parsed(decision(daily, reset=end).headers(now=end - timedelta(hours=1))["RateLimit-Policy"])
+        for end in (short_end, short_end + timedelta(days=1), long_end)
+    ]
+
+    assert [policy[0][1]["w"] for policy in lengths] == [23 * 3600, 24 * 3600, 25 * 3600]
+
+
 @pytest.mark.parametrize(
     ("month_end", "days"),
     [

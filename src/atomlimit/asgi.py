@@ -21,13 +21,14 @@ from __future__ import annotations
 import inspect
 import ipaddress
 import json
+import time
 from collections.abc import Awaitable, Callable, MutableMapping, Sequence
 from typing import Any
 
 from atomlimit._checks import MAX_HITS, check_int, show
 from atomlimit.decision import Decision
 from atomlimit.errors import InvalidInput
-from atomlimit.headers import rate_limit_headers
+from atomlimit.headers import _header_fields
 from atomlimit.holds import AsyncLease
 from atomlimit.limiter import AsyncLimiter
 from atomlimit.specs import Concurrency, Hit, RateLimit, Spec
@@ -138,9 +139,12 @@ class RateLimitMiddleware:
         self.key: Key = client_address() if key is None else key
         self._include = None if include is None else _prefixes(include, "include")
         self._exclude = _prefixes(exclude, "exclude")
+        self._everywhere = self._include is None and not self._exclude
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or not self._applies(scope.get("path", "")):
+        if scope["type"] != "http" or not (
+            self._everywhere or self._applies(scope.get("path", ""))
+        ):
             await self.app(scope, receive, send)
             return
         subject = self.key(scope)
@@ -157,9 +161,10 @@ class RateLimitMiddleware:
         else:
             result = await self.limiter.acquire([Hit(limit, subject) for limit in self.limits])
             decisions, allowed, leases = result.decisions, result.allowed, result.leases
+        now_us = int(time.time() * 1_000_000)
         fields = [
             (name.lower().encode("ascii"), value.encode("ascii"))
-            for name, value in rate_limit_headers(decisions).items()
+            for name, value in _header_fields(decisions, now_us).items()
         ]
         if not allowed:
             denied = [d.spec.name for d in decisions if not d.allowed and d.spec]

@@ -57,20 +57,38 @@ def rate_limit_headers(
     default the local clock) is what ``t`` counts from.
     """
     chosen = _decisions(decisions)
-    now_us = int(time.time() * _SECOND_US) if now is None else _now_us(now)
-    policies = []
-    limits = []
-    retry: int | None = None
     for decision in chosen:
-        spec = decision.spec
-        if spec is None:
+        if decision.spec is None:
             raise InvalidInput(
                 "rate_limit_headers needs decisions from a limiter: this one has no spec to "
                 "describe its policy"
             )
-        name = _string(spec.name)
-        policies.append(name + _policy_params(spec, decision))
-        limits.append(name + _limit_params(spec, decision, now_us))
+    now_us = int(time.time() * _SECOND_US) if now is None else _now_us(now)
+    return _header_fields(chosen, now_us)
+
+
+def _header_fields(decisions: Iterable[Decision[Any]], now_us: int) -> dict[str, str]:
+    """:func:`rate_limit_headers` for decisions a limiter made, unchecked
+    (the middleware's own call).
+
+    Every decision must carry its spec; ``now_us`` is epoch microseconds.
+    """
+    policies = []
+    limits = []
+    retry: int | None = None
+    for decision in decisions:
+        spec: Any = decision.spec
+        kept = _POLICIES.get(id(spec))
+        if kept is not None and kept[0] is spec:
+            policy = kept[1]
+        else:
+            policy = _string(spec.name) + _policy_params(spec, decision)
+            if _fixed_policy(spec):
+                if len(_POLICIES) >= _POLICIES_KEPT:
+                    _POLICIES.clear()
+                _POLICIES[id(spec)] = (spec, policy)
+        policies.append(policy)
+        limits.append(_string(spec.name) + _limit_params(spec, decision, now_us))
         if not decision.allowed and decision.retry_after is not None:
             seconds = retry_after_seconds(decision.retry_after)
             retry = seconds if retry is None else max(retry, seconds)
@@ -78,6 +96,23 @@ def rate_limit_headers(
     if retry is not None:
         fields[RETRY_AFTER] = str(retry)
     return fields
+
+
+# A spec's policy item is the same for every decision unless its window is
+# a calendar window whose length varies (months, days across DST), so the
+# rest are made once: a middleware sends one on every response. Keyed by
+# identity, since hashing a spec costs more than the item; the entry keeps
+# its spec alive, so the id cannot pass to another while it is kept.
+_POLICIES: dict[int, tuple[Spec[Any], str]] = {}
+_POLICIES_KEPT = 256
+
+
+def _fixed_policy(spec: Any) -> bool:
+    """Whether the spec's window has one length for every decision."""
+    if isinstance(spec, Concurrency) or isinstance(spec.window, timedelta):
+        return True
+    fixed = isinstance(spec, SpendCap) or spec.algorithm == "fixed_window"
+    return bool(spec.window != "month" and (spec.tz == "UTC" or not fixed))
 
 
 def retry_after_seconds(wait: timedelta) -> int:
@@ -152,8 +187,7 @@ def _window(spec: RateLimit | SpendCap, decision: Decision[Any]) -> int:
     window = spec.window
     if isinstance(window, timedelta):
         return max(1, _ceil_seconds(window // timedelta(microseconds=1)))
-    fixed = isinstance(spec, SpendCap) or spec.algorithm == "fixed_window"
-    if window != "month" and (spec.tz == "UTC" or not fixed):
+    if _fixed_policy(spec):
         return int(UNIT_LENGTHS[window].total_seconds())
     end = to_us(decision.reset_at)
     start, end = window_at(window, ZoneInfo(spec.tz), end - 1)
