@@ -184,6 +184,44 @@ async def test_a_second_event_loop_is_refused_with_a_clear_error(server: Server)
     await limiter.aclose()
 
 
+async def test_your_own_pool_gets_its_connection_back_between_calls(server: Server) -> None:
+    # A pump waiting for more calls must not sit on a connection of the
+    # application's pool: with one connection in all, the application's
+    # own command right after a hit needs it back (redis-py's default pool
+    # refuses past its limit rather than waiting).
+    async with server.async_client(max_connections=1) as client:
+        limiter = AsyncLimiter(client)
+        for _ in range(3):
+            await limiter.hit(MANY, "s")
+            await client.set("own", "command")
+        await limiter.aclose()
+        assert await client.get("own") == b"command"  # closing the limiter left it open
+
+
+async def test_from_url_keeps_one_connection_for_a_lone_caller_and_closes_its_pumps(
+    server: Server,
+) -> None:
+    def pumps() -> set[asyncio.Task[object]]:
+        return {t for t in asyncio.all_tasks() if "Lane._pump" in repr(t.get_coro())}
+
+    with server.client() as admin:
+        before = admin.info("stats")["total_connections_received"]
+        others = pumps()  # other tests' limiters may share this event loop
+        limiter = AsyncLimiter.from_url(server.url)
+        for _ in range(200):
+            await limiter.hit(MANY, "lone")
+        ours = pumps() - others
+        waiting = [not pump.done() for pump in ours]
+        await limiter.aclose()
+        opened = admin.info("stats")["total_connections_received"] - before
+
+    # One pump, still waiting for the next call on its one connection, and
+    # gone once the limiter is closed.
+    assert opened == 1
+    assert waiting == [True]
+    assert all(pump.done() for pump in ours)
+
+
 def test_a_closed_limiter_refuses_every_call(server: Server) -> None:
     limiter = Limiter.from_url(server.url)
     limiter.hit(MANY, "s")

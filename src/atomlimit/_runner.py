@@ -642,6 +642,7 @@ class AsyncRunner:
         "_warm",
         "client",
         "closed",
+        "keep_connections",
         "now",
     )
 
@@ -666,6 +667,9 @@ class AsyncRunner:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._warm: asyncio.Future[None] | None = None
         self.closed = False
+        self.keep_connections = False
+        """Whether idle lanes keep their connections: set where the pool is
+        the limiter's own."""
 
     async def run(self, call: Call) -> Any:
         """Send ``call`` (and any re-plan it asks for); return its result."""
@@ -789,7 +793,9 @@ class AsyncRunner:
                 pool = client.connection_pool  # type: ignore[union-attr]
                 lane = self._lanes.get("")
                 if lane is None:
-                    lane = self._lanes[""] = Lane(pool.get_connection, pool.release, self._batch)
+                    lane = self._lanes[""] = Lane(
+                        pool.get_connection, pool.release, self._batch, self.keep_connections
+                    )
                     lane.recheck = self._recheck
                 if await self._vet(lane, _address(pool)):
                     self._single_lane = lane
@@ -807,7 +813,9 @@ class AsyncRunner:
             node = client.nodes_manager.get_node_from_slot(key_slot(key.encode()))
         lane = self._lanes.get(node.name)
         if lane is None:
-            lane = self._lanes[node.name] = Lane(_taker(node), _giver(node), self._batch)
+            lane = self._lanes[node.name] = Lane(
+                _taker(node), _giver(node), self._batch, self.keep_connections
+            )
         await self._vet(lane, node.name)
         return lane
 
@@ -819,6 +827,18 @@ class AsyncRunner:
                 return False
         vet(lane.fitness, self._strict)
         return True
+
+    async def close(self) -> None:
+        """Stop taking calls; idle pumps give their connections back to the pool.
+
+        Only on the loop the lanes serve: another loop cannot await them,
+        and an idle pump gives its connection back by itself after LINGER.
+        """
+        self.closed = True
+        self._single_lane = None
+        if self._loop is asyncio.get_running_loop():
+            for lane in list(self._lanes.values()):
+                await lane.close()
 
     def _recheck(self) -> None:
         # The lane's server must be checked again: no call takes the fast

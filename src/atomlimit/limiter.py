@@ -473,6 +473,7 @@ class AsyncLimiter:
             deadline=deadline,
         )
         limiter._owns_client = True
+        limiter._runner.keep_connections = True
         return limiter
 
     async def hit(
@@ -694,10 +695,14 @@ class AsyncLimiter:
     async def aclose(self) -> None:
         """Close the client if this limiter created it (see :meth:`from_url`).
 
-        Any later call raises :class:`~atomlimit.InvalidInput`.
+        A client you gave it stays open, with every connection the limiter
+        held given back to its pool. Any later call raises
+        :class:`~atomlimit.InvalidInput`.
         """
-        if not self._runner.closed and self._owns_client:
-            await self._runner.client.aclose()
+        if not self._runner.closed:
+            await self._runner.close()
+            if self._owns_client:
+                await self._runner.client.aclose()
         self._runner.closed = True
 
     async def __aenter__(self) -> Self:
