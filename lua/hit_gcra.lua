@@ -19,6 +19,7 @@
 -- function` of a script is a closure built again on each EVALSHA, and the
 -- shared library's dozen of them cost a fifth of this script's server time.
 -- tests/test_model_algorithms.py holds both forms to one model.
+-- include: lib/time_refused.lua
 
 local GC_BASE, GC_SLACK, GC_SECOND, GRACE_MS = 1735689600000000, 0.1, 1000000, 5000
 
@@ -29,10 +30,7 @@ if client_now ~= '' then
 else
   local t = redis.pcall('TIME')
   if t.err then
-    -- As lib/clock.lua's clock_now: name the refused command and the fix.
-    error({err = 'NOPERM the user may not run TIME, which atomlimit reads for the ' ..
-      'server\'s clock: grant +time, or build the limiter with time_source="client" (' ..
-      string.gsub(t.err, '^ERR ', '') .. ')'})
+    error({err = TIME_REFUSED .. string.gsub(t.err, '^ERR ', '') .. ')'})
   end
   now = t[1] * 1000000 + t[2]
 end

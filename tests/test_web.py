@@ -350,14 +350,22 @@ async def race(app: Any) -> int:
     return sum(r.status_code == 200 for r in responses)
 
 
-async def test_two_hundred_concurrent_requests_admit_exactly_the_limit(server: Server) -> None:
+ROOMY = RateLimit(name="roomy", limit=10_000, window="day")
+
+
+# One RateLimit is charged with hit, several with one acquire: both raced.
+@pytest.mark.parametrize("limits", [[RACE], [RACE, ROOMY]], ids=["hit", "acquire"])
+async def test_two_hundred_concurrent_requests_admit_exactly_the_limit(
+    server: Server, limits: list[RateLimit]
+) -> None:
     async with AsyncLimiter.from_url(server.url) as limiter:
-        app = RateLimitMiddleware(hello, limiter=limiter, limits=RACE, key=lambda s: "everyone")
+        app = RateLimitMiddleware(hello, limiter=limiter, limits=limits, key=lambda s: "everyone")
         admitted = await race(app)
-        used = (await limiter.peek(RACE, "everyone")).used
+        used = [(await limiter.peek(limit, "everyone")).used for limit in limits]
 
     assert admitted == RACE.limit
-    assert used == RACE.limit
+    # A request the tight limit denied charged nothing to the roomy one.
+    assert used == [RACE.limit] * len(limits)
 
 
 async def test_a_naive_peek_then_hit_middleware_overshoots_under_the_same_race(

@@ -5,21 +5,17 @@
 -- doubles, exact for integers up to 2^53 (year 2255 in microseconds), so no
 -- rebasing is needed and every value crosses to and from Redis exactly.
 
--- The server's TIME, unless the caller chose client time and sent it.
---
--- An ACL that refuses TIME fails the script; Redis 7.0 then answers "The
--- user executing the script can't run this command", naming no command.
--- So TIME is called with pcall, and a refusal is raised again with the
--- command and the fix named.
+-- include: lib/time_refused.lua
+
+-- The server's TIME, unless the caller chose client time and sent it; a
+-- TIME the ACL refuses is raised as TIME_REFUSED.
 local function clock_now(client_now)
   if client_now ~= '' then
     return tonumber(client_now)
   end
   local t = redis.pcall('TIME')
   if t.err then
-    error({err = 'NOPERM the user may not run TIME, which atomlimit reads for the ' ..
-      'server\'s clock: grant +time, or build the limiter with time_source="client" (' ..
-      string.gsub(t.err, '^ERR ', '') .. ')'})
+    error({err = TIME_REFUSED .. string.gsub(t.err, '^ERR ', '') .. ')'})
   end
   return tonumber(t[1]) * 1000000 + tonumber(t[2])
 end
