@@ -134,9 +134,16 @@ def ratio(value: float, base: float | None) -> str:
 
 
 def rotated(items: Sequence[T], turn: int) -> list[T]:
-    """``items`` starting at ``turn``: each round starts with a different row."""
+    """``items`` starting at ``turn``, backwards on odd turns.
+
+    Each round starts with a different row, and a row is not always run
+    right after the same one: what one row leaves behind (garbage to
+    collect, a warmed or a cooled machine) would otherwise tilt its
+    neighbour's figure the same way in every round.
+    """
     start = turn % len(items)
-    return [*items[start:], *items[:start]]
+    order = [*items[start:], *items[:start]]
+    return order[::-1] if turn % 2 else order
 
 
 def print_variations(title: str, figures: dict[Variant, float], *, rates: bool) -> None:
