@@ -37,7 +37,14 @@ if _TESTS_DIR not in sys.path:
     sys.path.insert(0, _TESTS_DIR)
 
 from proxy import StallingProxy  # noqa: E402
-from servers import Cluster, Server, find_binaries, start_cluster, start_server  # noqa: E402
+from servers import (  # noqa: E402
+    Cluster,
+    Server,
+    find_binaries,
+    start_cluster,
+    start_replica,
+    start_server,
+)
 
 SERVER_KINDS = ("redis", "valkey")
 REQUIRE_ENV = "ATOMLIMIT_REQUIRE_SERVERS"
@@ -200,6 +207,18 @@ def server_pool(pytestconfig: pytest.Config) -> Iterator[ServerPool]:
 # --------------------------------------------------------------------------
 # Public fixtures
 # --------------------------------------------------------------------------
+
+
+@pytest.fixture
+def pair(server_kind: str, server_pool: ServerPool) -> Iterator[tuple[Server, Server]]:
+    """A private primary and its synced replica, of this kind."""
+    binary = server_pool.binary(server_kind)
+    with start_server(binary) as primary:
+        replica = start_replica(binary, primary)
+        try:
+            yield primary, replica
+        finally:
+            replica.stop()
 
 
 @pytest.fixture

@@ -24,7 +24,7 @@ import pytest
 import redis
 from conftest import ServerPool
 from helpers import evalsha_runs
-from servers import Server, start_replica, start_server, wait_until
+from servers import Server, start_server, wait_until
 
 from atomlimit import AsyncLimiter, BackendError, Limiter, RateLimit, UnsafeServer, _wire
 from atomlimit._engine import Engine
@@ -193,22 +193,10 @@ def test_eviction_lets_a_limit_admit_more_than_it_allows(
 # -- replicas ------------------------------------------------------------------
 
 
-@pytest.fixture
-def replica(server_kind: str, server_pool: ServerPool) -> Iterator[tuple[Server, Server]]:
-    """A private primary and its synced replica, of this kind."""
-    binary = server_pool.binary(server_kind)
-    with start_server(binary) as primary:
-        replica = start_replica(binary, primary)
-        try:
-            yield primary, replica
-        finally:
-            replica.stop()
-
-
 def test_a_limiter_on_a_replica_refuses_every_call_naming_the_primary(
-    replica: tuple[Server, Server],
+    pair: tuple[Server, Server],
 ) -> None:
-    primary, secondary = replica
+    primary, secondary = pair
     with primary.client() as writer:
         Limiter(writer).hit(DAILY, "s", DAILY.limit)  # the primary's count: the limit is spent
     with secondary.client() as client:
@@ -223,9 +211,9 @@ def test_a_limiter_on_a_replica_refuses_every_call_naming_the_primary(
 
 
 async def test_async_a_limiter_on_a_replica_refuses_every_call(
-    replica: tuple[Server, Server],
+    pair: tuple[Server, Server],
 ) -> None:
-    primary, secondary = replica
+    primary, secondary = pair
     async with secondary.async_client() as client:
         limiter = AsyncLimiter(client)
         with pytest.raises(UnsafeServer) as refused:
@@ -343,13 +331,13 @@ def _bare_hit(client: redis.Redis, subject: str) -> object:
 
 
 def test_without_the_check_a_replica_answers_denials_and_refuses_charges(
-    replica: tuple[Server, Server],
+    pair: tuple[Server, Server],
 ) -> None:
     # Why a replica is refused up front rather than left to fail: a denial
     # writes nothing, so a replica runs the script and answers it from its
     # copy of the counts, which replication may not have brought up to
     # date. Only a charge fails there.
-    primary, secondary = replica
+    primary, secondary = pair
     with primary.client() as writer, secondary.client() as reader:
         Limiter(writer).hit(DAILY, "spent", DAILY.limit)
         writer.execute_command("WAIT", 1, 5000)

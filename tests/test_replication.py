@@ -135,18 +135,6 @@ def test_wait_fields_are_bounded(field: str, value: object) -> None:
 # -- a primary and its replica --------------------------------------------------
 
 
-@pytest.fixture
-def pair(server_kind: str, server_pool: Any) -> Iterator[tuple[Server, Server]]:
-    """A private primary and its synced replica, of this kind."""
-    binary = server_pool.binary(server_kind)
-    with start_server(binary) as primary:
-        replica = start_replica(binary, primary)
-        try:
-            yield primary, replica
-        finally:
-            replica.stop()
-
-
 @contextmanager
 def _halted(replica: Server, primary: Server) -> Iterator[None]:
     """The replica stopped, then started again and synced with ``primary``."""

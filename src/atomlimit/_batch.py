@@ -356,8 +356,15 @@ def _closed_by_server(connection: Any) -> bool:
         return True
     writer = getattr(connection, "_writer", None)
     sock = None if writer is None else writer.transport.get_extra_info("socket")
-    if sock is None:
-        return False
+    return sock is not None and unasked(sock)
+
+
+def unasked(sock: Any) -> bool:
+    """Whether ``sock`` has anything to read while no reply is awaited: the
+    end of the stream (a restart, a failover, an idle timeout) or bytes
+    nobody asked for. Either way the connection must be opened afresh
+    before anything is written on it. redis-py's sockets carry a timeout,
+    so a non-blocking peek would wait: select answers at once."""
     try:
         return bool(select.select((sock,), (), (), 0)[0])
     except (ValueError, OSError):

@@ -26,7 +26,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import select
 import time
 import weakref
 from collections.abc import Awaitable, Callable, Sequence
@@ -51,7 +50,7 @@ from redis.exceptions import (
 )
 
 from atomlimit import _server, _wire
-from atomlimit._batch import Lane, Lost, Replies
+from atomlimit._batch import Lane, Lost, Replies, unasked
 from atomlimit._checks import show
 from atomlimit._scripts import Script
 from atomlimit._steps import Acked, Call, Command, Flow, Plan, Produce, Sleep, Step
@@ -539,20 +538,9 @@ os.register_at_fork(after_in_child=_HELD.clear)
 
 
 def _stale(connection: Any) -> bool:
-    """Whether the server has closed ``connection``, or sent something unasked.
-
-    Nothing to read means the connection is fine; the end of the stream (a
-    restart, a failover, an idle timeout) or stray bytes mean it must be
-    opened afresh before anything is written on it. redis-py's sockets carry
-    a timeout, so a non-blocking peek would wait: select answers at once.
-    """
+    """Whether the server has closed ``connection``, or sent something unasked."""
     sock = getattr(connection, "_sock", None)
-    if sock is None:
-        return True
-    try:
-        return bool(select.select((sock,), (), (), 0)[0])
-    except (ValueError, OSError):
-        return True
+    return sock is None or unasked(sock)
 
 
 def _roundtrip(held: _Held, wires: list[bytes], counts: list[int]) -> list[Any]:
