@@ -6,7 +6,7 @@ no single script can hold them all: subjects are charged one after another,
 in the order they first appear, each under a record of what it charged; if a
 later subject denies, the earlier ones are undone, exactly, from those
 records, before the acquire returns denied. The flow yields the calls and
-the runner sends them (:mod:`atomlimit._runner`).
+the runner sends them (the runners).
 
 A backend failure part-way is reported for the acquire as a whole: the
 :class:`~atomlimit.BackendError` carries the acquire's request id whenever

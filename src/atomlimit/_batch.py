@@ -17,22 +17,27 @@ also keeps its connection while it waits, so a lone task calling in a loop
 costs about what one redis-py call does; an application's own pool gets its
 connection back as soon as the queue is empty.
 
-A caller that is cancelled gives up its future; its reply is still read, so
-the connection stays in step and the other callers get theirs.
+A caller cancelled before its call was written gives up the call: it is
+never written, so it charges nothing. One cancelled after the write gives up
+its future; its reply is still read, so the connection stays in step and the
+other callers get theirs.
+
+A lane learns of every connect of the connections it uses, however they
+were opened (by the lane, or by redis-py's pool when it hands one out): a
+connect callback on each makes the runner check the server again, since a
+failover may have made the same address a replica.
 """
 
 from __future__ import annotations
 
 import asyncio
-import math
-import select
+import weakref
 from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import Any, NamedTuple
 
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import ReadOnlyError, RedisError, ResponseError
-from redis.exceptions import TimeoutError as RedisTimeoutError
+from atomlimit import _redis
+from atomlimit._redis import ReadOnlyError, RedisTimeoutError
 
 PUMPS = 2
 """Pumps per server: one writes while the other waits for its replies."""
@@ -67,11 +72,13 @@ class Lane:
     """The calls bound for one server, written together and answered in order."""
 
     __slots__ = (
+        "__weakref__",
         "_closing",
         "_give",
         "_idle",
         "_idle_since",
         "_keep",
+        "_known",
         "_loop",
         "_most",
         "_pending",
@@ -79,6 +86,7 @@ class Lane:
         "_reaper",
         "_resting",
         "_take",
+        "_taking",
         "_tasks",
         "_width",
         "fitness",
@@ -104,6 +112,10 @@ class Lane:
         self._width = PUMPS if batch else 2**31 - 1
         self._most = MOST if batch else 1
         self._tasks: set[asyncio.Task[None]] = set()
+        self._taking: set[asyncio.Task[Any]] = set()
+        """The pumps waiting for the pool to hand them a connection."""
+        self._known: weakref.WeakSet[Any] = weakref.WeakSet()
+        """The connections that carry this lane's connect callback."""
         # Idle pumps wait on these: True to serve the queue, False to leave.
         self._idle: list[asyncio.Future[bool]] = []
         self._resting: set[asyncio.Task[Any]] = set()
@@ -145,10 +157,14 @@ class Lane:
         its reply may never come (a stalled server, no timeout), and it
         ends by itself once its batch does."""
         self._closing = True
-        resting = list(self._resting)
+        # Pumps still waiting for a connection get one as soon as the idle
+        # ones give theirs back; each closes it before returning it, and is
+        # waited for, so that no open connection reaches the pool after the
+        # caller has closed the pool.
+        waiting = list(self._resting | self._taking)
         self._wake_idle()
-        if resting:
-            await asyncio.gather(*resting, return_exceptions=True)
+        if waiting:
+            await asyncio.gather(*waiting, return_exceptions=True)
 
     def _start(self) -> None:
         self._pumps += 1
@@ -175,18 +191,31 @@ class Lane:
         more calls on it first."""
         if not self._pending:
             return True
+        pump = asyncio.current_task()
+        if pump is not None:
+            self._taking.add(pump)
         try:
             connection = await self._take()
-        except (RedisError, OSError) as err:
-            # Nothing was written: the pool had no connection to give.
+            self._watch(connection)
+            await _redis.async_ready(connection, idle=True)
+        except Exception as err:
+            # Nothing was written. Whatever failed (no connection to give, a
+            # refused connect, or an option the connection class rejects),
+            # the calls waiting get it once, as their outcome; the pump ends
+            # rather than trying again in a loop.
             self._fail(self._next(), err, written=False)
             return False
+        finally:
+            self._taking.discard(pump)
         try:
             working = await self._serve(connection)
             while working and self._keep and await self._linger():
+                await _redis.async_ready(connection, idle=True)
                 working = await self._serve(connection)
             return working
         finally:
+            if self._closing:
+                await _redis.async_disconnect(connection)
             given = self._give(connection)
             if given is not None:
                 await given
@@ -194,7 +223,8 @@ class Lane:
     async def _serve(self, connection: Any) -> bool:
         """Write and answer the queue until it is empty; False if the connection broke."""
         while self._pending:
-            if not await self._exchange(connection, self._next()):
+            batch = self._next()
+            if batch and not await self._exchange(connection, batch):
                 return False
         return True
 
@@ -238,39 +268,39 @@ class Lane:
                 wake.set_result(False)
 
     def _next(self) -> list[_Entry]:
+        """The next calls to write: at most MOST, leaving out those whose
+        callers were cancelled while they queued (never written, never run)."""
         pending, most = self._pending, self._most
-        if len(pending) <= most:
-            batch = list(pending)
-            pending.clear()
-            return batch
-        return [pending.popleft() for _ in range(most)]
+        batch: list[_Entry] = []
+        while pending and len(batch) < most:
+            entry = pending.popleft()
+            if not entry.future.done():
+                batch.append(entry)
+        return batch
+
+    def _watch(self, connection: Any) -> None:
+        """Put the lane's connect callback on ``connection``, once."""
+        if connection not in self._known:
+            self._known.add(connection)
+            _redis.watch(connection, self._connected)
+
+    def _connected(self, connection: Any) -> None:
+        """redis-py's connect callback: the server must be checked again."""
+        self._forget()
 
     async def _exchange(self, connection: Any, batch: list[_Entry]) -> bool:
         """Write ``batch`` and hand out its replies; False if the connection broke."""
-        if not connection.is_connected or _closed_by_server(connection):
-            # A pooled connection the server has closed (a restart, a
-            # failover, an idle timeout) would take the batch and fail it
-            # with an outcome nobody could know; open a fresh one first.
-            # The server behind it may have changed role: check it again.
-            self._forget()
-            try:
-                await connection.disconnect(nowait=True)
-                await connection.connect()
-            except (RedisError, OSError) as err:
-                self._fail(batch, err, written=False)
-                return False
         done = 0
         try:
             # One timeout for the whole batch, the write included: redis-py's
-            # own, per reply and per write, cost more than the I/O itself
-            # (its write timeout runs the write as a task of its own).
-            async with asyncio.timeout(getattr(connection, "socket_timeout", None)):
-                await _write(connection, b"".join(entry.wire for entry in batch))
+            # own, per reply, cost more than the I/O itself.
+            async with asyncio.timeout(_redis.socket_timeout(connection)):
+                await _redis.async_write(connection, b"".join(entry.wire for entry in batch))
                 for entry in batch:
                     if entry.replies == 1:
                         try:
-                            reply = await connection.read_response(timeout=math.inf)
-                        except ResponseError as err:
+                            reply = await _redis.async_read(connection)
+                        except _redis.ANSWERED as err:
                             reply = self._answered(err)
                     else:
                         reply = await self._each(connection, entry.replies)
@@ -280,7 +310,7 @@ class Lane:
         except (Exception, asyncio.CancelledError) as err:
             # Whatever broke the exchange, every caller still waiting gets an
             # outcome: one left pending would wait forever.
-            await connection.disconnect(nowait=True)
+            await _redis.async_disconnect(connection)
             lost = (
                 RedisTimeoutError("Timeout reading from the server")
                 if type(err) is TimeoutError
@@ -298,12 +328,12 @@ class Lane:
         replies = Replies()
         for _ in range(count):
             try:
-                replies.append(await connection.read_response(timeout=math.inf))
-            except ResponseError as err:
+                replies.append(await _redis.async_read(connection))
+            except _redis.ANSWERED as err:
                 replies.append(self._answered(err))
         return replies
 
-    def _answered(self, err: ResponseError) -> ResponseError:
+    def _answered(self, err: Exception) -> Exception:
         """An error reply; READONLY says the server is a replica now."""
         if isinstance(err, ReadOnlyError):
             self._forget()
@@ -320,52 +350,3 @@ class Lane:
         for entry in batch:
             if not entry.future.done():
                 entry.future.set_result(lost)
-
-
-async def _write(connection: Any, data: bytes) -> None:
-    """Write ``data`` on the connection's stream; a failure is a ConnectionError."""
-    writer = getattr(connection, "_writer", None)
-    if writer is None:
-        await connection.send_packed_command(data, check_health=False)
-        return
-    try:
-        # writelines, as redis-py itself writes: a client's own connection
-        # class (fakeredis's, say) may offer no more than that.
-        writer.writelines((data,))
-        await writer.drain()
-    except TimeoutError:
-        raise
-    except OSError as err:
-        raise RedisConnectionError(f"Error while writing to the server: {err}") from err
-
-
-def _closed_by_server(connection: Any) -> bool:
-    """Whether the server has closed the connection, or sent something unasked.
-
-    Asked before each write, when every reply asked for has been read: the
-    end of the stream after a restart, a failover or an idle timeout must
-    not take a batch whose outcome nobody could then know, and redis-py does
-    not look before it writes. The event loop marks a stream at its end
-    once it has read the FIN, but a caller can wake an idle pump before the
-    loop has looked at the socket (a test that restarts the server blocks
-    the loop), so the socket itself is asked too: anything to read now is
-    the end of the stream or bytes nobody asked for.
-    """
-    reader = getattr(connection, "_reader", None)
-    if reader is not None and reader.at_eof():
-        return True
-    writer = getattr(connection, "_writer", None)
-    sock = None if writer is None else writer.transport.get_extra_info("socket")
-    return sock is not None and unasked(sock)
-
-
-def unasked(sock: Any) -> bool:
-    """Whether ``sock`` has anything to read while no reply is awaited: the
-    end of the stream (a restart, a failover, an idle timeout) or bytes
-    nobody asked for. Either way the connection must be opened afresh
-    before anything is written on it. redis-py's sockets carry a timeout,
-    so a non-blocking peek would wait: select answers at once."""
-    try:
-        return bool(select.select((sock,), (), (), 0)[0])
-    except (ValueError, OSError):
-        return True

@@ -1,7 +1,7 @@
 """The sans-I/O vocabulary: the steps an operation asks its runner to perform.
 
 Planning code builds these as plain data and reads replies back; the runners
-in :mod:`atomlimit._runner` are the only code that touches a connection.
+in the runners are the only code that touches a connection.
 """
 
 from __future__ import annotations

@@ -14,7 +14,7 @@ optionally, the pydantic model its values are.
 b'{"rank": 3}'
 
 The two classes differ only in ``await``: each plans through
-:mod:`atomlimit._cache_plan` and sends through :mod:`atomlimit._runner`.
+:mod:`atomlimit._cache_plan` and sends through the runners.
 """
 
 from __future__ import annotations
@@ -30,9 +30,10 @@ from pydantic import BaseModel
 from redis.asyncio.cluster import RedisCluster as AsyncRedisCluster
 from redis.cluster import RedisCluster
 
+from atomlimit._async_runner import AsyncRunner
 from atomlimit._cache_plan import CachePlan, Parts
 from atomlimit._checks import check_model, check_part, show, whole_ms
-from atomlimit._runner import AsyncRunner, SyncRunner
+from atomlimit._sync_runner import SyncRunner
 from atomlimit.errors import InvalidInput
 
 __all__ = ["AsyncCache", "Cache", "Category"]

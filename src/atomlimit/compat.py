@@ -18,11 +18,11 @@ from uuid import UUID
 import redis.asyncio
 from redis.asyncio.cluster import RedisCluster as AsyncRedisCluster
 
+from atomlimit._async_runner import AsyncRunner
 from atomlimit._checks import check_int, check_part, check_zone
 from atomlimit._engine import Engine
 from atomlimit._kinds import REPLAN, new_id
 from atomlimit._money import MAX_UNITS, to_units
-from atomlimit._runner import AsyncRunner
 from atomlimit._scripts import Script, script
 from atomlimit._steps import Call, Command
 from atomlimit._windows import WindowPlan

@@ -1,7 +1,7 @@
 """The two thin shells: :class:`Limiter` (sync) and :class:`AsyncLimiter`.
 
 They hand what :mod:`atomlimit._engine` plans to a runner from
-:mod:`atomlimit._runner`, through the limiter's guard (:mod:`atomlimit._guard`:
+the runners, through the limiter's guard (:mod:`atomlimit._guard`:
 circuit breaker, failure policy, observers), and wrap held things in handles
 from :mod:`atomlimit.holds`; every rule lives in those places, once. Read the
 two classes side by side: they differ only in ``await``.
@@ -25,8 +25,11 @@ import redis.asyncio
 from redis.asyncio.cluster import RedisCluster as AsyncRedisCluster
 from redis.cluster import RedisCluster
 
+from atomlimit import _redis
 from atomlimit._acquire import Acquisition, acquire, undo
+from atomlimit._async_runner import AsyncRunner
 from atomlimit._checks import check_flag
+from atomlimit._clock import clock_reader
 from atomlimit._engine import (
     DEFAULT_HOLD,
     DEFAULT_REQUEST_TTL,
@@ -37,8 +40,8 @@ from atomlimit._engine import (
 )
 from atomlimit._guard import AsyncGuardedRunner, Breaker, Guard, GuardedRunner, check_deadline
 from atomlimit._limited import check_function, configure
-from atomlimit._runner import AsyncRunner, SyncRunner, clock_reader
 from atomlimit._steps import Call, Flow
+from atomlimit._sync_runner import SyncRunner
 from atomlimit._waiting import deadline_after, pause
 from atomlimit.decision import Amount, Decision
 from atomlimit.errors import InvalidInput, LimitExceeded
@@ -757,23 +760,8 @@ def _hit_calls(engine: Engine, hits: Sequence[Hit[Any]], local: int) -> list[Cal
     return calls
 
 
-def _client(client: Any, kinds: tuple[type, ...]) -> Any:
-    if not isinstance(client, kinds):
-        names = " or ".join(f"{k.__module__}.{k.__qualname__}" for k in kinds)
-        raise InvalidInput(f"client must be a {names}, got {type(client).__name__}")
-    return client
-
-
-def _from_url(make: Callable[..., Any], url: object, options: dict[str, Any]) -> Any:
-    if not isinstance(url, str):
-        raise InvalidInput(f"url must be a str like 'redis://host:6379/0', got {url!r:.80}")
-    try:
-        return make(url, **options)
-    except ValueError as err:
-        # redis-py names the accepted schemes; the URL itself may hold a
-        # password, so only its scheme is repeated.
-        scheme = url.split("://", 1)[0] if "://" in url else "(none)"
-        raise InvalidInput(f"url is not a Redis URL (scheme {scheme!r}): {err}") from None
+_client = _redis.check_client
+_from_url = _redis.from_url
 
 
 def _granted(handle: H, raise_on_deny: bool) -> H:

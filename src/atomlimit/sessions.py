@@ -10,7 +10,7 @@ return False); a malformed one is refused before any key is built or any
 command sent. Ids never appear in log messages or exception texts.
 
 The two classes differ only in ``await``: each plans through
-:mod:`atomlimit._session_plan` and sends through :mod:`atomlimit._runner`.
+:mod:`atomlimit._session_plan` and sends through the runners.
 """
 
 from __future__ import annotations
@@ -24,8 +24,9 @@ from pydantic import BaseModel
 from redis.asyncio.cluster import RedisCluster as AsyncRedisCluster
 from redis.cluster import RedisCluster
 
-from atomlimit._runner import AsyncRunner, SyncRunner
+from atomlimit._async_runner import AsyncRunner
 from atomlimit._session_plan import SessionPlan
+from atomlimit._sync_runner import SyncRunner
 
 __all__ = ["AsyncSessionStore", "SessionStore"]
 
