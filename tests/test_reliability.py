@@ -449,3 +449,44 @@ def test_caller_ids_cost_a_bounded_record_each_for_request_ttl(
     )
     assert 0 < per_decision <= RECORD_BOUND
     assert abs(ttl_ms - day * 1000) < 60_000  # kept for the default request_ttl
+
+
+def test_a_limiter_from_a_url_refuses_a_primary_made_a_replica(
+    server_kind: str, server_pool: ServerPool
+) -> None:
+    with _demotable(server_kind, server_pool) as (old, new):
+        with Limiter.from_url(old.url) as limiter:
+            limiter.hit(DAILY, "s")
+            _demote(old, new, kill_clients=True)
+            with contextlib.suppress(UnsafeServer):
+                limiter.peek(DAILY, "s")
+            with pytest.raises(UnsafeServer):
+                limiter.peek(DAILY, "s")
+
+
+@pytest.mark.parametrize(
+    ("construction", "batch"),
+    [("client", True), ("client", False), ("from_url", True), ("from_url", False)],
+)
+async def test_every_async_construction_refuses_a_primary_made_a_replica(
+    server_kind: str, server_pool: ServerPool, construction: str, batch: bool
+) -> None:
+    # The lane hands its connection back to an application's pool after each
+    # batch, and the pool reconnects a closed one silently when it hands it
+    # out again: the lane must learn of that connect all the same.
+    with _demotable(server_kind, server_pool) as (old, new):
+        async with contextlib.AsyncExitStack() as stack:
+            if construction == "client":
+                client = await stack.enter_async_context(old.async_client())
+                limiter = AsyncLimiter(client, batch=batch)
+            else:
+                limiter = AsyncLimiter.from_url(old.url, batch=batch)
+            await stack.enter_async_context(limiter)
+            await limiter.hit(DAILY, "s")
+            await asyncio.to_thread(_demote, old, new, True)
+            with contextlib.suppress(UnsafeServer):
+                await limiter.peek(DAILY, "s")
+            with pytest.raises(UnsafeServer):
+                await limiter.peek(DAILY, "s")
+            with pytest.raises(UnsafeServer):
+                await limiter.hit(DAILY, "s")

@@ -27,6 +27,7 @@ import redis
 import redis.asyncio
 from redis.cluster import RedisCluster
 
+from atomlimit.cli._commands import Commands
 from atomlimit.cli._connect import add_url_argument, connect, parse_url, reported
 from atomlimit.cli._exit import OK, UNREACHABLE, CommandError, one_line
 from atomlimit.compat import DAILY_AI_SPEND_LIMIT
@@ -50,7 +51,7 @@ examples:
 """
 
 
-def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+def add_parser(commands: Commands) -> None:
     """Register ``demo``."""
     parser = commands.add_parser(
         "demo",

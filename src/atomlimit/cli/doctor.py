@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from redis.cluster import RedisCluster
 
 from atomlimit import _server
+from atomlimit.cli._commands import Commands
 from atomlimit.cli._connect import add_url_argument, connect, parse_url, reported
 from atomlimit.cli._exit import FAILED, OK
 
@@ -38,7 +39,7 @@ exit codes: 0 no check failed (warnings allowed); 1 a check failed;
 """
 
 
-def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+def add_parser(commands: Commands) -> None:
     """Register ``doctor``."""
     parser = commands.add_parser(
         "doctor",

@@ -13,6 +13,7 @@ from datetime import datetime
 from atomlimit import _server
 from atomlimit._checks import MAX_SUBJECT
 from atomlimit.cli import _stored
+from atomlimit.cli._commands import Commands
 from atomlimit.cli._connect import add_url_argument, connect, parse_url, reported
 from atomlimit.cli._exit import OK
 from atomlimit.cli.doctor import _prefix
@@ -39,7 +40,7 @@ examples:
 """
 
 
-def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+def add_parser(commands: Commands) -> None:
     """Register ``inspect``."""
     parser = commands.add_parser(
         "inspect",

@@ -13,6 +13,7 @@ import argparse
 
 from atomlimit import _server
 from atomlimit.cli import _stored
+from atomlimit.cli._commands import Commands
 from atomlimit.cli._connect import add_url_argument, connect, parse_url, reported
 from atomlimit.cli._exit import OK
 from atomlimit.cli.inspect import add_scope_arguments, render
@@ -33,7 +34,7 @@ examples:
 """
 
 
-def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+def add_parser(commands: Commands) -> None:
     """Register ``reset``."""
     parser = commands.add_parser(
         "reset",

@@ -13,6 +13,7 @@ import argparse
 import redis
 
 from atomlimit import _scripts, _server
+from atomlimit.cli._commands import Commands
 from atomlimit.cli._connect import add_url_argument, connect, parse_url, reported
 from atomlimit.cli._exit import OK, CommandError
 
@@ -30,7 +31,7 @@ exit codes: 0 every script loaded on every primary; 1 the server refused;
 """
 
 
-def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+def add_parser(commands: Commands) -> None:
     """Register ``scripts`` and its actions."""
     parser = commands.add_parser(
         "scripts",

@@ -9,6 +9,7 @@ import pydantic
 import redis
 
 from atomlimit import __version__, _server
+from atomlimit.cli._commands import Commands
 from atomlimit.cli._connect import add_url_argument, connect, parse_url, reported
 from atomlimit.cli._exit import OK, CommandError
 
@@ -19,7 +20,7 @@ examples:
 """
 
 
-def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+def add_parser(commands: Commands) -> None:
     """Register ``version``."""
     parser = commands.add_parser(
         "version",

@@ -1,0 +1,147 @@
+"""What happens to calls around a connection's life: cancelled, failing to
+connect, closed with the limiter, and a script cache flushed under load.
+
+Each test here failed before the fix it names, on a real server.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+
+import pytest
+import redis
+import redis.asyncio
+from servers import Server, wait_until
+
+from atomlimit import AsyncLimiter, BackendError, InvalidInput, Limiter, RateLimit
+from atomlimit._batch import Lost
+from atomlimit._redis import BusyLoadingError
+from atomlimit._retry import Attempt, Next, failure
+from atomlimit._engine import Engine
+
+RATE = RateLimit(name="conn", limit=10**9, window="day")
+
+
+@pytest.mark.parametrize("batch", [True, False])
+async def test_a_call_cancelled_before_it_is_written_charges_nothing(
+    server: Server, batch: bool
+) -> None:
+    async with AsyncLimiter.from_url(server.url, batch=batch) as limiter:
+        await limiter.hit(RATE, "s")  # connect, check the server, load the script
+        for _ in range(5):
+            task = asyncio.ensure_future(limiter.hit(RATE, "s"))
+            await asyncio.sleep(0)  # the call is queued on the lane, not yet written
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+        used = (await limiter.peek(RATE, "s", cost=0)).used
+
+    assert used == 1
+
+
+class _Refusing(redis.asyncio.Connection):
+    """A connection class whose connect fails with an error redis-py never raises."""
+
+    connects = 0
+
+    async def connect(self) -> None:
+        type(self).connects += 1
+        raise RuntimeError("refused by the connection class")
+
+
+async def test_an_unexpected_error_while_connecting_fails_the_call_once() -> None:
+    pool = redis.asyncio.ConnectionPool(connection_class=_Refusing, host="127.0.0.1", port=1)
+    client = redis.asyncio.Redis(connection_pool=pool)
+    limiter = AsyncLimiter(client, breaker=None)
+    _Refusing.connects = 0
+    # Before the fix the pump died, was started again at once, and the call
+    # never returned; wait_for only keeps a regression from hanging the suite.
+    with pytest.raises(BackendError) as failed:
+        await asyncio.wait_for(limiter.hit(RATE, "s"), 30)
+    await asyncio.sleep(0.1)  # a respawning pump would keep connecting here
+
+    assert failed.value.applied == "no"
+    assert isinstance(failed.value.__cause__, RuntimeError)
+    assert _Refusing.connects <= 2  # the first-use INFO, then the call: no loop
+    await client.aclose()
+
+
+@pytest.mark.parametrize("make", [Limiter.from_url, AsyncLimiter.from_url])
+def test_an_option_neither_library_accepts_is_refused_when_the_limiter_is_built(
+    server: Server, make: object
+) -> None:
+    with pytest.raises(InvalidInput, match="deny_cache"):
+        make(server.url, deny_cache=True)  # type: ignore[operator]
+
+
+def test_a_client_whose_connections_cannot_be_made_is_refused_when_the_limiter_is_built() -> None:
+    pool = redis.ConnectionPool(host="127.0.0.1", port=1, deny_cache=True)
+    with pytest.raises(InvalidInput, match="deny_cache"):
+        Limiter(redis.Redis(connection_pool=pool))
+
+
+async def test_closing_after_a_burst_without_batching_leaves_no_connection_open(
+    server: Server,
+) -> None:
+    name = "burst-then-close"
+    limiter = AsyncLimiter.from_url(server.url, batch=False, client_name=name)
+    await asyncio.gather(*(limiter.hit(RATE, f"s{n}") for n in range(300)))
+    await limiter.aclose()
+    # Pumps that were still waiting for a connection when the limiter closed
+    # took one afterwards and gave it back open, into a pool already closed;
+    # the limiter (and so its pool) stays referenced, so nothing collects them.
+    await asyncio.sleep(0.5)
+
+    def ours() -> list[dict[str, object]]:
+        with server.client() as admin:
+            return [c for c in admin.client_list() if c.get("name") == name]
+
+    # The server drops a closed client when it reads the FIN: poll for that.
+    # Before the fix, 50 connections stayed open in the closed pool for good.
+    assert (
+        wait_until("the limiter's connections closed", lambda: not ours(), timeout=10) is not None
+    )
+    assert ours() == []
+    assert limiter is not None
+
+
+async def test_a_flush_storm_fails_no_call(server: Server) -> None:
+    stop = threading.Event()
+    flushes = 0
+
+    def flush() -> None:
+        nonlocal flushes
+        with server.client() as admin:
+            while not stop.is_set() and flushes < 5_000:
+                admin.script_flush()
+                flushes += 1
+
+    async with AsyncLimiter.from_url(server.url) as limiter:
+        await limiter.hit(RATE, "warm-up")
+        flusher = threading.Thread(target=flush)
+        flusher.start()
+        try:
+            outcomes = []
+            for round_ in range(5):
+                outcomes += await asyncio.gather(
+                    *(limiter.hit(RATE, f"r{round_}-{n}") for n in range(200)),
+                    return_exceptions=True,
+                )
+        finally:
+            stop.set()
+            flusher.join()
+
+    failed = [o for o in outcomes if isinstance(o, BaseException)]
+    assert flushes > 0
+    assert failed == []
+
+
+def test_loading_means_nothing_ran_and_is_waited_out() -> None:
+    call = Engine().hit(RATE, "s", 1, None, False, 1_700_000_000_000_000)
+    attempt = Attempt(call, resends=0)
+    loading = BusyLoadingError("Redis is loading the dataset in memory")
+
+    assert attempt.after(loading, now=0.0) is Next.WAIT
+    assert attempt.after(loading, now=100.0) is None  # past the settling time
+    assert attempt.result().applied == "no"
+    assert failure("hit", Lost(loading, written=True)).applied == "unknown"
