@@ -454,14 +454,13 @@ def test_caller_ids_cost_a_bounded_record_each_for_request_ttl(
 def test_a_limiter_from_a_url_refuses_a_primary_made_a_replica(
     server_kind: str, server_pool: ServerPool
 ) -> None:
-    with _demotable(server_kind, server_pool) as (old, new):
-        with Limiter.from_url(old.url) as limiter:
-            limiter.hit(DAILY, "s")
-            _demote(old, new, kill_clients=True)
-            with contextlib.suppress(UnsafeServer):
-                limiter.peek(DAILY, "s")
-            with pytest.raises(UnsafeServer):
-                limiter.peek(DAILY, "s")
+    with _demotable(server_kind, server_pool) as (old, new), Limiter.from_url(old.url) as limiter:
+        limiter.hit(DAILY, "s")
+        _demote(old, new, kill_clients=True)
+        with contextlib.suppress(UnsafeServer):
+            limiter.peek(DAILY, "s")
+        with pytest.raises(UnsafeServer):
+            limiter.peek(DAILY, "s")
 
 
 @pytest.mark.parametrize(

@@ -16,9 +16,9 @@ from servers import Server, wait_until
 
 from atomlimit import AsyncLimiter, BackendError, InvalidInput, Limiter, RateLimit
 from atomlimit._batch import Lost
+from atomlimit._engine import Engine
 from atomlimit._redis import BusyLoadingError
 from atomlimit._retry import Attempt, Next, failure
-from atomlimit._engine import Engine
 
 RATE = RateLimit(name="conn", limit=10**9, window="day")
 
