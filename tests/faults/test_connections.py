@@ -12,7 +12,8 @@ import threading
 import pytest
 import redis
 import redis.asyncio
-from servers import Server, wait_until
+from conftest import ServerPool
+from servers import Server, start_server, wait_until
 
 from atomlimit import AsyncLimiter, BackendError, InvalidInput, Limiter, RateLimit
 from atomlimit._batch import Lost
@@ -145,3 +146,48 @@ def test_loading_means_nothing_ran_and_is_waited_out() -> None:
     assert attempt.after(loading, now=100.0) is None  # past the settling time
     assert attempt.result().applied == "no"
     assert failure("hit", Lost(loading, written=True)).applied == "unknown"
+
+
+def test_a_loading_server_is_waited_out_not_reported_as_unknown(
+    server_kind: str, server_pool: ServerPool
+) -> None:
+    # A server restarting from its data answers LOADING until it has read
+    # it all; nothing runs meanwhile. The delay per key makes loading last
+    # long enough for a call to meet it.
+    slow = {"key-load-delay": "500", "loading-process-events-interval-bytes": "1024"}
+    with start_server(server_pool.binary(server_kind), extra_config=slow) as server:
+        with server.client() as admin:
+            with admin.pipeline(transaction=False) as pipe:
+                for n in range(4_000):
+                    pipe.set(f"filler:{n}", n)
+                pipe.execute()
+            admin.save()
+        with server.client() as client:
+            limiter = Limiter(client)
+            limiter.hit(RATE, "s")
+            restarting = threading.Thread(target=server.restart)
+            restarting.start()
+            try:
+                saw_loading = _wait_for_loading(server)
+                decision = limiter.hit(RATE, "s")
+            finally:
+                restarting.join()
+
+    assert saw_loading
+    assert decision.allowed
+
+
+def _wait_for_loading(server: Server) -> bool:
+    """Whether a PING met the restarted server while it was still loading."""
+
+    def loading() -> bool:
+        with server.client(socket_connect_timeout=0.5, retry=None) as probe:
+            try:
+                probe.ping()
+            except BusyLoadingError:
+                return True
+            except redis.ConnectionError:
+                return False
+        return False
+
+    return bool(wait_until("the server loading its data", loading, timeout=10))
