@@ -25,9 +25,9 @@ from redis.retry import Retry
 from servers import Cluster, Server, free_port
 
 from atomlimit._cache_plan import LOCK_SUFFIX, CachePlan
-from atomlimit._runner import SyncRunner
 from atomlimit._scripts import script
 from atomlimit._steps import PRODUCE, Call, Command, Produce, Sleep, Step
+from atomlimit._sync_runner import SyncRunner
 from atomlimit.cache import AsyncCache, Cache, Category
 from atomlimit.compat import CACHE_VERSION, cache_key
 from atomlimit.errors import BackendError, InvalidInput
