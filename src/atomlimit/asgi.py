@@ -104,7 +104,8 @@ class RateLimitMiddleware:
             :func:`client_address`, the peer's address.
         include: path prefixes to limit (default: every path). A prefix
             matches whole segments: ``"/api"`` matches ``/api`` and
-            ``/api/x``, not ``/apix``.
+            ``/api/x``, not ``/apix``. Prefixes are matched against the
+            path the application routes, below its ``root_path``.
         exclude: path prefixes never limited; they win over ``include``.
     """
 
@@ -142,9 +143,7 @@ class RateLimitMiddleware:
         self._everywhere = self._include is None and not self._exclude
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or not (
-            self._everywhere or self._applies(scope.get("path", ""))
-        ):
+        if scope["type"] != "http" or not (self._everywhere or self._applies(_route_path(scope))):
             await self.app(scope, receive, send)
             return
         subject = self.key(scope)
@@ -180,6 +179,26 @@ class RateLimitMiddleware:
         if _matches(path, self._exclude):
             return False
         return self._include is None or _matches(path, self._include)
+
+
+def _route_path(scope: Scope) -> str:
+    """The path the application routes: ``path`` below the ``root_path`` it is served at.
+
+    Newer servers and Starlette's ``Mount`` put ``root_path`` into ``path``
+    (as the ASGI spec now says); older ones leave it out. Starlette's router
+    tells them apart by whether ``path`` starts with ``root_path`` at a
+    segment boundary, and so does this: the rules must match the route the
+    application takes, or a root path would carry every request past
+    ``include``, or into an ``exclude``.
+    """
+    path: str = scope.get("path", "")
+    root: str = scope.get("root_path", "")
+    if root and path.startswith(root):
+        if len(path) == len(root):
+            return "/"
+        if path[len(root)] == "/":
+            return path[len(root) :]
+    return path
 
 
 def _adding(send: Send, fields: list[tuple[bytes, bytes]]) -> Send:
