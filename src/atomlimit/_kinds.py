@@ -260,7 +260,12 @@ class Spend(_Windowed[Decimal]):
         # exactly costs more than the rest of a hit's planning, so the last
         # few are kept. Only Decimals: a bool equals an int as a dict key.
         if type(cost) is Decimal:
-            units = self._costs.get(cost)
+            try:
+                units = self._costs.get(cost)
+            except TypeError:
+                # A signalling NaN refuses to be hashed; to_units, the one
+                # check of an amount, refuses it as bad input.
+                units = None
             if units is None:
                 units = to_units(cost, self._exponent, "cost")
                 if len(self._costs) >= _COSTS:
