@@ -10,7 +10,8 @@
 -- ARGV[5]  number of items, then per item: kind, #keys, #args, args...
 -- Reply    {code, now, then per item: status, used, held, stop, retry_at,
 --          grant}; code 1 all charged, 0 nothing charged (some item
---          denied), 2 replay of an earlier charge, -1 now outside the
+--          denied), 2 replay of an earlier charge (the recorded reply, then
+--          each item's limit when charged), -1 now outside the
 --          planned windows (nothing done; re-plan), -2 request id reused
 --          for other items (nothing done). Item status 1 fits, 0 denied,
 --          3 over its limit but let through by shadow mode.
@@ -35,7 +36,8 @@ if ARGV[2] ~= '' then
   end
 end
 
-local checked, all = check_items(parse_items(first_key, 5), run)
+local items = parse_items(first_key, 5)
+local checked, all = check_items(items, run)
 if not checked then
   return {-1, run.now}
 end
@@ -48,6 +50,6 @@ for _, it in ipairs(checked) do
   item_reply(reply, it.status, used, it.held, stop, 0, it.grant)
 end
 if record then
-  replay_remember(record, tonumber(ARGV[2]), fingerprint, reply)
+  replay_remember(record, tonumber(ARGV[2]), fingerprint, reply, items)
 end
 return reply

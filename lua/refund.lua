@@ -10,7 +10,8 @@
 -- ARGV[5]  1 (one item), then: kind, #keys, #args, args...
 -- Reply    {code, now, status, used, held, stop, retry_at, grant} after the
 --          refund; code 1 refunded, 2 replay of an earlier refund (nothing
---          given back again), -1 now outside the planned windows (nothing
+--          given back again; the recorded reply, then the limit when it was
+--          refunded), -1 now outside the planned windows (nothing
 --          done; re-plan), -2 request id reused for another refund
 -- Clock    server TIME, or ARGV[1] when the caller chose client time
 -- Cost     O(1); O(amount log n) for a sliding log; O(log n + expired) for a
@@ -44,6 +45,6 @@ KINDS[item.kind].refund(item.keys, item.args, run, tonumber(ARGV[2]))
 item.args[2] = '0'
 local reply = checked_reply({1, run.now}, check_items({item}, run))
 if record then
-  replay_remember(record, tonumber(ARGV[3]), fingerprint, reply)
+  replay_remember(record, tonumber(ARGV[3]), fingerprint, reply, {item})
 end
 return reply

@@ -24,7 +24,7 @@
 local run = {now = clock_now(ARGV[1]), client = ARGV[1], id = ARGV[2]}
 local record = KEYS[1]
 local items = parse_items(2, 3)
-local charged = replay_items(record)
+local charged = replay_items(record, #items)
 local code = 0
 if charged then
   for i, item in ipairs(items) do

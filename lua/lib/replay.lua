@@ -7,7 +7,9 @@
 -- reply back. Denied requests write nothing: they charged nothing, so
 -- evaluating them again is safe.
 
--- The record is MessagePack: the fingerprint, then the reply's items. Redis
+-- The record is MessagePack: the fingerprint, the reply's items, then each
+-- item's limit when it was charged, so that a replay after the limit
+-- changed still reports the first decision's limit and remaining. Redis
 -- packs a Lua number that holds an integer as an integer, so every value
 -- comes back exactly, and packing in C costs a fraction of formatting text.
 -- A server whose Lua has no cmsgpack (fakeredis, in users' test suites)
@@ -27,7 +29,8 @@ local function replay_decode(stored)
 end
 
 -- The recorded reply as a replay, {-2, now} for a fingerprint that does not
--- match, or nil when the id is new.
+-- match, or nil when the id is new. A replay is {2, now, the items, the
+-- items' limits}; a record written before limits were kept has none.
 --
 -- A replay rewrites the record's expiry, unchanged: a write replicated after
 -- the first charge's, so a WAIT sent after the replay waits for replicas to
@@ -52,30 +55,38 @@ local function replay_lookup(record, fingerprint, now)
   return reply
 end
 
--- The items of a recorded reply: {grant, stop} of each.
-local function replay_items(record)
+-- The {grant, stop} of each of a recorded reply's `count` items.
+local function replay_items(record, count)
   local stored = redis.call('GET', record)
   if not stored then
     return nil
   end
   local values = replay_decode(stored)
   local items = {}
-  for i = 2, #values, 6 do
-    items[#items + 1] = {grant = values[i + 5], stop = values[i + 3]}
+  for n = 0, count - 1 do
+    local i = 2 + 6 * n
+    items[n + 1] = {grant = values[i + 5], stop = values[i + 3]}
   end
   return items
 end
 
-local function replay_remember(record, ttl_ms, fingerprint, reply)
+-- Record the reply of a call, and each of its items' limit (item.args[1]).
+local function replay_remember(record, ttl_ms, fingerprint, reply, items)
+  local values = {fingerprint}
+  for i = 3, #reply do
+    values[i - 1] = reply[i]
+  end
+  for _, item in ipairs(items) do
+    values[#values + 1] = tonumber(item.args[1])
+  end
   local stored
   if cmsgpack then
-    stored = cmsgpack.pack(fingerprint, unpack(reply, 3))
+    stored = cmsgpack.pack(unpack(values))
   else
-    local numbers = {}
-    for i = 3, #reply do
-      numbers[#numbers + 1] = int_text(reply[i])
+    for i = 2, #values do
+      values[i] = int_text(values[i])
     end
-    stored = fingerprint .. '|' .. table.concat(numbers, ',')
+    stored = fingerprint .. '|' .. table.concat(values, ',', 2)
   end
   redis.call('SET', record, stored, 'PX', ttl_ms)
 end

@@ -38,6 +38,7 @@ from atomlimit._kinds import (
     Spend,
     item_reply,
     new_id,
+    replayed_limit,
 )
 from atomlimit._scripts import script
 from atomlimit._steps import Acked, Call, Wait
@@ -53,7 +54,8 @@ DEFAULT_RETRY_TTL = timedelta(minutes=2)
 DEFAULT_HOLD = timedelta(minutes=5)
 
 _REUSED = -2
-_CHARGED = (1, 2)
+_REPLAYED = 2
+_CHARGED = (1, _REPLAYED)
 _TAGS: dict[str, str] = {}
 """Recent subjects' hash tags: encoding a subject costs more than a hit's
 other planning, and traffic keeps coming back to the same subjects."""
@@ -317,7 +319,8 @@ class Engine:
                         f"request_id was already used for another refund of {spec.name!r}"
                     )
                 status, used, held, stop, retry_at, _ = item_reply(reply, 0)
-                return item.codec.decision(status, used, held, stop, retry_at, 0, now)
+                limit = replayed_limit(reply, 0, 1) if code == _REPLAYED else None
+                return item.codec.decision(status, used, held, stop, retry_at, 0, now, limit)
 
             replay = request_id if record else None
             return Call(
@@ -409,10 +412,10 @@ class Engine:
             if wait is not None and charged:
                 # A denial wrote nothing, so only a charge must be confirmed.
                 confirm(outcome, wait, replay)
-            decisions = _decisions(items, reply, now, charged)
+            decisions = _decisions(items, reply, now, charged, replayed=code == _REPLAYED)
             if one:
                 return decisions[0]
-            return Charged(charged, decisions, rid, t, code == 2)
+            return Charged(charged, decisions, rid, t, code == _REPLAYED)
 
         keys = (*record, *(key for item in items for key in item.keys(t)))
         return Call(script("charge"), keys, args, read, bool(record), replay, wait)
@@ -633,13 +636,18 @@ def confirm(outcome: Acked, wait: Wait, request_id: str | None) -> None:
 
 
 def _decisions(
-    items: Sequence[Item], reply: Sequence[Any], now: int, charged: bool
+    items: Sequence[Item], reply: Sequence[Any], now: int, charged: bool, replayed: bool = False
 ) -> list[Decision[Any]]:
     decisions = []
     for n, item in enumerate(items):
         status, used, held, stop, retry_at, grant = item_reply(reply, n)
+        # A replay is the first decision: under the limit it was made with,
+        # though the spec's limit may have changed since.
+        limit = replayed_limit(reply, n, len(items)) if replayed else None
         decisions.append(
-            item.codec.decision(status, used, held, stop, retry_at, grant if charged else 0, now)
+            item.codec.decision(
+                status, used, held, stop, retry_at, grant if charged else 0, now, limit
+            )
         )
     return decisions
 

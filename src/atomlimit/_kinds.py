@@ -17,7 +17,9 @@ Replies come in two shapes:
   the script that reads the holds;
 - the scripts of several items (``charge.lua``, ``peek.lua``, ``undo.lua``,
   ``refund.lua``) answer ``[code, now]`` then six integers per item:
-  ``status, used, held, stop, retry_at, grant``.
+  ``status, used, held, stop, retry_at, grant``. A replay (code 2) of a
+  recorded charge or refund adds each item's limit, in units, as it was
+  when the call was first decided.
 """
 
 from __future__ import annotations
@@ -126,15 +128,24 @@ class Codec(Generic[Amount]):
         retry_at: int,
         grant: int,
         now: int,
+        limit: int | None = None,
     ) -> Decision[Amount]:
-        """The Decision of one item's reply; ``grant`` is what this call charged."""
+        """The Decision of one item's reply; ``grant`` is what this call charged.
+
+        ``limit``, in units, is the limit a replayed charge was decided
+        under, which the spec may since have changed; None: the spec's.
+        """
         amount = self.amount
         retry = max(retry_at - now, 1) if status == DENIED and retry_at else None
+        if limit is None:
+            limit, limit_value = self.limit, self.limit_value
+        else:
+            limit_value = amount(limit)
         return decided(
             status != DENIED,
-            self.limit_value,
+            limit_value,
             amount(used),
-            amount(max(self.limit - used - held, 0)),
+            amount(max(limit - used - held, 0)),
             stop,
             retry,
             amount(grant),
@@ -260,7 +271,12 @@ class Spend(_Windowed[Decimal]):
         # exactly costs more than the rest of a hit's planning, so the last
         # few are kept. Only Decimals: a bool equals an int as a dict key.
         if type(cost) is Decimal:
-            units = self._costs.get(cost)
+            try:
+                units = self._costs.get(cost)
+            except TypeError:
+                # A signalling NaN refuses to be hashed; to_units, the one
+                # check of an amount, refuses it as bad input.
+                units = None
             if units is None:
                 units = to_units(cost, self._exponent, "cost")
                 if len(self._costs) >= _COSTS:
@@ -441,6 +457,15 @@ def item_reply(reply: Sequence[Any], index: int) -> Sequence[Any]:
     """The six integers of item ``index`` in a reply of several items."""
     first = 2 + 6 * index
     return reply[first : first + 6]
+
+
+def replayed_limit(reply: Sequence[Any], index: int, count: int) -> int | None:
+    """The limit item ``index`` of ``count`` was charged under, from a replay's
+    reply, or None when its record is older than the limits it now keeps."""
+    if len(reply) != 2 + 7 * count:
+        return None
+    limit: int = reply[2 + 6 * count + index]
+    return limit
 
 
 def _length_us(spec: Any) -> int:

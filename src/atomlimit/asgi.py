@@ -18,6 +18,7 @@ response starts, pass through untouched. See docs/web.md.
 
 from __future__ import annotations
 
+import functools
 import inspect
 import ipaddress
 import json
@@ -56,7 +57,8 @@ MAX_PATHS = 64
 MAX_PATH = 1024
 """Longest path prefix."""
 _MAX_ADDRESS = 64
-"""Longest forwarded address read: an IPv6 address has at most 45 characters."""
+"""Longest address read: an IPv6 address has at most 45 characters, and a zone
+id names an interface (at most 15 on Linux)."""
 QUOTA_EXCEEDED = "https://iana.org/assignments/http-problem-types#quota-exceeded"
 """The problem type that draft-ietf-httpapi-ratelimit-headers-11 defines for a 429."""
 
@@ -74,6 +76,11 @@ def client_address(trusted_hops: int = 0) -> Callable[[Scope], str]:
     than that, or an entry that is not an IP address, falls back to the
     peer. A server that already rewrites ``scope["client"]`` from proxy
     headers (``uvicorn --proxy-headers``) needs ``trusted_hops=0``.
+
+    An address is given in one form, so one client is one subject however
+    it is written: an IPv4-mapped IPv6 address (``::ffff:192.0.2.1``) as
+    its IPv4 address, an IPv6 address compressed and in lower case, without
+    a zone (``fe80::1%eth0`` is ``fe80::1``).
     """
     hops = check_int(trusted_hops, "trusted_hops", 0, MAX_HOPS)
 
@@ -83,7 +90,12 @@ def client_address(trusted_hops: int = 0) -> Callable[[Scope], str]:
             if forwarded is not None:
                 return forwarded
         peer = scope.get("client")
-        return str(peer[0]) if peer else UNKNOWN_CLIENT
+        if not peer:
+            return UNKNOWN_CLIENT
+        # A dual-stack socket reports an IPv4 client as ::ffff:a.b.c.d; a
+        # peer that is no IP address (a test client's name) stays as given.
+        host = str(peer[0])
+        return _canonical_address(host) or host
 
     return key
 
@@ -104,7 +116,8 @@ class RateLimitMiddleware:
             :func:`client_address`, the peer's address.
         include: path prefixes to limit (default: every path). A prefix
             matches whole segments: ``"/api"`` matches ``/api`` and
-            ``/api/x``, not ``/apix``.
+            ``/api/x``, not ``/apix``. Prefixes are matched against the
+            path the application routes, below its ``root_path``.
         exclude: path prefixes never limited; they win over ``include``.
     """
 
@@ -142,9 +155,7 @@ class RateLimitMiddleware:
         self._everywhere = self._include is None and not self._exclude
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or not (
-            self._everywhere or self._applies(scope.get("path", ""))
-        ):
+        if scope["type"] != "http" or not (self._everywhere or self._applies(_route_path(scope))):
             await self.app(scope, receive, send)
             return
         subject = self.key(scope)
@@ -180,6 +191,26 @@ class RateLimitMiddleware:
         if _matches(path, self._exclude):
             return False
         return self._include is None or _matches(path, self._include)
+
+
+def _route_path(scope: Scope) -> str:
+    """The path the application routes: ``path`` below the ``root_path`` it is served at.
+
+    Newer servers and Starlette's ``Mount`` put ``root_path`` into ``path``
+    (as the ASGI spec now says); older ones leave it out. Starlette's router
+    tells them apart by whether ``path`` starts with ``root_path`` at a
+    segment boundary, and so does this: the rules must match the route the
+    application takes, or a root path would carry every request past
+    ``include``, or into an ``exclude``.
+    """
+    path: str = scope.get("path", "")
+    root: str = scope.get("root_path", "")
+    if root and path.startswith(root):
+        if len(path) == len(root):
+            return "/"
+        if path[len(root)] == "/":
+            return path[len(root) :]
+    return path
 
 
 def _adding(send: Send, fields: list[tuple[bytes, bytes]]) -> Send:
@@ -225,12 +256,36 @@ def _forwarded_for(headers: Any, hops: int) -> str | None:
     if len(entries) < hops:
         return None
     entry = entries[-hops].strip()
-    if not entry or len(entry) > _MAX_ADDRESS:
+    if len(entry) > _MAX_ADDRESS:
         return None
     try:
-        return str(ipaddress.ip_address(entry.decode("ascii")))
-    except (ValueError, UnicodeDecodeError):
+        return _canonical_address(entry.decode("ascii"))
+    except UnicodeDecodeError:
         return None
+
+
+@functools.lru_cache(maxsize=4096)
+def _canonical_address(text: str) -> str | None:
+    """``text`` as one IP address in its one written form, or None if it is not one.
+
+    The forms a client can take are many (``::ffff:198.51.100.1``,
+    ``::FFFF:C633:6401``, ``fe80::1%eth0``); each would be a subject of its
+    own, with a limit of its own. Kept, since a server sees few peers and
+    parsing costs more than the lookup.
+    """
+    if len(text) > _MAX_ADDRESS:
+        return None
+    try:
+        address = ipaddress.ip_address(text)
+    except ValueError:
+        return None
+    if isinstance(address, ipaddress.IPv6Address):
+        if address.ipv4_mapped is not None:
+            return str(address.ipv4_mapped)
+        # The zone names an interface of the host that saw the address,
+        # not another client; rebuilding from the integer drops it.
+        return str(ipaddress.IPv6Address(int(address)))
+    return str(address)
 
 
 def _checked_limits(limits: object) -> tuple[Spec[int], ...]:

@@ -10,7 +10,7 @@ so a command never blocks a busy server or runs without end.
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -55,11 +55,16 @@ class Key:
 
     key: str
     subject: str
-    """As the application passed it (percent-decoding undone)."""
+    """As the application passed it (percent-decoding undone); a subject
+    too long for a key shows its head and the digest that replaced the rest."""
     kind: str
     """The code: ``fw``, ``gc``, ``sw``, ``sl``, ``sc``, ``cc`` or ``acq``."""
     name: str
     """The limit's name; for an acquire record, the digest of its limits."""
+    stored_subject: str
+    """The subject as the key holds it, encoded and perhaps hashed."""
+    stored_name: str
+    """The name as the key holds it."""
     part: str
     """``window``, ``state``, ``holds``, ``held``, or a record's kind."""
     window_ms: int | None = None
@@ -99,26 +104,49 @@ def parse(key: str, prefix: str) -> Key | None:
     tag_end = key.find("}", len(head))
     if tag_end < 0 or key[tag_end + 1 : tag_end + 2] != ":":
         return None
-    subject = _decode(key[len(head) : tag_end])
+    stored_subject = key[len(head) : tag_end]
     parts = key[tag_end + 2 :].split(":")
     if len(parts) < 2 or parts[0] not in KINDS:
         return None
-    kind, name, rest = parts[0], _decode(parts[1]), parts[2:]
-    extra: dict[str, Any] = {}
+    kind, stored_name, rest = parts[0], parts[1], parts[2:]
+    extra: dict[str, Any] = {
+        "subject": _decode(stored_subject),
+        "name": _decode(stored_name),
+        "stored_subject": stored_subject,
+        "stored_name": stored_name,
+    }
     if kind == "sc":
         if len(rest) < 3 or not rest[1].isdigit():
             return None
-        extra = {"currency": rest[0], "exponent": int(rest[1])}
+        extra.update(currency=rest[0], exponent=int(rest[1]))
         rest = rest[2:]
     if not rest:
-        return Key(key, subject, kind, name, "state", **extra)
+        return Key(key, kind=kind, part="state", **extra)
     if len(rest) == 2 and rest[0] in _RECORDS:
-        return Key(key, subject, kind, name, _RECORDS[rest[0]], **extra)
+        return Key(key, kind=kind, part=_RECORDS[rest[0]], **extra)
     if len(rest) == 1 and rest[0] in ("holds", "held") and kind == "sc":
-        return Key(key, subject, kind, name, rest[0], **extra)
+        return Key(key, kind=kind, part=rest[0], **extra)
     if len(rest) == 1 and rest[0].isdigit() and kind in ("fw", "sc"):
-        return Key(key, subject, kind, name, "window", window_ms=int(rest[0]), **extra)
+        return Key(key, kind=kind, part="window", window_ms=int(rest[0]), **extra)
     return None
+
+
+def wanted(subject: str | None, name: str | None) -> Callable[[Key], bool]:
+    """Whether a key is of ``subject`` and of the limit ``name`` (None: any).
+
+    Compared as stored, encoded by the function the limiter writes keys
+    with: a part too long for a key keeps only a head and a digest, so a
+    decoded key can never equal the subject or name it came from.
+    """
+    subject_part = None if subject is None else _keys.encode(subject)
+    name_part = None if name is None else _keys.encode(name)
+
+    def of(key: Key) -> bool:
+        return (name_part is None or key.stored_name == name_part) and (
+            subject_part is None or key.stored_subject == subject_part
+        )
+
+    return of
 
 
 def scan(node: redis.Redis, match: str, most: int) -> tuple[list[str], bool]:

@@ -85,6 +85,7 @@ def run(args: argparse.Namespace) -> int:
     """Print every key found, then how the search ended."""
     url = parse_url(args.url)
     match = _stored.pattern(args.prefix, args.subject, args.name)
+    wanted = _stored.wanted(args.subject, args.name)
     entries: list[_stored.Entry] = []
     complete = True
     with connect(url) as client, reported(url):
@@ -92,7 +93,7 @@ def run(args: argparse.Namespace) -> int:
             keys, done = _stored.scan(node, match, args.max_keys - len(entries))
             complete = complete and done
             parsed = [k for k in (_stored.parse(key, args.prefix) for key in keys) if k]
-            entries.extend(_stored.read(node, [k for k in parsed if _wanted(k, args)]))
+            entries.extend(_stored.read(node, [k for k in parsed if wanted(k)]))
             if len(entries) >= args.max_keys:
                 complete = complete and len(entries) == args.max_keys and done
                 break
@@ -132,12 +133,6 @@ def render(shown: str, entries: list[_stored.Entry]) -> str:
         if index == 0:
             lines.append("  ".join("-" * width for width in widths))
     return "\n".join(lines)
-
-
-def _wanted(key: _stored.Key, args: argparse.Namespace) -> bool:
-    if args.name is not None and key.name != args.name:
-        return False
-    return args.subject is None or key.subject == args.subject
 
 
 def _when(moment: datetime | None) -> str:

@@ -64,6 +64,7 @@ def run(args: argparse.Namespace) -> int:
     url = parse_url(args.url)
     match = _stored.pattern(args.prefix, args.subject, args.name)
     kind = None if args.kind is None else _stored.CODES[args.kind]
+    wanted = _stored.wanted(args.subject, args.name)
     listed: list[_stored.Entry] = []
     deleted = 0
     with connect(url) as client, reported(url):
@@ -72,10 +73,7 @@ def run(args: argparse.Namespace) -> int:
             found = [
                 key
                 for key in (_stored.parse(text, args.prefix) for text in keys)
-                if key is not None
-                and key.name == args.name
-                and key.subject == args.subject
-                and (kind is None or key.kind == kind)
+                if key is not None and wanted(key) and (kind is None or key.kind == kind)
             ]
             listed.extend(_stored.read(node, found))
             if args.yes and found:
