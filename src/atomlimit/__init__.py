@@ -10,7 +10,7 @@ number of concurrent workers can push a limit past its value.
 True
 """
 
-from atomlimit._guard import Breaker
+from atomlimit.breaker import Breaker
 from atomlimit.decision import Decision
 from atomlimit.errors import (
     AtomlimitError,

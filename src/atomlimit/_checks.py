@@ -46,6 +46,8 @@ MAX_LEASE = timedelta(days=366)
 """Longest Concurrency lease."""
 MAX_HOLD = timedelta(days=366)
 """Longest reservation hold (``reserve(ttl=...)``, ``Hit(hold=...)``)."""
+MAX_DEADLINE = timedelta(minutes=10)
+"""Longest per-call deadline of an async limiter."""
 MAX_TTL = timedelta(days=3650)
 """Longest a record lives: remembered request ids, cache entries, sessions.
 
@@ -224,6 +226,17 @@ def span_us(value: object, what: str, most: timedelta) -> int:
     if isinstance(value, timedelta) and _MS <= value <= most:
         return value // _US
     raise InvalidInput(f"{what} must be a timedelta from 1 ms to {days(most)}, got {show(value)}")
+
+
+def check_deadline(deadline: object) -> float | None:
+    """A per-call deadline in seconds, from a timedelta of 1 ms to 10 minutes, or None."""
+    if deadline is None:
+        return None
+    if isinstance(deadline, timedelta) and _MS <= deadline <= MAX_DEADLINE:
+        return deadline.total_seconds()
+    raise InvalidInput(
+        f"deadline must be None or a timedelta from 1 ms to 10 minutes, got {show(deadline)}"
+    )
 
 
 def hold_us(value: object, what: str = "hold") -> int:

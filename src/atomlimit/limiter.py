@@ -26,7 +26,7 @@ from redis.asyncio.cluster import RedisCluster as AsyncRedisCluster
 from redis.cluster import RedisCluster
 
 from atomlimit._acquire import Acquisition, acquire, undo
-from atomlimit._checks import check_flag
+from atomlimit._checks import check_deadline, check_flag
 from atomlimit._engine import (
     DEFAULT_HOLD,
     DEFAULT_REQUEST_TTL,
@@ -35,11 +35,12 @@ from atomlimit._engine import (
     Item,
     TimeSource,
 )
-from atomlimit._guard import AsyncGuardedRunner, Breaker, Guard, GuardedRunner, check_deadline
+from atomlimit._guard import AsyncGuardedRunner, Guard, GuardedRunner
 from atomlimit._limited import check_function, configure
 from atomlimit._runner import AsyncRunner, SyncRunner, clock_reader
 from atomlimit._steps import Call, Flow
 from atomlimit._waiting import deadline_after, pause
+from atomlimit.breaker import Breaker
 from atomlimit.decision import Amount, Decision
 from atomlimit.errors import InvalidInput, LimitExceeded
 from atomlimit.holds import Acquired, AsyncLease, AsyncReservation, Lease, Pending, Reservation
