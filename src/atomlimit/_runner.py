@@ -49,7 +49,8 @@ from redis.exceptions import (
     TryAgainError,
 )
 
-from atomlimit import _server, _wire
+from atomlimit import _fitness as _server
+from atomlimit import _wire
 from atomlimit._batch import Lane, Lost, Replies, unasked
 from atomlimit._checks import show
 from atomlimit._scripts import Script
