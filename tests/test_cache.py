@@ -24,7 +24,8 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 from servers import Cluster, Server, free_port
 
-from atomlimit._cache_plan import LOCK_SUFFIX, CachePlan
+from atomlimit._cache_plan import CachePlan
+from atomlimit._keys import LOCK_SUFFIX
 from atomlimit._runner import SyncRunner
 from atomlimit._scripts import script
 from atomlimit._steps import PRODUCE, Call, Command, Produce, Sleep, Step

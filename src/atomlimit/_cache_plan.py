@@ -20,6 +20,7 @@ from collections.abc import Callable, Sequence
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
+from atomlimit import _keys
 from atomlimit._checks import check_part, check_value, days, show, whole_ms
 from atomlimit._scripts import script
 from atomlimit._steps import PRODUCE, Call, Command, Flow, Sleep
@@ -39,9 +40,6 @@ A factory that runs longer than a day is not filling a cache; a lock that
 long would leave every other worker producing the value itself after its
 wait, which is the stampede the lock is there to prevent.
 """
-LOCK_SUFFIX = "::lock"
-"""Appended to an entry key to name its single-flight lock. Key parts are
-never empty, so no entry key contains ``::`` and no lock can pose as an entry."""
 FIRST_POLL = 0.01
 LAST_POLL = 0.1
 """A waiter polls the entry after 10 ms, doubling up to every 100 ms."""
@@ -61,16 +59,16 @@ Parts = str | Sequence[str]
 class CachePlan:
     """Plans cache operations under one key version; holds no connection."""
 
-    __slots__ = ("_head", "_lock_ms", "_wait")
+    __slots__ = ("_lock_ms", "_version", "_wait")
 
     def __init__(self, version: str, wait: timedelta, lock_ttl: timedelta) -> None:
-        self._head = check_part(version, "version") + ":"
+        self._version = check_part(version, "version")
         self._wait = _seconds(wait, "wait")
         self._lock_ms = _lock_ms(lock_ttl)
 
     def key(self, category: Category[Any], parts: Parts) -> str:
         """``<version>:<category>:<part>[:<part>...]``, the seed's cache key."""
-        return self._head + category.name + ":" + _identifier(parts)
+        return _keys.cache_key(self._version, category.name, _identifier(parts))
 
     def get(self, category: Category[Any], parts: Parts) -> Command:
         """Plan reading an entry: its value, or None if absent or no longer valid."""
@@ -111,7 +109,7 @@ def _single_flight(
     category: Category[Any], key: str, wait: float, lock_ms: int, clock: Clock
 ) -> Flow:
     read = _read(category, key)
-    lock = key + LOCK_SUFFIX
+    lock = _keys.lock_key(key)
     deadline = clock() + wait
     delay = FIRST_POLL
     while True:

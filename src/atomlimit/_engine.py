@@ -13,7 +13,6 @@ several subjects in :mod:`atomlimit._acquire`.
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Callable, Sequence
 from datetime import timedelta
 from decimal import Decimal
@@ -296,7 +295,7 @@ class Engine:
 
         def plan(local: int) -> Call:
             t, client_now = self.planned(local)
-            record = () if rid is None else (f"{item.base}:f:{rid}",)
+            record = () if rid is None else (_keys.refund_record(item.base, rid),)
             fingerprint = f"refund:{item.kind}:{item.units}" if record else ""
             args = (
                 client_now,
@@ -549,7 +548,7 @@ class Engine:
             decision = codec.decision(status, used, held, stop, retry_at, grant, now)
             return Settlement(statuses[code - 1], decision.granted, decision)
 
-        keys = (*codec.state_keys(item.base, t), f"{item.base}:o:{rid}")
+        keys = (*codec.state_keys(item.base, t), _keys.outcome_key(item.base, rid))
         return Call(script(name), keys, args(t, client_now), read, True)
 
     def _outcome_ttl(self, request_id: str) -> int:
@@ -579,15 +578,12 @@ class Engine:
                 if len(_TAGS) >= _MAX_TAGS:
                     _TAGS.clear()
                 _TAGS[subject] = tag
-        return tag, self._ns + tag + spec._codec.tail
+        return tag, _keys.limit_key(self._ns, tag, spec._codec.tail)
 
     def _record(self, items: Sequence[Item], rid: str) -> str:
         if len(items) == 1:
-            return f"{items[0].base}:r:{rid}"
-        # A request id names one set of limits; several share a record keyed
-        # by a digest of their keys, in the subject's slot.
-        digest = hashlib.blake2b("|".join(i.base for i in items).encode(), digest_size=8)
-        return f"{self._ns}{items[0].tag}:acq:{digest.hexdigest()}:r:{rid}"
+            return _keys.request_record(items[0].base, rid)
+        return _keys.acquire_record(self._ns, items[0].tag, [i.base for i in items], rid)
 
 
 def _encode(items: Sequence[Item], t: int) -> tuple[Arg, ...]:

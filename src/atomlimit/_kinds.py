@@ -69,7 +69,7 @@ class Codec(Generic[Amount]):
 
     def __init__(self, spec: Spec[Amount], limit: int, limit_value: Amount) -> None:
         self.spec = spec
-        self.tail = f":{self.kind}:{_keys.encode(spec.name)}"
+        self.tail = _keys.limit_tail(self.kind, spec.name)
         self.limit = limit
         """What ``remaining`` is measured against, in units."""
         self.limit_value = limit_value
@@ -185,7 +185,8 @@ class _Windowed(Codec[Amount]):
         if current[0] <= t < current[1]:
             return current
         _, start, stop, _ = self._plan.bounds(t)
-        current = (start, stop, f":{start // 1000}", Packed((self.limit, self.flags, start, stop)))
+        packed = Packed((self.limit, self.flags, start, stop))
+        current = (start, stop, _keys.window_suffix(start), packed)
         self._current = current
         return current
 
@@ -204,7 +205,7 @@ class _Windowed(Codec[Amount]):
         # The windows before and after too: the server's clock may sit in
         # either while the client plans this one.
         first, start, stop, _ = self._plan.bounds(t)
-        windows = tuple(f"{base}:{at // 1000}" for at in (first, start, stop))
+        windows = tuple(_keys.window_key(base, at) for at in (first, start, stop))
         return windows + self.state_keys(base, t)[1:]
 
     def extras(self, t: int) -> tuple[Arg, ...]:
@@ -251,9 +252,7 @@ class Spend(_Windowed[Decimal]):
         # unless the limit is written with more decimals than are shown.
         self._subtracts = int(spec.limit.as_tuple().exponent) >= -self._places
         super().__init__(spec, to_units(spec.limit, self._exponent, "limit"), spec.limit)
-        # Currency and unit are in the key: reading units stored at another
-        # scale, or in another currency, would be silently wrong.
-        self.tail = f"{self.tail}:{spec.currency}:{self._exponent}"
+        self.tail = _keys.cap_tail(self.kind, spec.name, spec.currency, self._exponent)
 
     def units(self, cost: object) -> int:
         # Costs repeat (a price per call, a per-token rate): converting one
@@ -303,7 +302,7 @@ class Spend(_Windowed[Decimal]):
         )
 
     def state_keys(self, base: str, t: int) -> tuple[str, ...]:
-        return (self.window_key(base, t), base + ":holds", base + ":held")
+        return (self.window_key(base, t), *_keys.hold_keys(base))
 
     def single_keys(self, base: str, t: int) -> tuple[str, ...]:
         return (self.window_key(base, t),)

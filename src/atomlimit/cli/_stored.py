@@ -45,7 +45,11 @@ _GCRA_BASE = 1_735_689_600_000_000
 """2025-01-01 in epoch microseconds: GCRA keeps its TAT counted from here
 (lua/lib/gcra.lua)."""
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-_RECORDS = {"r": "request record", "f": "refund record", "o": "reservation outcome"}
+_RECORDS = {
+    _keys.REQUEST_RECORD: "request record",
+    _keys.REFUND_RECORD: "refund record",
+    _keys.OUTCOME: "reservation outcome",
+}
 _SPEND = re.compile(r"(\d+)(?:,(\d+),(\d+))?")
 
 
@@ -81,19 +85,13 @@ class Entry:
 
 
 def pattern(prefix: str, subject: str | None, name: str | None) -> str:
-    """The SCAN MATCH pattern for a prefix, and optionally a subject and a limit name.
-
-    Encoded identifiers hold no glob character (``*``, ``?``, ``[``, ``\\``
-    are percent-encoded), so they stand in a pattern as they are.
-    """
-    tag = "{s:*}" if subject is None else _keys.subject_tag(subject)
-    tail = ":*" if name is None else f":*:{_keys.encode(name)}*"
-    return f"{_keys.namespace(prefix)}{tag}{tail}"
+    """The SCAN MATCH pattern for a prefix, and optionally a subject and a limit name."""
+    return _keys.scan_pattern(prefix, subject, name)
 
 
 def parse(key: str, prefix: str) -> Key | None:
     """``key`` taken apart, or None if it is not one of atomlimit's keys under ``prefix``."""
-    head = _keys.namespace(prefix) + "{s:"
+    head = _keys.namespace(prefix) + _keys.SUBJECT_TAG
     if not key.startswith(head):
         return None
     tag_end = key.find("}", len(head))
