@@ -32,6 +32,9 @@ from atomlimit._kinds import (
     PARTIAL,
     READ_HOLDS,
     REPLAN,
+    RESERVATION,
+    REUSED,
+    SLIDING_LOG,
     Codec,
     Lease,
     Spend,
@@ -51,7 +54,6 @@ DEFAULT_REQUEST_TTL = timedelta(days=1)
 DEFAULT_RETRY_TTL = timedelta(minutes=2)
 DEFAULT_HOLD = timedelta(minutes=5)
 
-_REUSED = -2
 _CHARGED = (1, 2)
 _TAGS: dict[str, str] = {}
 """Recent subjects' hash tags: encoding a subject costs more than a hit's
@@ -96,7 +98,7 @@ class Item(NamedTuple):
     @property
     def kind(self) -> str:
         """The scripts' name for the item: a hold on a cap is its own kind."""
-        return "rs" if self.hold else self.codec.kind
+        return RESERVATION if self.hold else self.codec.kind
 
     @property
     def holds(self) -> bool:
@@ -311,7 +313,7 @@ class Engine:
                 self.observe(now, local)
                 if code == REPLAN:
                     return plan(local)
-                if code == _REUSED:
+                if code == REUSED:
                     raise RequestIdReused(
                         f"request_id was already used for another refund of {spec.name!r}"
                     )
@@ -401,7 +403,7 @@ class Engine:
             self.observe(now, local)
             if code == REPLAN:
                 return self.charge(items, request_id, record_ttl, local, one)
-            if code == _REUSED:
+            if code == REUSED:
                 names = ", ".join(repr(i.spec.name) for i in items)
                 raise RequestIdReused(f"request_id was already charged for other costs ({names})")
             charged = code in _CHARGED
@@ -490,7 +492,7 @@ class Engine:
         t, client_now = self.planned(local)
         lua = codec.hit if charge else codec.peek
         assert lua is not None
-        call_id = self._new_id() if codec.kind == "sl" and charge else ""
+        call_id = self._new_id() if codec.kind == SLIDING_LOG and charge else ""
         args = codec.single_args(client_now, units, item.flags, t, call_id)
 
         def read(reply: Any) -> Any:

@@ -27,7 +27,7 @@ import re
 from collections.abc import Sequence
 from datetime import timedelta
 from decimal import Decimal
-from typing import TYPE_CHECKING, Any, Generic
+from typing import TYPE_CHECKING, Any, Final, Generic
 from zoneinfo import ZoneInfo
 
 from atomlimit import _keys
@@ -43,11 +43,37 @@ if TYPE_CHECKING:
     from atomlimit.specs import Spec
 
 _US = timedelta(microseconds=1)
-PARTIAL, SHADOW = 1, 2
 _COSTS = 256
 """Distinct Decimal costs a spend cap's codec keeps converted."""
+
+# What the scripts and this module must agree on, defined once on each side:
+# tests/core/test_wire_codes.py reads the Lua copies and proves them equal.
+
+FIXED_WINDOW, GCRA, SLIDING_LOG, SLIDING_COUNTER = "fw", "gc", "sl", "sw"
+SPEND, RESERVATION, CONCURRENCY = "sc", "rs", "cc"
+KIND_NAMES: Final = {
+    FIXED_WINDOW: "fixed_window",
+    GCRA: "gcra",
+    SLIDING_COUNTER: "sliding_counter",
+    SLIDING_LOG: "sliding_log",
+    SPEND: "spend_cap",
+    RESERVATION: "reservation",
+    CONCURRENCY: "concurrency",
+}
+"""Each kind's code, as items name it (``lua/lib/items.lua``) and keys hold it,
+and the name a person reads. A reservation is a hold on a spend cap: an item
+of its own kind, kept in the cap's keys."""
+PARTIAL, SHADOW = 1, 2
+"""An item's flags (``lua/lib/reply.lua``): take what fits; count but admit."""
 DENIED, FITS, SHADOWED = 0, 1, 3
-REPLAN, READ_HOLDS = -1, -3
+"""An item's status in a reply (``lua/lib/reply.lua``)."""
+REPLAN, REUSED, READ_HOLDS = -1, -2, -3
+"""Reply codes of a call that did nothing: the server's clock is outside the
+planned windows; the request id was used for other costs; a spend cap's
+holds must be read by the script of several items."""
+GCRA_BASE = 1_735_689_600_000_000
+"""2025-01-01 in epoch microseconds: GCRA keeps its arrival time counted from
+here (``lua/lib/gcra.lua``), so a float holds it to the microsecond."""
 
 
 class Codec(Generic[Amount]):
@@ -225,7 +251,7 @@ class FixedWindow(_Windowed[int]):
     """``RateLimit(algorithm="fixed_window")``: a counter per window."""
 
     __slots__ = ()
-    kind = "fw"
+    kind = FIXED_WINDOW
     hit = script("hit_fixed_window")
     peek = script("peek_fixed_window")
 
@@ -237,7 +263,7 @@ class Spend(_Windowed[Decimal]):
     """``SpendCap``: committed spend per window, and holds that belong to none."""
 
     __slots__ = ("_amounts", "_costs", "_exponent", "_places", "_subtracts")
-    kind = "sc"
+    kind = SPEND
     hit: Script | None = script("hit_spend")
     peek = script("peek_spend")
 
@@ -328,7 +354,7 @@ class Gcra(Codec[int]):
     """``RateLimit(algorithm="gcra")``: the theoretical arrival time."""
 
     __slots__ = ("_interval", "_packed")
-    kind = "gc"
+    kind = GCRA
     hit = script("hit_gcra")
     peek = script("peek_gcra")
 
@@ -356,7 +382,7 @@ class SlidingLog(Codec[int]):
     """``RateLimit(algorithm="sliding_log")``: one entry per unit admitted."""
 
     __slots__ = ("_length",)
-    kind = "sl"
+    kind = SLIDING_LOG
     hit = script("hit_sliding_log")
     peek = script("peek_sliding_log")
 
@@ -378,7 +404,7 @@ class SlidingCounter(Codec[int]):
     """``RateLimit(algorithm="sliding_counter")``: this window and the last, weighted."""
 
     __slots__ = ("_length",)
-    kind = "sw"
+    kind = SLIDING_COUNTER
     hit = script("hit_sliding_counter")
     peek = script("peek_sliding_counter")
 
@@ -394,7 +420,7 @@ class Lease(Codec[int]):
     """``Concurrency``: a sorted set of leases, scored by expiry."""
 
     __slots__ = ("_lease",)
-    kind = "cc"
+    kind = CONCURRENCY
 
     def __init__(self, spec: Any) -> None:
         super().__init__(spec, spec.limit, spec.limit)

@@ -20,18 +20,22 @@ from urllib.parse import unquote
 import redis
 
 from atomlimit import _keys
+from atomlimit._kinds import (
+    CONCURRENCY,
+    FIXED_WINDOW,
+    GCRA,
+    GCRA_BASE,
+    KIND_NAMES,
+    RESERVATION,
+    SLIDING_COUNTER,
+    SLIDING_LOG,
+    SPEND,
+)
 
-KINDS = {
-    "fw": "fixed_window",
-    "gc": "gcra",
-    "sw": "sliding_counter",
-    "sl": "sliding_log",
-    "sc": "spend_cap",
-    "cc": "concurrency",
-    "acq": "acquire",
-}
+KINDS = {code: name for code, name in KIND_NAMES.items() if code != RESERVATION}
 """Each kind's code in keys, and the name a person reads (``Decision.spec``'s kind)."""
-CODES = {name: code for code, name in KINDS.items() if code != "acq"}
+CODES = {name: code for code, name in KINDS.items()}
+KINDS[_keys.ACQUIRE] = "acquire"
 
 SCAN_COUNT = 1_000
 """Keys SCAN looks at per call: big enough to cross a large keyspace in
@@ -41,9 +45,6 @@ MAX_SCANS = 1_000
 """SCAN calls per server at most: about a million keys looked at, after
 which a command stops and says so rather than run on."""
 
-_GCRA_BASE = 1_735_689_600_000_000
-"""2025-01-01 in epoch microseconds: GCRA keeps its TAT counted from here
-(lua/lib/gcra.lua)."""
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _RECORDS = {
     _keys.REQUEST_RECORD: "request record",
@@ -103,7 +104,7 @@ def parse(key: str, prefix: str) -> Key | None:
         return None
     kind, name, rest = parts[0], _decode(parts[1]), parts[2:]
     extra: dict[str, Any] = {}
-    if kind == "sc":
+    if kind == SPEND:
         if len(rest) < 3 or not rest[1].isdigit():
             return None
         extra = {"currency": rest[0], "exponent": int(rest[1])}
@@ -112,9 +113,9 @@ def parse(key: str, prefix: str) -> Key | None:
         return Key(key, subject, kind, name, "state", **extra)
     if len(rest) == 2 and rest[0] in _RECORDS:
         return Key(key, subject, kind, name, _RECORDS[rest[0]], **extra)
-    if len(rest) == 1 and rest[0] in ("holds", "held") and kind == "sc":
+    if len(rest) == 1 and rest[0] in (_keys.HOLDS, _keys.HELD) and kind == SPEND:
         return Key(key, subject, kind, name, rest[0], **extra)
-    if len(rest) == 1 and rest[0].isdigit() and kind in ("fw", "sc"):
+    if len(rest) == 1 and rest[0].isdigit() and kind in (FIXED_WINDOW, SPEND):
         return Key(key, subject, kind, name, "window", window_ms=int(rest[0]), **extra)
     return None
 
@@ -164,11 +165,11 @@ def _ask(pipe: Any, key: Key, now: int) -> None:
     if key.part in _RECORDS.values():
         # A record is packed binary, and its TTL is all an operator needs.
         pipe.exists(key.key)
-    elif key.kind == "sw" and key.part == "state":
+    elif key.kind == SLIDING_COUNTER and key.part == "state":
         pipe.hmget(key.key, ["w", "c", "p"])
-    elif key.kind == "sl" and key.part == "state":
+    elif key.kind == SLIDING_LOG and key.part == "state":
         pipe.zcard(key.key)
-    elif (key.kind == "cc" and key.part == "state") or key.part == "holds":
+    elif (key.kind == CONCURRENCY and key.part == "state") or key.part == "holds":
         # Members are scored by expiry: the live ones end after now.
         pipe.zcount(key.key, f"({now}", "+inf")
     elif key.part == "held":
@@ -183,19 +184,19 @@ def _usage(key: Key, value: Any, now: int) -> str:
         return f"unreadable: {value}"
     if key.part not in ("state", "window", "holds", "held"):
         return "-"
-    if key.kind == "fw":
+    if key.kind == FIXED_WINDOW:
         return f"{value} used since {_ms(key.window_ms)}"
-    if key.kind == "sc":
+    if key.kind == SPEND:
         return _spend(key, value)
-    if key.kind == "gc":
-        ahead = float(value) - (now - _GCRA_BASE)
+    if key.kind == GCRA:
+        ahead = float(value) - (now - GCRA_BASE)
         return f"busy for {ahead / 1e6:.3f} s more" if ahead > 0 else "idle"
-    if key.kind == "sw":
+    if key.kind == SLIDING_COUNTER:
         start, count, previous = value
         since = _EPOCH + timedelta(microseconds=int(start or 0))
         before = f"{previous or 0} in the window before"
         return f"{count or 0} used since {since:%Y-%m-%d %H:%M:%S}Z, {before}"
-    if key.kind == "sl":
+    if key.kind == SLIDING_LOG:
         return f"{value} entries (older ones go on the next hit)"
     return _many(int(value), "lease", "held")
 
