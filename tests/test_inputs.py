@@ -33,6 +33,7 @@ from atomlimit._checks import (
     hold_us,
     show,
 )
+from atomlimit._kinds import codec_of
 from atomlimit._money import MAX_UNITS
 from atomlimit.cache import Cache, Category
 from atomlimit.compat import RedisClient
@@ -185,7 +186,7 @@ def test_a_unit_written_with_trailing_zeros_is_the_same_power_of_ten(
 ) -> None:
     cap = SpendCap(name="n", limit=unit, currency="AUD", window="day", unit=unit)
 
-    assert cap._codec.tail.endswith(f":AUD:{exponent}")
+    assert codec_of(cap).tail.endswith(f":AUD:{exponent}")
     assert cap.unit is unit
 
 

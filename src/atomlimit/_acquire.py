@@ -23,9 +23,9 @@ from typing import Any, NamedTuple
 
 from atomlimit._checks import check_hits
 from atomlimit._engine import Charged, Engine, Item, request_part
+from atomlimit._errors import Applied, AtomlimitError, BackendError, InvalidInput
 from atomlimit._steps import Flow, Plan
 from atomlimit.decision import Decision
-from atomlimit.errors import Applied, AtomlimitError, BackendError, InvalidInput
 from atomlimit.specs import Hit
 
 

@@ -18,17 +18,16 @@ import secrets
 import time
 from collections.abc import Callable, Sequence
 from datetime import timedelta
-from typing import TYPE_CHECKING, Any
+from typing import Protocol
+
+from pydantic import BaseModel
 
 from atomlimit import _keys
 from atomlimit._checks import check_part, check_value, days, show, whole_ms
+from atomlimit._errors import BackendError, InvalidInput
 from atomlimit._scripts import script
 from atomlimit._steps import PRODUCE, Call, Command, Flow, Sleep
 from atomlimit._values import encode, ok, reader
-from atomlimit.errors import BackendError, InvalidInput
-
-if TYPE_CHECKING:
-    from atomlimit.cache import Category
 
 MAX_PARTS = 16
 MAX_WAIT = timedelta(days=1)
@@ -51,6 +50,18 @@ Clock = Callable[[], float]
 Parts = str | Sequence[str]
 
 
+class CategoryLike(Protocol):
+    """What a plan reads of a :class:`~atomlimit.cache.Category`, which is
+    defined with the cache that takes it, above this module."""
+
+    @property
+    def name(self) -> str: ...
+    @property
+    def model(self) -> type[BaseModel] | None: ...
+    @property
+    def _ttl_ms(self) -> int: ...
+
+
 # --------------------------------------------------------------------------
 # The cache plan
 # --------------------------------------------------------------------------
@@ -66,29 +77,29 @@ class CachePlan:
         self._wait = _seconds(wait, "wait")
         self._lock_ms = _lock_ms(lock_ttl)
 
-    def key(self, category: Category[Any], parts: Parts) -> str:
+    def key(self, category: CategoryLike, parts: Parts) -> str:
         """``<version>:<category>:<part>[:<part>...]``, the seed's cache key."""
         return _keys.cache_key(self._version, category.name, _identifier(parts))
 
-    def get(self, category: Category[Any], parts: Parts) -> Command:
+    def get(self, category: CategoryLike, parts: Parts) -> Command:
         """Plan reading an entry: its value, or None if absent or no longer valid."""
         return _read(category, self.key(category, parts))
 
-    def set(self, category: Category[Any], parts: Parts, value: object) -> Command:
+    def set(self, category: CategoryLike, parts: Parts, value: object) -> Command:
         """Plan writing an entry with the category's TTL, in the same command."""
         return _write(category, self.key(category, parts), value)
 
-    def delete(self, category: Category[Any], parts: Parts) -> Command:
+    def delete(self, category: CategoryLike, parts: Parts) -> Command:
         """Plan removing an entry; reads True if it existed."""
         return Command(("DEL", self.key(category, parts)), ok)
 
-    def touch(self, category: Category[Any], parts: Parts) -> Command:
+    def touch(self, category: CategoryLike, parts: Parts) -> Command:
         """Plan restarting an entry's TTL at the category's full TTL; True if it existed."""
         return Command(("PEXPIRE", self.key(category, parts), category._ttl_ms), ok)
 
     def get_or_set(
         self,
-        category: Category[Any],
+        category: CategoryLike,
         parts: Parts,
         *,
         wait: timedelta | None = None,
@@ -106,7 +117,7 @@ class CachePlan:
 
 
 def _single_flight(
-    category: Category[Any], key: str, wait: float, lock_ms: int, clock: Clock
+    category: CategoryLike, key: str, wait: float, lock_ms: int, clock: Clock
 ) -> Flow:
     read = _read(category, key)
     lock = _keys.lock_key(key)
@@ -133,7 +144,7 @@ def _single_flight(
     return value
 
 
-def _hold(category: Category[Any], key: str, read: Command, unlock: Call) -> Flow:
+def _hold(category: CategoryLike, key: str, read: Command, unlock: Call) -> Flow:
     try:
         # The previous holder may have written the entry and released the lock
         # between our read and our lock; read again so the factory runs once.
@@ -159,7 +170,7 @@ def _release(unlock: Call) -> Flow:
         _log.warning("could not release a single-flight lock; it expires by its TTL: %s", err)
 
 
-def _read(category: Category[Any], key: str) -> Command:
+def _read(category: CategoryLike, key: str) -> Command:
     warned = False
 
     def complain(why: str) -> None:
@@ -173,7 +184,7 @@ def _read(category: Category[Any], key: str) -> Command:
     return Command(("GET", key), reader(category.model, complain))
 
 
-def _write(category: Category[Any], key: str, value: object) -> Command:
+def _write(category: CategoryLike, key: str, value: object) -> Command:
     what = f"category {category.name!r}"
     data = check_value(encode(category.model, value, what), what)
     return Command(("SET", key, data, "PX", category._ttl_ms), ok)

@@ -21,7 +21,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import BaseModel
 
-from atomlimit.errors import InvalidInput
+from atomlimit._errors import InvalidInput
 
 MAX_PART = 256
 """Longest identifier part (cache key part, compat identifier, version)."""

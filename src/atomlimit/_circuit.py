@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import threading
 
+from atomlimit._errors import BackendError, BreakerOpen
 from atomlimit.breaker import Breaker
-from atomlimit.errors import BackendError, BreakerOpen
 from atomlimit.observe import BreakerState
 
 NORMAL, PROBE = 0, 1

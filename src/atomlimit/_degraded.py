@@ -13,8 +13,9 @@ from typing import TYPE_CHECKING, Any, Final
 
 from atomlimit._acquire import Acquisition, checked_items
 from atomlimit._engine import Engine, request_part
+from atomlimit._errors import BackendError
+from atomlimit._kinds import codec_of
 from atomlimit.decision import Decision
-from atomlimit.errors import BackendError
 
 if TYPE_CHECKING:
     from atomlimit.specs import Hit, Spec
@@ -40,7 +41,7 @@ def degraded(
     policy = spec.on_backend_error
     if policy == "raise":
         raise cause
-    codec = spec._codec
+    codec = codec_of(spec)
     allows = policy in ALLOWING
     shadow = bool(getattr(spec, "shadow", False))
     granted = codec.amount(codec.units(cost)) if charge and (allows or shadow) else codec.zero

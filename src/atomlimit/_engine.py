@@ -15,7 +15,6 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from datetime import timedelta
-from decimal import Decimal
 from typing import Any, Literal, NamedTuple
 
 from atomlimit import _keys
@@ -27,6 +26,7 @@ from atomlimit._checks import (
     whole_ms,
 )
 from atomlimit._checks import hold_us as check_hold
+from atomlimit._errors import BackendError, InvalidInput, RequestIdReused
 from atomlimit._kinds import (
     GENERATED,
     PARTIAL,
@@ -38,14 +38,14 @@ from atomlimit._kinds import (
     Codec,
     Lease,
     Spend,
+    codec_of,
     item_reply,
     new_id,
 )
 from atomlimit._scripts import script
 from atomlimit._steps import Acked, Call, Wait
 from atomlimit._wire import Arg
-from atomlimit.decision import Decision
-from atomlimit.errors import BackendError, InvalidInput, RequestIdReused
+from atomlimit.decision import Decision, Settlement, SettleStatus
 from atomlimit.specs import Concurrency, Spec, SpendCap
 
 TimeSource = Literal["server", "client"]
@@ -62,15 +62,6 @@ _MAX_TAGS = 4096
 _CACHED_SUBJECT = 256
 """Longer subjects are encoded each time, so the cache stays under ~2 MB."""
 
-SettleStatus = Literal[
-    "settled",
-    "already_settled",
-    "settled_after_release",
-    "settled_after_expiry",
-    "released",
-    "already_released",
-    "expired",
-]
 _SETTLED: tuple[SettleStatus, ...] = (
     "settled",
     "already_settled",
@@ -139,19 +130,6 @@ class Held(NamedTuple):
     request_id: str
 
 
-class Settlement(NamedTuple):
-    """What settling or releasing a reservation did.
-
-    ``status`` says which case applied; ``charged`` is what this call
-    charged (zero for a release, or for a settle that was already done);
-    ``decision`` is the cap after it.
-    """
-
-    status: SettleStatus
-    charged: Decimal
-    decision: Decision[Decimal]
-
-
 class Engine:
     """Plans calls and reads replies; holds no connection and reads no clock.
 
@@ -209,7 +187,7 @@ class Engine:
     ) -> Item:
         """Validate one limit of one subject and plan its keys and arguments."""
         tag, base = self._locate(spec, subject)
-        codec: Codec[Any] = spec._codec
+        codec: Codec[Any] = codec_of(spec)
         hold_us = 0
         if hold is not None:
             if not isinstance(codec, Spend):
@@ -331,7 +309,7 @@ class Engine:
         """Plan forgetting ``subject``'s state under ``spec``."""
         _, base = self._locate(spec, subject)
         t, _ = self.planned(local)
-        keys = spec._codec.reset_keys(base, t)
+        keys = codec_of(spec).reset_keys(base, t)
         return Call(script("reset"), keys, (), _discard)
 
     def settle(self, item: Item, request_id: str, actual: object, local: int) -> Call:
@@ -580,7 +558,7 @@ class Engine:
                 if len(_TAGS) >= _MAX_TAGS:
                     _TAGS.clear()
                 _TAGS[subject] = tag
-        return tag, _keys.limit_key(self._ns, tag, spec._codec.tail)
+        return tag, _keys.limit_key(self._ns, tag, codec_of(spec).tail)
 
     def _record(self, items: Sequence[Item], rid: str) -> str:
         if len(items) == 1:

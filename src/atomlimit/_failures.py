@@ -18,7 +18,7 @@ from redis.exceptions import (
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from atomlimit.errors import BackendError
+from atomlimit._errors import BackendError
 
 _CHAIN = 8
 """Causes followed when looking for a refused connection."""

@@ -28,12 +28,12 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from atomlimit._checks import show
 from atomlimit._circuit import NORMAL, PROBE, Circuit, Transition
 from atomlimit._degraded import degraded, degraded_acquisition, degraded_many
+from atomlimit._errors import BackendError, BreakerOpen, InvalidInput
 from atomlimit._failures import backend_failure, outage
 from atomlimit._reporting import LOG_EVERY, check_observers
 from atomlimit._reporting import Throttle as _Throttle
 from atomlimit.breaker import Breaker
 from atomlimit.decision import Decision
-from atomlimit.errors import BackendError, BreakerOpen, InvalidInput
 from atomlimit.observe import Observer, Operation
 
 if TYPE_CHECKING:

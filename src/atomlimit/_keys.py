@@ -29,7 +29,7 @@ from collections.abc import Sequence
 from urllib.parse import quote
 
 from atomlimit._checks import show
-from atomlimit.errors import InvalidInput
+from atomlimit._errors import InvalidInput
 
 SCHEMA = "v1"
 SUBJECT_TAG = "{s:"

@@ -27,20 +27,18 @@ import re
 from collections.abc import Sequence
 from datetime import timedelta
 from decimal import Decimal
-from typing import TYPE_CHECKING, Any, Final, Generic
+from typing import Any, Final, Generic
 from zoneinfo import ZoneInfo
 
 from atomlimit import _keys
 from atomlimit._checks import check_int
-from atomlimit._money import MAX_UNITS, from_units, to_units
+from atomlimit._money import MAX_UNITS, Amount, from_units, to_units
 from atomlimit._scripts import Script, script
 from atomlimit._steps import Wait
 from atomlimit._windows import UNIT_LENGTHS, WindowPlan
 from atomlimit._wire import Arg, Packed
-from atomlimit.decision import Amount, Decision, decided
-
-if TYPE_CHECKING:
-    from atomlimit.specs import Spec
+from atomlimit.decision import Decision, decided
+from atomlimit.specs import Concurrency, RateLimit, Spec, SpendCap
 
 _US = timedelta(microseconds=1)
 _COSTS = 256
@@ -433,10 +431,23 @@ class Lease(Codec[int]):
         return (self._lease,)
 
 
-def codec_for(spec: Spec[Any]) -> Codec[Any]:
-    """The codec of ``spec``'s kind."""
-    from atomlimit.specs import Concurrency, RateLimit, SpendCap
+def codec_of(spec: Spec[Any]) -> Codec[Any]:
+    """``spec``'s codec: made on the spec's first use, then kept with it.
 
+    Kept in the instance's own dict, as a cached_property would be, so it
+    lives and dies with the spec; pydantic compares, hashes and dumps a
+    model by its fields alone, which this entry is not one of.
+    """
+    kept = spec.__dict__
+    try:
+        return kept[_CODEC]  # type: ignore[no-any-return]
+    except KeyError:
+        codec = kept[_CODEC] = codec_for(spec)
+        return codec
+
+
+def codec_for(spec: Spec[Any]) -> Codec[Any]:
+    """A new codec of ``spec``'s kind."""
     if isinstance(spec, SpendCap):
         return WaitingSpend(spec) if spec.wait_replicas else Spend(spec)
     if isinstance(spec, Concurrency):
@@ -445,6 +456,7 @@ def codec_for(spec: Spec[Any]) -> Codec[Any]:
     return _RATE_KINDS[spec.algorithm](spec)
 
 
+_CODEC = "_codec"
 _RATE_KINDS: dict[str, type[FixedWindow | Gcra | SlidingLog | SlidingCounter]] = {
     "fixed_window": FixedWindow,
     "gcra": Gcra,

@@ -11,7 +11,7 @@ from __future__ import annotations
 import threading
 
 from atomlimit._checks import show
-from atomlimit.errors import InvalidInput
+from atomlimit._errors import InvalidInput
 from atomlimit.observe import Observer
 
 LOG_EVERY = 10.0

@@ -25,9 +25,9 @@ from pydantic import BaseModel
 
 from atomlimit import _keys
 from atomlimit._checks import check_model, check_value, whole_ms
+from atomlimit._errors import BackendError
 from atomlimit._steps import Command
 from atomlimit._values import encode, ok, reader
-from atomlimit.errors import BackendError
 
 ID_BYTES = 32
 """Random bytes in a new id: 256 bits, 43 URL-safe characters."""

@@ -11,7 +11,7 @@ from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
-from atomlimit.errors import InvalidInput
+from atomlimit._errors import InvalidInput
 
 
 def check_model(model: object, what: str) -> type[BaseModel] | None:

@@ -15,8 +15,8 @@ from datetime import timedelta
 from typing import Any
 
 from atomlimit._checks import show
+from atomlimit._errors import InvalidInput
 from atomlimit.decision import Decision
-from atomlimit.errors import InvalidInput
 
 MAX_TIMEOUT = timedelta(days=1)
 """Longest a caller may ask to wait; ``timeout=None`` waits without a deadline."""

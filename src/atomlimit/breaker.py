@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 
 from atomlimit._checks import check_int, show
-from atomlimit.errors import InvalidInput
+from atomlimit._errors import InvalidInput
 
 __all__ = ["MAX_COOL_DOWN", "MAX_FAILURES", "Breaker"]
 

@@ -32,8 +32,8 @@ from redis.cluster import RedisCluster
 
 from atomlimit._cache_plan import CachePlan, Parts
 from atomlimit._checks import check_model, check_part, show, whole_ms
+from atomlimit._errors import InvalidInput
 from atomlimit._runner import AsyncRunner, SyncRunner
-from atomlimit.errors import InvalidInput
 
 __all__ = ["AsyncCache", "Cache", "Category"]
 

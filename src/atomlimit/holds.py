@@ -18,9 +18,9 @@ from decimal import Decimal
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Generic, Self, TypeVar
 
-from atomlimit._engine import Settlement, SettleStatus
-from atomlimit.decision import Decision
-from atomlimit.errors import InvalidInput, LimitExceeded
+from atomlimit._errors import InvalidInput
+from atomlimit.decision import Decision, Settlement, SettleStatus
+from atomlimit.errors import LimitExceeded
 from atomlimit.specs import Hit
 
 if TYPE_CHECKING:

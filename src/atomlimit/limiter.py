@@ -35,14 +35,16 @@ from atomlimit._engine import (
     Item,
     TimeSource,
 )
+from atomlimit._errors import InvalidInput
 from atomlimit._guard import AsyncGuardedRunner, Guard, GuardedRunner
 from atomlimit._limited import check_function, configure
+from atomlimit._money import Amount
 from atomlimit._runner import AsyncRunner, SyncRunner, clock_reader
 from atomlimit._steps import Call, Flow
 from atomlimit._waiting import deadline_after, pause
 from atomlimit.breaker import Breaker
-from atomlimit.decision import Amount, Decision
-from atomlimit.errors import InvalidInput, LimitExceeded
+from atomlimit.decision import Decision
+from atomlimit.errors import LimitExceeded
 from atomlimit.holds import Acquired, AsyncLease, AsyncReservation, Lease, Pending, Reservation
 from atomlimit.observe import Observer
 from atomlimit.specs import Concurrency, Hit, Spec, SpendCap

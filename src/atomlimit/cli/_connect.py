@@ -21,8 +21,8 @@ from redis.cluster import RedisCluster
 from redis.exceptions import RedisClusterException
 from redis.retry import Retry
 
+from atomlimit._errors import BackendError
 from atomlimit.cli._exit import FAILED, UNREACHABLE, CommandError
-from atomlimit.errors import BackendError
 
 URL_ENV = "ATOMLIMIT_URL"
 # An operator's command should answer in seconds or say why not; redis-py's

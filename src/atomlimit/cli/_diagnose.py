@@ -15,10 +15,10 @@ import redis
 from redis.cluster import RedisCluster
 
 from atomlimit import _scripts
+from atomlimit._errors import BackendError
 from atomlimit._fitness import Finding
 from atomlimit.cli._connect import primaries
 from atomlimit.cli._findings import Answers, Refused, assess, required_commands
-from atomlimit.errors import BackendError
 
 T = TypeVar("T")
 
