@@ -187,10 +187,6 @@ class Codec(Generic[Amount]):
         """The planned window at ``t``; only windowed kinds have one."""
         raise NotImplementedError
 
-    @property
-    def spec_name(self) -> str:
-        return type(self.spec).__name__
-
 
 class _Windowed(Codec[Amount]):
     """A kind counted per calendar or fixed window, one key per window."""

@@ -34,7 +34,6 @@ from atomlimit.specs import RateLimit, Spec, SpendCap
 __all__ = ["limit"]
 
 RequestKey = Callable[[Request], "str | Awaitable[str | None] | None"]
-RequestCost = Callable[[Request], Any]
 Dependency = Callable[[Request, Response], Awaitable["Decision[Any] | None"]]
 
 
