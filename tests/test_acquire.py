@@ -44,11 +44,11 @@ from atomlimit import (
     SpendCap,
 )
 from atomlimit._acquire import Acquisition, acquire
+from atomlimit._codecs import codec_of
 from atomlimit._engine import Engine
-from atomlimit._kinds import codec_of
 from atomlimit._runner import SyncRunner, clock_reader
+from atomlimit._runner_steps import Flow, Plan
 from atomlimit._scripts import script
-from atomlimit._steps import Flow, Plan
 from atomlimit.cli.demo import _race
 
 FIXED = RateLimit(name="per-day", limit=5, window="day")

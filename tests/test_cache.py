@@ -27,8 +27,8 @@ from servers import Cluster, Server, free_port
 from atomlimit._cache_plan import CachePlan
 from atomlimit._keys import LOCK_SUFFIX
 from atomlimit._runner import SyncRunner
+from atomlimit._runner_steps import PRODUCE, Call, Command, Produce, Sleep, Step
 from atomlimit._scripts import script
-from atomlimit._steps import PRODUCE, Call, Command, Produce, Sleep, Step
 from atomlimit.cache import AsyncCache, Cache, Category
 from atomlimit.compat import CACHE_VERSION, cache_key
 from atomlimit.errors import BackendError, InvalidInput

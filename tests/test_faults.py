@@ -22,7 +22,7 @@ from redis.retry import Retry
 from servers import Server, ServerStartError, free_port, start_server
 
 from atomlimit import AsyncLimiter, BackendError, Limiter, RateLimit, SpendCap
-from atomlimit._kinds import codec_of
+from atomlimit._codecs import codec_of
 
 SPEC = RateLimit(name="faults", limit=10, window="day")
 CAP = SpendCap(name="faults", limit=Decimal("10.00"), currency="AUD", window="day")

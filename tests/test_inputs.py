@@ -21,7 +21,8 @@ from redis.retry import Retry
 from servers import Server, free_port
 
 from atomlimit import AsyncLimiter, Concurrency, Hit, InvalidInput, Limiter, RateLimit, SpendCap
-from atomlimit._checks import (
+from atomlimit._codecs import codec_of
+from atomlimit._inputs import (
     MAX_HITS,
     MAX_HOLD,
     MAX_VALUE,
@@ -33,7 +34,6 @@ from atomlimit._checks import (
     hold_us,
     show,
 )
-from atomlimit._kinds import codec_of
 from atomlimit._money import MAX_UNITS
 from atomlimit.cache import Cache, Category
 from atomlimit.compat import RedisClient
@@ -551,8 +551,8 @@ def test_hold_us_takes_1_ms_to_366_days(value: object) -> None:
     assert hold_us(timedelta(milliseconds=1)) == 1_000
 
 
-# Bounds checked in _checks.py and called from the planning code
-# (_engine.py, _kinds.py, limiter.py).
+# Bounds checked in _inputs.py and called from the planning code
+# (_engine.py, _codecs.py, limiter.py).
 
 SLOTS = Concurrency(name="slots", limit=2)
 

@@ -33,7 +33,7 @@ from atomlimit import (
     SpendCap,
     UnsafeServer,
 )
-from atomlimit._kinds import codec_of
+from atomlimit._codecs import codec_of
 from atomlimit._scripts import all_names, script
 
 ALLOW = RateLimit(name="allow", limit=10, window="minute", on_backend_error="allow")

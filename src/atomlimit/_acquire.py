@@ -21,10 +21,10 @@ from collections.abc import Generator, Sequence
 from functools import partial
 from typing import Any, NamedTuple
 
-from atomlimit._checks import check_hits
 from atomlimit._engine import Charged, Engine, Item, request_part
 from atomlimit._errors import Applied, AtomlimitError, BackendError, InvalidInput
-from atomlimit._steps import Flow, Plan
+from atomlimit._inputs import check_hits
+from atomlimit._runner_steps import Flow, Plan
 from atomlimit.decision import Decision
 from atomlimit.specs import Hit
 

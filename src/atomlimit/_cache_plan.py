@@ -1,7 +1,7 @@
 """The cache's sans-I/O core: keys, stored values and the single-flight protocol.
 
 Each cache operation is planned here as plain data: a :class:`Command` (one
-Redis command, sent as is) or a :class:`~atomlimit._steps.Call` (one script).
+Redis command, sent as is) or a :class:`~atomlimit._runner_steps.Call` (one script).
 Every reply is read here too. :meth:`CachePlan.get_or_set` is a generator that
 yields the steps of the single-flight protocol one at a time and receives
 their results, so :class:`~atomlimit.cache.Cache` and
@@ -23,11 +23,11 @@ from typing import Protocol
 from pydantic import BaseModel
 
 from atomlimit import _keys
-from atomlimit._checks import check_part, check_value, days, show, whole_ms
 from atomlimit._errors import BackendError, InvalidInput
+from atomlimit._inputs import check_part, check_value, days, show, whole_ms
+from atomlimit._runner_steps import PRODUCE, Call, Command, Flow, Sleep
 from atomlimit._scripts import script
-from atomlimit._steps import PRODUCE, Call, Command, Flow, Sleep
-from atomlimit._values import encode, ok, reader
+from atomlimit._stored_values import encode, ok, reader
 
 MAX_PARTS = 16
 MAX_WAIT = timedelta(days=1)
@@ -46,7 +46,8 @@ LAST_POLL = 0.1
 
 _log = logging.getLogger("atomlimit.cache")
 
-Clock = Callable[[], float]
+Monotonic = Callable[[], float]
+"""Seconds from a clock that never goes back, for a waiter's deadline."""
 Parts = str | Sequence[str]
 
 
@@ -104,7 +105,7 @@ class CachePlan:
         *,
         wait: timedelta | None = None,
         lock_ttl: timedelta | None = None,
-        clock: Clock = time.monotonic,
+        clock: Monotonic = time.monotonic,
     ) -> Flow:
         """Plan a single-flight read-through; see :meth:`atomlimit.cache.Cache.get_or_set`.
 
@@ -117,7 +118,7 @@ class CachePlan:
 
 
 def _single_flight(
-    category: CategoryLike, key: str, wait: float, lock_ms: int, clock: Clock
+    category: CategoryLike, key: str, wait: float, lock_ms: int, clock: Monotonic
 ) -> Flow:
     read = _read(category, key)
     lock = _keys.lock_key(key)

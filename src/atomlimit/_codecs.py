@@ -31,10 +31,10 @@ from typing import Any, Final, Generic
 from zoneinfo import ZoneInfo
 
 from atomlimit import _keys
-from atomlimit._checks import check_int
+from atomlimit._inputs import check_int
 from atomlimit._money import MAX_UNITS, Amount, from_units, to_units
+from atomlimit._runner_steps import Wait
 from atomlimit._scripts import Script, script
-from atomlimit._steps import Wait
 from atomlimit._windows import UNIT_LENGTHS, WindowPlan
 from atomlimit._wire import Arg, Packed
 from atomlimit.decision import Decision, decided
@@ -410,7 +410,7 @@ class SlidingCounter(Codec[int]):
         return (self._length,)
 
 
-class Lease(Codec[int]):
+class LeaseSet(Codec[int]):
     """``Concurrency``: a sorted set of leases, scored by expiry."""
 
     __slots__ = ("_lease",)
@@ -447,7 +447,7 @@ def codec_for(spec: Spec[Any]) -> Codec[Any]:
     if isinstance(spec, SpendCap):
         return WaitingSpend(spec) if spec.wait_replicas else Spend(spec)
     if isinstance(spec, Concurrency):
-        return Lease(spec)
+        return LeaseSet(spec)
     assert isinstance(spec, RateLimit)
     return _RATE_KINDS[spec.algorithm](spec)
 

@@ -12,9 +12,9 @@ from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, Final
 
 from atomlimit._acquire import Acquisition, checked_items
+from atomlimit._codecs import codec_of
 from atomlimit._engine import Engine, request_part
 from atomlimit._errors import BackendError
-from atomlimit._kinds import codec_of
 from atomlimit.decision import Decision
 
 if TYPE_CHECKING:

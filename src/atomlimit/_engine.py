@@ -1,13 +1,13 @@
 """The limiter's sans-I/O core: every operation as plain data in, plain data out.
 
-An operation is planned as a :class:`~atomlimit._steps.Call` (script, KEYS,
+An operation is planned as a :class:`~atomlimit._runner_steps.Call` (script, KEYS,
 ARGV) whose ``read`` turns the reply into the result, or into a re-planned
 call when the server's clock fell outside the planned window. Planning takes
 the local clock's reading and fresh ids as inputs: it reads no clock and
 draws no randomness of its own, so a plan is a function of plain values. The
 sync and async limiters only send and receive, so both share every rule here.
 
-Each kind's encoding lives in :mod:`atomlimit._kinds`; the acquire saga over
+Each kind's encoding lives in :mod:`atomlimit._codecs`; the acquire saga over
 several subjects in :mod:`atomlimit._acquire`.
 """
 
@@ -18,16 +18,7 @@ from datetime import timedelta
 from typing import Any, Literal, NamedTuple
 
 from atomlimit import _keys
-from atomlimit._checks import (
-    MAX_SUBJECT,
-    check_choice,
-    check_flag,
-    check_request_id,
-    whole_ms,
-)
-from atomlimit._checks import hold_us as check_hold
-from atomlimit._errors import BackendError, InvalidInput, RequestIdReused
-from atomlimit._kinds import (
+from atomlimit._codecs import (
     GENERATED,
     PARTIAL,
     READ_HOLDS,
@@ -36,14 +27,23 @@ from atomlimit._kinds import (
     REUSED,
     SLIDING_LOG,
     Codec,
-    Lease,
+    LeaseSet,
     Spend,
     codec_of,
     item_reply,
     new_id,
 )
+from atomlimit._errors import BackendError, InvalidInput, RequestIdReused
+from atomlimit._inputs import (
+    MAX_SUBJECT,
+    check_choice,
+    check_flag,
+    check_request_id,
+    whole_ms,
+)
+from atomlimit._inputs import hold_us as check_hold
+from atomlimit._runner_steps import Acked, Call, Wait
 from atomlimit._scripts import script
-from atomlimit._steps import Acked, Call, Wait
 from atomlimit._wire import Arg
 from atomlimit.decision import Decision, Settlement, SettleStatus
 from atomlimit.specs import Concurrency, Spec, SpendCap
@@ -94,7 +94,7 @@ class Item(NamedTuple):
     @property
     def holds(self) -> bool:
         """Whether the item leaves something held: a lease or a reservation."""
-        return bool(self.hold) or isinstance(self.codec, Lease)
+        return bool(self.hold) or isinstance(self.codec, LeaseSet)
 
     def keys(self, t: int) -> tuple[str, ...]:
         return self.codec.state_keys(self.base, t)

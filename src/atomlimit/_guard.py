@@ -25,11 +25,11 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from atomlimit._checks import show
 from atomlimit._circuit import NORMAL, PROBE, Circuit, Transition
 from atomlimit._degraded import degraded, degraded_acquisition, degraded_many
 from atomlimit._errors import BackendError, BreakerOpen, InvalidInput
 from atomlimit._failures import backend_failure, outage
+from atomlimit._inputs import show
 from atomlimit._reporting import LOG_EVERY, check_observers
 from atomlimit._reporting import Throttle as _Throttle
 from atomlimit.breaker import Breaker
@@ -39,7 +39,7 @@ from atomlimit.observe import Observer, Operation
 if TYPE_CHECKING:
     from atomlimit._acquire import Acquisition
     from atomlimit._engine import Engine
-    from atomlimit._steps import Call
+    from atomlimit._runner_steps import Call
     from atomlimit.specs import Hit, Spec
 
 T = TypeVar("T")

@@ -23,8 +23,9 @@ from pydantic import BaseModel
 
 from atomlimit._errors import InvalidInput
 
-MAX_PART = 256
-"""Longest identifier part (cache key part, compat identifier, version)."""
+MAX_KEY_PART = 256
+"""Longest identifier a caller puts between two ``:`` of a key (a cache key
+part, a compat identifier, a cache version)."""
 MAX_SUBJECT = 65_536
 """Longest subject, in characters; longer ones are hashed into the key anyway."""
 MAX_REQUEST_ID = 1_024
@@ -63,7 +64,7 @@ _SHOWN = 40
 _SMALL_BITS = 64
 
 # Printable ASCII without ':', '{' or '}': the common case, checked in one go.
-_PLAIN_PART = re.compile(rf"[!-9;-z|~]{{1,{MAX_PART}}}")
+_PLAIN_PART = re.compile(rf"[!-9;-z|~]{{1,{MAX_KEY_PART}}}")
 # IANA names: letters, digits, '_', '-', '+', separated by '/'. Checked before
 # ZoneInfo reads the file system, so no name can be a path ('..', '/etc').
 _ZONE = re.compile(r"[A-Za-z0-9_+\-]+(?:/[A-Za-z0-9_+\-]+)*")
@@ -108,10 +109,10 @@ def check_part(value: object, what: str) -> str:
     if _PLAIN_PART.fullmatch(value):
         return value
     if not value:
-        raise InvalidInput(f"{what} is empty; it takes 1 to {MAX_PART} characters")
-    if len(value) > MAX_PART:
+        raise InvalidInput(f"{what} is empty; it takes 1 to {MAX_KEY_PART} characters")
+    if len(value) > MAX_KEY_PART:
         raise InvalidInput(
-            f"{what} {value[:32]!r}... is {len(value)} characters long; at most {MAX_PART}"
+            f"{what} {value[:32]!r}... is {len(value)} characters long; at most {MAX_KEY_PART}"
         )
     for char in value:
         # ':' would shift every later part; '{' '}' would make a cluster hash tag.

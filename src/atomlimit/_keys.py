@@ -11,7 +11,7 @@ The limiter's keys (docs/keys.md) are ``<prefix>:v1:{s:<subject>}:<kind>:<name>[
   another slot, or pose as another key's separator. The ``s:`` marker keeps
   the tag non-empty for the empty subject, since Redis hashes a key with an
   empty ``{}`` as a whole.
-- An encoded part longer than :data:`MAX_PART` keeps a readable head and
+- An encoded part longer than :data:`MAX_ENCODED_PART` keeps a readable head and
   replaces the rest with ``!`` and a 128-bit BLAKE2b digest of the whole part.
   ``!`` never occurs in an encoded part, so hashed and plain parts cannot
   collide; two hashed parts collide only if BLAKE2b does.
@@ -28,8 +28,8 @@ import re
 from collections.abc import Sequence
 from urllib.parse import quote
 
-from atomlimit._checks import show
 from atomlimit._errors import InvalidInput
+from atomlimit._inputs import show
 
 SCHEMA = "v1"
 SUBJECT_TAG = "{s:"
@@ -41,7 +41,8 @@ ACQUIRE = "acq"
 """Stands for the kind in the record of a charge of several limits."""
 HOLDS, HELD = "holds", "held"
 """A spend cap's open reservations, and their total."""
-MAX_PART = 128
+MAX_ENCODED_PART = 128
+"""Longest encoded part a key holds whole; a longer one is hashed."""
 _HEAD = 64
 _PLAIN = re.compile(r"[A-Za-z0-9_.\-]{1,128}")
 _PREFIX = re.compile(r"[A-Za-z0-9_.\-]{1,64}")
@@ -53,7 +54,7 @@ def encode(part: str) -> str:
         return part
     raw = part.encode("utf-8", "surrogatepass")
     encoded = quote(raw, safe="")
-    if len(encoded) <= MAX_PART:
+    if len(encoded) <= MAX_ENCODED_PART:
         return encoded
     return f"{encoded[:_HEAD]}!{hashlib.blake2b(raw, digest_size=16).hexdigest()}"
 

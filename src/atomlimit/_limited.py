@@ -13,9 +13,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from atomlimit._checks import check_flag, show
+from atomlimit._codecs import codec_of
 from atomlimit._errors import InvalidInput
-from atomlimit._kinds import codec_of
+from atomlimit._inputs import check_flag, show
 from atomlimit._waiting import deadline_after
 from atomlimit.specs import RateLimit, Spec, SpendCap
 

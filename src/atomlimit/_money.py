@@ -11,8 +11,8 @@ from __future__ import annotations
 from decimal import Decimal
 from typing import TypeVar
 
-from atomlimit._checks import show
 from atomlimit._errors import InvalidInput
+from atomlimit._inputs import show
 
 Amount = TypeVar("Amount", int, Decimal)
 """What a limit counts in: whole units (``int``), or money (``Decimal``)."""

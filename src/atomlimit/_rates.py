@@ -25,8 +25,8 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import NoReturn
 
-from atomlimit._checks import MAX_WINDOW, find_zone, show
 from atomlimit._errors import InvalidInput
+from atomlimit._inputs import MAX_WINDOW, find_zone, show
 from atomlimit._money import MAX_UNITS
 from atomlimit._windows import CalendarUnit, Window
 

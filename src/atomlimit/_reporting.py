@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import threading
 
-from atomlimit._checks import show
 from atomlimit._errors import InvalidInput
+from atomlimit._inputs import show
 from atomlimit.observe import Observer
 
 LOG_EVERY = 10.0

@@ -52,10 +52,10 @@ from redis.exceptions import (
 from atomlimit import _fitness as _server
 from atomlimit import _wire
 from atomlimit._batch import Lane, Lost, Replies, unasked
-from atomlimit._checks import show
 from atomlimit._errors import Applied, BackendError, InvalidInput, UnsafeServer
+from atomlimit._inputs import show
+from atomlimit._runner_steps import Acked, Call, Command, Flow, Plan, Produce, Sleep, Step
 from atomlimit._scripts import Script
-from atomlimit._steps import Acked, Call, Command, Flow, Plan, Produce, Sleep, Step
 
 _REPLANS = 3
 """A reply outside the planned windows re-plans around the server's clock;

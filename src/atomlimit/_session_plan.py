@@ -24,10 +24,10 @@ from typing import TypeGuard
 from pydantic import BaseModel
 
 from atomlimit import _keys
-from atomlimit._checks import check_model, check_value, whole_ms
 from atomlimit._errors import BackendError
-from atomlimit._steps import Command
-from atomlimit._values import encode, ok, reader
+from atomlimit._inputs import check_model, check_value, whole_ms
+from atomlimit._runner_steps import Command
+from atomlimit._stored_values import encode, ok, reader
 
 ID_BYTES = 32
 """Random bytes in a new id: 256 bits, 43 URL-safe characters."""

@@ -14,8 +14,8 @@ from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
 
-from atomlimit._checks import show
 from atomlimit._errors import InvalidInput
+from atomlimit._inputs import show
 from atomlimit.decision import Decision
 
 MAX_TIMEOUT = timedelta(days=1)

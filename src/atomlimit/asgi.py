@@ -25,9 +25,9 @@ import time
 from collections.abc import Awaitable, Callable, MutableMapping, Sequence
 from typing import Any
 
-from atomlimit._checks import MAX_HITS, check_int, show
 from atomlimit._errors import InvalidInput
 from atomlimit._header_fields import header_fields
+from atomlimit._inputs import MAX_HITS, check_int, show
 from atomlimit.decision import Decision
 from atomlimit.holds import AsyncLease
 from atomlimit.limiter import AsyncLimiter

@@ -8,8 +8,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import timedelta
 
-from atomlimit._checks import check_int, show
 from atomlimit._errors import InvalidInput
+from atomlimit._inputs import check_int, show
 
 __all__ = ["MAX_COOL_DOWN", "MAX_FAILURES", "Breaker"]
 

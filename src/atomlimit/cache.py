@@ -31,8 +31,8 @@ from redis.asyncio.cluster import RedisCluster as AsyncRedisCluster
 from redis.cluster import RedisCluster
 
 from atomlimit._cache_plan import CachePlan, Parts
-from atomlimit._checks import check_model, check_part, show, whole_ms
 from atomlimit._errors import InvalidInput
+from atomlimit._inputs import check_model, check_part, show, whole_ms
 from atomlimit._runner import AsyncRunner, SyncRunner
 
 __all__ = ["AsyncCache", "Cache", "Category"]

@@ -19,13 +19,13 @@ import redis.asyncio
 from redis.asyncio.cluster import RedisCluster as AsyncRedisCluster
 
 from atomlimit import _keys
-from atomlimit._checks import check_int, check_part, check_zone
+from atomlimit._codecs import REPLAN, new_id
 from atomlimit._engine import Engine
-from atomlimit._kinds import REPLAN, new_id
+from atomlimit._inputs import check_int, check_part, check_zone
 from atomlimit._money import MAX_UNITS, to_units
 from atomlimit._runner import AsyncRunner
+from atomlimit._runner_steps import Call, Command
 from atomlimit._scripts import Script, script
-from atomlimit._steps import Call, Command
 from atomlimit._windows import WindowPlan
 from atomlimit._wire import Arg
 from atomlimit.limiter import DEFAULT_MAX_CONNECTIONS, DEFAULT_POOL_TIMEOUT

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 from typing import Any
 
-from atomlimit._checks import show
 from atomlimit._errors import (
     Applied,
     AtomlimitError,
@@ -34,6 +33,7 @@ from atomlimit._errors import (
     RequestIdReused,
     UnsafeServer,
 )
+from atomlimit._inputs import show
 from atomlimit.decision import Decision
 from atomlimit.specs import Spec
 

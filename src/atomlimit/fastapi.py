@@ -23,9 +23,9 @@ from typing import Any
 
 from fastapi import HTTPException, Request, Response
 
-from atomlimit._checks import show
+from atomlimit._codecs import codec_of
 from atomlimit._errors import InvalidInput
-from atomlimit._kinds import codec_of
+from atomlimit._inputs import show
 from atomlimit.asgi import client_address
 from atomlimit.decision import Decision
 from atomlimit.limiter import AsyncLimiter

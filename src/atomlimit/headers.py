@@ -22,7 +22,6 @@ from collections.abc import Iterable
 from datetime import datetime
 from typing import Any
 
-from atomlimit._checks import MAX_HITS
 from atomlimit._errors import InvalidInput
 from atomlimit._header_fields import (
     MAX_INTEGER,
@@ -32,6 +31,7 @@ from atomlimit._header_fields import (
     checked_fields,
     retry_after_seconds,
 )
+from atomlimit._inputs import MAX_HITS
 from atomlimit.decision import Decision
 
 __all__ = [

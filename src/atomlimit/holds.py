@@ -26,7 +26,7 @@ from atomlimit.specs import Hit
 if TYPE_CHECKING:
     from atomlimit._engine import Engine, Item
     from atomlimit._guard import AsyncGuardedRunner, GuardedRunner
-    from atomlimit._steps import Call
+    from atomlimit._runner_steps import Call
 
 __all__ = [
     "Acquired",

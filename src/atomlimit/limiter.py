@@ -26,7 +26,6 @@ from redis.asyncio.cluster import RedisCluster as AsyncRedisCluster
 from redis.cluster import RedisCluster
 
 from atomlimit._acquire import Acquisition, acquire, undo
-from atomlimit._checks import check_deadline, check_flag
 from atomlimit._engine import (
     DEFAULT_HOLD,
     DEFAULT_REQUEST_TTL,
@@ -37,10 +36,11 @@ from atomlimit._engine import (
 )
 from atomlimit._errors import InvalidInput
 from atomlimit._guard import AsyncGuardedRunner, Guard, GuardedRunner
+from atomlimit._inputs import check_deadline, check_flag
 from atomlimit._limited import check_function, configure
 from atomlimit._money import Amount
 from atomlimit._runner import AsyncRunner, SyncRunner, clock_reader
-from atomlimit._steps import Call, Flow
+from atomlimit._runner_steps import Call, Flow
 from atomlimit._waiting import deadline_after, pause
 from atomlimit.breaker import Breaker
 from atomlimit.decision import Decision

@@ -26,8 +26,8 @@ import re
 import weakref
 from typing import Any, Literal, Protocol, runtime_checkable
 
-from atomlimit._checks import show
 from atomlimit._errors import BackendError, BreakerOpen, InvalidInput
+from atomlimit._inputs import show
 from atomlimit._version import __version__
 from atomlimit.decision import Decision
 from atomlimit.specs import Concurrency, RateLimit, Spec, SpendCap

@@ -3,7 +3,7 @@
 A spec is plain configuration. After construction the hot path trusts it:
 how it travels to the server (key tail, units, window plan, encoded
 arguments) is worked out once, on first use, by its kind's codec
-(:func:`atomlimit._kinds.codec_of`), which keeps it with the instance.
+(:func:`atomlimit._codecs.codec_of`), which keeps it with the instance.
 """
 
 from __future__ import annotations
@@ -25,8 +25,8 @@ from pydantic import (
     model_validator,
 )
 
-from atomlimit._checks import MAX_LEASE, MAX_WINDOW, find_zone, show
 from atomlimit._errors import InvalidInput
+from atomlimit._inputs import MAX_LEASE, MAX_WINDOW, find_zone, show
 from atomlimit._money import MAX_DIGITS, MAX_UNITS, Amount, to_units
 from atomlimit._rates import parse_rate
 from atomlimit._windows import CALENDAR_UNITS, UNIT_LENGTHS, Window

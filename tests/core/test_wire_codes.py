@@ -1,7 +1,7 @@
 """The codes the scripts and the client share are defined once on each side, and agree.
 
 Lua cannot import Python's table, nor Python Lua's, so each keeps one copy:
-the kind codes in ``lua/lib/items.lua`` and ``atomlimit._kinds``, statuses
+the kind codes in ``lua/lib/items.lua`` and ``atomlimit._codecs``, statuses
 and flags in ``lua/lib/reply.lua``, and so on. These tests read the Lua
 copies as text and hold them to the Python ones.
 """
@@ -11,8 +11,8 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from atomlimit import _kinds
-from atomlimit._kinds import (
+from atomlimit import _codecs
+from atomlimit._codecs import (
     DENIED,
     FITS,
     GCRA_BASE,
@@ -61,8 +61,8 @@ def test_the_scripts_build_exactly_the_kinds_the_client_encodes() -> None:
 
 
 def test_every_codec_sends_a_kind_of_the_table() -> None:
-    codecs = [_kinds.FixedWindow, _kinds.Spend, _kinds.Gcra, _kinds.SlidingLog]
-    codecs += [_kinds.SlidingCounter, _kinds.Lease]
+    codecs = [_codecs.FixedWindow, _codecs.Spend, _codecs.Gcra, _codecs.SlidingLog]
+    codecs += [_codecs.SlidingCounter, _codecs.LeaseSet]
 
     assert {codec.kind for codec in codecs} | {RESERVATION} == set(KIND_NAMES)
 

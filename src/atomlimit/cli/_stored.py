@@ -20,7 +20,7 @@ from urllib.parse import unquote
 import redis
 
 from atomlimit import _keys
-from atomlimit._kinds import (
+from atomlimit._codecs import (
     CONCURRENCY,
     FIXED_WINDOW,
     GCRA,

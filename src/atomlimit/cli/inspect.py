@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 from datetime import datetime
 
-from atomlimit._checks import MAX_SUBJECT
+from atomlimit._inputs import MAX_SUBJECT
 from atomlimit.cli import _stored
 from atomlimit.cli._connect import add_url_argument, connect, parse_url, primaries, reported
 from atomlimit.cli._exit import OK
