@@ -45,9 +45,10 @@ from atomlimit import (
 )
 from atomlimit._acquire import Acquisition, acquire
 from atomlimit._clock import clock_reader
+from atomlimit._codecs import codec_of
 from atomlimit._engine import Engine
+from atomlimit._runner_steps import Flow, Plan
 from atomlimit._scripts import script
-from atomlimit._steps import Flow, Plan
 from atomlimit._sync_runner import SyncRunner
 from atomlimit.cli.demo import _race
 
@@ -147,12 +148,12 @@ def _records(client: Any, request_id: str) -> list[str]:
 
 
 def _key(spec: Spec[Any], subject: str) -> str:
-    return f"atomlimit:v1:{{s:{subject}}}{spec._codec.tail}"
+    return f"atomlimit:v1:{{s:{subject}}}{codec_of(spec).tail}"
 
 
 def _state_key(spec: Spec[Any], subject: str) -> str:
     """The key a charge of ``spec`` writes now: for windowed kinds, the window's."""
-    return spec._codec.state_keys(_key(spec, subject), int(time.time() * 1_000_000))[0]
+    return codec_of(spec).state_keys(_key(spec, subject), int(time.time() * 1_000_000))[0]
 
 
 def _planned(step: object, runner: SyncRunner) -> Any:

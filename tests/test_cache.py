@@ -24,9 +24,10 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 from servers import Cluster, Server, free_port
 
-from atomlimit._cache_plan import LOCK_SUFFIX, CachePlan
+from atomlimit._cache_plan import CachePlan
+from atomlimit._keys import LOCK_SUFFIX
+from atomlimit._runner_steps import PRODUCE, Call, Command, Produce, Sleep, Step
 from atomlimit._scripts import script
-from atomlimit._steps import PRODUCE, Call, Command, Produce, Sleep, Step
 from atomlimit._sync_runner import SyncRunner
 from atomlimit.cache import AsyncCache, Cache, Category
 from atomlimit.compat import CACHE_VERSION, cache_key

@@ -22,6 +22,7 @@ from redis.retry import Retry
 from servers import Server, ServerStartError, free_port, start_server
 
 from atomlimit import AsyncLimiter, BackendError, Limiter, RateLimit, SpendCap
+from atomlimit._codecs import codec_of
 
 SPEC = RateLimit(name="faults", limit=10, window="day")
 CAP = SpendCap(name="faults", limit=Decimal("10.00"), currency="AUD", window="day")
@@ -272,7 +273,7 @@ async def test_async_unreachable_server_raises_backend_error_with_the_cause() ->
 
 def test_wrong_type_at_a_limit_key_is_a_backend_error(server: Server) -> None:
     with server.client() as client:
-        key = SPEC._codec.window_key("atomlimit:v1:{s:s}:fw:faults", int(time.time() * 1e6))
+        key = codec_of(SPEC).window_key("atomlimit:v1:{s:s}:fw:faults", int(time.time() * 1e6))
         client.hset(key, "n", 1)
         with pytest.raises(BackendError) as caught:
             Limiter(client).hit(SPEC, "s")

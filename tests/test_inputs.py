@@ -21,7 +21,8 @@ from redis.retry import Retry
 from servers import Server, free_port
 
 from atomlimit import AsyncLimiter, Concurrency, Hit, InvalidInput, Limiter, RateLimit, SpendCap
-from atomlimit._checks import (
+from atomlimit._codecs import codec_of
+from atomlimit._inputs import (
     MAX_HITS,
     MAX_HOLD,
     MAX_VALUE,
@@ -185,7 +186,7 @@ def test_a_unit_written_with_trailing_zeros_is_the_same_power_of_ten(
 ) -> None:
     cap = SpendCap(name="n", limit=unit, currency="AUD", window="day", unit=unit)
 
-    assert cap._codec.tail.endswith(f":AUD:{exponent}")
+    assert codec_of(cap).tail.endswith(f":AUD:{exponent}")
     assert cap.unit is unit
 
 
@@ -550,8 +551,8 @@ def test_hold_us_takes_1_ms_to_366_days(value: object) -> None:
     assert hold_us(timedelta(milliseconds=1)) == 1_000
 
 
-# Bounds checked in _checks.py and called from the planning code
-# (_engine.py, _kinds.py, limiter.py).
+# Bounds checked in _inputs.py and called from the planning code
+# (_engine.py, _codecs.py, limiter.py).
 
 SLOTS = Concurrency(name="slots", limit=2)
 

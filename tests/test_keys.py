@@ -13,7 +13,7 @@ from redis.crc import key_slot
 
 from atomlimit import Limiter, RateLimit, SpendCap
 from atomlimit._engine import Engine
-from atomlimit._keys import MAX_PART, encode, subject_tag
+from atomlimit._keys import MAX_ENCODED_PART, encode, subject_tag
 
 TRICKY = [
     "",
@@ -35,7 +35,7 @@ TRICKY = [
     "~",
     "x" * 10_000,
     "x" * 10_001,
-    "y" * MAX_PART,
+    "y" * MAX_ENCODED_PART,
     "\ud800",  # a lone surrogate still encodes, injectively
 ]
 SPECS = [
@@ -50,7 +50,7 @@ def test_tricky_subjects_encode_to_distinct_safe_parts() -> None:
     assert len(set(parts)) == len(TRICKY)
     for part in parts:
         assert not set(part) & set(":{}\n\x00")
-        assert len(part) <= MAX_PART + 1 + 32
+        assert len(part) <= MAX_ENCODED_PART + 1 + 32
 
 
 @given(st.text(), st.text())

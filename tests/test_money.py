@@ -16,7 +16,7 @@ from redis.retry import Retry
 from servers import free_port
 
 from atomlimit import Hit, Limiter, SpendCap
-from atomlimit._kinds import Codec, codec_for
+from atomlimit._codecs import Codec, codec_for
 from atomlimit._money import MAX_DIGITS, MAX_UNITS, from_units, to_units
 from atomlimit.errors import InvalidInput
 

@@ -33,6 +33,7 @@ from atomlimit import (
     SpendCap,
     UnsafeServer,
 )
+from atomlimit._codecs import codec_of
 from atomlimit._scripts import all_names, script
 
 ALLOW = RateLimit(name="allow", limit=10, window="minute", on_backend_error="allow")
@@ -391,7 +392,7 @@ def test_an_error_reply_is_decided_by_the_policy_but_leaves_the_breaker_closed(
 ) -> None:
     with server.client() as client:
         limiter = Limiter(client)
-        key = ALLOW._codec.window_key("atomlimit:v1:{s:bad}:fw:allow", int(time.time() * 1e6))
+        key = codec_of(ALLOW).window_key("atomlimit:v1:{s:bad}:fw:allow", int(time.time() * 1e6))
         client.hset(key, "n", 1)  # a wrong type at one subject's key
         degraded = [limiter.hit(ALLOW, "bad") for _ in range(10)]
         healthy = limiter.hit(RAISE, "good")

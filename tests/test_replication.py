@@ -52,7 +52,7 @@ from atomlimit import (
     UnsafeServer,
 )
 from atomlimit._engine import Engine
-from atomlimit._steps import Acked
+from atomlimit._runner_steps import Acked
 
 WAITING = SpendCap(
     name="confirmed",

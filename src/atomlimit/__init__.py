@@ -10,7 +10,8 @@ number of concurrent workers can push a limit past its value.
 True
 """
 
-from atomlimit._guard import Breaker
+from atomlimit._version import __version__ as __version__
+from atomlimit.breaker import Breaker
 from atomlimit.decision import Decision
 from atomlimit.errors import (
     AtomlimitError,
@@ -56,4 +57,3 @@ __all__ = [
     "SpendCap",
     "UnsafeServer",
 ]
-__version__ = "0.1.0"

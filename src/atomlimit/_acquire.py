@@ -21,11 +21,11 @@ from collections.abc import Generator, Sequence
 from functools import partial
 from typing import Any, NamedTuple
 
-from atomlimit._checks import check_hits
 from atomlimit._engine import Charged, Engine, Item, request_part
-from atomlimit._steps import Flow, Plan
+from atomlimit._errors import Applied, AtomlimitError, BackendError, InvalidInput
+from atomlimit._inputs import check_hits
+from atomlimit._runner_steps import Flow, Plan
 from atomlimit.decision import Decision
-from atomlimit.errors import Applied, AtomlimitError, BackendError, InvalidInput
 from atomlimit.specs import Hit
 
 
@@ -47,8 +47,7 @@ def acquire(engine: Engine, hits: Sequence[Hit[Any]], request_id: str | None) ->
 
     A backend failure part-way undoes what this send charged, then re-raises.
     """
-    items = [_hit_item(engine, hit) for hit in check_hits(hits)]
-    groups = _groups(items)
+    items, groups = checked_items(engine, hits)
     if len(groups) > 1 or request_id is not None or any(i.codec.wait for i in items):
         # Several subjects are undone from records; a caller's id is
         # remembered so that sending the acquire again replays it; a charge
@@ -115,13 +114,23 @@ def undo(engine: Engine, hits: Sequence[Hit[Any]], request_id: str) -> Flow:
     second one finds nothing and changes nothing.
     """
     request_part(request_id)
-    items = [_hit_item(engine, hit) for hit in check_hits(hits)]
+    items, groups = checked_items(engine, hits)
     undone = False
-    for group in reversed(_groups(items)):
+    for group in reversed(groups):
         batch = [items[i] for i in group]
         outcome: Charged = yield Plan(partial(engine.take_back, batch, request_id))
         undone = undone or outcome.undone
     return undone
+
+
+def checked_items(engine: Engine, hits: object) -> tuple[list[Item], list[list[int]]]:
+    """The items of an acquire's hits, checked, and their indices grouped by subject.
+
+    Every refusal an acquire makes of its input is made here, before
+    anything is sent.
+    """
+    items = [_hit_item(engine, hit) for hit in check_hits(hits)]
+    return items, _groups(items)
 
 
 def _hit_item(engine: Engine, hit: Hit[Any]) -> Item:

@@ -18,6 +18,7 @@ from typing import Any
 from atomlimit import _redis, _wire
 from atomlimit._batch import Lane
 from atomlimit._clock import clock_reader
+from atomlimit._errors import BackendError, InvalidInput
 from atomlimit._redis import AsyncClient, AsyncRedisCluster, RedisClusterException
 from atomlimit._retry import (
     FAILED,
@@ -31,9 +32,8 @@ from atomlimit._retry import (
     resend_pause,
     vet,
 )
+from atomlimit._runner_steps import Call, Command, Flow, Plan, Produce, Sleep, Step
 from atomlimit._scripts import Script
-from atomlimit._steps import Call, Command, Flow, Plan, Produce, Sleep, Step
-from atomlimit.errors import BackendError, InvalidInput
 
 
 async def _no_factory() -> Any:

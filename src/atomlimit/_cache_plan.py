@@ -1,7 +1,7 @@
 """The cache's sans-I/O core: keys, stored values and the single-flight protocol.
 
 Each cache operation is planned here as plain data: a :class:`Command` (one
-Redis command, sent as is) or a :class:`~atomlimit._steps.Call` (one script).
+Redis command, sent as is) or a :class:`~atomlimit._runner_steps.Call` (one script).
 Every reply is read here too. :meth:`CachePlan.get_or_set` is a generator that
 yields the steps of the single-flight protocol one at a time and receives
 their results, so :class:`~atomlimit.cache.Cache` and
@@ -18,16 +18,16 @@ import secrets
 import time
 from collections.abc import Callable, Sequence
 from datetime import timedelta
-from typing import TYPE_CHECKING, Any
+from typing import Protocol
 
-from atomlimit._checks import check_part, check_value, days, show, whole_ms
+from pydantic import BaseModel
+
+from atomlimit import _keys
+from atomlimit._errors import BackendError, InvalidInput
+from atomlimit._inputs import check_part, check_value, days, show, whole_ms
+from atomlimit._runner_steps import PRODUCE, Call, Command, Flow, Sleep
 from atomlimit._scripts import script
-from atomlimit._steps import PRODUCE, Call, Command, Flow, Sleep
-from atomlimit._values import encode, ok, reader
-from atomlimit.errors import BackendError, InvalidInput
-
-if TYPE_CHECKING:
-    from atomlimit.cache import Category
+from atomlimit._stored_values import encode, ok, reader
 
 MAX_PARTS = 16
 MAX_WAIT = timedelta(days=1)
@@ -39,9 +39,6 @@ A factory that runs longer than a day is not filling a cache; a lock that
 long would leave every other worker producing the value itself after its
 wait, which is the stampede the lock is there to prevent.
 """
-LOCK_SUFFIX = "::lock"
-"""Appended to an entry key to name its single-flight lock. Key parts are
-never empty, so no entry key contains ``::`` and no lock can pose as an entry."""
 FIRST_POLL = 0.01
 LAST_POLL = 0.1
 """A waiter polls the entry after 10 ms, doubling up to every 100 ms."""
@@ -49,8 +46,21 @@ LAST_POLL = 0.1
 
 _log = logging.getLogger("atomlimit.cache")
 
-Clock = Callable[[], float]
+Monotonic = Callable[[], float]
+"""Seconds from a clock that never goes back, for a waiter's deadline."""
 Parts = str | Sequence[str]
+
+
+class CategoryLike(Protocol):
+    """What a plan reads of a :class:`~atomlimit.cache.Category`, which is
+    defined with the cache that takes it, above this module."""
+
+    @property
+    def name(self) -> str: ...
+    @property
+    def model(self) -> type[BaseModel] | None: ...
+    @property
+    def _ttl_ms(self) -> int: ...
 
 
 # --------------------------------------------------------------------------
@@ -61,41 +71,41 @@ Parts = str | Sequence[str]
 class CachePlan:
     """Plans cache operations under one key version; holds no connection."""
 
-    __slots__ = ("_head", "_lock_ms", "_wait")
+    __slots__ = ("_lock_ms", "_version", "_wait")
 
     def __init__(self, version: str, wait: timedelta, lock_ttl: timedelta) -> None:
-        self._head = check_part(version, "version") + ":"
+        self._version = check_part(version, "version")
         self._wait = _seconds(wait, "wait")
         self._lock_ms = _lock_ms(lock_ttl)
 
-    def key(self, category: Category[Any], parts: Parts) -> str:
+    def key(self, category: CategoryLike, parts: Parts) -> str:
         """``<version>:<category>:<part>[:<part>...]``, the seed's cache key."""
-        return self._head + category.name + ":" + _identifier(parts)
+        return _keys.cache_key(self._version, category.name, _identifier(parts))
 
-    def get(self, category: Category[Any], parts: Parts) -> Command:
+    def get(self, category: CategoryLike, parts: Parts) -> Command:
         """Plan reading an entry: its value, or None if absent or no longer valid."""
         return _read(category, self.key(category, parts))
 
-    def set(self, category: Category[Any], parts: Parts, value: object) -> Command:
+    def set(self, category: CategoryLike, parts: Parts, value: object) -> Command:
         """Plan writing an entry with the category's TTL, in the same command."""
         return _write(category, self.key(category, parts), value)
 
-    def delete(self, category: Category[Any], parts: Parts) -> Command:
+    def delete(self, category: CategoryLike, parts: Parts) -> Command:
         """Plan removing an entry; reads True if it existed."""
         return Command(("DEL", self.key(category, parts)), ok)
 
-    def touch(self, category: Category[Any], parts: Parts) -> Command:
+    def touch(self, category: CategoryLike, parts: Parts) -> Command:
         """Plan restarting an entry's TTL at the category's full TTL; True if it existed."""
         return Command(("PEXPIRE", self.key(category, parts), category._ttl_ms), ok)
 
     def get_or_set(
         self,
-        category: Category[Any],
+        category: CategoryLike,
         parts: Parts,
         *,
         wait: timedelta | None = None,
         lock_ttl: timedelta | None = None,
-        clock: Clock = time.monotonic,
+        clock: Monotonic = time.monotonic,
     ) -> Flow:
         """Plan a single-flight read-through; see :meth:`atomlimit.cache.Cache.get_or_set`.
 
@@ -108,10 +118,10 @@ class CachePlan:
 
 
 def _single_flight(
-    category: Category[Any], key: str, wait: float, lock_ms: int, clock: Clock
+    category: CategoryLike, key: str, wait: float, lock_ms: int, clock: Monotonic
 ) -> Flow:
     read = _read(category, key)
-    lock = key + LOCK_SUFFIX
+    lock = _keys.lock_key(key)
     deadline = clock() + wait
     delay = FIRST_POLL
     while True:
@@ -135,7 +145,7 @@ def _single_flight(
     return value
 
 
-def _hold(category: Category[Any], key: str, read: Command, unlock: Call) -> Flow:
+def _hold(category: CategoryLike, key: str, read: Command, unlock: Call) -> Flow:
     try:
         # The previous holder may have written the entry and released the lock
         # between our read and our lock; read again so the factory runs once.
@@ -161,7 +171,7 @@ def _release(unlock: Call) -> Flow:
         _log.warning("could not release a single-flight lock; it expires by its TTL: %s", err)
 
 
-def _read(category: Category[Any], key: str) -> Command:
+def _read(category: CategoryLike, key: str) -> Command:
     warned = False
 
     def complain(why: str) -> None:
@@ -175,7 +185,7 @@ def _read(category: Category[Any], key: str) -> Command:
     return Command(("GET", key), reader(category.model, complain))
 
 
-def _write(category: Category[Any], key: str, value: object) -> Command:
+def _write(category: CategoryLike, key: str, value: object) -> Command:
     what = f"category {category.name!r}"
     data = check_value(encode(category.model, value, what), what)
     return Command(("SET", key, data, "PX", category._ttl_ms), ok)

@@ -10,8 +10,8 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
-from atomlimit._checks import show
-from atomlimit.errors import InvalidInput
+from atomlimit._errors import InvalidInput
+from atomlimit._inputs import show
 
 _MAX_CLOCK = 2**53 / 1_000_000
 """Epoch seconds past which instants no longer fit Lua's exact integers."""

@@ -1,50 +1,52 @@
 """The limiter's sans-I/O core: every operation as plain data in, plain data out.
 
-An operation is planned as a :class:`~atomlimit._steps.Call` (script, KEYS,
+An operation is planned as a :class:`~atomlimit._runner_steps.Call` (script, KEYS,
 ARGV) whose ``read`` turns the reply into the result, or into a re-planned
 call when the server's clock fell outside the planned window. Planning takes
 the local clock's reading and fresh ids as inputs: it reads no clock and
 draws no randomness of its own, so a plan is a function of plain values. The
 sync and async limiters only send and receive, so both share every rule here.
 
-Each kind's encoding lives in :mod:`atomlimit._kinds`; the acquire saga over
+Each kind's encoding lives in :mod:`atomlimit._codecs`; the acquire saga over
 several subjects in :mod:`atomlimit._acquire`.
 """
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Callable, Sequence
 from datetime import timedelta
-from decimal import Decimal
 from typing import Any, Literal, NamedTuple
 
 from atomlimit import _keys
-from atomlimit._checks import (
+from atomlimit._codecs import (
+    GENERATED,
+    PARTIAL,
+    READ_HOLDS,
+    REPLAN,
+    RESERVATION,
+    REUSED,
+    SLIDING_LOG,
+    Codec,
+    LeaseSet,
+    Spend,
+    codec_of,
+    item_reply,
+    new_id,
+    replayed_limit,
+)
+from atomlimit._errors import BackendError, InvalidInput, RequestIdReused
+from atomlimit._inputs import (
     MAX_SUBJECT,
     check_choice,
     check_flag,
     check_request_id,
     whole_ms,
 )
-from atomlimit._checks import hold_us as check_hold
-from atomlimit._kinds import (
-    GENERATED,
-    PARTIAL,
-    READ_HOLDS,
-    REPLAN,
-    Codec,
-    Lease,
-    Spend,
-    item_reply,
-    new_id,
-    replayed_limit,
-)
+from atomlimit._inputs import hold_us as check_hold
+from atomlimit._runner_steps import Acked, Call, Wait
 from atomlimit._scripts import script
-from atomlimit._steps import Acked, Call, Wait
 from atomlimit._wire import Arg
-from atomlimit.decision import Decision
-from atomlimit.errors import BackendError, InvalidInput, RequestIdReused
+from atomlimit.decision import Decision, Settlement, SettleStatus
 from atomlimit.specs import Concurrency, Spec, SpendCap
 
 TimeSource = Literal["server", "client"]
@@ -53,7 +55,6 @@ DEFAULT_REQUEST_TTL = timedelta(days=1)
 DEFAULT_RETRY_TTL = timedelta(minutes=2)
 DEFAULT_HOLD = timedelta(minutes=5)
 
-_REUSED = -2
 _REPLAYED = 2
 _CHARGED = (1, _REPLAYED)
 _TAGS: dict[str, str] = {}
@@ -63,15 +64,6 @@ _MAX_TAGS = 4096
 _CACHED_SUBJECT = 256
 """Longer subjects are encoded each time, so the cache stays under ~2 MB."""
 
-SettleStatus = Literal[
-    "settled",
-    "already_settled",
-    "settled_after_release",
-    "settled_after_expiry",
-    "released",
-    "already_released",
-    "expired",
-]
 _SETTLED: tuple[SettleStatus, ...] = (
     "settled",
     "already_settled",
@@ -99,12 +91,12 @@ class Item(NamedTuple):
     @property
     def kind(self) -> str:
         """The scripts' name for the item: a hold on a cap is its own kind."""
-        return "rs" if self.hold else self.codec.kind
+        return RESERVATION if self.hold else self.codec.kind
 
     @property
     def holds(self) -> bool:
         """Whether the item leaves something held: a lease or a reservation."""
-        return bool(self.hold) or isinstance(self.codec, Lease)
+        return bool(self.hold) or isinstance(self.codec, LeaseSet)
 
     def keys(self, t: int) -> tuple[str, ...]:
         return self.codec.state_keys(self.base, t)
@@ -138,19 +130,6 @@ class Held(NamedTuple):
     call: Call
     item: Item
     request_id: str
-
-
-class Settlement(NamedTuple):
-    """What settling or releasing a reservation did.
-
-    ``status`` says which case applied; ``charged`` is what this call
-    charged (zero for a release, or for a settle that was already done);
-    ``decision`` is the cap after it.
-    """
-
-    status: SettleStatus
-    charged: Decimal
-    decision: Decision[Decimal]
 
 
 class Engine:
@@ -210,7 +189,7 @@ class Engine:
     ) -> Item:
         """Validate one limit of one subject and plan its keys and arguments."""
         tag, base = self._locate(spec, subject)
-        codec: Codec[Any] = spec._codec
+        codec: Codec[Any] = codec_of(spec)
         hold_us = 0
         if hold is not None:
             if not isinstance(codec, Spend):
@@ -298,7 +277,7 @@ class Engine:
 
         def plan(local: int) -> Call:
             t, client_now = self.planned(local)
-            record = () if rid is None else (f"{item.base}:f:{rid}",)
+            record = () if rid is None else (_keys.refund_record(item.base, rid),)
             fingerprint = f"refund:{item.kind}:{item.units}" if record else ""
             args = (
                 client_now,
@@ -314,7 +293,7 @@ class Engine:
                 self.observe(now, local)
                 if code == REPLAN:
                     return plan(local)
-                if code == _REUSED:
+                if code == REUSED:
                     raise RequestIdReused(
                         f"request_id was already used for another refund of {spec.name!r}"
                     )
@@ -333,7 +312,7 @@ class Engine:
         """Plan forgetting ``subject``'s state under ``spec``."""
         _, base = self._locate(spec, subject)
         t, _ = self.planned(local)
-        keys = spec._codec.reset_keys(base, t)
+        keys = codec_of(spec).reset_keys(base, t)
         return Call(script("reset"), keys, (), _discard)
 
     def settle(self, item: Item, request_id: str, actual: object, local: int) -> Call:
@@ -405,7 +384,7 @@ class Engine:
             self.observe(now, local)
             if code == REPLAN:
                 return self.charge(items, request_id, record_ttl, local, one)
-            if code == _REUSED:
+            if code == REUSED:
                 names = ", ".join(repr(i.spec.name) for i in items)
                 raise RequestIdReused(f"request_id was already charged for other costs ({names})")
             charged = code in _CHARGED
@@ -494,7 +473,7 @@ class Engine:
         t, client_now = self.planned(local)
         lua = codec.hit if charge else codec.peek
         assert lua is not None
-        call_id = self._new_id() if codec.kind == "sl" and charge else ""
+        call_id = self._new_id() if codec.kind == SLIDING_LOG and charge else ""
         args = codec.single_args(client_now, units, item.flags, t, call_id)
 
         def read(reply: Any) -> Any:
@@ -552,7 +531,7 @@ class Engine:
             decision = codec.decision(status, used, held, stop, retry_at, grant, now)
             return Settlement(statuses[code - 1], decision.granted, decision)
 
-        keys = (*codec.state_keys(item.base, t), f"{item.base}:o:{rid}")
+        keys = (*codec.state_keys(item.base, t), _keys.outcome_key(item.base, rid))
         return Call(script(name), keys, args(t, client_now), read, True)
 
     def _outcome_ttl(self, request_id: str) -> int:
@@ -582,15 +561,12 @@ class Engine:
                 if len(_TAGS) >= _MAX_TAGS:
                     _TAGS.clear()
                 _TAGS[subject] = tag
-        return tag, self._ns + tag + spec._codec.tail
+        return tag, _keys.limit_key(self._ns, tag, codec_of(spec).tail)
 
     def _record(self, items: Sequence[Item], rid: str) -> str:
         if len(items) == 1:
-            return f"{items[0].base}:r:{rid}"
-        # A request id names one set of limits; several share a record keyed
-        # by a digest of their keys, in the subject's slot.
-        digest = hashlib.blake2b("|".join(i.base for i in items).encode(), digest_size=8)
-        return f"{self._ns}{items[0].tag}:acq:{digest.hexdigest()}:r:{rid}"
+            return _keys.request_record(items[0].base, rid)
+        return _keys.acquire_record(self._ns, items[0].tag, [i.base for i in items], rid)
 
 
 def _encode(items: Sequence[Item], t: int) -> tuple[Arg, ...]:

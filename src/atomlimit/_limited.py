@@ -13,9 +13,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from atomlimit._checks import check_flag, show
+from atomlimit._codecs import codec_of
+from atomlimit._errors import InvalidInput
+from atomlimit._inputs import check_flag, show
 from atomlimit._waiting import deadline_after
-from atomlimit.errors import InvalidInput
 from atomlimit.specs import RateLimit, Spec, SpendCap
 
 
@@ -50,7 +51,7 @@ def configure(
             f"subject must be a str or a callable of the function's arguments, got {show(subject)}"
         )
     if not callable(cost):
-        limit._codec.units(cost)  # a fixed cost is checked now, as a hit would
+        codec_of(limit).units(cost)  # a fixed cost is checked now, as a hit would
     check_flag(wait, "wait")
     if not wait and timeout is not None:
         raise InvalidInput("timeout is how long to wait: it needs wait=True")

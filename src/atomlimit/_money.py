@@ -9,9 +9,13 @@ adds and compares it exactly.
 from __future__ import annotations
 
 from decimal import Decimal
+from typing import TypeVar
 
-from atomlimit._checks import show
-from atomlimit.errors import InvalidInput
+from atomlimit._errors import InvalidInput
+from atomlimit._inputs import show
+
+Amount = TypeVar("Amount", int, Decimal)
+"""What a limit counts in: whole units (``int``), or money (``Decimal``)."""
 
 MAX_UNITS = 2**53 - 1
 """Largest amount, in units, that Lua's double-precision numbers hold exactly.

@@ -25,10 +25,10 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import NoReturn
 
-from atomlimit._checks import MAX_WINDOW, find_zone, show
+from atomlimit._errors import InvalidInput
+from atomlimit._inputs import MAX_WINDOW, find_zone, show
 from atomlimit._money import MAX_UNITS
 from atomlimit._windows import CalendarUnit, Window
-from atomlimit.errors import InvalidInput
 
 MAX_RATE_TEXT = 128
 """Longest rate string: the longest IANA name has 32 characters."""

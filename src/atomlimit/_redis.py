@@ -54,7 +54,7 @@ from redis.exceptions import (
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from atomlimit.errors import InvalidInput
+from atomlimit._errors import InvalidInput
 
 __all__ = [
     "AskError",

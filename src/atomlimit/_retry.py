@@ -30,8 +30,9 @@ import logging
 from enum import Enum
 from typing import Any, Protocol
 
-from atomlimit import _server, _wire
+from atomlimit import _fitness, _wire
 from atomlimit._batch import Lost, Replies
+from atomlimit._errors import Applied, BackendError, UnsafeServer
 from atomlimit._redis import (
     AskError,
     BusyLoadingError,
@@ -40,8 +41,7 @@ from atomlimit._redis import (
     NoScriptError,
     TryAgainError,
 )
-from atomlimit._steps import Acked, Call
-from atomlimit.errors import Applied, BackendError, UnsafeServer
+from atomlimit._runner_steps import Acked, Call
 
 REPLANS = 3
 """A reply outside the planned windows re-plans around the server's clock;
@@ -179,7 +179,7 @@ class Attempt:
 
         The replies of SCRIPT LOAD and ASKING are dropped (a failed load
         shows in the script's own NOSCRIPT); WAIT's goes with the script's
-        in an `atomlimit._steps.Acked`, unless the script failed.
+        in an `atomlimit._runner_steps.Acked`, unless the script failed.
         """
         if type(outcome) is not Replies:
             return outcome
@@ -236,7 +236,7 @@ class Checked(Protocol):
     """Whoever keeps what a server's INFO said of it: a lane, or a runner's
     connections to one server."""
 
-    fitness: _server.Fitness | None
+    fitness: _fitness.Fitness | None
     warned: str | None
 
 
@@ -249,14 +249,14 @@ def learn(holder: Checked, address: str, outcome: Any) -> None:
     """
     if isinstance(outcome, Lost):
         return
-    fit = holder.fitness = _server.fitness(address, outcome)
+    fit = holder.fitness = _fitness.fitness(address, outcome)
     warning = fit.warning()
     if warning and warning != holder.warned:
         _log.warning("%s", warning)
     holder.warned = warning
 
 
-def vet(fit: _server.Fitness, strict: bool) -> None:
+def vet(fit: _fitness.Fitness, strict: bool) -> None:
     """Raise UnsafeServer when ``fit`` says a limiter must not decide there."""
     refusal = fit.refusal(strict)
     if refusal:

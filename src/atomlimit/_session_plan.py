@@ -23,12 +23,12 @@ from typing import TypeGuard
 
 from pydantic import BaseModel
 
-from atomlimit._checks import check_model, check_value, whole_ms
-from atomlimit._steps import Command
-from atomlimit._values import encode, ok, reader
-from atomlimit.errors import BackendError
+from atomlimit import _keys
+from atomlimit._errors import BackendError
+from atomlimit._inputs import check_model, check_value, whole_ms
+from atomlimit._runner_steps import Command
+from atomlimit._stored_values import encode, ok, reader
 
-KEY_PREFIX = "session:"
 ID_BYTES = 32
 """Random bytes in a new id: 256 bits, 43 URL-safe characters."""
 # Also accepts ids the seed app minted in other shapes (UUIDs, hex tokens),
@@ -62,27 +62,29 @@ class SessionPlan:
         """A new id, and the command that stores ``data`` under it if it is free."""
         payload = check_value(encode(self._model, data, "create"), "create")
         session_id = new_id()
-        args = ("SET", KEY_PREFIX + session_id, payload, "NX", "PX", self._ttl_ms)
+        args = ("SET", _keys.session_key(session_id), payload, "NX", "PX", self._ttl_ms)
         return session_id, Command(args, _created)
 
     def get(self, session_id: object) -> Command | None:
         """Read the session and restart its TTL; None for a malformed id."""
         if not well_formed(session_id):
             return None
-        return Command(("GETEX", KEY_PREFIX + session_id, "PX", self._ttl_ms), self._read)
+        return Command(("GETEX", _keys.session_key(session_id), "PX", self._ttl_ms), self._read)
 
     def update(self, session_id: object, data: object) -> Command | None:
         """Replace a live session's data and restart its TTL; None for a malformed id."""
         payload = check_value(encode(self._model, data, "update"), "update")
         if not well_formed(session_id):
             return None
-        return Command(("SET", KEY_PREFIX + session_id, payload, "XX", "PX", self._ttl_ms), ok)
+        return Command(
+            ("SET", _keys.session_key(session_id), payload, "XX", "PX", self._ttl_ms), ok
+        )
 
     def delete(self, session_id: object) -> Command | None:
         """Remove the session; None for a malformed id."""
         if not well_formed(session_id):
             return None
-        return Command(("DEL", KEY_PREFIX + session_id), ok)
+        return Command(("DEL", _keys.session_key(session_id)), ok)
 
 
 def _complain(why: str) -> None:

@@ -18,9 +18,10 @@ import weakref
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from atomlimit import _redis, _server
+from atomlimit import _fitness, _redis
 from atomlimit._batch import Lost, Replies
 from atomlimit._clock import clock_reader
+from atomlimit._errors import BackendError
 from atomlimit._redis import ReadOnlyError, RedisClusterException, SyncClient
 from atomlimit._retry import (
     INFO,
@@ -34,8 +35,7 @@ from atomlimit._retry import (
     resend_pause,
     vet,
 )
-from atomlimit._steps import Call, Command, Flow, Plan, Produce, Sleep, Step
-from atomlimit.errors import BackendError
+from atomlimit._runner_steps import Call, Command, Flow, Plan, Produce, Sleep, Step
 
 
 class SyncRunner:
@@ -256,7 +256,7 @@ class _Connections:
         self.idle: list[Any] = []
         self.known: weakref.WeakSet[Any] = weakref.WeakSet()
         """The connections that carry this object's connect callback."""
-        self.fitness: _server.Fitness | None = None
+        self.fitness: _fitness.Fitness | None = None
         """What INFO said of the server, once a runner has asked; None: ask."""
         self.warned: str | None = None
         """The warning last logged about the server."""

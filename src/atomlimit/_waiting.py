@@ -14,9 +14,9 @@ from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
 
-from atomlimit._checks import show
+from atomlimit._errors import InvalidInput
+from atomlimit._inputs import show
 from atomlimit.decision import Decision
-from atomlimit.errors import InvalidInput
 
 MAX_TIMEOUT = timedelta(days=1)
 """Longest a caller may ask to wait; ``timeout=None`` waits without a deadline."""

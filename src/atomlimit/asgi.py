@@ -26,10 +26,10 @@ import time
 from collections.abc import Awaitable, Callable, MutableMapping, Sequence
 from typing import Any
 
-from atomlimit._checks import MAX_HITS, check_int, show
+from atomlimit._errors import InvalidInput
+from atomlimit._header_fields import header_fields
+from atomlimit._inputs import MAX_HITS, check_int, show
 from atomlimit.decision import Decision
-from atomlimit.errors import InvalidInput
-from atomlimit.headers import _header_fields
 from atomlimit.holds import AsyncLease
 from atomlimit.limiter import AsyncLimiter
 from atomlimit.specs import Concurrency, Hit, RateLimit, Spec
@@ -175,7 +175,7 @@ class RateLimitMiddleware:
         now_us = int(time.time() * 1_000_000)
         fields = [
             (name.lower().encode("ascii"), value.encode("ascii"))
-            for name, value in _header_fields(decisions, now_us).items()
+            for name, value in header_fields(decisions, now_us).items()
         ]
         if not allowed:
             denied = [d.spec.name for d in decisions if not d.allowed and d.spec]

@@ -32,9 +32,9 @@ from redis.cluster import RedisCluster
 
 from atomlimit._async_runner import AsyncRunner
 from atomlimit._cache_plan import CachePlan, Parts
-from atomlimit._checks import check_model, check_part, show, whole_ms
+from atomlimit._errors import InvalidInput
+from atomlimit._inputs import check_model, check_part, show, whole_ms
 from atomlimit._sync_runner import SyncRunner
-from atomlimit.errors import InvalidInput
 
 __all__ = ["AsyncCache", "Cache", "Category"]
 

@@ -18,13 +18,14 @@ from uuid import UUID
 import redis.asyncio
 from redis.asyncio.cluster import RedisCluster as AsyncRedisCluster
 
+from atomlimit import _keys
 from atomlimit._async_runner import AsyncRunner
-from atomlimit._checks import check_int, check_part, check_zone
+from atomlimit._codecs import REPLAN, new_id
 from atomlimit._engine import Engine
-from atomlimit._kinds import REPLAN, new_id
+from atomlimit._inputs import check_int, check_part, check_zone
 from atomlimit._money import MAX_UNITS, to_units
+from atomlimit._runner_steps import Call, Command
 from atomlimit._scripts import Script, script
-from atomlimit._steps import Call, Command
 from atomlimit._windows import WindowPlan
 from atomlimit._wire import Arg
 from atomlimit.limiter import DEFAULT_MAX_CONNECTIONS, DEFAULT_POOL_TIMEOUT
@@ -48,7 +49,7 @@ _PLACES = 6
 
 def cache_key(category: str, identifier: str) -> str:
     """The seed's versioned cache key: ``v1:{category}:{identifier}``."""
-    return f"{CACHE_VERSION}:{category}:{identifier}"
+    return _keys.cache_key(CACHE_VERSION, category, identifier)
 
 
 class RedisClient:
@@ -170,14 +171,9 @@ class RedisClient:
         head: tuple[Arg, ...],
         finish: Callable[[Sequence[Any]], Any],
     ) -> Call:
-        """A compat write on ``key``, recorded so a second send applies it once.
-
-        The record's hash tag is the seed's key itself, wrapped in braces: a
-        key with no tag hashes whole, so both land in one cluster slot. Seed
-        keys never contain braces (identifiers are checked).
-        """
+        """A compat write on ``key``, recorded so a second send applies it once."""
         engine, local = self._engine, self._runner.now()
-        record = f"atomlimit:v1:compat:{{{key}}}:r:{new_id()}"
+        record = _keys.compat_record(key, new_id())
 
         def plan() -> Call:
             t, client_now = engine.planned(local)
@@ -219,8 +215,8 @@ def _identifier(value: object, field: str) -> str:
 
 def _rate_key(resource_type: str, resource_id: str) -> str:
     kind = _identifier(resource_type, "resource_type")
-    return f"ratelimit:{kind}:{_identifier(resource_id, 'resource_id')}:daily"
+    return _keys.daily_count_key(kind, _identifier(resource_id, "resource_id"))
 
 
 def _spend_key(client_id: UUID | str) -> str:
-    return f"ai_spend:{_identifier(client_id, 'client_id')}:daily"
+    return _keys.daily_spend_key(_identifier(client_id, "client_id"))

@@ -1,15 +1,16 @@
-"""The outcome of one limiter call."""
+"""The outcome of one limiter call: a Decision, or a Settlement for a reservation."""
 
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
-from typing import TYPE_CHECKING, Any, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, Literal, NamedTuple
+
+from atomlimit._header_fields import checked_fields
+from atomlimit._money import Amount
 
 if TYPE_CHECKING:
     from atomlimit.specs import Spec
-
-Amount = TypeVar("Amount", int, Decimal)
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _FIELDS = (
@@ -161,9 +162,7 @@ class Decision(Generic[Amount]):
         >>> decision.headers()                                        # doctest: +SKIP
         {'RateLimit-Policy': '"api";q=100;w=60', 'RateLimit': '"api";r=99;t=42'}
         """
-        from atomlimit.headers import rate_limit_headers
-
-        return rate_limit_headers([self], now=now)
+        return checked_fields([self], now)
 
     def as_dict(self) -> dict[str, Any]:
         """This decision as JSON-ready values, for logs and response bodies.
@@ -191,6 +190,31 @@ class Decision(Generic[Amount]):
             "degraded": self.degraded,
             "cause": None if self.cause is None else type(self.cause).__name__,
         }
+
+
+SettleStatus = Literal[
+    "settled",
+    "already_settled",
+    "settled_after_release",
+    "settled_after_expiry",
+    "released",
+    "already_released",
+    "expired",
+]
+"""Which case a settle or release met (docs/reservations.md)."""
+
+
+class Settlement(NamedTuple):
+    """What settling or releasing a reservation did.
+
+    ``status`` says which case applied; ``charged`` is what this call
+    charged (zero for a release, or for a settle that was already done);
+    ``decision`` is the cap after it.
+    """
+
+    status: SettleStatus
+    charged: Decimal
+    decision: Decision[Decimal]
 
 
 def _amount(value: Any) -> int | str:

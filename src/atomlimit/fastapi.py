@@ -23,17 +23,17 @@ from typing import Any
 
 from fastapi import HTTPException, Request, Response
 
-from atomlimit._checks import show
+from atomlimit._codecs import codec_of
+from atomlimit._errors import InvalidInput
+from atomlimit._inputs import show
 from atomlimit.asgi import client_address
 from atomlimit.decision import Decision
-from atomlimit.errors import InvalidInput
 from atomlimit.limiter import AsyncLimiter
 from atomlimit.specs import RateLimit, Spec, SpendCap
 
 __all__ = ["limit"]
 
 RequestKey = Callable[[Request], "str | Awaitable[str | None] | None"]
-RequestCost = Callable[[Request], Any]
 Dependency = Callable[[Request, Response], Awaitable["Decision[Any] | None"]]
 
 
@@ -70,7 +70,7 @@ def limit(
     if key is not None and not callable(key):
         raise InvalidInput(f"key must be a callable of the request, got {show(key)}")
     if not callable(cost):
-        spec._codec.units(cost)  # a fixed cost is checked now, as a hit would
+        codec_of(spec).units(cost)  # a fixed cost is checked now, as a hit would
     address = client_address()
 
     async def charge(request: Request, response: Response) -> Decision[Any] | None:

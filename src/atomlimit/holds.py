@@ -18,15 +18,15 @@ from decimal import Decimal
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Generic, Self, TypeVar
 
-from atomlimit._engine import Settlement, SettleStatus
-from atomlimit.decision import Decision
-from atomlimit.errors import InvalidInput, LimitExceeded
+from atomlimit._errors import InvalidInput
+from atomlimit.decision import Decision, Settlement, SettleStatus
+from atomlimit.errors import LimitExceeded
 from atomlimit.specs import Hit
 
 if TYPE_CHECKING:
     from atomlimit._engine import Engine, Item
     from atomlimit._guard import AsyncGuardedRunner, GuardedRunner
-    from atomlimit._steps import Call
+    from atomlimit._runner_steps import Call
 
 __all__ = [
     "Acquired",

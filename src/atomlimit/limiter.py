@@ -28,7 +28,6 @@ from redis.cluster import RedisCluster
 from atomlimit import _redis
 from atomlimit._acquire import Acquisition, acquire, undo
 from atomlimit._async_runner import AsyncRunner
-from atomlimit._checks import check_flag
 from atomlimit._clock import clock_reader
 from atomlimit._engine import (
     DEFAULT_HOLD,
@@ -38,13 +37,17 @@ from atomlimit._engine import (
     Item,
     TimeSource,
 )
-from atomlimit._guard import AsyncGuardedRunner, Breaker, Guard, GuardedRunner, check_deadline
+from atomlimit._errors import InvalidInput
+from atomlimit._guard import AsyncGuardedRunner, Guard, GuardedRunner
+from atomlimit._inputs import check_deadline, check_flag
 from atomlimit._limited import check_function, configure
-from atomlimit._steps import Call, Flow
+from atomlimit._money import Amount
+from atomlimit._runner_steps import Call, Flow
 from atomlimit._sync_runner import SyncRunner
 from atomlimit._waiting import deadline_after, pause
-from atomlimit.decision import Amount, Decision
-from atomlimit.errors import InvalidInput, LimitExceeded
+from atomlimit.breaker import Breaker
+from atomlimit.decision import Decision
+from atomlimit.errors import LimitExceeded
 from atomlimit.holds import Acquired, AsyncLease, AsyncReservation, Lease, Pending, Reservation
 from atomlimit.observe import Observer
 from atomlimit.specs import Concurrency, Hit, Spec, SpendCap

@@ -26,9 +26,10 @@ import re
 import weakref
 from typing import Any, Literal, Protocol, runtime_checkable
 
-from atomlimit._checks import show
+from atomlimit._errors import BackendError, BreakerOpen, InvalidInput
+from atomlimit._inputs import show
+from atomlimit._version import __version__
 from atomlimit.decision import Decision
-from atomlimit.errors import BackendError, BreakerOpen, InvalidInput
 from atomlimit.specs import Concurrency, RateLimit, Spec, SpendCap
 
 __all__ = [
@@ -324,8 +325,6 @@ class OpenTelemetryObserver(Observer):
                 "OpenTelemetryObserver needs opentelemetry-api: pip install 'atomlimit[otel]'"
             ) from err
         if meter is None:
-            from atomlimit import __version__
-
             meter = metrics.get_meter("atomlimit", __version__)
         self._decisions = meter.create_counter(
             "atomlimit.decisions", unit="{decision}", description="Decisions made."

@@ -2,8 +2,8 @@
 
 A spec is plain configuration. After construction the hot path trusts it:
 how it travels to the server (key tail, units, window plan, encoded
-arguments) is worked out once, on first use, by its kind's codec in
-:mod:`atomlimit._kinds`, and kept on the instance.
+arguments) is worked out once, on first use, by its kind's codec
+(:func:`atomlimit._codecs.codec_of`), which keeps it with the instance.
 """
 
 from __future__ import annotations
@@ -12,8 +12,7 @@ import re
 from dataclasses import dataclass
 from datetime import timedelta
 from decimal import Decimal
-from functools import cached_property
-from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Generic, Literal, Self
+from typing import Annotated, Any, ClassVar, Generic, Literal, Self
 
 from pydantic import (
     BaseModel,
@@ -26,14 +25,11 @@ from pydantic import (
     model_validator,
 )
 
-from atomlimit._checks import MAX_LEASE, MAX_WINDOW, find_zone, show
-from atomlimit._money import MAX_DIGITS, MAX_UNITS, to_units
+from atomlimit._errors import InvalidInput
+from atomlimit._inputs import MAX_LEASE, MAX_WINDOW, find_zone, show
+from atomlimit._money import MAX_DIGITS, MAX_UNITS, Amount, to_units
+from atomlimit._rates import parse_rate
 from atomlimit._windows import CALENDAR_UNITS, UNIT_LENGTHS, Window
-from atomlimit.decision import Amount
-from atomlimit.errors import InvalidInput
-
-if TYPE_CHECKING:
-    from atomlimit._kinds import Codec
 
 _MS = timedelta(milliseconds=1)
 MAX_AMOUNT_TEXT = 64
@@ -101,13 +97,6 @@ class Spec(BaseModel, Generic[Amount]):
                 "on_backend_error='allow_unmetered_spend', or use 'deny' or 'raise'"
             )
         raise ValueError(f"must be 'raise', 'deny' or {allowing!r}, got {show(value)}")
-
-    @cached_property
-    def _codec(self) -> Codec[Amount]:
-        """How this spec travels to its scripts and back (:mod:`atomlimit._kinds`)."""
-        from atomlimit._kinds import codec_for
-
-        return codec_for(self)
 
 
 class _Windowed(Spec[Amount], Generic[Amount]):
@@ -199,8 +188,6 @@ class RateLimit(_Windowed[int]):
         >>> RateLimit.parse("5/30s").window
         datetime.timedelta(seconds=30)
         """
-        from atomlimit._rates import parse_rate
-
         unknown = sorted(set(options) - _PARSE_OPTIONS)
         if unknown:
             allowed = ", ".join(sorted(_PARSE_OPTIONS))

@@ -31,8 +31,8 @@ from typing import Any
 
 import pytest
 
-from atomlimit._checks import show
-from atomlimit.errors import InvalidInput
+from atomlimit._errors import InvalidInput
+from atomlimit._inputs import show
 from atomlimit.limiter import AsyncLimiter, Limiter
 
 __all__ = ["START", "Clock"]

@@ -21,8 +21,8 @@ from redis.cluster import RedisCluster
 from redis.exceptions import RedisClusterException
 from redis.retry import Retry
 
+from atomlimit._errors import BackendError
 from atomlimit.cli._exit import FAILED, UNREACHABLE, CommandError
-from atomlimit.errors import BackendError
 
 URL_ENV = "ATOMLIMIT_URL"
 # An operator's command should answer in seconds or say why not; redis-py's
@@ -150,3 +150,20 @@ def _is_cluster_node(client: redis.Redis) -> bool:
     except redis.ResponseError:
         return False  # INFO refused: treat as standalone; doctor reports the refusal
     return bool(info.get("cluster_enabled"))
+
+
+def primaries(client: redis.Redis | RedisCluster) -> list[tuple[str, redis.Redis]]:
+    """Each primary behind ``client`` as ``(address, client of that node alone)``.
+
+    Scripts and server settings are per node, so a cluster is asked node by
+    node; a standalone client is its own single primary.
+    """
+    if isinstance(client, RedisCluster):
+        return [
+            (f"{node.host}:{node.port}", client.get_redis_connection(node))
+            for node in client.get_primaries()  # type: ignore[no-untyped-call]
+        ]
+    options = client.connection_pool.connection_kwargs
+    if "path" in options:
+        return [(str(options["path"]), client)]
+    return [(f"{options.get('host', 'localhost')}:{options.get('port', 6379)}", client)]

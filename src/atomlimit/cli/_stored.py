@@ -20,18 +20,22 @@ from urllib.parse import unquote
 import redis
 
 from atomlimit import _keys
+from atomlimit._codecs import (
+    CONCURRENCY,
+    FIXED_WINDOW,
+    GCRA,
+    GCRA_BASE,
+    KIND_NAMES,
+    RESERVATION,
+    SLIDING_COUNTER,
+    SLIDING_LOG,
+    SPEND,
+)
 
-KINDS = {
-    "fw": "fixed_window",
-    "gc": "gcra",
-    "sw": "sliding_counter",
-    "sl": "sliding_log",
-    "sc": "spend_cap",
-    "cc": "concurrency",
-    "acq": "acquire",
-}
+KINDS = {code: name for code, name in KIND_NAMES.items() if code != RESERVATION}
 """Each kind's code in keys, and the name a person reads (``Decision.spec``'s kind)."""
-CODES = {name: code for code, name in KINDS.items() if code != "acq"}
+CODES = {name: code for code, name in KINDS.items()}
+KINDS[_keys.ACQUIRE] = "acquire"
 
 SCAN_COUNT = 1_000
 """Keys SCAN looks at per call: big enough to cross a large keyspace in
@@ -41,11 +45,12 @@ MAX_SCANS = 1_000
 """SCAN calls per server at most: about a million keys looked at, after
 which a command stops and says so rather than run on."""
 
-_GCRA_BASE = 1_735_689_600_000_000
-"""2025-01-01 in epoch microseconds: GCRA keeps its TAT counted from here
-(lua/lib/gcra.lua)."""
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-_RECORDS = {"r": "request record", "f": "refund record", "o": "reservation outcome"}
+_RECORDS = {
+    _keys.REQUEST_RECORD: "request record",
+    _keys.REFUND_RECORD: "refund record",
+    _keys.OUTCOME: "reservation outcome",
+}
 _SPEND = re.compile(r"(\d+)(?:,(\d+),(\d+))?")
 
 
@@ -86,19 +91,13 @@ class Entry:
 
 
 def pattern(prefix: str, subject: str | None, name: str | None) -> str:
-    """The SCAN MATCH pattern for a prefix, and optionally a subject and a limit name.
-
-    Encoded identifiers hold no glob character (``*``, ``?``, ``[``, ``\\``
-    are percent-encoded), so they stand in a pattern as they are.
-    """
-    tag = "{s:*}" if subject is None else _keys.subject_tag(subject)
-    tail = ":*" if name is None else f":*:{_keys.encode(name)}*"
-    return f"{_keys.namespace(prefix)}{tag}{tail}"
+    """The SCAN MATCH pattern for a prefix, and optionally a subject and a limit name."""
+    return _keys.scan_pattern(prefix, subject, name)
 
 
 def parse(key: str, prefix: str) -> Key | None:
     """``key`` taken apart, or None if it is not one of atomlimit's keys under ``prefix``."""
-    head = _keys.namespace(prefix) + "{s:"
+    head = _keys.namespace(prefix) + _keys.SUBJECT_TAG
     if not key.startswith(head):
         return None
     tag_end = key.find("}", len(head))
@@ -115,7 +114,7 @@ def parse(key: str, prefix: str) -> Key | None:
         "stored_subject": stored_subject,
         "stored_name": stored_name,
     }
-    if kind == "sc":
+    if kind == SPEND:
         if len(rest) < 3 or not rest[1].isdigit():
             return None
         extra.update(currency=rest[0], exponent=int(rest[1]))
@@ -124,9 +123,9 @@ def parse(key: str, prefix: str) -> Key | None:
         return Key(key, kind=kind, part="state", **extra)
     if len(rest) == 2 and rest[0] in _RECORDS:
         return Key(key, kind=kind, part=_RECORDS[rest[0]], **extra)
-    if len(rest) == 1 and rest[0] in ("holds", "held") and kind == "sc":
+    if len(rest) == 1 and rest[0] in (_keys.HOLDS, _keys.HELD) and kind == SPEND:
         return Key(key, kind=kind, part=rest[0], **extra)
-    if len(rest) == 1 and rest[0].isdigit() and kind in ("fw", "sc"):
+    if len(rest) == 1 and rest[0].isdigit() and kind in (FIXED_WINDOW, SPEND):
         return Key(key, kind=kind, part="window", window_ms=int(rest[0]), **extra)
     return None
 
@@ -194,11 +193,11 @@ def _ask(pipe: Any, key: Key, now: int) -> None:
     if key.part in _RECORDS.values():
         # A record is packed binary, and its TTL is all an operator needs.
         pipe.exists(key.key)
-    elif key.kind == "sw" and key.part == "state":
+    elif key.kind == SLIDING_COUNTER and key.part == "state":
         pipe.hmget(key.key, ["w", "c", "p"])
-    elif key.kind == "sl" and key.part == "state":
+    elif key.kind == SLIDING_LOG and key.part == "state":
         pipe.zcard(key.key)
-    elif (key.kind == "cc" and key.part == "state") or key.part == "holds":
+    elif (key.kind == CONCURRENCY and key.part == "state") or key.part == "holds":
         # Members are scored by expiry: the live ones end after now.
         pipe.zcount(key.key, f"({now}", "+inf")
     elif key.part == "held":
@@ -213,19 +212,19 @@ def _usage(key: Key, value: Any, now: int) -> str:
         return f"unreadable: {value}"
     if key.part not in ("state", "window", "holds", "held"):
         return "-"
-    if key.kind == "fw":
+    if key.kind == FIXED_WINDOW:
         return f"{value} used since {_ms(key.window_ms)}"
-    if key.kind == "sc":
+    if key.kind == SPEND:
         return _spend(key, value)
-    if key.kind == "gc":
-        ahead = float(value) - (now - _GCRA_BASE)
+    if key.kind == GCRA:
+        ahead = float(value) - (now - GCRA_BASE)
         return f"busy for {ahead / 1e6:.3f} s more" if ahead > 0 else "idle"
-    if key.kind == "sw":
+    if key.kind == SLIDING_COUNTER:
         start, count, previous = value
         since = _EPOCH + timedelta(microseconds=int(start or 0))
         before = f"{previous or 0} in the window before"
         return f"{count or 0} used since {since:%Y-%m-%d %H:%M:%S}Z, {before}"
-    if key.kind == "sl":
+    if key.kind == SLIDING_LOG:
         return f"{value} entries (older ones go on the next hit)"
     return _many(int(value), "lease", "held")
 

@@ -1,7 +1,8 @@
 """``atomlimit doctor``: can this server keep atomlimit's counts exact?
 
-The checks live in :mod:`atomlimit._server`; this module connects, runs them
-on every primary and prints the findings.
+The checks live in :mod:`atomlimit.cli._findings`, and the questions they
+need in :mod:`atomlimit.cli._diagnose`; this module connects, runs them on
+every primary and prints the findings.
 """
 
 from __future__ import annotations
@@ -12,9 +13,10 @@ from collections.abc import Sequence
 
 from redis.cluster import RedisCluster
 
-from atomlimit import _server
+from atomlimit._fitness import Finding
 from atomlimit.cli._commands import Commands
 from atomlimit.cli._connect import add_url_argument, connect, parse_url, reported
+from atomlimit.cli._diagnose import diagnose
 from atomlimit.cli._exit import FAILED, OK
 
 _PREFIX = re.compile(r"[A-Za-z0-9_.-]{1,64}")
@@ -68,7 +70,7 @@ def run(args: argparse.Namespace) -> int:
     """Check the server at ``--url``; exit 1 if any check failed."""
     url = parse_url(args.url)
     with connect(url) as client, reported(url):
-        reports = _server.diagnose(client, db=url.db, prefix=args.prefix)
+        reports = diagnose(client, db=url.db, prefix=args.prefix)
         cluster = isinstance(client, RedisCluster)
     print(render(url.shown, reports, cluster=cluster))
     failed = any(f.level == "fail" for _, findings in reports for f in findings)
@@ -81,9 +83,7 @@ def _prefix(text: str) -> str:
     return text
 
 
-def render(
-    shown: str, reports: Sequence[tuple[str, Sequence[_server.Finding]]], *, cluster: bool
-) -> str:
+def render(shown: str, reports: Sequence[tuple[str, Sequence[Finding]]], *, cluster: bool) -> str:
     """The findings, grouped by server, then a one-line tally."""
     kind = f"cluster of {len(reports)} primaries" if cluster else "standalone"
     lines = [f"atomlimit doctor: {shown} ({kind})"]

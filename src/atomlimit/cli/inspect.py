@@ -10,11 +10,10 @@ from __future__ import annotations
 import argparse
 from datetime import datetime
 
-from atomlimit import _server
-from atomlimit._checks import MAX_SUBJECT
+from atomlimit._inputs import MAX_SUBJECT
 from atomlimit.cli import _stored
 from atomlimit.cli._commands import Commands
-from atomlimit.cli._connect import add_url_argument, connect, parse_url, reported
+from atomlimit.cli._connect import add_url_argument, connect, parse_url, primaries, reported
 from atomlimit.cli._exit import OK
 from atomlimit.cli.doctor import _prefix
 
@@ -89,7 +88,7 @@ def run(args: argparse.Namespace) -> int:
     entries: list[_stored.Entry] = []
     complete = True
     with connect(url) as client, reported(url):
-        for _, node in _server.primaries(client):
+        for _, node in primaries(client):
             keys, done = _stored.scan(node, match, args.max_keys - len(entries))
             complete = complete and done
             parsed = [k for k in (_stored.parse(key, args.prefix) for key in keys) if k]

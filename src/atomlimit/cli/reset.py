@@ -11,10 +11,9 @@ from __future__ import annotations
 
 import argparse
 
-from atomlimit import _server
 from atomlimit.cli import _stored
 from atomlimit.cli._commands import Commands
-from atomlimit.cli._connect import add_url_argument, connect, parse_url, reported
+from atomlimit.cli._connect import add_url_argument, connect, parse_url, primaries, reported
 from atomlimit.cli._exit import OK
 from atomlimit.cli.inspect import add_scope_arguments, render
 
@@ -68,7 +67,7 @@ def run(args: argparse.Namespace) -> int:
     listed: list[_stored.Entry] = []
     deleted = 0
     with connect(url) as client, reported(url):
-        for _, node in _server.primaries(client):
+        for _, node in primaries(client):
             keys, _ = _stored.scan(node, match, MAX_DELETED)
             found = [
                 key

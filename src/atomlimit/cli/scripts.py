@@ -12,9 +12,9 @@ import argparse
 
 import redis
 
-from atomlimit import _scripts, _server
+from atomlimit import _scripts
 from atomlimit.cli._commands import Commands
-from atomlimit.cli._connect import add_url_argument, connect, parse_url, reported
+from atomlimit.cli._connect import add_url_argument, connect, parse_url, primaries, reported
 from atomlimit.cli._exit import OK, CommandError
 
 _LOAD_EPILOG = """\
@@ -60,7 +60,7 @@ def run_load(args: argparse.Namespace) -> int:
     url = parse_url(args.url)
     scripts = [_scripts.script(name) for name in _scripts.all_names()]
     with connect(url) as client, reported(url):
-        nodes = _server.primaries(client)
+        nodes = primaries(client)
         for where, node in nodes:
             for script in scripts:
                 try:

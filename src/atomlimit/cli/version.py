@@ -8,10 +8,11 @@ import platform
 import pydantic
 import redis
 
-from atomlimit import __version__, _server
+from atomlimit import __version__
 from atomlimit.cli._commands import Commands
-from atomlimit.cli._connect import add_url_argument, connect, parse_url, reported
+from atomlimit.cli._connect import add_url_argument, connect, parse_url, primaries, reported
 from atomlimit.cli._exit import OK, CommandError
+from atomlimit.cli._findings import server_identity
 
 _EPILOG = """\
 examples:
@@ -47,10 +48,10 @@ def run(args: argparse.Namespace) -> int:
         return OK
     url = parse_url(args.url)
     with connect(url) as client, reported(url):
-        for where, node in _server.primaries(client):
+        for where, node in primaries(client):
             try:
                 info = node.info("server")
             except redis.ResponseError as err:
                 raise CommandError(f"{url.shown}: INFO refused on {where}: {err}") from err
-            print(f"{where}: {_server.server_identity(info)}")
+            print(f"{where}: {server_identity(info)}")
     return OK

@@ -29,27 +29,51 @@ import re
 from collections.abc import Sequence
 from datetime import timedelta
 from decimal import Decimal
-from typing import TYPE_CHECKING, Any, Generic
+from typing import Any, Final, Generic
 from zoneinfo import ZoneInfo
 
 from atomlimit import _keys
-from atomlimit._checks import check_int
-from atomlimit._money import MAX_UNITS, from_units, to_units
+from atomlimit._inputs import check_int
+from atomlimit._money import MAX_UNITS, Amount, from_units, to_units
+from atomlimit._runner_steps import Wait
 from atomlimit._scripts import Script, script
-from atomlimit._steps import Wait
 from atomlimit._windows import UNIT_LENGTHS, WindowPlan
 from atomlimit._wire import Arg, Packed
-from atomlimit.decision import Amount, Decision, decided
-
-if TYPE_CHECKING:
-    from atomlimit.specs import Spec
+from atomlimit.decision import Decision, decided
+from atomlimit.specs import Concurrency, RateLimit, Spec, SpendCap
 
 _US = timedelta(microseconds=1)
-PARTIAL, SHADOW = 1, 2
 _COSTS = 256
 """Distinct Decimal costs a spend cap's codec keeps converted."""
+
+# What the scripts and this module must agree on, defined once on each side:
+# tests/core/test_wire_codes.py reads the Lua copies and proves them equal.
+
+FIXED_WINDOW, GCRA, SLIDING_LOG, SLIDING_COUNTER = "fw", "gc", "sl", "sw"
+SPEND, RESERVATION, CONCURRENCY = "sc", "rs", "cc"
+KIND_NAMES: Final = {
+    FIXED_WINDOW: "fixed_window",
+    GCRA: "gcra",
+    SLIDING_COUNTER: "sliding_counter",
+    SLIDING_LOG: "sliding_log",
+    SPEND: "spend_cap",
+    RESERVATION: "reservation",
+    CONCURRENCY: "concurrency",
+}
+"""Each kind's code, as items name it (``lua/lib/items.lua``) and keys hold it,
+and the name a person reads. A reservation is a hold on a spend cap: an item
+of its own kind, kept in the cap's keys."""
+PARTIAL, SHADOW = 1, 2
+"""An item's flags (``lua/lib/reply.lua``): take what fits; count but admit."""
 DENIED, FITS, SHADOWED = 0, 1, 3
-REPLAN, READ_HOLDS = -1, -3
+"""An item's status in a reply (``lua/lib/reply.lua``)."""
+REPLAN, REUSED, READ_HOLDS = -1, -2, -3
+"""Reply codes of a call that did nothing: the server's clock is outside the
+planned windows; the request id was used for other costs; a spend cap's
+holds must be read by the script of several items."""
+GCRA_BASE = 1_735_689_600_000_000
+"""2025-01-01 in epoch microseconds: GCRA keeps its arrival time counted from
+here (``lua/lib/gcra.lua``), so a float holds it to the microsecond."""
 
 
 class Codec(Generic[Amount]):
@@ -71,7 +95,7 @@ class Codec(Generic[Amount]):
 
     def __init__(self, spec: Spec[Amount], limit: int, limit_value: Amount) -> None:
         self.spec = spec
-        self.tail = f":{self.kind}:{_keys.encode(spec.name)}"
+        self.tail = _keys.limit_tail(self.kind, spec.name)
         self.limit = limit
         """What ``remaining`` is measured against, in units."""
         self.limit_value = limit_value
@@ -174,10 +198,6 @@ class Codec(Generic[Amount]):
         """The planned window at ``t``; only windowed kinds have one."""
         raise NotImplementedError
 
-    @property
-    def spec_name(self) -> str:
-        return type(self.spec).__name__
-
 
 class _Windowed(Codec[Amount]):
     """A kind counted per calendar or fixed window, one key per window."""
@@ -196,7 +216,8 @@ class _Windowed(Codec[Amount]):
         if current[0] <= t < current[1]:
             return current
         _, start, stop, _ = self._plan.bounds(t)
-        current = (start, stop, f":{start // 1000}", Packed((self.limit, self.flags, start, stop)))
+        packed = Packed((self.limit, self.flags, start, stop))
+        current = (start, stop, _keys.window_suffix(start), packed)
         self._current = current
         return current
 
@@ -215,7 +236,7 @@ class _Windowed(Codec[Amount]):
         # The windows before and after too: the server's clock may sit in
         # either while the client plans this one.
         first, start, stop, _ = self._plan.bounds(t)
-        windows = tuple(f"{base}:{at // 1000}" for at in (first, start, stop))
+        windows = tuple(_keys.window_key(base, at) for at in (first, start, stop))
         return windows + self.state_keys(base, t)[1:]
 
     def extras(self, t: int) -> tuple[Arg, ...]:
@@ -235,7 +256,7 @@ class FixedWindow(_Windowed[int]):
     """``RateLimit(algorithm="fixed_window")``: a counter per window."""
 
     __slots__ = ()
-    kind = "fw"
+    kind = FIXED_WINDOW
     hit = script("hit_fixed_window")
     peek = script("peek_fixed_window")
 
@@ -247,7 +268,7 @@ class Spend(_Windowed[Decimal]):
     """``SpendCap``: committed spend per window, and holds that belong to none."""
 
     __slots__ = ("_amounts", "_costs", "_exponent", "_places", "_subtracts")
-    kind = "sc"
+    kind = SPEND
     hit: Script | None = script("hit_spend")
     peek = script("peek_spend")
 
@@ -262,9 +283,7 @@ class Spend(_Windowed[Decimal]):
         # unless the limit is written with more decimals than are shown.
         self._subtracts = int(spec.limit.as_tuple().exponent) >= -self._places
         super().__init__(spec, to_units(spec.limit, self._exponent, "limit"), spec.limit)
-        # Currency and unit are in the key: reading units stored at another
-        # scale, or in another currency, would be silently wrong.
-        self.tail = f"{self.tail}:{spec.currency}:{self._exponent}"
+        self.tail = _keys.cap_tail(self.kind, spec.name, spec.currency, self._exponent)
 
     def units(self, cost: object) -> int:
         # Costs repeat (a price per call, a per-token rate): converting one
@@ -319,7 +338,7 @@ class Spend(_Windowed[Decimal]):
         )
 
     def state_keys(self, base: str, t: int) -> tuple[str, ...]:
-        return (self.window_key(base, t), base + ":holds", base + ":held")
+        return (self.window_key(base, t), *_keys.hold_keys(base))
 
     def single_keys(self, base: str, t: int) -> tuple[str, ...]:
         return (self.window_key(base, t),)
@@ -345,7 +364,7 @@ class Gcra(Codec[int]):
     """``RateLimit(algorithm="gcra")``: the theoretical arrival time."""
 
     __slots__ = ("_interval", "_packed")
-    kind = "gc"
+    kind = GCRA
     hit = script("hit_gcra")
     peek = script("peek_gcra")
 
@@ -373,7 +392,7 @@ class SlidingLog(Codec[int]):
     """``RateLimit(algorithm="sliding_log")``: one entry per unit admitted."""
 
     __slots__ = ("_length",)
-    kind = "sl"
+    kind = SLIDING_LOG
     hit = script("hit_sliding_log")
     peek = script("peek_sliding_log")
 
@@ -395,7 +414,7 @@ class SlidingCounter(Codec[int]):
     """``RateLimit(algorithm="sliding_counter")``: this window and the last, weighted."""
 
     __slots__ = ("_length",)
-    kind = "sw"
+    kind = SLIDING_COUNTER
     hit = script("hit_sliding_counter")
     peek = script("peek_sliding_counter")
 
@@ -407,11 +426,11 @@ class SlidingCounter(Codec[int]):
         return (self._length,)
 
 
-class Lease(Codec[int]):
+class LeaseSet(Codec[int]):
     """``Concurrency``: a sorted set of leases, scored by expiry."""
 
     __slots__ = ("_lease",)
-    kind = "cc"
+    kind = CONCURRENCY
 
     def __init__(self, spec: Any) -> None:
         super().__init__(spec, spec.limit, spec.limit)
@@ -424,18 +443,32 @@ class Lease(Codec[int]):
         return (self._lease,)
 
 
-def codec_for(spec: Spec[Any]) -> Codec[Any]:
-    """The codec of ``spec``'s kind."""
-    from atomlimit.specs import Concurrency, RateLimit, SpendCap
+def codec_of(spec: Spec[Any]) -> Codec[Any]:
+    """``spec``'s codec: made on the spec's first use, then kept with it.
 
+    Kept in the instance's own dict, as a cached_property would be, so it
+    lives and dies with the spec; pydantic compares, hashes and dumps a
+    model by its fields alone, which this entry is not one of.
+    """
+    kept = spec.__dict__
+    try:
+        return kept[_CODEC]  # type: ignore[no-any-return]
+    except KeyError:
+        codec = kept[_CODEC] = codec_for(spec)
+        return codec
+
+
+def codec_for(spec: Spec[Any]) -> Codec[Any]:
+    """A new codec of ``spec``'s kind."""
     if isinstance(spec, SpendCap):
         return WaitingSpend(spec) if spec.wait_replicas else Spend(spec)
     if isinstance(spec, Concurrency):
-        return Lease(spec)
+        return LeaseSet(spec)
     assert isinstance(spec, RateLimit)
     return _RATE_KINDS[spec.algorithm](spec)
 
 
+_CODEC = "_codec"
 _RATE_KINDS: dict[str, type[FixedWindow | Gcra | SlidingLog | SlidingCounter]] = {
     "fixed_window": FixedWindow,
     "gcra": Gcra,

@@ -21,10 +21,11 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import BaseModel
 
-from atomlimit.errors import InvalidInput
+from atomlimit._errors import InvalidInput
 
-MAX_PART = 256
-"""Longest identifier part (cache key part, compat identifier, version)."""
+MAX_KEY_PART = 256
+"""Longest identifier a caller puts between two ``:`` of a key (a cache key
+part, a compat identifier, a cache version)."""
 MAX_SUBJECT = 65_536
 """Longest subject, in characters; longer ones are hashed into the key anyway."""
 MAX_REQUEST_ID = 1_024
@@ -46,6 +47,8 @@ MAX_LEASE = timedelta(days=366)
 """Longest Concurrency lease."""
 MAX_HOLD = timedelta(days=366)
 """Longest reservation hold (``reserve(ttl=...)``, ``Hit(hold=...)``)."""
+MAX_DEADLINE = timedelta(minutes=10)
+"""Longest per-call deadline of an async limiter."""
 MAX_TTL = timedelta(days=3650)
 """Longest a record lives: remembered request ids, cache entries, sessions.
 
@@ -61,7 +64,7 @@ _SHOWN = 40
 _SMALL_BITS = 64
 
 # Printable ASCII without ':', '{' or '}': the common case, checked in one go.
-_PLAIN_PART = re.compile(rf"[!-9;-z|~]{{1,{MAX_PART}}}")
+_PLAIN_PART = re.compile(rf"[!-9;-z|~]{{1,{MAX_KEY_PART}}}")
 # IANA names: letters, digits, '_', '-', '+', separated by '/'. Checked before
 # ZoneInfo reads the file system, so no name can be a path ('..', '/etc').
 _ZONE = re.compile(r"[A-Za-z0-9_+\-]+(?:/[A-Za-z0-9_+\-]+)*")
@@ -106,10 +109,10 @@ def check_part(value: object, what: str) -> str:
     if _PLAIN_PART.fullmatch(value):
         return value
     if not value:
-        raise InvalidInput(f"{what} is empty; it takes 1 to {MAX_PART} characters")
-    if len(value) > MAX_PART:
+        raise InvalidInput(f"{what} is empty; it takes 1 to {MAX_KEY_PART} characters")
+    if len(value) > MAX_KEY_PART:
         raise InvalidInput(
-            f"{what} {value[:32]!r}... is {len(value)} characters long; at most {MAX_PART}"
+            f"{what} {value[:32]!r}... is {len(value)} characters long; at most {MAX_KEY_PART}"
         )
     for char in value:
         # ':' would shift every later part; '{' '}' would make a cluster hash tag.
@@ -224,6 +227,17 @@ def span_us(value: object, what: str, most: timedelta) -> int:
     if isinstance(value, timedelta) and _MS <= value <= most:
         return value // _US
     raise InvalidInput(f"{what} must be a timedelta from 1 ms to {days(most)}, got {show(value)}")
+
+
+def check_deadline(deadline: object) -> float | None:
+    """A per-call deadline in seconds, from a timedelta of 1 ms to 10 minutes, or None."""
+    if deadline is None:
+        return None
+    if isinstance(deadline, timedelta) and _MS <= deadline <= MAX_DEADLINE:
+        return deadline.total_seconds()
+    raise InvalidInput(
+        f"deadline must be None or a timedelta from 1 ms to 10 minutes, got {show(deadline)}"
+    )
 
 
 def hold_us(value: object, what: str = "hold") -> int:

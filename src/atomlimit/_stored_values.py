@@ -11,14 +11,7 @@ from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
-from atomlimit.errors import InvalidInput
-
-
-def check_model(model: object, what: str) -> type[BaseModel] | None:
-    """``model`` if it is None or a pydantic model class."""
-    if model is None or (isinstance(model, type) and issubclass(model, BaseModel)):
-        return model
-    raise InvalidInput(f"{what} must be a pydantic BaseModel subclass or None, got {model!r}")
+from atomlimit._errors import InvalidInput
 
 
 def encode(model: type[BaseModel] | None, value: object, what: str) -> str | bytes:
