@@ -18,7 +18,7 @@ from decimal import Decimal
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Generic, Self, TypeVar
 
-from atomlimit._engine import Settlement, SettleStatus
+from atomlimit._engine import _SETTLED, Settlement, SettleStatus
 from atomlimit.decision import Decision
 from atomlimit.errors import InvalidInput, LimitExceeded
 from atomlimit.specs import Hit
@@ -120,7 +120,7 @@ class _Reservable(_Handle):
         done = self._done
         if done is None:
             return None
-        if done.status in _SETTLED_HERE:
+        if done.status in _SETTLED:
             return "already_settled"
         return None if settling else "already_released"
 
@@ -143,10 +143,6 @@ class _Reservable(_Handle):
         """Settle ``actual`` when the ``with`` block ends, instead of releasing."""
         self._item.codec.units(actual)  # refuse bad input now, not at exit
         self._settle_with = actual
-
-
-_SETTLED_HERE = ("settled", "already_settled", "settled_after_release", "settled_after_expiry")
-_RELEASED_HERE = ("released", "already_released", "expired")
 
 
 class Reservation(_Reservable):
