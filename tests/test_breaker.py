@@ -20,7 +20,8 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
 from atomlimit import BackendError, Breaker, BreakerOpen, InvalidInput, RateLimit
-from atomlimit._guard import NORMAL, PROBE, Circuit, Guard, backend_failure, outage
+from atomlimit._guard import NORMAL, PROBE, Circuit, backend_failure, outage
+from atomlimit._sync.guard import SyncGuard as Guard
 
 BREAKER = Breaker(failures=3, cool_down=timedelta(seconds=2))
 ALLOW = RateLimit(name="api", limit=10, window="minute", on_backend_error="allow")
