@@ -8,7 +8,7 @@ READY := $(VENV)/.ready
 BENCH_READY := $(VENV)/.bench-ready
 DOCS_READY := $(VENV)/.docs-ready
 
-.PHONY: demo test pytest lint typecheck docs bench clean
+.PHONY: demo test pytest unasync generated lint typecheck docs bench clean
 
 $(READY): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -33,14 +33,23 @@ demo: $(READY)
 
 # The suite starts its own Redis and Valkey servers on free loopback ports;
 # requiring both makes a missing server fail the run instead of shrinking it.
-test: lint typecheck docs pytest
+test: generated lint typecheck docs pytest
 
 pytest: $(READY)
 	ATOMLIMIT_REQUIRE_SERVERS=redis,valkey $(BIN)/python -m pytest -q --hypothesis-profile=ci
 
+# The sync shells, handles, cache and sessions are generated from their
+# asyncio source (src/atomlimit/_async/ -> _sync/): `make unasync` rewrites
+# them, and `make test` fails while one is out of date.
+unasync: $(READY)
+	$(BIN)/python scripts/unasync.py
+
+generated: $(READY)
+	$(BIN)/python scripts/unasync.py --check
+
 lint: $(READY)
-	$(BIN)/ruff check src tests bench examples
-	$(BIN)/ruff format --check src tests bench examples
+	$(BIN)/ruff check src tests bench examples scripts
+	$(BIN)/ruff format --check src tests bench examples scripts
 
 typecheck: $(READY)
 	$(BIN)/mypy
