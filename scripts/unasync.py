@@ -46,7 +46,7 @@ SUBS = [
     (r"\bPending\b", "taken"),
     (r"\basynchronous=True\b", "asynchronous=False"),
     # Modules and classes.
-    (r"\batomlimit\._async\.", "atomlimit._sync."),
+    (r"\batomlimit\._async", "atomlimit._sync"),  # _async.holds, and _async_runner too
     (r"\bRedisCluster as AsyncRedisCluster\b", "RedisCluster"),
     (r"\bredis\.asyncio\b", "redis"),
     (r"\bAsyncRunner\b", "SyncRunner"),
