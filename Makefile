@@ -8,7 +8,7 @@ READY := $(VENV)/.ready
 BENCH_READY := $(VENV)/.bench-ready
 DOCS_READY := $(VENV)/.docs-ready
 
-.PHONY: demo test pytest compat lint typecheck docs bench clean
+.PHONY: demo test pytest compat unasync generated lint typecheck docs bench clean
 
 $(READY): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -33,7 +33,7 @@ demo: $(READY)
 
 # The suite starts its own Redis and Valkey servers on free loopback ports;
 # requiring both makes a missing server fail the run instead of shrinking it.
-test: lint typecheck docs pytest compat
+test: generated lint typecheck docs pytest compat
 
 pytest: $(READY)
 	ATOMLIMIT_REQUIRE_SERVERS=redis,valkey $(BIN)/python -m pytest -q --hypothesis-profile=ci
@@ -57,10 +57,18 @@ $(COMPAT_VENV)/.ready: pyproject.toml
 compat: $(COMPAT_VENV)/.ready
 	ATOMLIMIT_REQUIRE_SERVERS=redis,valkey $(COMPAT_VENV)/bin/python -m pytest -q \
 		-p no:cacheprovider $(COMPAT_TESTS)
+# The sync shells, handles, cache and sessions are generated from their
+# asyncio source (src/atomlimit/_async/ -> _sync/): `make unasync` rewrites
+# them, and `make test` fails while one is out of date.
+unasync: $(READY)
+	$(BIN)/python scripts/unasync.py
+
+generated: $(READY)
+	$(BIN)/python scripts/unasync.py --check
 
 lint: $(READY)
-	$(BIN)/ruff check src tests bench examples
-	$(BIN)/ruff format --check src tests bench examples
+	$(BIN)/ruff check src tests bench examples scripts
+	$(BIN)/ruff format --check src tests bench examples scripts
 
 typecheck: $(READY)
 	$(BIN)/mypy

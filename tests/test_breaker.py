@@ -22,7 +22,7 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, 
 from atomlimit import BackendError, Breaker, BreakerOpen, InvalidInput, RateLimit
 from atomlimit._circuit import NORMAL, PROBE, Circuit
 from atomlimit._failures import backend_failure, outage
-from atomlimit._guard import Guard
+from atomlimit._sync.guard import SyncGuard as Guard
 
 BREAKER = Breaker(failures=3, cool_down=timedelta(seconds=2))
 ALLOW = RateLimit(name="api", limit=10, window="minute", on_backend_error="allow")

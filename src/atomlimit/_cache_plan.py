@@ -17,14 +17,15 @@ import logging
 import secrets
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from datetime import timedelta
-from typing import Protocol
+from typing import Any, Generic, TypeVar, overload
 
 from pydantic import BaseModel
 
 from atomlimit import _keys
 from atomlimit._errors import BackendError, InvalidInput
-from atomlimit._inputs import check_part, check_value, days, show, whole_ms
+from atomlimit._inputs import check_model, check_part, check_value, days, show, whole_ms
 from atomlimit._runner_steps import PRODUCE, Call, Command, Flow, Sleep
 from atomlimit._scripts import script
 from atomlimit._stored_values import encode, ok, reader
@@ -49,18 +50,45 @@ _log = logging.getLogger("atomlimit.cache")
 Monotonic = Callable[[], float]
 """Seconds from a clock that never goes back, for a waiter's deadline."""
 Parts = str | Sequence[str]
+T = TypeVar("T")
+M = TypeVar("M", bound=BaseModel)
 
 
-class CategoryLike(Protocol):
-    """What a plan reads of a :class:`~atomlimit.cache.Category`, which is
-    defined with the cache that takes it, above this module."""
+@dataclass(frozen=True, slots=True, init=False)
+class Category(Generic[T]):
+    """A kind of cache entry: the name in its keys, its TTL, and its value type.
 
-    @property
-    def name(self) -> str: ...
-    @property
-    def model(self) -> type[BaseModel] | None: ...
-    @property
-    def _ttl_ms(self) -> int: ...
+    With ``model`` (a pydantic model class), values are instances of it,
+    stored as their JSON. Without, values are ``bytes`` or ``str``, stored
+    as given; reads return ``bytes``, or ``str`` from a client created with
+    ``decode_responses=True``.
+
+    >>> Category("dataforseo", ttl=timedelta(days=30))
+    Category(name='dataforseo', ttl=datetime.timedelta(days=30), model=None)
+    """
+
+    name: str
+    """Second part of every key: ``<version>:<name>:...``."""
+    ttl: timedelta
+    """How long an entry lives after each write (or :meth:`~atomlimit.cache.Cache.touch`)."""
+    model: type[BaseModel] | None
+    """The pydantic model values are, or None for raw bytes / str."""
+    _ttl_ms: int = field(repr=False, compare=False)
+
+    @overload
+    def __init__(
+        self: Category[bytes | str], name: str, ttl: timedelta, model: None = None
+    ) -> None: ...
+
+    @overload
+    def __init__(self: Category[M], name: str, ttl: timedelta, model: type[M]) -> None: ...
+
+    def __init__(self, name: str, ttl: timedelta, model: type[BaseModel] | None = None) -> None:
+        init = object.__setattr__  # frozen: the only writes are here
+        init(self, "name", check_part(name, "Category.name"))
+        init(self, "ttl", ttl)
+        init(self, "model", check_model(model, "Category.model"))
+        init(self, "_ttl_ms", whole_ms(ttl, "Category.ttl"))
 
 
 # --------------------------------------------------------------------------
@@ -78,29 +106,29 @@ class CachePlan:
         self._wait = _seconds(wait, "wait")
         self._lock_ms = _lock_ms(lock_ttl)
 
-    def key(self, category: CategoryLike, parts: Parts) -> str:
+    def key(self, category: Category[Any], parts: Parts) -> str:
         """``<version>:<category>:<part>[:<part>...]``, the seed's cache key."""
         return _keys.cache_key(self._version, category.name, _identifier(parts))
 
-    def get(self, category: CategoryLike, parts: Parts) -> Command:
+    def get(self, category: Category[Any], parts: Parts) -> Command:
         """Plan reading an entry: its value, or None if absent or no longer valid."""
         return _read(category, self.key(category, parts))
 
-    def set(self, category: CategoryLike, parts: Parts, value: object) -> Command:
+    def set(self, category: Category[Any], parts: Parts, value: object) -> Command:
         """Plan writing an entry with the category's TTL, in the same command."""
         return _write(category, self.key(category, parts), value)
 
-    def delete(self, category: CategoryLike, parts: Parts) -> Command:
+    def delete(self, category: Category[Any], parts: Parts) -> Command:
         """Plan removing an entry; reads True if it existed."""
         return Command(("DEL", self.key(category, parts)), ok)
 
-    def touch(self, category: CategoryLike, parts: Parts) -> Command:
+    def touch(self, category: Category[Any], parts: Parts) -> Command:
         """Plan restarting an entry's TTL at the category's full TTL; True if it existed."""
         return Command(("PEXPIRE", self.key(category, parts), category._ttl_ms), ok)
 
     def get_or_set(
         self,
-        category: CategoryLike,
+        category: Category[Any],
         parts: Parts,
         *,
         wait: timedelta | None = None,
@@ -118,7 +146,7 @@ class CachePlan:
 
 
 def _single_flight(
-    category: CategoryLike, key: str, wait: float, lock_ms: int, clock: Monotonic
+    category: Category[Any], key: str, wait: float, lock_ms: int, clock: Monotonic
 ) -> Flow:
     read = _read(category, key)
     lock = _keys.lock_key(key)
@@ -145,7 +173,7 @@ def _single_flight(
     return value
 
 
-def _hold(category: CategoryLike, key: str, read: Command, unlock: Call) -> Flow:
+def _hold(category: Category[Any], key: str, read: Command, unlock: Call) -> Flow:
     try:
         # The previous holder may have written the entry and released the lock
         # between our read and our lock; read again so the factory runs once.
@@ -171,7 +199,7 @@ def _release(unlock: Call) -> Flow:
         _log.warning("could not release a single-flight lock; it expires by its TTL: %s", err)
 
 
-def _read(category: CategoryLike, key: str) -> Command:
+def _read(category: Category[Any], key: str) -> Command:
     warned = False
 
     def complain(why: str) -> None:
@@ -185,7 +213,7 @@ def _read(category: CategoryLike, key: str) -> Command:
     return Command(("GET", key), reader(category.model, complain))
 
 
-def _write(category: CategoryLike, key: str, value: object) -> Command:
+def _write(category: Category[Any], key: str, value: object) -> Command:
     what = f"category {category.name!r}"
     data = check_value(encode(category.model, value, what), what)
     return Command(("SET", key, data, "PX", category._ttl_ms), ok)

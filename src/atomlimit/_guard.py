@@ -13,17 +13,17 @@ Every call a shell makes goes through its limiter's :class:`Guard`:
    most every :data:`~atomlimit._reporting.LOG_EVERY` seconds.
 4. Observers hear of each decision and each failure.
 
-The guard's two drivers, sync and async, read alike and differ only in
-``await``.
+The guard's drivers, which send the call, are written once in
+`atomlimit._async.guard` and generated for sync code into
+`atomlimit._sync.guard`.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable, Sequence
-from typing import TYPE_CHECKING, Any, TypeVar
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 from atomlimit._circuit import NORMAL, PROBE, Circuit, Transition
 from atomlimit._degraded import degraded, degraded_acquisition, degraded_many
@@ -71,6 +71,10 @@ def _decisions_in(result: Any) -> Sequence[Decision[Any]]:
 class Guard:
     """Wraps each of a limiter's calls in its breaker, policy and observers.
 
+    Everything but the sending: a limiter's driver (``SyncGuard`` or
+    ``AsyncGuard``, subclasses of this one) admits each call here, sends
+    it, and reports here what came of it.
+
     Args:
         breaker: None for no breaker.
         observers: checked with :func:`check_observers`.
@@ -98,80 +102,6 @@ class Guard:
         self._clock = clock
         self._log = _Throttle(LOG_EVERY)
         self._observer_log = _Throttle(LOG_EVERY)
-
-    # -- sync ------------------------------------------------------------------
-
-    def run(
-        self,
-        operation: Operation,
-        send: Callable[[Any], T],
-        step: Any,
-        fallback: Callable[[BackendError], T] | None = None,
-    ) -> T:
-        """``send(step)``, guarded; a backend failure goes to ``fallback``
-        (the policy), or is raised when there is none."""
-        started = time.perf_counter()
-        ticket = self._admit()
-        if isinstance(ticket, BreakerOpen):
-            return self._fall_back(operation, ticket, started, fallback)
-        try:
-            result = send(step)
-        except BaseException as err:
-            return self._failed(operation, ticket, started, err, step, fallback)
-        self._succeeded(operation, ticket, started, result)
-        return result
-
-    def decide(
-        self,
-        operation: Operation,
-        spec: Spec[Any],
-        cost: object,
-        send: Callable[[Any], Any],
-        step: Any,
-    ) -> Any:
-        """:meth:`run` for a call that returns one Decision of ``spec``."""
-        return self.run(operation, send, step, self._policy(spec, cost, operation == "hit"))
-
-    # -- async -----------------------------------------------------------------
-
-    async def arun(
-        self,
-        operation: Operation,
-        send: Callable[[Any], Awaitable[T]],
-        step: Any,
-        fallback: Callable[[BackendError], T] | None = None,
-    ) -> T:
-        """The async twin of :meth:`run`, within the deadline."""
-        started = time.perf_counter()
-        ticket = self._admit()
-        if isinstance(ticket, BreakerOpen):
-            # Failing fast must still suspend: a task that retries in a loop
-            # would otherwise never let the event loop run anything else.
-            await asyncio.sleep(0)
-            return self._fall_back(operation, ticket, started, fallback)
-        try:
-            if self.deadline is None:
-                result = await send(step)
-            else:
-                async with asyncio.timeout(self.deadline):
-                    result = await send(step)
-        except BaseException as err:
-            return self._failed(operation, ticket, started, err, step, fallback)
-        self._succeeded(operation, ticket, started, result)
-        return result
-
-    async def adecide(
-        self,
-        operation: Operation,
-        spec: Spec[Any],
-        cost: object,
-        send: Callable[[Any], Awaitable[Any]],
-        step: Any,
-    ) -> Any:
-        """The async twin of :meth:`decide`."""
-        return await self.arun(operation, send, step, self._policy(spec, cost, operation == "hit"))
-
-    # -- shared ----------------------------------------------------------------
 
     def _admit(self) -> int | BreakerOpen:
         """The breaker's ticket for a call, or its refusal."""
@@ -360,30 +290,7 @@ class Guard:
         )
 
 
-class GuardedRunner:
-    """A sync runner as a lease or reservation handle sees it: every call guarded."""
-
-    __slots__ = ("_guard", "_runner")
-
-    def __init__(self, guard: Guard, runner: Any) -> None:
-        self._guard = guard
-        self._runner = runner
-
-    def now(self) -> int:
-        return self._runner.now()  # type: ignore[no-any-return]
-
-    def run(self, call: Call) -> Any:
-        name = call.script.name
-        operation: Any = _NAMES.get(name, name)
-        return self._guard.run(operation, self._runner.run, call)
-
-
-class AsyncGuardedRunner(GuardedRunner):
-    """The async twin of :class:`GuardedRunner`."""
-
-    __slots__ = ()
-
-    async def run(self, call: Call) -> Any:
-        name = call.script.name
-        operation: Any = _NAMES.get(name, name)
-        return await self._guard.arun(operation, self._runner.run, call)
+def operation_of(call: Call) -> Operation:
+    """What observers hear a handle's call as: the method that sent it."""
+    name = call.script.name
+    return cast("Operation", _NAMES.get(name, name))

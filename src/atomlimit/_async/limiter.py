@@ -1,0 +1,520 @@
+"""The limiter shell: what :mod:`atomlimit._engine` plans, sent through the guard.
+
+The shell hands each planned call to a runner (`atomlimit._async_runner`)
+through the limiter's guard (breaker, failure policy, observers) and wraps
+what it holds in handles (:mod:`atomlimit.holds`); every rule lives in
+those places, once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import random
+import time
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
+from datetime import timedelta
+from decimal import Decimal
+from types import TracebackType
+from typing import Any, ParamSpec, Self, TypeVar
+
+import redis.asyncio
+from redis.asyncio.cluster import RedisCluster as AsyncRedisCluster
+
+from atomlimit._acquire import Acquisition, acquire, undo
+from atomlimit._async.guard import AsyncGuard, AsyncGuardedRunner
+from atomlimit._async.holds import AsyncLease, AsyncReservation
+from atomlimit._async_runner import AsyncRunner
+from atomlimit._clock import clock_reader
+from atomlimit._engine import (
+    DEFAULT_HOLD,
+    DEFAULT_REQUEST_TTL,
+    DEFAULT_RETRY_TTL,
+    Engine,
+    Item,
+    TimeSource,
+)
+from atomlimit._inputs import check_deadline, check_flag
+from atomlimit._limited import check_function, configure
+from atomlimit._money import Amount
+from atomlimit._redis import check_client
+from atomlimit._redis import from_url as connect
+from atomlimit._runner_steps import Flow
+from atomlimit._shell import (
+    DEFAULT_BREAKER,
+    DEFAULT_MAX_CONNECTIONS,
+    DEFAULT_POOL_TIMEOUT,
+    Clock,
+    acquired,
+    hit_calls,
+)
+from atomlimit._waiting import deadline_after, pause
+from atomlimit.breaker import Breaker
+from atomlimit.decision import Decision
+from atomlimit.errors import InvalidInput, LimitExceeded
+from atomlimit.holds import Acquired, Pending
+from atomlimit.observe import Observer
+from atomlimit.specs import Concurrency, Hit, Spec, SpendCap
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+class AsyncLimiter:
+    # unasync: async
+    """Race-free limits over ``redis.asyncio.Redis`` or ``redis.asyncio.RedisCluster``.
+
+    Takes the same arguments as :class:`Limiter`, and:
+
+    - ``batch``: calls that concurrent tasks start together go out in one
+      write per server, each script still atomic (``batch=False`` sends
+      each call on its own).
+    - ``deadline``: the longest a call may wait for the server, a
+      ``timedelta``; past it the call fails as a
+      :class:`~atomlimit.BackendError` (outcome unknown), which the limit's
+      failure policy may turn into a degraded decision. An ``acquire`` still
+      finishes undoing what it charged before it gives up.
+
+    One instance serves any number of tasks on its event loop.
+    """
+
+    # unasync: sync
+    # """Race-free limits over a sync ``redis.Redis`` or ``redis.RedisCluster``.
+    #
+    # Args:
+    #     client: the connection to use; the limiter never closes a client it
+    #         was given.
+    #     prefix: first part of every key, to share one server between apps.
+    #     time_source: ``"server"`` (default) lets the Redis server's TIME
+    #         decide windows; ``"client"`` uses ``clock`` instead, for managed
+    #         services that refuse TIME and for tests with a controlled clock.
+    #     clock: epoch seconds as a float; with ``time_source="server"`` it only
+    #         centres the planned windows and never decides one.
+    #     request_ttl: how long a caller's ``request_id`` is remembered.
+    #     retry_ttl: how long a call that needs a record but has no
+    #         ``request_id`` (an acquire over several subjects, a reservation's
+    #         outcome) keeps it.
+    #     strict: refuse to decide on a server that may evict keys (a
+    #         ``maxmemory-policy`` other than ``noeviction``) or whose INFO
+    #         cannot be read, instead of logging a warning. A replica is always
+    #         refused. See docs/cli.md (``doctor``).
+    #     breaker: when to stop asking a failing server, and for how long
+    #         (:class:`~atomlimit.Breaker`); None turns the breaker off, so
+    #         every call tries the server. See docs/failure-policy.md.
+    #     observers: objects told of every decision and backend failure
+    #         (:class:`atomlimit.observe.Observer`), at most 16.
+    #
+    # A call waits for the server at most as long as the client allows: its
+    # ``socket_connect_timeout`` and ``socket_timeout`` (redis-py waits
+    # forever by default). Set both on a client used in production.
+    # """
+    # unasync: end
+
+    def __init__(
+        self,
+        client: redis.asyncio.Redis | AsyncRedisCluster,
+        *,
+        prefix: str = "atomlimit",
+        time_source: TimeSource = "server",
+        clock: Clock | None = None,
+        request_ttl: timedelta = DEFAULT_REQUEST_TTL,
+        retry_ttl: timedelta = DEFAULT_RETRY_TTL,
+        batch: bool = True,  # unasync: async
+        strict: bool = False,
+        breaker: Breaker | None = DEFAULT_BREAKER,
+        observers: Sequence[Observer] = (),
+        deadline: timedelta | None = None,  # unasync: async
+    ) -> None:
+        self._engine = Engine(
+            prefix=prefix, time_source=time_source, request_ttl=request_ttl, retry_ttl=retry_ttl
+        )
+        now = clock_reader(clock)
+        client = check_client(client, (redis.asyncio.Redis, AsyncRedisCluster))
+        batch = check_flag(batch, "batch")  # unasync: async
+        strict = check_flag(strict, "strict")
+        self._runner = AsyncRunner(
+            client,
+            now,
+            strict=strict,
+            batch=batch,  # unasync: async
+        )
+        self._guard = AsyncGuard(
+            breaker,
+            observers,
+            now,
+            check_deadline(deadline),  # unasync: async
+        )
+        self._handles = AsyncGuardedRunner(self._guard, self._runner)
+        self._owns_client = False
+
+    @classmethod
+    def from_url(
+        cls,
+        url: str,
+        *,
+        prefix: str = "atomlimit",
+        time_source: TimeSource = "server",
+        clock: Clock | None = None,
+        request_ttl: timedelta = DEFAULT_REQUEST_TTL,
+        retry_ttl: timedelta = DEFAULT_RETRY_TTL,
+        batch: bool = True,  # unasync: async
+        strict: bool = False,
+        breaker: Breaker | None = DEFAULT_BREAKER,
+        observers: Sequence[Observer] = (),
+        deadline: timedelta | None = None,  # unasync: async
+        max_connections: int = DEFAULT_MAX_CONNECTIONS,  # unasync: async
+        pool_timeout: float | None = DEFAULT_POOL_TIMEOUT,  # unasync: async
+        **redis_options: Any,
+    ) -> Self:
+        # unasync: async
+        """Connect to ``url`` through a blocking pool of ``max_connections``.
+
+        Calls beyond what the pool can carry wait up to ``pool_timeout``
+        seconds for a free connection instead of failing, as redis-py's
+        default asyncio pool does past its limit. ``redis_options`` go to
+        the pool.
+        """
+        options = {"max_connections": max_connections, "timeout": pool_timeout, **redis_options}
+        pool = connect(redis.asyncio.BlockingConnectionPool.from_url, url, options)
+        client = redis.asyncio.Redis.from_pool(pool)
+        # unasync: sync
+        # """Connect to ``url``; ``redis_options`` go to ``redis.Redis.from_url``.
+        #
+        # The limiter owns this client and closes it in :meth:`close`.
+        # """
+        # client = connect(redis.Redis.from_url, url, redis_options)
+        # unasync: end
+        limiter = cls(
+            client,
+            prefix=prefix,
+            time_source=time_source,
+            clock=clock,
+            request_ttl=request_ttl,
+            retry_ttl=retry_ttl,
+            batch=batch,  # unasync: async
+            strict=strict,
+            breaker=breaker,
+            observers=observers,
+            deadline=deadline,  # unasync: async
+        )
+        limiter._owns_client = True
+        limiter._runner.keep_connections = True  # unasync: async
+        return limiter
+
+    async def hit(
+        self,
+        limit: Spec[Amount],
+        subject: str,
+        cost: Amount | int = 1,
+        *,
+        request_id: str | None = None,
+        partial: bool = False,
+    ) -> Decision[Amount]:
+        """Charge ``cost`` to ``subject`` if it fits within ``limit``; else charge nothing.
+
+        One atomic script run. With ``request_id``, a repeat of a charged
+        request returns the original decision and charges nothing. With
+        ``partial``, as much of ``cost`` as fits is granted (``granted``).
+        """
+        runner = self._open()
+        call = self._engine.hit(limit, subject, cost, request_id, partial, runner.now())
+        result: Decision[Amount] = await self._guard.decide("hit", limit, cost, runner.run, call)
+        return result
+
+    async def hit_many(self, hits: Sequence[Hit[Any]]) -> list[Decision[Any]]:
+        """Decide many independent hits in one round trip (one per cluster node).
+
+        Each hit is charged or denied on its own, as :meth:`hit` would; the
+        decisions come back in order. For all-or-nothing, use :meth:`acquire`.
+        """
+        runner = self._open()
+        calls = hit_calls(self._engine, hits, runner.now())
+        results: list[Decision[Any]] = await self._guard.run(
+            "hit_many", runner.run_many, calls, self._guard.many(hits)
+        )
+        return results
+
+    async def peek(
+        self, limit: Spec[Amount], subject: str, cost: Amount | int = 1
+    ) -> Decision[Amount]:
+        """Would a hit of ``cost`` pass now? Charges nothing."""
+        runner = self._open()
+        call = self._engine.peek(limit, subject, cost, runner.now())
+        result: Decision[Amount] = await self._guard.decide("peek", limit, cost, runner.run, call)
+        return result
+
+    async def refund(
+        self,
+        limit: Spec[Amount],
+        subject: str,
+        amount: Amount | int,
+        *,
+        request_id: str | None = None,
+    ) -> Decision[Amount]:
+        """Give back up to ``amount`` of the current usage; ``used`` never goes below zero.
+
+        With ``request_id``, a repeated refund gives back nothing more.
+        """
+        runner = self._open()
+        call = self._engine.refund(limit, subject, amount, request_id, runner.now())
+        result: Decision[Amount] = await self._guard.decide(
+            "refund", limit, amount, runner.run, call
+        )
+        return result
+
+    async def reset(self, limit: Spec[Any], subject: str) -> None:
+        """Forget ``subject``'s usage of ``limit``; a backend failure always raises."""
+        runner = self._open()
+        await self._guard.run("reset", runner.run, self._engine.reset(limit, subject, runner.now()))
+
+    async def acquire(
+        self, hits: Sequence[Hit[Any]], *, request_id: str | None = None
+    ) -> Acquired[AsyncLease, AsyncReservation]:
+        # unasync: async
+        """Charge every hit or none of them; see :meth:`Limiter.acquire`.
+
+        If the calling task is cancelled part-way, the acquire still runs to
+        its end (all charged, or what was charged undone) before the
+        cancellation goes through, so no partial charge survives; leases and
+        holds it took are then released, since nobody holds their handles.
+        """
+        # unasync: sync
+        # """Charge every hit or none of them; see docs/acquire.md.
+        #
+        # When the server fails, the strictest failure policy among the hits
+        # decides: any "raise" raises, else any "deny" denies, else all allow.
+        # """
+        # unasync: end
+        self._open()
+        flow = acquire(self._engine, hits, request_id)
+        fallback = self._guard.acquisition(self._engine, hits)
+        found: Acquisition = await self._guard.run("acquire", self._whole, flow, fallback)
+        return acquired(found, hits, self._lease_of, self._reservation_of)
+
+    async def undo_acquire(self, hits: Sequence[Hit[Any]], *, request_id: str) -> bool:
+        # unasync: async
+        """Take back exactly what the acquire of ``hits`` under ``request_id``
+        charged; see :meth:`Limiter.undo_acquire`."""
+        # unasync: sync
+        # """Take back exactly what the acquire of ``hits`` under ``request_id`` charged.
+        #
+        # For an acquire that raised :class:`~atomlimit.BackendError` part-way:
+        # pass the same hits and the error's ``request_id``. Returns True if
+        # something was charged under that id and is now taken back, False if
+        # nothing was (never charged, already undone, or its record expired).
+        # Sending it again changes nothing. See docs/acquire.md.
+        # """
+        # unasync: end
+        runner = self._open()
+        undone: bool = await runner.drive(undo(self._engine, hits, request_id))
+        return undone
+
+    async def reserve(
+        self,
+        cap: SpendCap,
+        subject: str,
+        estimate: Decimal | int,
+        *,
+        ttl: timedelta = DEFAULT_HOLD,
+        request_id: str | None = None,
+    ) -> AsyncReservation:
+        """Hold ``estimate`` on ``cap`` until settled, released, or ``ttl`` passes."""
+        runner = self._open()
+        held = self._engine.reserve(cap, subject, estimate, ttl, request_id, runner.now())
+        decision = await self._guard.decide("reserve", cap, estimate, runner.run, held.call)
+        return AsyncReservation(self._engine, self._handles, decision, held.item, held.request_id)
+
+    def reservation(
+        self,
+        cap: SpendCap,
+        subject: str,
+        estimate: Decimal | int,
+        *,
+        ttl: timedelta = DEFAULT_HOLD,
+        raise_on_deny: bool = True,
+    ) -> Pending[AsyncReservation]:
+        """:meth:`reserve`, for ``async with``: the block's end settles or releases.
+
+        Raises :class:`~atomlimit.LimitExceeded` when the cap is full, unless
+        ``raise_on_deny`` is False.
+        """
+        check_flag(raise_on_deny, "raise_on_deny")
+        return Pending(lambda: self.reserve(cap, subject, estimate, ttl=ttl), raise_on_deny)
+
+    def lease(
+        self,
+        limit: Concurrency,
+        subject: str,
+        *,
+        raise_on_deny: bool = True,
+        request_id: str | None = None,
+    ) -> Pending[AsyncLease]:
+        # unasync: async
+        """Take one of ``limit``'s slots: await it, or ``async with`` it to release on exit.
+
+        Raises :class:`~atomlimit.LimitExceeded` when every slot is taken,
+        unless ``raise_on_deny`` is False.
+        """
+        # unasync: sync
+        # """Take one of ``limit``'s slots; also a context manager that releases it.
+        #
+        # Raises :class:`~atomlimit.LimitExceeded` when every slot is taken,
+        # unless ``raise_on_deny`` is False.
+        # """
+        # unasync: end
+        check_flag(raise_on_deny, "raise_on_deny")
+
+        async def take() -> AsyncLease:
+            runner = self._open()
+            held = self._engine.lease(limit, subject, request_id, runner.now())
+            decision = await self._guard.decide("lease", limit, 1, runner.run, held.call)
+            return AsyncLease(self._engine, self._handles, decision, held.item, held.request_id)
+
+        return Pending(take, raise_on_deny)
+
+    # ------------------------------------------------------------------
+    # Waiting and decorating. Each try is one hit, atomic like any other,
+    # so waiters never overshoot; how long to sleep is decided by the pure
+    # policy in atomlimit._waiting.
+    # ------------------------------------------------------------------
+
+    async def wait(
+        self,
+        limit: Spec[Amount],
+        subject: str,
+        cost: Amount | int = 1,
+        *,
+        # unasync: async
+        # Not asyncio.timeout: that cancels when time is up, while a wait
+        # knows from retry_after that it cannot make it and gives up at once.
+        # unasync: end
+        timeout: timedelta | float | None = None,  # noqa: ASYNC109
+    ) -> Decision[Amount]:
+        """Hit ``limit`` until it allows, sleeping ``retry_after`` (plus jitter) between tries.
+
+        Returns the allowing Decision. Raises
+        :class:`~atomlimit.LimitExceeded` at once when the cost can never
+        fit, or when the next try that could pass would land after
+        ``timeout`` (a ``timedelta`` or seconds, at most a day; None waits
+        as long as it takes). Never sleeps past the deadline.
+        """
+        deadline = deadline_after(timeout, time.monotonic())
+        while True:
+            decision = await self.hit(limit, subject, cost)
+            if decision.allowed:
+                return decision
+            sleep = pause(decision, deadline, time.monotonic(), random.random)
+            if sleep is None:
+                raise LimitExceeded(decision, limit=limit, subject=subject)
+            await asyncio.sleep(sleep)
+
+    def limited(
+        self,
+        limit: Spec[Any],
+        *,
+        subject: str | Callable[..., str],
+        cost: Any = 1,
+        wait: bool = False,
+        timeout: timedelta | float | None = None,
+    ) -> Callable[[Callable[P, Awaitable[R]]], Callable[P, Coroutine[Any, Any, R]]]:
+        # unasync: async
+        """Decorate an ``async def`` function so that each call is charged to ``limit`` first.
+
+        ``subject`` and ``cost`` are values, or callables taking the
+        function's own arguments. A denied call raises
+        :class:`~atomlimit.LimitExceeded` without running the function, or
+        with ``wait=True`` waits as :meth:`wait` does, up to ``timeout``.
+        Plain functions need :class:`Limiter`; see docs/decorators.md.
+        """
+        # unasync: sync
+        # """Decorate a function so that each call is charged to ``limit`` first.
+        #
+        # ``subject`` and ``cost`` are values, or callables taking the
+        # function's own arguments. A denied call raises
+        # :class:`~atomlimit.LimitExceeded` without running the function, or
+        # with ``wait=True`` waits as :meth:`wait` does, up to ``timeout``.
+        # Async functions need :class:`AsyncLimiter`; see docs/decorators.md.
+        # """
+        # unasync: end
+        config = configure(limit, subject, cost, wait, timeout)
+
+        def decorate(func: Callable[P, Awaitable[R]]) -> Callable[P, Coroutine[Any, Any, R]]:
+            check_function(func, asynchronous=True)
+
+            @functools.wraps(func)
+            async def charged(*args: P.args, **kwargs: P.kwargs) -> R:
+                who, amount = config.arguments(args, kwargs)
+                if config.wait:
+                    await self.wait(config.limit, who, amount, timeout=config.timeout)
+                else:
+                    decision = await self.hit(config.limit, who, amount)
+                    if not decision.allowed:
+                        raise LimitExceeded(decision, limit=config.limit, subject=who)
+                return await func(*args, **kwargs)
+
+            return charged
+
+        return decorate
+
+    async def aclose(self) -> None:
+        # unasync: async
+        """Close the client if this limiter created it (see :meth:`from_url`).
+
+        A client you gave it stays open, with every connection the limiter
+        held given back to its pool. Any later call raises
+        :class:`~atomlimit.InvalidInput`.
+        """
+        # unasync: sync
+        # """Close the client if this limiter created it (see :meth:`from_url`).
+        #
+        # Any later call raises :class:`~atomlimit.InvalidInput`.
+        # """
+        # unasync: end
+        if self._runner.closed:
+            return
+        await self._runner.close()  # unasync: async
+        if self._owns_client:
+            await self._runner.client.aclose()
+        self._runner.closed = True
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self, kind: type[BaseException] | None, err: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.aclose()
+
+    def _open(self) -> AsyncRunner:
+        if self._runner.closed:
+            raise InvalidInput("this limiter is closed; make a new one")
+        return self._runner
+
+    def _lease_of(self, decision: Decision[Any], item: Item, rid: str) -> AsyncLease:
+        return AsyncLease(self._engine, self._handles, decision, item, rid)
+
+    def _reservation_of(self, decision: Decision[Any], item: Item, rid: str) -> AsyncReservation:
+        return AsyncReservation(self._engine, self._handles, decision, item, rid)
+
+    async def _whole(self, flow: Flow) -> Acquisition:
+        """Drive an acquire to its end: all charged, or what was charged undone."""
+        # unasync: async
+        # Cancelled part-way (by the caller, or by the deadline), the acquire
+        # still finishes before the cancellation goes through, so no partial
+        # charge survives; leases and holds it took are then released, since
+        # nobody holds their handles.
+        done = asyncio.ensure_future(self._runner.drive(flow))
+        try:
+            return await asyncio.shield(done)
+        except asyncio.CancelledError:
+            with contextlib.suppress(Exception):
+                found = await done
+                for item, decision in found.held:
+                    handle = self._reservation_of if item.hold else self._lease_of
+                    await handle(decision, item, found.request_id).release()
+            raise
+        # unasync: sync
+        # found: Acquisition = self._runner.drive(flow)
+        # return found
+        # unasync: end

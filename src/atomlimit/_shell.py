@@ -1,0 +1,58 @@
+"""What the sync and async limiter shells share: defaults, argument checks,
+and the handles an acquire returns.
+
+The shells themselves are written once in :mod:`atomlimit._async.limiter`
+and generated for sync code into :mod:`atomlimit._sync.limiter`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
+
+from atomlimit._acquire import Acquisition
+from atomlimit._engine import Engine, Item
+from atomlimit._errors import InvalidInput
+from atomlimit._runner_steps import Call
+from atomlimit.breaker import Breaker
+from atomlimit.decision import Decision
+from atomlimit.holds import Acquired
+from atomlimit.specs import Hit
+
+Clock = Callable[[], float]
+LeaseT = TypeVar("LeaseT")
+ReservationT = TypeVar("ReservationT")
+
+DEFAULT_MAX_CONNECTIONS = 50
+MAX_MANY = 10_000
+"""Most hits one hit_many decides: one round trip of about a megabyte."""
+DEFAULT_POOL_TIMEOUT = 20.0
+DEFAULT_BREAKER = Breaker()
+"""Open after 5 failures in a row (or one refused connection), probe after 2 s."""
+
+
+def hit_calls(engine: Engine, hits: Sequence[Hit[Any]], local: int) -> list[Call]:
+    """The calls of a ``hit_many``, each planned as :meth:`~atomlimit.Limiter.hit` would."""
+    if not isinstance(hits, list | tuple) or len(hits) > MAX_MANY:
+        raise InvalidInput(f"hit_many takes a list or tuple of at most {MAX_MANY} Hit objects")
+    calls = []
+    for hit in hits:
+        if not isinstance(hit, Hit):
+            raise InvalidInput(f"hit_many takes Hit objects, got {type(hit).__name__}")
+        if hit.hold is not None:
+            raise InvalidInput("hit_many charges; a Hit with a hold is a reservation (reserve)")
+        calls.append(engine.hit(hit.limit, hit.subject, hit.cost, None, False, local))
+    return calls
+
+
+def acquired(
+    found: Acquisition,
+    hits: Sequence[Hit[Any]],
+    lease: Callable[[Decision[Any], Item, str], LeaseT],
+    hold: Callable[[Decision[Any], Item, str], ReservationT],
+) -> Acquired[LeaseT, ReservationT]:
+    """What an acquire returns: its decisions, and a handle for each hold it took."""
+    leases = tuple(lease(d, i, found.request_id) for i, d in found.held if not i.hold)
+    holds = tuple(hold(d, i, found.request_id) for i, d in found.held if i.hold)
+    denied_by = None if found.denied_at is None else hits[found.denied_at]
+    return Acquired(found.allowed, tuple(found.decisions), denied_by, leases, holds)

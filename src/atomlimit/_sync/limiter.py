@@ -1,0 +1,396 @@
+# Generated from src/atomlimit/_async/limiter.py by scripts/unasync.py; do not edit.
+"""The limiter shell: what :mod:`atomlimit._engine` plans, sent through the guard.
+
+The shell hands each planned call to a runner (`atomlimit._sync_runner`)
+through the limiter's guard (breaker, failure policy, observers) and wraps
+what it holds in handles (:mod:`atomlimit.holds`); every rule lives in
+those places, once.
+"""
+
+from __future__ import annotations
+
+import functools
+import random
+import time
+from collections.abc import Callable, Sequence
+from datetime import timedelta
+from decimal import Decimal
+from types import TracebackType
+from typing import Any, ParamSpec, Self, TypeVar
+
+import redis
+from redis.cluster import RedisCluster
+
+from atomlimit._acquire import Acquisition, acquire, undo
+from atomlimit._clock import clock_reader
+from atomlimit._engine import (
+    DEFAULT_HOLD,
+    DEFAULT_REQUEST_TTL,
+    DEFAULT_RETRY_TTL,
+    Engine,
+    Item,
+    TimeSource,
+)
+from atomlimit._inputs import check_flag
+from atomlimit._limited import check_function, configure
+from atomlimit._money import Amount
+from atomlimit._redis import check_client
+from atomlimit._redis import from_url as connect
+from atomlimit._runner_steps import Flow
+from atomlimit._shell import (
+    DEFAULT_BREAKER,
+    Clock,
+    acquired,
+    hit_calls,
+)
+from atomlimit._sync.guard import GuardedRunner, SyncGuard
+from atomlimit._sync.holds import Lease, Reservation
+from atomlimit._sync_runner import SyncRunner
+from atomlimit._waiting import deadline_after, pause
+from atomlimit.breaker import Breaker
+from atomlimit.decision import Decision
+from atomlimit.errors import InvalidInput, LimitExceeded
+from atomlimit.holds import Acquired, taken
+from atomlimit.observe import Observer
+from atomlimit.specs import Concurrency, Hit, Spec, SpendCap
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+class Limiter:
+    """Race-free limits over a sync ``redis.Redis`` or ``redis.RedisCluster``.
+
+    Args:
+        client: the connection to use; the limiter never closes a client it
+            was given.
+        prefix: first part of every key, to share one server between apps.
+        time_source: ``"server"`` (default) lets the Redis server's TIME
+            decide windows; ``"client"`` uses ``clock`` instead, for managed
+            services that refuse TIME and for tests with a controlled clock.
+        clock: epoch seconds as a float; with ``time_source="server"`` it only
+            centres the planned windows and never decides one.
+        request_ttl: how long a caller's ``request_id`` is remembered.
+        retry_ttl: how long a call that needs a record but has no
+            ``request_id`` (an acquire over several subjects, a reservation's
+            outcome) keeps it.
+        strict: refuse to decide on a server that may evict keys (a
+            ``maxmemory-policy`` other than ``noeviction``) or whose INFO
+            cannot be read, instead of logging a warning. A replica is always
+            refused. See docs/cli.md (``doctor``).
+        breaker: when to stop asking a failing server, and for how long
+            (:class:`~atomlimit.Breaker`); None turns the breaker off, so
+            every call tries the server. See docs/failure-policy.md.
+        observers: objects told of every decision and backend failure
+            (:class:`atomlimit.observe.Observer`), at most 16.
+
+    A call waits for the server at most as long as the client allows: its
+    ``socket_connect_timeout`` and ``socket_timeout`` (redis-py waits
+    forever by default). Set both on a client used in production.
+    """
+
+    def __init__(
+        self,
+        client: redis.Redis | RedisCluster,
+        *,
+        prefix: str = "atomlimit",
+        time_source: TimeSource = "server",
+        clock: Clock | None = None,
+        request_ttl: timedelta = DEFAULT_REQUEST_TTL,
+        retry_ttl: timedelta = DEFAULT_RETRY_TTL,
+        strict: bool = False,
+        breaker: Breaker | None = DEFAULT_BREAKER,
+        observers: Sequence[Observer] = (),
+    ) -> None:
+        self._engine = Engine(
+            prefix=prefix, time_source=time_source, request_ttl=request_ttl, retry_ttl=retry_ttl
+        )
+        now = clock_reader(clock)
+        client = check_client(client, (redis.Redis, RedisCluster))
+        strict = check_flag(strict, "strict")
+        self._runner = SyncRunner(client, now, strict=strict)
+        self._guard = SyncGuard(breaker, observers, now)
+        self._handles = GuardedRunner(self._guard, self._runner)
+        self._owns_client = False
+
+    @classmethod
+    def from_url(
+        cls,
+        url: str,
+        *,
+        prefix: str = "atomlimit",
+        time_source: TimeSource = "server",
+        clock: Clock | None = None,
+        request_ttl: timedelta = DEFAULT_REQUEST_TTL,
+        retry_ttl: timedelta = DEFAULT_RETRY_TTL,
+        strict: bool = False,
+        breaker: Breaker | None = DEFAULT_BREAKER,
+        observers: Sequence[Observer] = (),
+        **redis_options: Any,
+    ) -> Self:
+        """Connect to ``url``; ``redis_options`` go to ``redis.Redis.from_url``.
+
+        The limiter owns this client and closes it in :meth:`close`.
+        """
+        client = connect(redis.Redis.from_url, url, redis_options)
+        limiter = cls(
+            client,
+            prefix=prefix,
+            time_source=time_source,
+            clock=clock,
+            request_ttl=request_ttl,
+            retry_ttl=retry_ttl,
+            strict=strict,
+            breaker=breaker,
+            observers=observers,
+        )
+        limiter._owns_client = True
+        return limiter
+
+    def hit(
+        self,
+        limit: Spec[Amount],
+        subject: str,
+        cost: Amount | int = 1,
+        *,
+        request_id: str | None = None,
+        partial: bool = False,
+    ) -> Decision[Amount]:
+        """Charge ``cost`` to ``subject`` if it fits within ``limit``; else charge nothing.
+
+        One atomic script run. With ``request_id``, a repeat of a charged
+        request returns the original decision and charges nothing. With
+        ``partial``, as much of ``cost`` as fits is granted (``granted``).
+        """
+        runner = self._open()
+        call = self._engine.hit(limit, subject, cost, request_id, partial, runner.now())
+        result: Decision[Amount] = self._guard.decide("hit", limit, cost, runner.run, call)
+        return result
+
+    def hit_many(self, hits: Sequence[Hit[Any]]) -> list[Decision[Any]]:
+        """Decide many independent hits in one round trip (one per cluster node).
+
+        Each hit is charged or denied on its own, as :meth:`hit` would; the
+        decisions come back in order. For all-or-nothing, use :meth:`acquire`.
+        """
+        runner = self._open()
+        calls = hit_calls(self._engine, hits, runner.now())
+        results: list[Decision[Any]] = self._guard.run(
+            "hit_many", runner.run_many, calls, self._guard.many(hits)
+        )
+        return results
+
+    def peek(self, limit: Spec[Amount], subject: str, cost: Amount | int = 1) -> Decision[Amount]:
+        """Would a hit of ``cost`` pass now? Charges nothing."""
+        runner = self._open()
+        call = self._engine.peek(limit, subject, cost, runner.now())
+        result: Decision[Amount] = self._guard.decide("peek", limit, cost, runner.run, call)
+        return result
+
+    def refund(
+        self,
+        limit: Spec[Amount],
+        subject: str,
+        amount: Amount | int,
+        *,
+        request_id: str | None = None,
+    ) -> Decision[Amount]:
+        """Give back up to ``amount`` of the current usage; ``used`` never goes below zero.
+
+        With ``request_id``, a repeated refund gives back nothing more.
+        """
+        runner = self._open()
+        call = self._engine.refund(limit, subject, amount, request_id, runner.now())
+        result: Decision[Amount] = self._guard.decide("refund", limit, amount, runner.run, call)
+        return result
+
+    def reset(self, limit: Spec[Any], subject: str) -> None:
+        """Forget ``subject``'s usage of ``limit``; a backend failure always raises."""
+        runner = self._open()
+        self._guard.run("reset", runner.run, self._engine.reset(limit, subject, runner.now()))
+
+    def acquire(
+        self, hits: Sequence[Hit[Any]], *, request_id: str | None = None
+    ) -> Acquired[Lease, Reservation]:
+        """Charge every hit or none of them; see docs/acquire.md.
+
+        When the server fails, the strictest failure policy among the hits
+        decides: any "raise" raises, else any "deny" denies, else all allow.
+        """
+        self._open()
+        flow = acquire(self._engine, hits, request_id)
+        fallback = self._guard.acquisition(self._engine, hits)
+        found: Acquisition = self._guard.run("acquire", self._whole, flow, fallback)
+        return acquired(found, hits, self._lease_of, self._reservation_of)
+
+    def undo_acquire(self, hits: Sequence[Hit[Any]], *, request_id: str) -> bool:
+        """Take back exactly what the acquire of ``hits`` under ``request_id`` charged.
+
+        For an acquire that raised :class:`~atomlimit.BackendError` part-way:
+        pass the same hits and the error's ``request_id``. Returns True if
+        something was charged under that id and is now taken back, False if
+        nothing was (never charged, already undone, or its record expired).
+        Sending it again changes nothing. See docs/acquire.md.
+        """
+        runner = self._open()
+        undone: bool = runner.drive(undo(self._engine, hits, request_id))
+        return undone
+
+    def reserve(
+        self,
+        cap: SpendCap,
+        subject: str,
+        estimate: Decimal | int,
+        *,
+        ttl: timedelta = DEFAULT_HOLD,
+        request_id: str | None = None,
+    ) -> Reservation:
+        """Hold ``estimate`` on ``cap`` until settled, released, or ``ttl`` passes."""
+        runner = self._open()
+        held = self._engine.reserve(cap, subject, estimate, ttl, request_id, runner.now())
+        decision = self._guard.decide("reserve", cap, estimate, runner.run, held.call)
+        return Reservation(self._engine, self._handles, decision, held.item, held.request_id)
+
+    def reservation(
+        self,
+        cap: SpendCap,
+        subject: str,
+        estimate: Decimal | int,
+        *,
+        ttl: timedelta = DEFAULT_HOLD,
+        raise_on_deny: bool = True,
+    ) -> Reservation:
+        """:meth:`reserve`, for ``with``: the block's end settles or releases.
+
+        Raises :class:`~atomlimit.LimitExceeded` when the cap is full, unless
+        ``raise_on_deny`` is False.
+        """
+        check_flag(raise_on_deny, "raise_on_deny")
+        return taken(lambda: self.reserve(cap, subject, estimate, ttl=ttl), raise_on_deny)
+
+    def lease(
+        self,
+        limit: Concurrency,
+        subject: str,
+        *,
+        raise_on_deny: bool = True,
+        request_id: str | None = None,
+    ) -> Lease:
+        """Take one of ``limit``'s slots; also a context manager that releases it.
+
+        Raises :class:`~atomlimit.LimitExceeded` when every slot is taken,
+        unless ``raise_on_deny`` is False.
+        """
+        check_flag(raise_on_deny, "raise_on_deny")
+
+        def take() -> Lease:
+            runner = self._open()
+            held = self._engine.lease(limit, subject, request_id, runner.now())
+            decision = self._guard.decide("lease", limit, 1, runner.run, held.call)
+            return Lease(self._engine, self._handles, decision, held.item, held.request_id)
+
+        return taken(take, raise_on_deny)
+
+    # ------------------------------------------------------------------
+    # Waiting and decorating. Each try is one hit, atomic like any other,
+    # so waiters never overshoot; how long to sleep is decided by the pure
+    # policy in atomlimit._waiting.
+    # ------------------------------------------------------------------
+
+    def wait(
+        self,
+        limit: Spec[Amount],
+        subject: str,
+        cost: Amount | int = 1,
+        *,
+        timeout: timedelta | float | None = None,
+    ) -> Decision[Amount]:
+        """Hit ``limit`` until it allows, sleeping ``retry_after`` (plus jitter) between tries.
+
+        Returns the allowing Decision. Raises
+        :class:`~atomlimit.LimitExceeded` at once when the cost can never
+        fit, or when the next try that could pass would land after
+        ``timeout`` (a ``timedelta`` or seconds, at most a day; None waits
+        as long as it takes). Never sleeps past the deadline.
+        """
+        deadline = deadline_after(timeout, time.monotonic())
+        while True:
+            decision = self.hit(limit, subject, cost)
+            if decision.allowed:
+                return decision
+            sleep = pause(decision, deadline, time.monotonic(), random.random)
+            if sleep is None:
+                raise LimitExceeded(decision, limit=limit, subject=subject)
+            time.sleep(sleep)
+
+    def limited(
+        self,
+        limit: Spec[Any],
+        *,
+        subject: str | Callable[..., str],
+        cost: Any = 1,
+        wait: bool = False,
+        timeout: timedelta | float | None = None,
+    ) -> Callable[[Callable[P, R]], Callable[P, R]]:
+        """Decorate a function so that each call is charged to ``limit`` first.
+
+        ``subject`` and ``cost`` are values, or callables taking the
+        function's own arguments. A denied call raises
+        :class:`~atomlimit.LimitExceeded` without running the function, or
+        with ``wait=True`` waits as :meth:`wait` does, up to ``timeout``.
+        Async functions need :class:`AsyncLimiter`; see docs/decorators.md.
+        """
+        config = configure(limit, subject, cost, wait, timeout)
+
+        def decorate(func: Callable[P, R]) -> Callable[P, R]:
+            check_function(func, asynchronous=False)
+
+            @functools.wraps(func)
+            def charged(*args: P.args, **kwargs: P.kwargs) -> R:
+                who, amount = config.arguments(args, kwargs)
+                if config.wait:
+                    self.wait(config.limit, who, amount, timeout=config.timeout)
+                else:
+                    decision = self.hit(config.limit, who, amount)
+                    if not decision.allowed:
+                        raise LimitExceeded(decision, limit=config.limit, subject=who)
+                return func(*args, **kwargs)
+
+            return charged
+
+        return decorate
+
+    def close(self) -> None:
+        """Close the client if this limiter created it (see :meth:`from_url`).
+
+        Any later call raises :class:`~atomlimit.InvalidInput`.
+        """
+        if self._runner.closed:
+            return
+        if self._owns_client:
+            self._runner.client.close()
+        self._runner.closed = True
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self, kind: type[BaseException] | None, err: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+    def _open(self) -> SyncRunner:
+        if self._runner.closed:
+            raise InvalidInput("this limiter is closed; make a new one")
+        return self._runner
+
+    def _lease_of(self, decision: Decision[Any], item: Item, rid: str) -> Lease:
+        return Lease(self._engine, self._handles, decision, item, rid)
+
+    def _reservation_of(self, decision: Decision[Any], item: Item, rid: str) -> Reservation:
+        return Reservation(self._engine, self._handles, decision, item, rid)
+
+    def _whole(self, flow: Flow) -> Acquisition:
+        """Drive an acquire to its end: all charged, or what was charged undone."""
+        found: Acquisition = self._runner.drive(flow)
+        return found
