@@ -6,13 +6,13 @@ no single script can hold them all: subjects are charged one after another,
 in the order they first appear, each under a record of what it charged; if a
 later subject denies, the earlier ones are undone, exactly, from those
 records, before the acquire returns denied. The flow yields the calls and
-the runner sends them (:mod:`atomlimit._runner`).
+the runner sends them (`atomlimit._runner`).
 
 A backend failure part-way is reported for the acquire as a whole: the
-:class:`~atomlimit.BackendError` carries the acquire's request id whenever
+[`BackendError`][atomlimit.errors.BackendError] carries the acquire's request id whenever
 its charges are recorded (always, across subjects), and ``applied`` says
 whether any charge may still stand. With that id the caller completes the
-acquire (sends it again) or takes it back (:func:`undo`).
+acquire (sends it again) or takes it back (`undo`).
 """
 
 from __future__ import annotations

@@ -1,15 +1,15 @@
 """What a limiter does when the backend fails: the breaker, the policy, the reports.
 
-Every call a shell makes goes through its limiter's :class:`Guard`:
+Every call a shell makes goes through its limiter's `Guard`:
 
-1. The circuit breaker (:class:`Circuit`) admits it, or refuses it at once
-   with :class:`~atomlimit.BreakerOpen` once the backend has failed enough.
+1. The circuit breaker (`Circuit`) admits it, or refuses it at once
+   with [`BreakerOpen`][atomlimit.errors.BreakerOpen] once the backend has failed enough.
 2. The call is sent (the runner's business), within the async limiter's
    deadline if it has one.
 3. A backend failure, or the breaker's refusal, goes to the limit's failure
    policy (``on_backend_error``): raised, or turned into a degraded
-   :class:`~atomlimit.Decision` (:func:`degraded`), logged at most every
-   :data:`LOG_EVERY` seconds.
+   [`Decision`][atomlimit.Decision] (`degraded`), logged at most every
+   `LOG_EVERY` seconds.
 4. Observers hear of each decision and each failure.
 
 The state machine and the policy are pure: they take instants and errors as
@@ -92,7 +92,7 @@ class Breaker:
     After ``failures`` backend failures in a row (a connection that fails,
     a reply that times out), or a single connection the server refused, the
     breaker opens: every call fails fast with
-    :class:`~atomlimit.BreakerOpen`, which the limit's ``on_backend_error``
+    [`BreakerOpen`][atomlimit.errors.BreakerOpen], which the limit's ``on_backend_error``
     policy raises or turns into a degraded decision, without paying a
     timeout. After ``cool_down`` one call goes through as a probe: if the
     server answers, the breaker closes; if not, it stays open for another
@@ -142,7 +142,8 @@ class Circuit:
         self._lock = threading.Lock()
 
     def admit(self, now: float) -> int:
-        """A ticket for a call starting at ``now``, or :class:`BreakerOpen`.
+        """A ticket for a call starting at ``now``, or
+        [`BreakerOpen`][atomlimit.errors.BreakerOpen].
 
         Open, and the cool-down over: the first caller becomes the probe,
         and the others keep failing fast until the probe's answer is in.
@@ -405,7 +406,7 @@ class Guard:
 
     Args:
         breaker: None for no breaker.
-        observers: checked with :func:`check_observers`.
+        observers: checked with `check_observers`.
         now: the limiter's clock in epoch microseconds, for degraded decisions.
         deadline: seconds an async call may take; None for no limit.
         clock: monotonic seconds, for the breaker's cool-down and the log.
@@ -461,7 +462,7 @@ class Guard:
         send: Callable[[Any], Any],
         step: Any,
     ) -> Any:
-        """:meth:`run` for a call that returns one Decision of ``spec``."""
+        """`run` for a call that returns one Decision of ``spec``."""
         return self.run(operation, send, step, self._policy(spec, cost, operation == "hit"))
 
     # -- async -----------------------------------------------------------------
@@ -473,7 +474,7 @@ class Guard:
         step: Any,
         fallback: Callable[[BackendError], T] | None = None,
     ) -> T:
-        """The async twin of :meth:`run`, within the deadline."""
+        """The async twin of `run`, within the deadline."""
         started = time.perf_counter()
         ticket = self._admit()
         if isinstance(ticket, BreakerOpen):
@@ -500,7 +501,7 @@ class Guard:
         send: Callable[[Any], Awaitable[Any]],
         step: Any,
     ) -> Any:
-        """The async twin of :meth:`decide`."""
+        """The async twin of `decide`."""
         return await self.arun(operation, send, step, self._policy(spec, cost, operation == "hit"))
 
     # -- shared ----------------------------------------------------------------
@@ -598,7 +599,7 @@ class Guard:
         return decide
 
     def many(self, hits: Sequence[Hit[Any]]) -> Callable[[BackendError], list[Decision[Any]]]:
-        """The policy of a ``hit_many`` (:func:`degraded_many`)."""
+        """The policy of a ``hit_many`` (`degraded_many`)."""
 
         def decide(cause: BackendError) -> list[Decision[Any]]:
             decisions = degraded_many(hits, self.now(), cause)
@@ -610,7 +611,7 @@ class Guard:
     def acquisition(
         self, engine: Engine, hits: Sequence[Hit[Any]]
     ) -> Callable[[BackendError], Acquisition]:
-        """The policy of an ``acquire`` (:func:`degraded_acquisition`)."""
+        """The policy of an ``acquire`` (`degraded_acquisition`)."""
 
         def decide(cause: BackendError) -> Acquisition:
             found = degraded_acquisition(engine, hits, self.now(), cause)
@@ -711,7 +712,7 @@ class GuardedRunner:
 
 
 class AsyncGuardedRunner(GuardedRunner):
-    """The async twin of :class:`GuardedRunner`."""
+    """The async twin of `GuardedRunner`."""
 
     __slots__ = ()
 

@@ -1,18 +1,18 @@
 """Performing planned steps: the only code that touches a connection or a clock.
 
 One runner per I/O style; they read alike, and every rule about what to do
-with a reply lives in :func:`classify` and the planning code.
+with a reply lives in `classify` and the planning code.
 
 Scripts do not go through redis-py's command layer: each call is encoded
-once (:mod:`atomlimit._wire`), written on a connection taken from the
+once (`atomlimit._wire`), written on a connection taken from the
 client's pool (on a cluster, the pool of the node that serves the call's
 slot), and its reply read back. That keeps to one round trip, lets the
-asyncio runner write many calls in one go (:mod:`atomlimit._batch`), and
+asyncio runner write many calls in one go (`atomlimit._batch`), and
 puts the question "may this be sent again?" in atomlimit's hands: redis-py
 re-sends a command whose reply was lost, which for a charge with no record
 would charge twice. Here a call is sent again after such a loss only when a
 record on the server makes the second send a replay (``Call.replayable``);
-otherwise the caller gets a :class:`~atomlimit.BackendError` that says the
+otherwise the caller gets a [`BackendError`][atomlimit.errors.BackendError] that says the
 outcome is unknown.
 
 Replies that mean "nothing ran" are handled here, transparently: NOSCRIPT
@@ -74,7 +74,7 @@ _MAX_CLOCK = 2**53 / 1_000_000
 
 _FAILED = (BaseException, Lost)
 _UNSORTED = (BaseException, Lost, Replies)
-"""Outcomes that are not one plain reply: :class:`Attempt` sorts them out."""
+"""Outcomes that are not one plain reply: `Attempt` sorts them out."""
 
 
 class Next(Enum):
@@ -90,7 +90,7 @@ class Next(Enum):
 
 
 def classify(outcome: Any) -> Next:
-    """The next step after ``outcome``: a reply, an error reply, or a :class:`Lost`."""
+    """The next step after ``outcome``: a reply, an error reply, or a `Lost`."""
     if not isinstance(outcome, _FAILED):
         return Next.DONE
     if isinstance(outcome, Lost):
@@ -129,7 +129,7 @@ class Attempt:
     """One call on its way through the replies that ask for it to be sent again.
 
     The rules live here once; each runner performs the fix that
-    :meth:`after` names (load the script, refresh the slot map, pause) and
+    `after` names (load the script, refresh the slot map, pause) and
     sends the call again.
     """
 
@@ -156,7 +156,7 @@ class Attempt:
         self.written = False
         """Some send of this call may have reached the server."""
         self.outcome: Any = None
-        """The call's outcome from the last send, as :meth:`after` sorted it."""
+        """The call's outcome from the last send, as `after` sorted it."""
 
     def wire(self) -> bytes:
         """The call's request: after ASKING when redirected, before WAIT when it waits."""
@@ -170,7 +170,7 @@ class Attempt:
         """The script's own outcome among the replies its wire brought back.
 
         ASKING's reply is dropped; WAIT's goes with the script's in an
-        :class:`~atomlimit._steps.Acked`, unless the script failed.
+        `Acked`, unless the script failed.
         """
         if type(outcome) is not Replies:
             return outcome
@@ -207,7 +207,7 @@ class Attempt:
         return None
 
     def result(self) -> Any:
-        """The final outcome :meth:`after` sorted: the reply, or the BackendError
+        """The final outcome `after` sorted: the reply, or the BackendError
         the call ended in."""
         outcome = self.outcome
         if classify(outcome) is Next.DONE:
@@ -308,7 +308,7 @@ class SyncRunner:
         self.client = client
         self._strict = strict
         self.now = now or clock_reader(None)
-        """The local clock, epoch microseconds (see :func:`clock_reader`)."""
+        """The local clock, epoch microseconds (see `clock_reader`)."""
         self._cluster = isinstance(client, RedisCluster)
         self._resend = _resend_policy(_connection_kwargs(client))
         self.closed = False
@@ -547,7 +547,7 @@ def _roundtrip(held: _Held, wires: list[bytes], counts: list[int]) -> list[Any]:
     """Write ``wires`` on one connection and read each one's replies.
 
     Each outcome is the last reply of its wire (an error reply as its
-    exception), or a :class:`Lost` for wires whose replies never came.
+    exception), or a `Lost` for wires whose replies never came.
     """
     try:
         connection = held.take()
@@ -612,7 +612,7 @@ class AsyncRunner:
     """Performs steps over ``redis.asyncio.Redis`` or ``redis.asyncio.RedisCluster``.
 
     Calls started by concurrent tasks go out together: each server has a
-    :class:`~atomlimit._batch.Lane` that writes every call waiting for it in
+    `Lane` that writes every call waiting for it in
     one go and hands each reply back to its caller, keeping every script
     atomic while sharing the round trips. With ``batch=False`` every call
     takes a connection of its own, as redis-py would send it.

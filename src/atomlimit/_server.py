@@ -1,10 +1,10 @@
 """Is this server fit to keep atomlimit's counts? Findings from its replies.
 
 Every check is a pure function from what a server answered to a
-:class:`Finding`, so the rules are tested with plain values and any shell can
+`Finding`, so the rules are tested with plain values and any shell can
 use them: ``atomlimit doctor`` today, the limiter on first use later.
-:func:`gather` is the one place that asks a server (sync redis-py,
-standalone or cluster), and :func:`diagnose` runs both for each primary.
+`gather` is the one place that asks a server (sync redis-py,
+standalone or cluster), and `diagnose` runs both for each primary.
 
 A finding's level says what the operator does next: ``ok`` nothing,
 ``warn`` decide whether the risk is acceptable, ``fail`` fix it before
@@ -416,7 +416,7 @@ def diagnose(
 ) -> list[tuple[str, list[Finding]]]:
     """Ask every primary behind ``client``; each address with its findings.
 
-    Raises :class:`~atomlimit.BackendError` when a server cannot be reached;
+    Raises [`BackendError`][atomlimit.errors.BackendError] when a server cannot be reached;
     a refused command is a finding, not an error.
     """
     return [(replies.address, assess(replies)) for replies in gather(client, db=db, prefix=prefix)]

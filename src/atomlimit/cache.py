@@ -1,9 +1,10 @@
-"""A versioned, typed cache with single-flight fill: :class:`Cache` and :class:`AsyncCache`.
+"""A versioned, typed cache with single-flight fill: [`Cache`][atomlimit.cache.Cache] and
+[`AsyncCache`][atomlimit.cache.AsyncCache].
 
 Keys are the seed application's, ``<version>:<category>:<part>[:<part>...]``
 (``v1:enrichment:acme.com:<hash>``, ``v1:dataforseo:acme.com``), so entries
 it wrote stay readable. Every write sets the value and its TTL in one
-``SET ... PX``. A :class:`Category` names a kind of entry, its lifetime and,
+``SET ... PX``. A [`Category`][atomlimit.cache.Category] names a kind of entry, its lifetime and,
 optionally, the pydantic model its values are.
 
 >>> import redis                                                        # doctest: +SKIP
@@ -14,7 +15,7 @@ optionally, the pydantic model its values are.
 b'{"rank": 3}'
 
 The two classes differ only in ``await``: each plans through
-:mod:`atomlimit._cache_plan` and sends through :mod:`atomlimit._runner`.
+`atomlimit._cache_plan` and sends through `atomlimit._runner`.
 """
 
 from __future__ import annotations
@@ -63,7 +64,8 @@ class Category(Generic[T]):
     name: str
     """Second part of every key: ``<version>:<name>:...``."""
     ttl: timedelta
-    """How long an entry lives after each write (or :meth:`Cache.touch`)."""
+    """How long an entry lives after each write (or
+    [`Cache.touch`][atomlimit.cache.Cache.touch])."""
     model: type[BaseModel] | None
     """The pydantic model values are, or None for raw bytes / str."""
     _ttl_ms: int = field(repr=False, compare=False)
@@ -93,10 +95,10 @@ class Cache:
         version: first part of every key. Bump it (``"v2"``) when stored
             values change shape: old entries become unreachable and expire
             by their own TTL.
-        wait: how long :meth:`get_or_set` waits for another worker's factory
-            before running the factory itself.
-        lock_ttl: how long a :meth:`get_or_set` lock lives if its holder
-            never releases it (crash, cancellation, lost connection).
+        wait: how long [`get_or_set`][atomlimit.cache.Cache.get_or_set] waits for another worker's
+            factory before running the factory itself.
+        lock_ttl: how long a [`get_or_set`][atomlimit.cache.Cache.get_or_set] lock lives if its
+            holder never releases it (crash, cancellation, lost connection).
     """
 
     __slots__ = ("_plan", "_runner")
@@ -160,7 +162,7 @@ class Cache:
 class AsyncCache:
     """A versioned, typed cache over ``redis.asyncio.Redis`` or ``redis.asyncio.RedisCluster``.
 
-    Takes the same arguments as :class:`Cache`. One instance serves any
+    Takes the same arguments as [`Cache`][atomlimit.cache.Cache]. One instance serves any
     number of tasks on its event loop.
     """
 
@@ -211,8 +213,8 @@ class AsyncCache:
     ) -> T:
         """The entry's value; on a miss, ``await factory()``'s, computed once across workers.
 
-        Same protocol as :meth:`Cache.get_or_set`. A task cancelled while it
-        holds the lock leaves the lock to expire after ``lock_ttl``.
+        Same protocol as [`Cache.get_or_set`][atomlimit.cache.Cache.get_or_set]. A task cancelled
+        while it holds the lock leaves the lock to expire after ``lock_ttl``.
         """
         flow = self._plan.get_or_set(category, parts, wait=wait, lock_ttl=lock_ttl)
         value: T = await self._runner.drive(flow, _callable(factory))

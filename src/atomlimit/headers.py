@@ -68,8 +68,8 @@ def rate_limit_headers(
 
 
 def _header_fields(decisions: Iterable[Decision[Any]], now_us: int) -> dict[str, str]:
-    """:func:`rate_limit_headers` for decisions a limiter made, unchecked
-    (the middleware's own call).
+    """[`rate_limit_headers`][atomlimit.headers.rate_limit_headers] for decisions a limiter made,
+    unchecked (the middleware's own call).
 
     Every decision must carry its spec; ``now_us`` is epoch microseconds.
     """

@@ -44,7 +44,7 @@ H = TypeVar("H")
 
 @dataclass(frozen=True, slots=True)
 class Acquired(Generic[L, R]):
-    """The outcome of :meth:`~atomlimit.Limiter.acquire`: all of the hits, or none.
+    """The outcome of [`acquire`][atomlimit.Limiter.acquire]: all of the hits, or none.
 
     ``decisions`` has one Decision per hit, in order. When the acquire is
     denied, nothing is charged and each decision says whether its limit alone
@@ -150,13 +150,13 @@ _RELEASED_HERE = ("released", "already_released", "expired")
 
 
 class Reservation(_Reservable):
-    """A hold on part of a :class:`~atomlimit.SpendCap`, from ``Limiter.reserve``.
+    """A hold on part of a [`SpendCap`][atomlimit.SpendCap], from ``Limiter.reserve``.
 
-    The held estimate counts against the cap until :meth:`settle` charges the
-    actual cost or :meth:`release` gives it back; if neither happens, the hold
-    expires after its TTL. Both are idempotent. As a context manager, leaving
-    the block settles the amount given to :meth:`settle_with`, or releases if
-    none was given or the block raised.
+    The held estimate counts against the cap until [`settle`][atomlimit.Reservation.settle] charges
+    the actual cost or [`release`][atomlimit.Reservation.release] gives it back; if neither happens,
+    the hold expires after its TTL. Both are idempotent. As a context manager, leaving
+    the block settles the amount given to [`settle_with`][atomlimit.Reservation.settle_with], or
+    releases if none was given or the block raised.
     """
 
     __slots__ = ()
@@ -195,7 +195,7 @@ class Reservation(_Reservable):
 
 
 class AsyncReservation(_Reservable):
-    """The asyncio twin of :class:`Reservation`, from ``AsyncLimiter.reserve``."""
+    """The asyncio twin of [`Reservation`][atomlimit.Reservation], from ``AsyncLimiter.reserve``."""
 
     __slots__ = ()
 
@@ -233,7 +233,7 @@ class AsyncReservation(_Reservable):
 
 
 class Lease(_Handle):
-    """One slot of a :class:`~atomlimit.Concurrency` limit, from ``Limiter.lease``.
+    """One slot of a [`Concurrency`][atomlimit.Concurrency] limit, from ``Limiter.lease``.
 
     Expires after the spec's lease unless renewed; release is idempotent. As
     a context manager, leaving the block releases it.
@@ -270,7 +270,7 @@ class Lease(_Handle):
 
 
 class AsyncLease(_Handle):
-    """The asyncio twin of :class:`Lease`, from ``AsyncLimiter.lease``."""
+    """The asyncio twin of [`Lease`][atomlimit.Lease], from ``AsyncLimiter.lease``."""
 
     __slots__ = ()
 
@@ -308,7 +308,7 @@ class Pending(Generic[H]):
 
     ``async with`` enters the handle's own context, so leaving the block
     releases (or settles) it. With ``raise_on_deny``, a denied hold raises
-    :class:`~atomlimit.LimitExceeded` instead of yielding a handle whose
+    [`LimitExceeded`][atomlimit.errors.LimitExceeded] instead of yielding a handle whose
     ``allowed`` is False.
     """
 

@@ -1,4 +1,5 @@
-"""Server-side sessions with sliding expiry: :class:`SessionStore` and :class:`AsyncSessionStore`.
+"""Server-side sessions with sliding expiry: [`SessionStore`][atomlimit.sessions.SessionStore] and
+[`AsyncSessionStore`][atomlimit.sessions.AsyncSessionStore].
 
 Sessions live at the seed application's keys, ``session:<id>``. Ids come from
 the ``secrets`` module (256 bits). Each operation is one atomic command:
@@ -10,7 +11,7 @@ return False); a malformed one is refused before any key is built or any
 command sent. Ids never appear in log messages or exception texts.
 
 The two classes differ only in ``await``: each plans through
-:mod:`atomlimit._session_plan` and sends through :mod:`atomlimit._runner`.
+`atomlimit._session_plan` and sends through `atomlimit._runner`.
 """
 
 from __future__ import annotations
@@ -47,7 +48,7 @@ class SessionStore(Generic[T]):
             ``str`` from a client with ``decode_responses=True``).
 
     A Redis failure on a well-formed id raises
-    :class:`~atomlimit.errors.BackendError`: an outage is not a logout.
+    [`BackendError`][atomlimit.errors.BackendError]: an outage is not a logout.
     """
 
     __slots__ = ("_plan", "_runner")
@@ -108,7 +109,7 @@ class SessionStore(Generic[T]):
 class AsyncSessionStore(Generic[T]):
     """Sessions over ``redis.asyncio.Redis`` or ``redis.asyncio.RedisCluster``.
 
-    Takes the same arguments as :class:`SessionStore`.
+    Takes the same arguments as [`SessionStore`][atomlimit.sessions.SessionStore].
     """
 
     __slots__ = ("_plan", "_runner")

@@ -1,6 +1,6 @@
 """``atomlimit doctor``: can this server keep atomlimit's counts exact?
 
-The checks live in :mod:`atomlimit._server`; this module connects, runs them
+The checks live in `atomlimit._server`; this module connects, runs them
 on every primary and prints the findings.
 """
 
