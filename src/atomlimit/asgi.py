@@ -73,7 +73,10 @@ def client_address(trusted_hops: int = 0) -> Callable[[Scope], str]:
     right, the one your outermost proxy wrote. A request with fewer entries
     than that, or an entry that is not an IP address, falls back to the
     peer. A server that already rewrites ``scope["client"]`` from proxy
-    headers (``uvicorn --proxy-headers``) needs ``trusted_hops=0``.
+    headers needs ``trusted_hops=0``. uvicorn does so by default, for
+    requests from ``127.0.0.1`` and ``::1`` (``--forwarded-allow-ips``):
+    start it with ``--no-proxy-headers`` when this key reads the header, or
+    when nothing should.
     """
     hops = check_int(trusted_hops, "trusted_hops", 0, MAX_HOPS)
 
