@@ -76,7 +76,7 @@ typecheck: $(READY)
 # Strict: a broken link, a page missing from the navigation, or an API
 # reference that no longer resolves fails the build.
 docs: $(DOCS_READY)
-	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --quiet
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict
 
 # Compares atomlimit with its peers on a throwaway redis-server; pass options
 # through, e.g. `make bench BENCH_ARGS=--quick`.

@@ -9,7 +9,12 @@ the RateLimit header fields; denied ones are 429s with ``Retry-After``.
     python examples/fastapi_app.py --url redis://localhost:6379/0 --port 8000
     curl -i localhost:8000/search?q=redis
 
-The Redis URL comes from ``--url``, else ``$ATOMLIMIT_URL``.
+The Redis URL comes from ``--url``, else ``$ATOMLIMIT_URL``. The client
+is the peer that opened the connection: uvicorn runs with
+``proxy_headers=False`` (``--no-proxy-headers`` on its command line),
+because by default it takes the client from X-Forwarded-For for requests
+from 127.0.0.1 and ::1, which lets a local caller name any subject. See
+docs/web.md, "Whose request is it".
 """
 
 # No `from __future__ import annotations` here: FastAPI reads Depends() from
@@ -72,7 +77,13 @@ def main() -> None:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8000)
     args = parser.parse_args()
-    uvicorn.run(create_app(args.url), host=args.host, port=args.port, log_level="warning")
+    uvicorn.run(
+        create_app(args.url),
+        host=args.host,
+        port=args.port,
+        log_level="warning",
+        proxy_headers=False,
+    )
 
 
 if __name__ == "__main__":

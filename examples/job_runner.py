@@ -40,7 +40,15 @@ def run(url: str) -> None:
             try:
                 send_report("acme")
             except LimitExceeded as denied:
-                print(f"report skipped: {denied}")
+                print(f"report skipped: RateLimit {REPORTS.name!r} exceeded; {later(denied)}")
+
+
+def later(denied: LimitExceeded) -> str:
+    """When the denied call could run, in seconds from now."""
+    wait = denied.decision.retry_after
+    if wait is None:
+        return "the cost can never fit"
+    return f"retry after {wait.total_seconds():.2f} s"
 
 
 def main() -> None:

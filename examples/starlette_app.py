@@ -10,8 +10,17 @@ streams its body and gets the same header fields as any other response.
 
 The Redis URL comes from ``--url``, else ``$ATOMLIMIT_URL``. With
 ``--trusted-hops N`` the client is the address N entries from the right
-of X-Forwarded-For, which your N proxies wrote; without it the header is
-ignored, since any client can send one.
+of X-Forwarded-For, which your N proxies wrote; without it the client is
+the peer that opened the connection, and the header is ignored, since any
+client can send one.
+
+That needs uvicorn's own proxy handling off, and it is on by default:
+uvicorn rewrites the client from X-Forwarded-For for every request from
+127.0.0.1 or ::1 (``--forwarded-allow-ips``, default
+``$FORWARDED_ALLOW_IPS`` or ``127.0.0.1,::1``), so a local caller could
+name any subject it likes. This program runs uvicorn with
+``proxy_headers=False``; serving ``create_app`` with the uvicorn command,
+pass ``--no-proxy-headers`` for the same.
 """
 
 from __future__ import annotations
@@ -83,7 +92,8 @@ def main() -> None:
     parser.add_argument("--trusted-hops", type=int, default=0)
     args = parser.parse_args()
     app = create_app(args.url, args.trusted_hops)
-    uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
+    # atomlimit's key alone reads X-Forwarded-For (see the module docstring).
+    uvicorn.run(app, host=args.host, port=args.port, log_level="warning", proxy_headers=False)
 
 
 if __name__ == "__main__":

@@ -123,6 +123,17 @@ def test_every_python_block_runs_or_is_marked_a_fragment(
 
     found = blocks(page)
     assert ran == sum(not block.fragment for block in found)
+    assert held_leases(server) == [], f"{page.name}: a block takes a lease it never releases"
+
+
+def held_leases(server: Server) -> list[str]:
+    """The Concurrency limits on the server that still hold a lease (docs/keys.md)."""
+    with server.client() as client:
+        return sorted(
+            key.decode()
+            for key in client.scan_iter(match="*}:cc:*", _type="zset")
+            if client.zcard(key)
+        )
 
 
 def test_the_block_finder_sees_fences_fragments_and_other_languages(tmp_path: Path) -> None:
@@ -137,3 +148,23 @@ def test_the_block_finder_sees_fences_fragments_and_other_languages(tmp_path: Pa
     assert [(b.line, b.fragment) for b in found] == [(3, False), (8, True), (16, False)]
     assert found[2].source == 'shown = """\n```\n"""\ny = x + 1\n'
     assert run_page(page, "redis://127.0.0.1:1/0") == 2
+
+
+def test_a_page_that_keeps_a_lease_is_caught(tmp_path: Path, server: Server) -> None:
+    page = tmp_path / "page.md"
+    page.write_text(
+        "```python\nfrom atomlimit import Concurrency, Limiter\n\n"
+        'limiter = Limiter.from_url("redis://127.0.0.1:6380/0")\n'
+        'slots = Concurrency(name="slots", limit=2)\n'
+        'lease = limiter.lease(slots, "client-1")\n```\n'
+    )
+    run_page(page, server.url)
+    kept = held_leases(server)
+
+    page.write_text(page.read_text() + "\n```python\nlease.release()\n```\n")
+    server.flush()
+    run_page(page, server.url)
+
+    assert len(kept) == 1
+    assert ":cc:slots" in kept[0]
+    assert held_leases(server) == []

@@ -17,7 +17,7 @@ from datetime import timedelta
 from typing import Any
 
 import http_sfv
-import httpx2
+import httpx
 import pytest
 from conftest import Target
 from servers import Server
@@ -57,9 +57,9 @@ async def hello(scope: Scope, receive: Receive, send: Send) -> None:
 
 
 @asynccontextmanager
-async def client_of(app: Any, peer: str = "203.0.113.7") -> AsyncIterator[httpx2.AsyncClient]:
-    transport = httpx2.ASGITransport(app=app, client=(peer, 40000))
-    async with httpx2.AsyncClient(transport=transport, base_url="http://test") as client:
+async def client_of(app: Any, peer: str = "203.0.113.7") -> AsyncIterator[httpx.AsyncClient]:
+    transport = httpx.ASGITransport(app=app, client=(peer, 40000))
+    async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
         yield client
 
 

@@ -9,10 +9,10 @@ records, before the acquire returns denied. The flow yields the calls and
 the runner sends them (the runners).
 
 A backend failure part-way is reported for the acquire as a whole: the
-:class:`~atomlimit.BackendError` carries the acquire's request id whenever
+[`BackendError`][atomlimit.errors.BackendError] carries the acquire's request id whenever
 its charges are recorded (always, across subjects), and ``applied`` says
 whether any charge may still stand. With that id the caller completes the
-acquire (sends it again) or takes it back (:func:`undo`).
+acquire (sends it again) or takes it back (`undo`).
 """
 
 from __future__ import annotations

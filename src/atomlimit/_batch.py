@@ -1,6 +1,6 @@
 """Auto-batching: calls started by concurrent tasks share round trips.
 
-A :class:`Lane` queues the calls bound for one server. A pump task takes a
+A `Lane` queues the calls bound for one server. A pump task takes a
 connection, writes every queued call in one go (a pipeline: each script
 still runs whole, on its own), reads the replies back in order and hands
 each to its caller's future. While it waits for those replies, new calls
@@ -136,8 +136,8 @@ class Lane:
 
     def submit(self, wire: bytes, replies: int = 1) -> asyncio.Future[Any]:
         """Queue ``wire`` (a whole command, or ``replies`` of them); the future
-        resolves to its reply (:class:`Replies` for several), an error reply
-        as its exception object, or a :class:`Lost`."""
+        resolves to its reply (`Replies` for several), an error reply
+        as its exception object, or a `Lost`."""
         future: asyncio.Future[Any] = self._loop.create_future()
         self._pending.append(_Entry(wire, replies, future))
         idle = self._idle

@@ -1,11 +1,11 @@
 """The cache's sans-I/O core: keys, stored values and the single-flight protocol.
 
-Each cache operation is planned here as plain data: a :class:`Command` (one
-Redis command, sent as is) or a :class:`~atomlimit._runner_steps.Call` (one script).
-Every reply is read here too. :meth:`CachePlan.get_or_set` is a generator that
+Each cache operation is planned here as plain data: a `Command` (one
+Redis command, sent as is) or a `Call` (one script).
+Every reply is read here too. `CachePlan.get_or_set` is a generator that
 yields the steps of the single-flight protocol one at a time and receives
-their results, so :class:`~atomlimit.cache.Cache` and
-:class:`~atomlimit.cache.AsyncCache` drive one protocol and differ only in how
+their results, so [`Cache`][atomlimit.cache.Cache] and
+[`AsyncCache`][atomlimit.cache.AsyncCache] drive one protocol and differ only in how
 they send, sleep and call the factory.
 
 Key, value and TTL rules here are shared with the session store.
@@ -70,7 +70,7 @@ class Category(Generic[T]):
     name: str
     """Second part of every key: ``<version>:<name>:...``."""
     ttl: timedelta
-    """How long an entry lives after each write (or :meth:`~atomlimit.cache.Cache.touch`)."""
+    """How long an entry lives after each write (or `touch`)."""
     model: type[BaseModel] | None
     """The pydantic model values are, or None for raw bytes / str."""
     _ttl_ms: int = field(repr=False, compare=False)
@@ -135,7 +135,8 @@ class CachePlan:
         lock_ttl: timedelta | None = None,
         clock: Monotonic = time.monotonic,
     ) -> Flow:
-        """Plan a single-flight read-through; see :meth:`atomlimit.cache.Cache.get_or_set`.
+        """Plan a single-flight read-through; see
+        [`atomlimit.cache.Cache.get_or_set`][atomlimit.cache.Cache.get_or_set].
 
         Every argument is checked here, before the flow sends anything.
         """

@@ -2,8 +2,8 @@
 
 Pure: every method takes the instant it happens at (monotonic seconds) and
 returns the transition it made, if any, for the caller to report. Which
-errors count against it is :mod:`atomlimit._failures`' business; its
-settings are the public :class:`~atomlimit.Breaker`.
+errors count against it is `atomlimit._failures`' business; its
+settings are the public [`Breaker`][atomlimit.Breaker].
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ class Circuit:
         self._lock = threading.Lock()
 
     def admit(self, now: float) -> int:
-        """A ticket for a call starting at ``now``, or :class:`BreakerOpen`.
+        """A ticket for a call starting at ``now``, or `BreakerOpen`.
 
         Open, and the cool-down over: the first caller becomes the probe,
         and the others keep failing fast until the probe's answer is in.

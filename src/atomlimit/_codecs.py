@@ -2,7 +2,7 @@
 
 One table, mirroring ``lua/lib/items.lua``: for each kind, the keys it keeps,
 how its arguments are encoded, which scripts decide a single hit or peek, and
-how a reply becomes a :class:`~atomlimit.Decision`. A spec's codec is made
+how a reply becomes a [`Decision`][atomlimit.Decision]. A spec's codec is made
 once, on the spec's first use, and keeps everything the spec fixes already
 encoded, so a call only adds what varies.
 
@@ -478,7 +478,7 @@ _RATE_KINDS: dict[str, type[FixedWindow | Gcra | SlidingLog | SlidingCounter]] =
 
 
 GENERATED = re.compile(r"@[0-9a-f]{24}")
-"""The ids made for calls that carry none (:func:`new_id`)."""
+"""The ids made for calls that carry none (`new_id`)."""
 
 
 def new_id() -> str:

@@ -1,14 +1,14 @@
 """The limiter's sans-I/O core: every operation as plain data in, plain data out.
 
-An operation is planned as a :class:`~atomlimit._runner_steps.Call` (script, KEYS,
+An operation is planned as a `Call` (script, KEYS,
 ARGV) whose ``read`` turns the reply into the result, or into a re-planned
 call when the server's clock fell outside the planned window. Planning takes
 the local clock's reading and fresh ids as inputs: it reads no clock and
 draws no randomness of its own, so a plan is a function of plain values. The
 sync and async limiters only send and receive, so both share every rule here.
 
-Each kind's encoding lives in :mod:`atomlimit._codecs`; the acquire saga over
-several subjects in :mod:`atomlimit._acquire`.
+Each kind's encoding lives in `atomlimit._codecs`; the acquire saga over
+several subjects in `atomlimit._acquire`.
 """
 
 from __future__ import annotations

@@ -1,8 +1,8 @@
 """The exceptions every layer raises, defined below everything that raises them.
 
-Their public home is :mod:`atomlimit.errors`, which adds
-:class:`~atomlimit.LimitExceeded`: that one carries a Decision, so it sits
-above :mod:`atomlimit.decision`, while these are raised by the specs and
+Their public home is [`atomlimit.errors`][atomlimit.errors], which adds
+[`LimitExceeded`][atomlimit.errors.LimitExceeded]: that one carries a Decision, so it sits
+above `atomlimit.decision`, while these are raised by the specs and
 checks that a Decision is built from.
 """
 

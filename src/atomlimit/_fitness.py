@@ -1,11 +1,11 @@
 """Is a server fit to keep a limiter's counts? The check a limiter makes on first use.
 
 A limiter reads ``INFO memory replication`` from each server it decides on,
-and :func:`fitness` turns the reply into findings: a replica is refused,
+and `fitness` turns the reply into findings: a replica is refused,
 and with ``strict=True`` so is a server that may evict keys. Every check is
 a pure function of what the server answered, so the rules are tested with
 plain values. ``atomlimit doctor`` runs these checks too, among
-its own (:mod:`atomlimit.cli._findings`).
+its own (`atomlimit.cli._findings`).
 
 A finding's level says what the operator does next: ``ok`` nothing,
 ``warn`` decide whether the risk is acceptable, ``fail`` fix it before

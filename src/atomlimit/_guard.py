@@ -1,16 +1,16 @@
 """The guard around each of a limiter's calls: breaker, failure policy, reports.
 
-Every call a shell makes goes through its limiter's :class:`Guard`:
+Every call a shell makes goes through its limiter's `Guard`:
 
-1. The circuit breaker (:mod:`atomlimit._circuit`) admits it, or refuses it
-   at once with :class:`~atomlimit.BreakerOpen` once the backend has failed
-   enough (:mod:`atomlimit._failures` says which failures count).
+1. The circuit breaker (`atomlimit._circuit`) admits it, or refuses it
+   at once with `BreakerOpen` once the backend has failed
+   enough (`atomlimit._failures` says which failures count).
 2. The call is sent (the runner's business), within the async limiter's
    deadline if it has one.
 3. A backend failure, or the breaker's refusal, goes to the limit's failure
    policy (``on_backend_error``): raised, or turned into a degraded
-   :class:`~atomlimit.Decision` (:mod:`atomlimit._degraded`), logged at
-   most every :data:`~atomlimit._reporting.LOG_EVERY` seconds.
+   [`Decision`][atomlimit.Decision] (`atomlimit._degraded`), logged at
+   most every `LOG_EVERY` seconds.
 4. Observers hear of each decision and each failure.
 
 The guard's drivers, which send the call, are written once in
@@ -77,7 +77,7 @@ class Guard:
 
     Args:
         breaker: None for no breaker.
-        observers: checked with :func:`check_observers`.
+        observers: checked with `check_observers`.
         now: the limiter's clock in epoch microseconds, for degraded decisions.
         deadline: seconds an async call may take; None for no limit.
         clock: monotonic seconds, for the breaker's cool-down and the log.
@@ -196,7 +196,7 @@ class Guard:
         return decide
 
     def many(self, hits: Sequence[Hit[Any]]) -> Callable[[BackendError], list[Decision[Any]]]:
-        """The policy of a ``hit_many`` (:func:`degraded_many`)."""
+        """The policy of a ``hit_many`` (`degraded_many`)."""
 
         def decide(cause: BackendError) -> list[Decision[Any]]:
             decisions = degraded_many(hits, self.now(), cause)
@@ -208,7 +208,7 @@ class Guard:
     def acquisition(
         self, engine: Engine, hits: Sequence[Hit[Any]]
     ) -> Callable[[BackendError], Acquisition]:
-        """The policy of an ``acquire`` (:func:`degraded_acquisition`)."""
+        """The policy of an ``acquire`` (`degraded_acquisition`)."""
 
         def decide(cause: BackendError) -> Acquisition:
             found = degraded_acquisition(engine, hits, self.now(), cause)

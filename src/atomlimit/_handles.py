@@ -3,7 +3,7 @@
 A handle carries what it needs to finish its business (the engine that
 plans, the limiter's guarded runner that sends), so settling, releasing or
 renewing is one more script run. The handles themselves are in
-:mod:`atomlimit._async.holds` and, generated from it, :mod:`atomlimit._sync.holds`.
+`atomlimit._async.holds` and, generated from it, `atomlimit._sync.holds`.
 
 A handle from a degraded decision (made without the server, by the limit's
 failure policy) holds nothing on the server, whatever its ``allowed`` says,

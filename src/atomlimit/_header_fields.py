@@ -1,9 +1,9 @@
 """How the ``RateLimit-Policy`` and ``RateLimit`` fields are built from decisions.
 
-The public entry is :func:`atomlimit.headers.rate_limit_headers`, and
-:meth:`atomlimit.Decision.headers` comes here directly: a Decision is read
-only through :class:`Decided`, so this module sits below
-:mod:`atomlimit.decision`. Pure: the only clock read is ``now``'s default.
+The public entry is [`atomlimit.headers.rate_limit_headers`][atomlimit.headers.rate_limit_headers],
+and [`atomlimit.Decision.headers`][atomlimit.Decision.headers] comes here directly: a Decision is
+read only through `Decided`, so this module sits below
+`atomlimit.decision`. Pure: the only clock read is ``now``'s default.
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ _PRINTABLE = frozenset(chr(code) for code in range(0x20, 0x7F)) - {"%"}
 
 
 class Decided(Protocol):
-    """What the fields read of a :class:`~atomlimit.Decision`."""
+    """What the fields read of a [`Decision`][atomlimit.Decision]."""
 
     @property
     def allowed(self) -> bool: ...

@@ -1,10 +1,10 @@
 """Checks shared by every edge: identifiers, whole numbers, flags and durations.
 
-Each refuses bad input with :class:`~atomlimit.errors.InvalidInput` naming
+Each refuses bad input with [`InvalidInput`][atomlimit.errors.InvalidInput] naming
 the field and what it accepts, before anything is sent. Each decides by
 magnitude first (a string's length, an int's bit length, a duration against
 its maximum), so refusing a value costs no more than accepting one. Every
-message shows the caller's value through :func:`show`, which never formats
+message shows the caller's value through `show`, which never formats
 an unbounded value.
 
 Every bound here is listed, with its reason, in docs/inputs.md.

@@ -11,7 +11,7 @@ The limiter's keys (docs/keys.md) are ``<prefix>:v1:{s:<subject>}:<kind>:<name>[
   another slot, or pose as another key's separator. The ``s:`` marker keeps
   the tag non-empty for the empty subject, since Redis hashes a key with an
   empty ``{}`` as a whole.
-- An encoded part longer than :data:`MAX_ENCODED_PART` keeps a readable head and
+- An encoded part longer than `MAX_ENCODED_PART` keeps a readable head and
   replaces the rest with ``!`` and a 128-bit BLAKE2b digest of the whole part.
   ``!`` never occurs in an encoded part, so hashed and plain parts cannot
   collide; two hashed parts collide only if BLAKE2b does.

@@ -1,4 +1,4 @@
-"""The rate-string grammar behind :meth:`atomlimit.RateLimit.parse`.
+"""The rate-string grammar behind [`atomlimit.RateLimit.parse`][atomlimit.RateLimit.parse].
 
 Close to the ``limits`` package's, with a time zone for calendar windows::
 
@@ -14,7 +14,7 @@ A unit alone (or a count of 1) is a calendar window, aligned in ``zone``
 to the Unix epoch, which takes no zone. A month has no fixed length, so it
 takes no count above 1.
 
-Scanning is one left-to-right pass over at most :data:`MAX_RATE_TEXT`
+Scanning is one left-to-right pass over at most `MAX_RATE_TEXT`
 characters, with no backtracking; an error names the position (counted
 from 0) where the text stopped making sense.
 """

@@ -2,7 +2,7 @@
 
 An outage makes a degraded decision, and a failing observer an exception,
 on every call; a log line per call would bury everything else, so each kind
-of warning is written at most every :data:`LOG_EVERY` seconds, with a count
+of warning is written at most every `LOG_EVERY` seconds, with a count
 of the ones held back.
 """
 

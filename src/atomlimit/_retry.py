@@ -1,6 +1,6 @@
 """What a reply asks a runner to do next: the rules both runners follow.
 
-Pure: each rule takes a reply (or a :class:`~atomlimit._batch.Lost`) and an
+Pure: each rule takes a reply (or a `Lost`) and an
 instant as plain values, so the sync and async runners differ only in how
 they send, and the rules are tested without a server.
 
@@ -11,17 +11,17 @@ Replies that mean "nothing ran" are handled transparently:
   second time (another client's ``SCRIPT FLUSH`` came between that load and
   its send) is sent right behind a ``SCRIPT LOAD`` of its own, in the same
   write on the same connection, which the server runs back to back; under a
-  flush storm a call keeps doing so for at most :data:`SETTLE_FOR` seconds.
+  flush storm a call keeps doing so for at most `SETTLE_FOR` seconds.
 - LOADING (a server still reading its data after a restart), TRYAGAIN and
   CLUSTERDOWN (a slot migrating, a failover): wait a little, send again,
-  for at most :data:`SETTLE_FOR` seconds.
+  for at most `SETTLE_FOR` seconds.
 - MOVED (learn the cluster's layout again) and ASK (send to the importing
   node after ``ASKING``).
 
 A call whose reply was lost after it was written is sent again only when a
 record on the server makes the second send a replay (``Call.replayable``),
 as often as the client's own retry policy allows; otherwise the caller gets
-a :class:`~atomlimit.BackendError` that says the outcome is unknown.
+a `BackendError` that says the outcome is unknown.
 """
 
 from __future__ import annotations
@@ -60,7 +60,7 @@ INFO = _wire.command("INFO", "memory", "replication")
 
 FAILED = (BaseException, Lost)
 UNSORTED = (BaseException, Lost, Replies)
-"""Outcomes that are not one plain reply: :class:`Attempt` sorts them out."""
+"""Outcomes that are not one plain reply: `Attempt` sorts them out."""
 
 _log = logging.getLogger("atomlimit")
 
@@ -78,7 +78,7 @@ class Next(Enum):
 
 
 def classify(outcome: Any) -> Next:
-    """The next step after ``outcome``: a reply, an error reply, or a :class:`Lost`."""
+    """The next step after ``outcome``: a reply, an error reply, or a `Lost`."""
     if not isinstance(outcome, FAILED):
         return Next.DONE
     if isinstance(outcome, Lost):
@@ -115,7 +115,7 @@ def failure(
 
 def resend_pause(tries: int) -> float:
     """Seconds before the ``tries``-th re-send of a replayable call: doubling
-    from :data:`FIRST_RESEND_PAUSE`, at most :data:`LAST_RESEND_PAUSE`."""
+    from `FIRST_RESEND_PAUSE`, at most `LAST_RESEND_PAUSE`."""
     return float(min(FIRST_RESEND_PAUSE * 2 ** max(tries - 1, 0), LAST_RESEND_PAUSE))
 
 
@@ -123,8 +123,8 @@ class Attempt:
     """One call on its way through the replies that ask for it to be sent again.
 
     The rules live here once; each runner performs the fix that
-    :meth:`after` names (refresh the slot map, pause) and sends the call
-    again, as :meth:`wire` then writes it.
+    `after` names (refresh the slot map, pause) and sends the call
+    again, as `wire` then writes it.
     """
 
     __slots__ = (
@@ -159,7 +159,7 @@ class Attempt:
         self.written = False
         """Some send of this call may have reached the server."""
         self.outcome: Any = None
-        """The call's outcome from the last send, as :meth:`after` sorted it."""
+        """The call's outcome from the last send, as `after` sorted it."""
 
     def wire(self) -> bytes:
         """The call's request: after ASKING when redirected, before WAIT when it waits."""
@@ -224,7 +224,7 @@ class Attempt:
             self.replies += 1
 
     def result(self) -> Any:
-        """The final outcome :meth:`after` sorted: the reply, or the BackendError
+        """The final outcome `after` sorted: the reply, or the BackendError
         the call ended in."""
         outcome = self.outcome
         if classify(outcome) is Next.DONE:

@@ -43,7 +43,7 @@ class Call(NamedTuple):
     keys: tuple[str, ...]
     args: tuple[Arg | Packed, ...]
     read: Callable[[Any], Any]
-    """Reply -> result, or a re-planned :class:`Call`."""
+    """Reply -> result, or a re-planned `Call`."""
     replayable: bool = False
     """A record on the server makes a second send replay the first, so the
     call may be sent again after a failure that left its outcome unknown."""
@@ -51,7 +51,7 @@ class Call(NamedTuple):
     """The caller-visible id that record is kept under, if the caller may
     send the call again themselves (``request_id=``)."""
     wait: Wait | None = None
-    """Send WAIT after the script; ``read`` then gets an :class:`Acked`."""
+    """Send WAIT after the script; ``read`` then gets an `Acked`."""
 
 
 class Plan(NamedTuple):

@@ -10,7 +10,7 @@ each is atomic by itself and none needs a script:
 
 An id without the shape of one plans nothing (``None``): no key is built from
 it and nothing is sent. Ids never enter a log line or an exception text.
-Value and TTL rules are the cache's (:mod:`atomlimit._cache_plan`).
+Value and TTL rules are the cache's (`atomlimit._cache_plan`).
 """
 
 from __future__ import annotations

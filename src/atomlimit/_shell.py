@@ -1,8 +1,8 @@
 """What the sync and async limiter shells share: defaults, argument checks,
 and the handles an acquire returns.
 
-The shells themselves are written once in :mod:`atomlimit._async.limiter`
-and generated for sync code into :mod:`atomlimit._sync.limiter`.
+The shells themselves are written once in `atomlimit._async.limiter`
+and generated for sync code into `atomlimit._sync.limiter`.
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ DEFAULT_BREAKER = Breaker()
 
 
 def hit_calls(engine: Engine, hits: Sequence[Hit[Any]], local: int) -> list[Call]:
-    """The calls of a ``hit_many``, each planned as :meth:`~atomlimit.Limiter.hit` would."""
+    """The calls of a ``hit_many``, each planned as [`hit`][atomlimit.Limiter.hit] would."""
     if not isinstance(hits, list | tuple) or len(hits) > MAX_MANY:
         raise InvalidInput(f"hit_many takes a list or tuple of at most {MAX_MANY} Hit objects")
     calls = []

@@ -302,7 +302,7 @@ def _roundtrip(server: _Connections, wires: list[bytes], counts: list[int]) -> l
     """Write ``wires`` on one connection and read each one's replies.
 
     Each outcome is the last reply of its wire (an error reply as its
-    exception), or a :class:`~atomlimit._batch.Lost` for wires whose
+    exception), or a `Lost` for wires whose
     replies never came.
     """
     try:

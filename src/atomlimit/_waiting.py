@@ -33,7 +33,7 @@ def deadline_after(timeout: object, now: float) -> float | None:
     """The monotonic instant a wait gives up at, from a ``timeout`` checked for bounds.
 
     ``timeout`` is None (no deadline), a ``timedelta`` or a number of seconds,
-    from 0 (one try) to :data:`MAX_TIMEOUT`.
+    from 0 (one try) to `MAX_TIMEOUT`.
     """
     if timeout is None:
         return None
@@ -61,7 +61,7 @@ def pause(
     Gives up when the cost can never fit (``retry_after`` is None), or when
     the earliest try that could pass lands after ``deadline``. Otherwise
     sleeps ``retry_after`` plus a random share of it (``draw`` returns a
-    float in [0, 1)), at least :data:`MIN_SLEEP` and never past the deadline:
+    float in [0, 1)), at least `MIN_SLEEP` and never past the deadline:
     a jitter that would overshoot it is cut, so the last try lands on it.
     """
     retry = decision.retry_after

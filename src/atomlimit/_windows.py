@@ -1,7 +1,7 @@
 """Window arithmetic: which window an instant falls in.
 
 Lua inside Redis has no calendar, so the client works out window boundaries
-with :mod:`zoneinfo` and the script picks the one that contains the server's
+with `zoneinfo` and the script picks the one that contains the server's
 clock. Everything here is pure: instants are integer microseconds since the
 Unix epoch, so the values cross to Lua exactly.
 

@@ -1,14 +1,14 @@
 """Rate limits for any ASGI application, in one atomic check per request.
 
-:class:`RateLimitMiddleware` is plain ASGI: it imports no framework, so it
-wraps a Starlette, FastAPI or Litestar application, or a bare ASGI callable,
+[`RateLimitMiddleware`][atomlimit.asgi.RateLimitMiddleware] is plain ASGI: it imports no framework,
+so it wraps a Starlette, FastAPI or Litestar application, or a bare ASGI callable,
 alike::
 
     app.add_middleware(RateLimitMiddleware, limiter=limiter, limits=[per_minute, per_day])
 
-Every limit of a request is charged in one :meth:`~atomlimit.AsyncLimiter.acquire`:
+Every limit of a request is charged in one [`acquire`][atomlimit.AsyncLimiter.acquire]:
 all of them, or none; a single rate limit, in one
-:meth:`~atomlimit.AsyncLimiter.hit`, which is the same decision made by the
+[`hit`][atomlimit.AsyncLimiter.hit], which is the same decision made by the
 smaller script. A denied request gets ``429`` with a small
 ``application/problem+json`` body, ``Retry-After`` and the ``RateLimit``
 fields; an allowed one goes to the application, and its response carries
@@ -105,15 +105,15 @@ class RateLimitMiddleware:
 
     Args:
         app: the ASGI application to wrap.
-        limiter: an :class:`~atomlimit.AsyncLimiter`; the middleware never
+        limiter: an [`AsyncLimiter`][atomlimit.AsyncLimiter]; the middleware never
             closes it.
-        limits: a :class:`~atomlimit.RateLimit` or
-            :class:`~atomlimit.Concurrency`, or a list of up to 64 of them
+        limits: a [`RateLimit`][atomlimit.RateLimit] or
+            [`Concurrency`][atomlimit.Concurrency], or a list of up to 64 of them
             with distinct names, each charged 1 per request. A Concurrency
             limit holds its lease until the response is sent.
         key: ``key(scope)`` gives the subject, a str, or None to let the
             request through unlimited; it may be async. Default:
-            :func:`client_address`, the peer's address.
+            [`client_address`][atomlimit.asgi.client_address], the peer's address.
         include: path prefixes to limit (default: every path). A prefix
             matches whole segments: ``"/api"`` matches ``/api`` and
             ``/api/x``, not ``/apix``. Prefixes are matched against the

@@ -1,6 +1,6 @@
 """The circuit breaker's settings: when a limiter stops asking a failing server.
 
-The state machine that applies them lives in :mod:`atomlimit._circuit`.
+The state machine that applies them lives in `atomlimit._circuit`.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ class Breaker:
     After ``failures`` backend failures in a row (a connection that fails,
     a reply that times out), or a single connection the server refused, the
     breaker opens: every call fails fast with
-    :class:`~atomlimit.BreakerOpen`, which the limit's ``on_backend_error``
+    `BreakerOpen`, which the limit's ``on_backend_error``
     policy raises or turns into a degraded decision, without paying a
     timeout. After ``cool_down`` one call goes through as a probe: if the
     server answers, the breaker closes; if not, it stays open for another

@@ -1,9 +1,10 @@
-"""A versioned, typed cache with single-flight fill: :class:`Cache` and :class:`AsyncCache`.
+"""A versioned, typed cache with single-flight fill: [`Cache`][atomlimit.cache.Cache] and
+[`AsyncCache`][atomlimit.cache.AsyncCache].
 
 Keys are the seed application's, ``<version>:<category>:<part>[:<part>...]``
 (``v1:enrichment:acme.com:<hash>``, ``v1:dataforseo:acme.com``), so entries
 it wrote stay readable. Every write sets the value and its TTL in one
-``SET ... PX``. A :class:`Category` names a kind of entry, its lifetime and,
+``SET ... PX``. A [`Category`][atomlimit.cache.Category] names a kind of entry, its lifetime and,
 optionally, the pydantic model its values are.
 
 >>> import redis                                                        # doctest: +SKIP
@@ -13,9 +14,9 @@ optionally, the pydantic model its values are.
 >>> cache.get(dataforseo, "acme.com")                                   # doctest: +SKIP
 b'{"rank": 3}'
 
-Both classes plan through :mod:`atomlimit._cache_plan` and send through
-the runners. :class:`AsyncCache` is written once in
-:mod:`atomlimit._async.cache`; :class:`Cache` is generated from it.
+Both classes plan through `atomlimit._cache_plan` and send through
+the runners. `AsyncCache` is written once in
+`atomlimit._async.cache`; `Cache` is generated from it.
 """
 
 from __future__ import annotations

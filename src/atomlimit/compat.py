@@ -3,7 +3,7 @@
 Drop-in for the original ``RedisClient``: method names, signatures, key
 patterns and stored formats are unchanged, so old and new workers can share
 keys during a rolling deploy. Two calls are new, and they are the ones to
-use: :meth:`RedisClient.try_rate_limit` and :meth:`RedisClient.try_ai_spend`
+use: `RedisClient.try_rate_limit` and `RedisClient.try_ai_spend`
 check and charge in one atomic script, where the old check-then-increment
 pairs let concurrent workers all pass the check and overshoot.
 """
@@ -95,8 +95,8 @@ class RedisClient:
     async def check_rate_limit(self, resource_type: str, resource_id: str, limit: int) -> bool:
         """True if the resource has reached ``limit`` today. Read only.
 
-        Racy when paired with :meth:`increment_rate_limit`; prefer
-        :meth:`try_rate_limit`.
+        Racy when paired with `increment_rate_limit`; prefer
+        `try_rate_limit`.
         """
         limit = _limit(limit)
         current = await self._runner.send(

@@ -32,8 +32,8 @@ _FIELDS = (
 class Decision(Generic[Amount]):
     """What a limit decided, and where the subject stands after it.
 
-    Immutable. Amounts are ``int`` for a :class:`~atomlimit.RateLimit` and
-    exact ``Decimal`` in the cap's currency for a :class:`~atomlimit.SpendCap`.
+    Immutable. Amounts are ``int`` for a [`RateLimit`][atomlimit.RateLimit] and
+    exact ``Decimal`` in the cap's currency for a [`SpendCap`][atomlimit.SpendCap].
     ``bool(decision)`` is ``decision.allowed``.
     """
 
@@ -155,8 +155,8 @@ class Decision(Generic[Amount]):
         """The ``RateLimit-Policy`` and ``RateLimit`` header fields for this decision.
 
         They follow draft-ietf-httpapi-ratelimit-headers-11, as
-        :func:`atomlimit.headers.rate_limit_headers` builds them (which also
-        takes the several decisions of an acquire). A denial that can be
+        [`atomlimit.headers.rate_limit_headers`][atomlimit.headers.rate_limit_headers] builds them
+        (which also takes the several decisions of an acquire). A denial that can be
         retried adds ``Retry-After``, in whole seconds rounded up.
 
         >>> decision.headers()                                        # doctest: +SKIP

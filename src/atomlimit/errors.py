@@ -1,22 +1,22 @@
 """Exceptions, each named for what the caller does next.
 
-- :class:`InvalidInput`: fix the input; nothing was sent to the server.
-- :class:`BackendError`: Redis failed or is unreachable. ``applied`` says
+- [`InvalidInput`][atomlimit.errors.InvalidInput]: fix the input; nothing was sent to the server.
+- [`BackendError`][atomlimit.errors.BackendError]: Redis failed or is unreachable. ``applied`` says
   whether the call may have taken effect; with a ``request_id`` it can be
   sent again safely (or, for an acquire, undone). The redis-py error is
   chained as ``__cause__``. A limit's failure policy (``on_backend_error``)
   can turn it into a degraded decision instead.
-- :class:`BreakerOpen`: a BackendError raised without trying the server,
+- [`BreakerOpen`][atomlimit.errors.BreakerOpen]: a BackendError raised without trying the server,
   because the limiter's circuit breaker is open after repeated failures.
-- :class:`RequestIdReused`: a request id came back with other costs; the
-  server refused it and charged nothing.
-- :class:`UnsafeServer`: the server would lose or misreport counts (a
+- [`RequestIdReused`][atomlimit.errors.RequestIdReused]: a request id came back with other costs;
+  the server refused it and charged nothing.
+- [`UnsafeServer`][atomlimit.errors.UnsafeServer]: the server would lose or misreport counts (a
   replica; with ``strict=True``, an evicting ``maxmemory-policy``); fix the
   deployment.
-- :class:`LimitExceeded`: only raised when the caller asks for raising; wait
-  for ``decision.retry_after``.
+- [`LimitExceeded`][atomlimit.errors.LimitExceeded]: only raised when the caller asks for raising;
+  wait for ``decision.retry_after``.
 
-A denial is normally a :class:`~atomlimit.Decision` with ``allowed=False``,
+A denial is normally a [`Decision`][atomlimit.Decision] with ``allowed=False``,
 not an exception.
 """
 
@@ -54,7 +54,7 @@ class LimitExceeded(AtomlimitError):
 
     ``limit`` is the spec that denied, ``subject`` whom it was charged to
     (None where the raiser did not know it), and ``decision`` its
-    :class:`~atomlimit.Decision`: wait ``decision.retry_after``, or give up
+    [`Decision`][atomlimit.Decision]: wait ``decision.retry_after``, or give up
     when that is None (the cost can never fit). The message names the limit
     but never the subject, which may be personal (an address, an account),
     so that logging the error leaks nothing.

@@ -11,8 +11,8 @@
 The dependency charges the request, raises ``HTTPException(429)`` with
 ``Retry-After`` and the ``RateLimit`` fields when the limit denies, and
 otherwise adds the fields to the route's response and hands the
-:class:`~atomlimit.Decision` to the handler. For every route at once, use
-:class:`atomlimit.asgi.RateLimitMiddleware`. See docs/web.md.
+[`Decision`][atomlimit.Decision] to the handler. For every route at once, use
+[`atomlimit.asgi.RateLimitMiddleware`][atomlimit.asgi.RateLimitMiddleware]. See docs/web.md.
 """
 
 from __future__ import annotations
@@ -47,12 +47,12 @@ def limit(
     """A dependency that charges each request of a route to ``spec``.
 
     Args:
-        limiter: the :class:`~atomlimit.AsyncLimiter` to charge through.
-        spec: a :class:`~atomlimit.RateLimit` or :class:`~atomlimit.SpendCap`.
+        limiter: the [`AsyncLimiter`][atomlimit.AsyncLimiter] to charge through.
+        spec: a [`RateLimit`][atomlimit.RateLimit] or [`SpendCap`][atomlimit.SpendCap].
         key: ``key(request)`` gives the subject, or None to let the request
             through unlimited (the dependency then gives None); it may be
             async. Default: the client address, as
-            :func:`atomlimit.asgi.client_address` reads it.
+            [`atomlimit.asgi.client_address`][atomlimit.asgi.client_address] reads it.
         cost: what a request costs: a value, or ``cost(request)``, which may
             be async (to read the body, say).
 

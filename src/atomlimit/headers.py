@@ -13,7 +13,7 @@ limit's name as a String, and its parameters say the rest:
 {'RateLimit-Policy': '"api";q=100;w=60', 'RateLimit': '"api";r=99;t=42'}
 
 What each value means for each kind of limit, and why, is in docs/web.md;
-how they are built, in :mod:`atomlimit._header_fields`.
+how they are built, in `atomlimit._header_fields`.
 """
 
 from __future__ import annotations

@@ -3,7 +3,7 @@
 Each handle carries what it needs to finish its business (the engine that
 plans, the limiter's guarded runner that sends), so settling, releasing or
 renewing is one more script run. The async handles are written once in
-:mod:`atomlimit._async.holds`; the sync ones are generated from them.
+`atomlimit._async.holds`; the sync ones are generated from them.
 
 A handle from a degraded decision (made without the server, by the limit's
 failure policy) holds nothing on the server, whatever its ``allowed`` says,
@@ -40,7 +40,7 @@ H = TypeVar("H", bound=_Handle)
 
 @dataclass(frozen=True, slots=True)
 class Acquired(Generic[L, R]):
-    """The outcome of :meth:`~atomlimit.Limiter.acquire`: all of the hits, or none.
+    """The outcome of [`acquire`][atomlimit.Limiter.acquire]: all of the hits, or none.
 
     ``decisions`` has one Decision per hit, in order. When the acquire is
     denied, nothing is charged and each decision says whether its limit alone
@@ -64,7 +64,7 @@ class Pending(Generic[H]):
 
     ``async with`` enters the handle's own context, so leaving the block
     releases (or settles) it. With ``raise_on_deny``, a denied hold raises
-    :class:`~atomlimit.LimitExceeded` instead of yielding a handle whose
+    [`LimitExceeded`][atomlimit.errors.LimitExceeded] instead of yielding a handle whose
     ``allowed`` is False.
     """
 
@@ -93,10 +93,10 @@ class Pending(Generic[H]):
 
 
 def taken(take: Callable[[], H], raise_on_deny: bool) -> H:
-    """A sync hold, taken at once: what :class:`Pending` is on the async side.
+    """A sync hold, taken at once: what `Pending` is on the async side.
 
     With ``raise_on_deny``, a denied hold raises
-    :class:`~atomlimit.LimitExceeded` instead of returning a handle whose
+    [`LimitExceeded`][atomlimit.errors.LimitExceeded] instead of returning a handle whose
     ``allowed`` is False.
     """
     return _checked(take(), raise_on_deny)

@@ -1,11 +1,12 @@
-"""The two thin shells: :class:`Limiter` (sync) and :class:`AsyncLimiter`.
+"""The two thin shells: [`Limiter`][atomlimit.Limiter] (sync) and
+[`AsyncLimiter`][atomlimit.AsyncLimiter].
 
-They hand what :mod:`atomlimit._engine` plans to a runner from
-the runners, through the limiter's guard (:mod:`atomlimit._guard`:
+They hand what `atomlimit._engine` plans to a runner from
+the runners, through the limiter's guard (`atomlimit._guard`:
 circuit breaker, failure policy, observers), and wrap held things in handles
-from :mod:`atomlimit.holds`; every rule lives in those places, once.
-:class:`AsyncLimiter` is written in :mod:`atomlimit._async.limiter`, and
-:class:`Limiter` is generated from it (``scripts/unasync.py``), so the two
+from `atomlimit.holds`; every rule lives in those places, once.
+[`AsyncLimiter`][atomlimit.AsyncLimiter] is written in `atomlimit._async.limiter`, and
+[`Limiter`][atomlimit.Limiter] is generated from it (``scripts/unasync.py``), so the two
 cannot drift apart.
 """
 

@@ -1,16 +1,19 @@
 """Watching a limiter: the observer protocol, and adapters for metrics systems.
 
 A limiter calls each of its ``observers`` after every call: once per
-:class:`~atomlimit.Decision` it returns (:meth:`Observer.on_decision`), once
-per backend failure (:meth:`Observer.on_error`), and on every change of its
-circuit breaker (:meth:`Observer.on_breaker`). An observer that raises is
+[`Decision`][atomlimit.Decision] it returns
+([`Observer.on_decision`][atomlimit.observe.Observer.on_decision]), once per backend failure
+([`Observer.on_error`][atomlimit.observe.Observer.on_error]), and on every change of its circuit
+breaker ([`Observer.on_breaker`][atomlimit.observe.Observer.on_breaker]). An observer that raises is
 logged and skipped: watching a limiter can never change what it decides.
 
 Two adapters ship here, each behind its own extra, imported only when built,
 so ``import atomlimit`` pulls in neither library:
 
-- :class:`PrometheusObserver` (``pip install 'atomlimit[prometheus]'``);
-- :class:`OpenTelemetryObserver` (``pip install 'atomlimit[otel]'``).
+- [`PrometheusObserver`][atomlimit.observe.PrometheusObserver]
+  (``pip install 'atomlimit[prometheus]'``);
+- [`OpenTelemetryObserver`][atomlimit.observe.OpenTelemetryObserver]
+  (``pip install 'atomlimit[otel]'``).
 
 Subjects never become labels or attributes: there is one per client, user or
 API key, without bound, and each label value is a time series kept forever
@@ -102,7 +105,7 @@ class Observer(Protocol):
         Called once per Decision: an ``acquire`` or ``hit_many`` of three
         hits reports three, each with the whole call's time. A degraded
         decision (``decision.degraded``) is reported here too, after
-        :meth:`on_error` reported its cause.
+        [`on_error`][atomlimit.observe.Observer.on_error] reported its cause.
         """
 
     def on_error(self, error: BackendError, operation: Operation, seconds: float) -> None:
@@ -110,7 +113,7 @@ class Observer(Protocol):
         failure policy turned it into a degraded decision.
 
         A call the circuit breaker refused reports a
-        :class:`~atomlimit.BreakerOpen`, which costs no round trip.
+        [`BreakerOpen`][atomlimit.errors.BreakerOpen], which costs no round trip.
         """
 
     def on_breaker(self, old: BreakerState, new: BreakerState) -> None:
@@ -165,7 +168,7 @@ class PrometheusObserver(Observer):
       ``degraded``.
     - ``atomlimit_backend_errors_total{operation, error}``: one per backend
       failure; ``error`` is the class of what went wrong
-      (:func:`error_class`), ``BreakerOpen`` for a call failed fast.
+      ([`error_class`][atomlimit.observe.error_class]), ``BreakerOpen`` for a call failed fast.
     - ``atomlimit_decision_seconds{operation}``: a histogram of the time a
       call took, once per Decision.
     - ``atomlimit_breakers_open``: how many limiters reporting here have
@@ -305,8 +308,8 @@ def _prometheus_metrics(
 
 
 class OpenTelemetryObserver(Observer):
-    """The same measurements as :class:`PrometheusObserver`, through the
-    OpenTelemetry metrics API.
+    """The same measurements as [`PrometheusObserver`][atomlimit.observe.PrometheusObserver],
+    through the OpenTelemetry metrics API.
 
     Instruments, on ``meter`` (default: ``metrics.get_meter("atomlimit")``,
     from whatever meter provider the application set up):

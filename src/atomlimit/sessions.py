@@ -1,4 +1,5 @@
-"""Server-side sessions with sliding expiry: :class:`SessionStore` and :class:`AsyncSessionStore`.
+"""Server-side sessions with sliding expiry: [`SessionStore`][atomlimit.sessions.SessionStore] and
+[`AsyncSessionStore`][atomlimit.sessions.AsyncSessionStore].
 
 Sessions live at the seed application's keys, ``session:<id>``. Ids come from
 the ``secrets`` module (256 bits). Each operation is one atomic command:
@@ -9,9 +10,9 @@ An id that is malformed or unknown reads as None (``update`` and ``delete``
 return False); a malformed one is refused before any key is built or any
 command sent. Ids never appear in log messages or exception texts.
 
-Both classes plan through :mod:`atomlimit._session_plan` and send through
-the runners. :class:`AsyncSessionStore` is written once in
-:mod:`atomlimit._async.sessions`; :class:`SessionStore` is generated from it.
+Both classes plan through `atomlimit._session_plan` and send through
+the runners. `AsyncSessionStore` is written once in
+`atomlimit._async.sessions`; `SessionStore` is generated from it.
 """
 
 from __future__ import annotations

@@ -3,7 +3,7 @@
 A spec is plain configuration. After construction the hot path trusts it:
 how it travels to the server (key tail, units, window plan, encoded
 arguments) is worked out once, on first use, by its kind's codec
-(:func:`atomlimit._codecs.codec_of`), which keeps it with the instance.
+(`atomlimit._codecs.codec_of`), which keeps it with the instance.
 """
 
 from __future__ import annotations
@@ -61,7 +61,7 @@ class Spec(BaseModel, Generic[Amount]):
     """Names the limit in keys; two specs with one name and kind share state."""
     on_backend_error: FailurePolicy = "raise"
     """What a call decides when the server fails or cannot be reached:
-    ``"raise"`` (the default) raises :class:`~atomlimit.BackendError`;
+    ``"raise"`` (the default) raises [`BackendError`][atomlimit.errors.BackendError];
     ``"deny"`` and ``"allow"`` return a degraded Decision
     (``degraded=True``, ``cause`` set) that denies or admits. A SpendCap
     does not take ``"allow"``: admitting spend nobody records is spelled
@@ -374,10 +374,10 @@ class Concurrency(Spec[int]):
 
 @dataclass(frozen=True, slots=True)
 class Hit(Generic[Amount]):
-    """One limit to charge in :meth:`~atomlimit.Limiter.acquire`.
+    """One limit to charge in [`acquire`][atomlimit.Limiter.acquire].
 
-    ``hold`` reserves ``cost`` on a :class:`SpendCap` as an estimate, held for
-    that long, instead of charging it. A :class:`Concurrency` hit takes a
+    ``hold`` reserves ``cost`` on a [`SpendCap`][atomlimit.SpendCap] as an estimate, held for
+    that long, instead of charging it. A [`Concurrency`][atomlimit.Concurrency] hit takes a
     lease of the spec's length.
     """
 

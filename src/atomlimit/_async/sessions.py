@@ -1,6 +1,6 @@
-"""The session store's shell: what :mod:`atomlimit._session_plan` plans, sent by a runner.
+"""The session store's shell: what `atomlimit._session_plan` plans, sent by a runner.
 
-See :mod:`atomlimit.sessions` for the keys and what each operation does.
+See [`atomlimit.sessions`][atomlimit.sessions] for the keys and what each operation does.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ class AsyncSessionStore(Generic[T]):
     # unasync: async
     """Sessions over ``redis.asyncio.Redis`` or ``redis.asyncio.RedisCluster``.
 
-    Takes the same arguments as :class:`SessionStore`.
+    Takes the same arguments as `SessionStore`.
     """
 
     # unasync: sync
@@ -40,7 +40,7 @@ class AsyncSessionStore(Generic[T]):
     #         ``str`` from a client with ``decode_responses=True``).
     #
     # A Redis failure on a well-formed id raises
-    # :class:`~atomlimit.errors.BackendError`: an outage is not a logout.
+    # `BackendError`: an outage is not a logout.
     # """
     # unasync: end
 

@@ -1,7 +1,7 @@
 # Generated from src/atomlimit/_async/cache.py by scripts/unasync.py; do not edit.
-"""The cache's shell: what :mod:`atomlimit._cache_plan` plans, sent by a runner.
+"""The cache's shell: what `atomlimit._cache_plan` plans, sent by a runner.
 
-See :mod:`atomlimit.cache` for the keys, the categories and an example.
+See [`atomlimit.cache`][atomlimit.cache] for the keys, the categories and an example.
 """
 
 from __future__ import annotations
@@ -39,9 +39,9 @@ class Cache:
         version: first part of every key. Bump it (``"v2"``) when stored
             values change shape: old entries become unreachable and expire
             by their own TTL.
-        wait: how long :meth:`get_or_set` waits for another worker's factory
+        wait: how long `get_or_set` waits for another worker's factory
             before running the factory itself.
-        lock_ttl: how long a :meth:`get_or_set` lock lives if its holder
+        lock_ttl: how long a `get_or_set` lock lives if its holder
             never releases it (crash, cancellation, lost connection).
     """
 

@@ -1,8 +1,8 @@
 # Generated from src/atomlimit/_async/guard.py by scripts/unasync.py; do not edit.
 """The guard's drivers: each call a limiter makes, sent inside its guard.
 
-The breaker, the failure policy and the reports are the :class:`Guard`'s
-(:mod:`atomlimit._guard`); a driver admits the call there, sends it, and
+The breaker, the failure policy and the reports are the `Guard`'s
+(`atomlimit._guard`); a driver admits the call there, sends it, and
 hands back what came of it.
 """
 
@@ -57,7 +57,7 @@ class SyncGuard(Guard):
         send: Callable[[Any], Any],
         step: Any,
     ) -> Any:
-        """:meth:`run` for a call that returns one Decision of ``spec``."""
+        """`run` for a call that returns one Decision of ``spec``."""
         return self.run(operation, send, step, self._policy(spec, cost, operation == "hit"))
 
 

@@ -2,7 +2,7 @@
 """The handles a limiter returns for what it holds: reservations and leases.
 
 Each handle carries what it needs to finish its business (see
-:mod:`atomlimit._handles`), so settling, releasing or renewing is one more
+`atomlimit._handles`), so settling, releasing or renewing is one more
 script run, sent through the limiter's guarded runner.
 """
 
@@ -20,14 +20,14 @@ if TYPE_CHECKING:
 
 
 class Reservation(_Reservable):
-    """A hold on part of a :class:`~atomlimit.SpendCap`, from ``Limiter.reserve``.
+    """A hold on part of a [`SpendCap`][atomlimit.SpendCap], from ``Limiter.reserve``.
 
-    The held estimate counts against the cap until :meth:`settle` charges the
-    actual cost or :meth:`release` gives it back; if neither happens, the hold
-    expires after its TTL. Both are idempotent. As a context manager, leaving
-    the block settles the amount given to :meth:`settle_with`, or releases if
-    none was given or the block raised.
-    """
+    The held estimate counts against the cap until [`settle`][atomlimit.AsyncReservation.settle]
+    charges the actual cost or [`release`][atomlimit.AsyncReservation.release] gives it back; if
+    neither happens, the hold expires after its TTL. Both are idempotent. As a context manager,
+    leaving the block settles the amount given to
+    [`settle_with`][atomlimit.AsyncReservation.settle_with], or releases if none was given or the
+    block raised."""
 
     __slots__ = ()
 
@@ -65,7 +65,7 @@ class Reservation(_Reservable):
 
 
 class Lease(_Handle):
-    """One slot of a :class:`~atomlimit.Concurrency` limit, from ``Limiter.lease``.
+    """One slot of a [`Concurrency`][atomlimit.Concurrency] limit, from ``Limiter.lease``.
 
     Expires after the spec's lease unless renewed; release is idempotent. As
     a context manager, leaving the block releases it.

@@ -1,9 +1,9 @@
 # Generated from src/atomlimit/_async/limiter.py by scripts/unasync.py; do not edit.
-"""The limiter shell: what :mod:`atomlimit._engine` plans, sent through the guard.
+"""The limiter shell: what `atomlimit._engine` plans, sent through the guard.
 
 The shell hands each planned call to a runner (`atomlimit._sync_runner`)
 through the limiter's guard (breaker, failure policy, observers) and wraps
-what it holds in handles (:mod:`atomlimit.holds`); every rule lives in
+what it holds in handles (`atomlimit.holds`); every rule lives in
 those places, once.
 """
 
@@ -79,10 +79,10 @@ class Limiter:
             cannot be read, instead of logging a warning. A replica is always
             refused. See docs/cli.md (``doctor``).
         breaker: when to stop asking a failing server, and for how long
-            (:class:`~atomlimit.Breaker`); None turns the breaker off, so
+            ([`Breaker`][atomlimit.Breaker]); None turns the breaker off, so
             every call tries the server. See docs/failure-policy.md.
         observers: objects told of every decision and backend failure
-            (:class:`atomlimit.observe.Observer`), at most 16.
+            ([`atomlimit.observe.Observer`][atomlimit.observe.Observer]), at most 16.
 
     A call waits for the server at most as long as the client allows: its
     ``socket_connect_timeout`` and ``socket_timeout`` (redis-py waits
@@ -130,7 +130,7 @@ class Limiter:
     ) -> Self:
         """Connect to ``url``; ``redis_options`` go to ``redis.Redis.from_url``.
 
-        The limiter owns this client and closes it in :meth:`close`.
+        The limiter owns this client and closes it in `close`.
         """
         client = connect(redis.Redis.from_url, url, redis_options)
         limiter = cls(
@@ -170,8 +170,9 @@ class Limiter:
     def hit_many(self, hits: Sequence[Hit[Any]]) -> list[Decision[Any]]:
         """Decide many independent hits in one round trip (one per cluster node).
 
-        Each hit is charged or denied on its own, as :meth:`hit` would; the
-        decisions come back in order. For all-or-nothing, use :meth:`acquire`.
+        Each hit is charged or denied on its own, as [`hit`][atomlimit.Limiter.hit] would; the
+        decisions come back in order. For all-or-nothing, use
+        [`acquire`][atomlimit.Limiter.acquire].
         """
         runner = self._open()
         calls = hit_calls(self._engine, hits, runner.now())
@@ -226,7 +227,7 @@ class Limiter:
     def undo_acquire(self, hits: Sequence[Hit[Any]], *, request_id: str) -> bool:
         """Take back exactly what the acquire of ``hits`` under ``request_id`` charged.
 
-        For an acquire that raised :class:`~atomlimit.BackendError` part-way:
+        For an acquire that raised `BackendError` part-way:
         pass the same hits and the error's ``request_id``. Returns True if
         something was charged under that id and is now taken back, False if
         nothing was (never charged, already undone, or its record expired).
@@ -260,9 +261,10 @@ class Limiter:
         ttl: timedelta = DEFAULT_HOLD,
         raise_on_deny: bool = True,
     ) -> Reservation:
-        """:meth:`reserve`, for ``with``: the block's end settles or releases.
+        """[`reserve`][atomlimit.Limiter.reserve], for ``with``: the block's end settles
+        or releases.
 
-        Raises :class:`~atomlimit.LimitExceeded` when the cap is full, unless
+        Raises [`LimitExceeded`][atomlimit.errors.LimitExceeded] when the cap is full, unless
         ``raise_on_deny`` is False.
         """
         check_flag(raise_on_deny, "raise_on_deny")
@@ -278,7 +280,7 @@ class Limiter:
     ) -> Lease:
         """Take one of ``limit``'s slots; also a context manager that releases it.
 
-        Raises :class:`~atomlimit.LimitExceeded` when every slot is taken,
+        Raises [`LimitExceeded`][atomlimit.errors.LimitExceeded] when every slot is taken,
         unless ``raise_on_deny`` is False.
         """
         check_flag(raise_on_deny, "raise_on_deny")
@@ -308,7 +310,7 @@ class Limiter:
         """Hit ``limit`` until it allows, sleeping ``retry_after`` (plus jitter) between tries.
 
         Returns the allowing Decision. Raises
-        :class:`~atomlimit.LimitExceeded` at once when the cost can never
+        [`LimitExceeded`][atomlimit.errors.LimitExceeded] at once when the cost can never
         fit, or when the next try that could pass would land after
         ``timeout`` (a ``timedelta`` or seconds, at most a day; None waits
         as long as it takes). Never sleeps past the deadline.
@@ -336,9 +338,9 @@ class Limiter:
 
         ``subject`` and ``cost`` are values, or callables taking the
         function's own arguments. A denied call raises
-        :class:`~atomlimit.LimitExceeded` without running the function, or
-        with ``wait=True`` waits as :meth:`wait` does, up to ``timeout``.
-        Async functions need :class:`AsyncLimiter`; see docs/decorators.md.
+        [`LimitExceeded`][atomlimit.errors.LimitExceeded] without running the function, or
+        with ``wait=True`` waits as [`wait`][atomlimit.AsyncLimiter.wait] does, up to ``timeout``.
+        Async functions need [`AsyncLimiter`][atomlimit.AsyncLimiter]; see docs/decorators.md.
         """
         config = configure(limit, subject, cost, wait, timeout)
 
@@ -361,9 +363,9 @@ class Limiter:
         return decorate
 
     def close(self) -> None:
-        """Close the client if this limiter created it (see :meth:`from_url`).
-
-        Any later call raises :class:`~atomlimit.InvalidInput`.
+        """Close the client if this limiter created it (see
+        [`from_url`][atomlimit.AsyncLimiter.from_url]).
+        Any later call raises `InvalidInput`.
         """
         if self._runner.closed:
             return

@@ -1,7 +1,7 @@
 # Generated from src/atomlimit/_async/sessions.py by scripts/unasync.py; do not edit.
-"""The session store's shell: what :mod:`atomlimit._session_plan` plans, sent by a runner.
+"""The session store's shell: what `atomlimit._session_plan` plans, sent by a runner.
 
-See :mod:`atomlimit.sessions` for the keys and what each operation does.
+See [`atomlimit.sessions`][atomlimit.sessions] for the keys and what each operation does.
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ class SessionStore(Generic[T]):
             ``str`` from a client with ``decode_responses=True``).
 
     A Redis failure on a well-formed id raises
-    :class:`~atomlimit.errors.BackendError`: an outage is not a logout.
+    `BackendError`: an outage is not a logout.
     """
 
     __slots__ = ("_plan", "_runner")

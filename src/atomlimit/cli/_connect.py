@@ -1,7 +1,7 @@
 """Reaching the server a command names: URL checks, cluster detection, errors.
 
 A command never shows a password: URLs are printed with it masked. Every
-redis-py failure becomes a :class:`CommandError` that says which server and
+redis-py failure becomes a `CommandError` that says which server and
 what went wrong, so the user sees one line and not a traceback.
 """
 

@@ -1,8 +1,8 @@
 """``atomlimit doctor``'s questions to a server, asked through sync redis-py.
 
-:func:`gather` asks each primary (standalone or every node of a cluster)
-what the checks need, and :func:`diagnose` hands the answers to the checks
-in :mod:`atomlimit.cli._findings`. A refused command is an answer; only a
+`gather` asks each primary (standalone or every node of a cluster)
+what the checks need, and `diagnose` hands the answers to the checks
+in `atomlimit.cli._findings`. A refused command is an answer; only a
 server that cannot be reached is an error.
 """
 
@@ -32,7 +32,7 @@ def diagnose(
 ) -> list[tuple[str, list[Finding]]]:
     """Ask every primary behind ``client``; each address with its findings.
 
-    Raises :class:`~atomlimit.BackendError` when a server cannot be reached;
+    Raises `BackendError` when a server cannot be reached;
     a refused command is a finding, not an error.
     """
     return [(answers.address, assess(answers)) for answers in gather(client, db=db, prefix=prefix)]

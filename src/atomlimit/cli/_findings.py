@@ -1,10 +1,10 @@
 """What ``atomlimit doctor`` makes of a server's answers: one finding per check.
 
 Every check is a pure function from what a server answered to a
-:class:`~atomlimit._fitness.Finding`, so the rules are tested with plain
-values. :mod:`atomlimit.cli._diagnose` asks the server; the checks a
+`Finding`, so the rules are tested with plain
+values. `atomlimit.cli._diagnose` asks the server; the checks a
 limiter also makes on first use (eviction, replication) are in
-:mod:`atomlimit._fitness`.
+`atomlimit._fitness`.
 """
 
 from __future__ import annotations

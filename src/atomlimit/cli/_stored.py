@@ -1,9 +1,9 @@
 """What atomlimit keeps on a server, read back for an operator: keys and their values.
 
 Every key is ``<prefix>:v1:{s:<subject>}:<kind>:<name>[:...]`` (docs/keys.md);
-:func:`parse` turns one back into its parts, and :func:`read` says what each
+`parse` turns one back into its parts, and `read` says what each
 holds, in the units a person reads: a count, an amount of money, leases.
-:func:`scan` walks one server with SCAN, never KEYS, and stops at a hard cap,
+`scan` walks one server with SCAN, never KEYS, and stops at a hard cap,
 so a command never blocks a busy server or runs without end.
 """
 

@@ -221,7 +221,7 @@ async def run_races(url: str, workers: int, limit: int, tag: str) -> list[Outcom
     """Run the four scenarios against the server at ``url``.
 
     Each limit admits ``limit`` workers: the rate limit counts them, and the
-    spend cap is ``limit`` spends of :data:`SPEND`. Every key written
+    spend cap is ``limit`` spends of `SPEND`. Every key written
     contains ``tag``.
     """
     cap_amount = SPEND * limit

@@ -1,7 +1,7 @@
 """``atomlimit doctor``: can this server keep atomlimit's counts exact?
 
-The checks live in :mod:`atomlimit.cli._findings`, and the questions they
-need in :mod:`atomlimit.cli._diagnose`; this module connects, runs them on
+The checks live in `atomlimit.cli._findings`, and the questions they
+need in `atomlimit.cli._diagnose`; this module connects, runs them on
 every primary and prints the findings.
 """
 
