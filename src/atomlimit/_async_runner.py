@@ -109,7 +109,7 @@ class AsyncRunner:
         if isinstance(step, Call):
             return await self.run(step)
         try:
-            reply = await self.client.execute_command(*step.args)
+            reply = await _redis.async_execute(self.client, step.args)
         except _redis.FAILURES as err:
             raise failure(str(step.args[0]), err) from err
         return step.read(reply)

@@ -243,6 +243,18 @@ def pool_giver(pool: Any) -> Callable[[Any], Awaitable[None]]:
     return pool.release  # type: ignore[no-any-return]
 
 
+def execute(client: SyncClient, args: Sequence[Any]) -> Any:
+    """One plain command (the cache's and the sessions'), sent through the
+    client's own command layer, with its retries, as redis-py sends any."""
+    # redis-py leaves the sync execute_command unannotated.
+    return client.execute_command(*args)  # type: ignore[no-untyped-call]
+
+
+async def async_execute(client: AsyncClient, args: Sequence[Any]) -> Any:
+    """One plain command through an async client's own command layer."""
+    return await client.execute_command(*args)
+
+
 # -- connections -----------------------------------------------------------------
 
 

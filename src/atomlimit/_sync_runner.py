@@ -83,8 +83,7 @@ class SyncRunner:
         if isinstance(step, Call):
             return self.run(step)
         try:
-            # redis-py leaves the sync execute_command unannotated.
-            reply = self.client.execute_command(*step.args)  # type: ignore[no-untyped-call]
+            reply = _redis.execute(self.client, step.args)
         except _redis.FAILURES as err:
             raise failure(str(step.args[0]), err) from err
         return step.read(reply)
