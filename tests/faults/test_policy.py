@@ -2,7 +2,7 @@
 
 The server is gone in these tests the plainest way: the limiter points at a
 loopback port nothing listens on, so every connection is refused. Servers
-that die, stall and come back under load are in tests/test_outages.py.
+that die, stall and come back under load are in tests/faults/test_outages.py.
 """
 
 from __future__ import annotations

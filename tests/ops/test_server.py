@@ -13,7 +13,7 @@ from servers import Cluster, Server, start_server
 from atomlimit import BackendError, Limiter, RateLimit, _server
 from atomlimit._server import Finding, Refused
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 EVICTING = [
     "allkeys-lru",
