@@ -107,6 +107,10 @@ def pytest_report_header(config: pytest.Config) -> str:
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     available = [kind for kind in SERVER_KINDS if kind in _binaries(metafunc.config)]
     kinds = available or [_NO_SERVER]
+    # A heavy test whose subject does not depend on the server runs on the
+    # first kind alone; the test says why next to its marker.
+    if metafunc.definition.get_closest_marker("one_server_kind"):
+        kinds = kinds[:1]
     # `server_kind` is in fixturenames whenever a test uses it directly or via
     # `server` / `fresh_server` / `stalling_proxy`.
     if "server_kind" in metafunc.fixturenames:
