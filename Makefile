@@ -44,9 +44,9 @@ pytest: $(READY)
 # the cluster) on the lowest releases the ranges allow, in a venv of its own.
 COMPAT_VENV ?= .venv-compat
 COMPAT_PINS := redis==6.2.0 pydantic==2.6.0
-COMPAT_TESTS := tests/test_limiter.py tests/test_batching.py tests/test_reliability.py \
-	tests/test_replication.py tests/test_faults.py tests/faults/test_connections.py \
-	tests/test_migration.py
+COMPAT_TESTS := tests/core/test_limiter.py tests/batching tests/faults/test_connections.py \
+	tests/faults/test_reliability.py tests/faults/test_replication.py \
+	tests/faults/test_faults.py tests/faults/test_migration.py
 
 $(COMPAT_VENV)/.ready: pyproject.toml
 	$(PYTHON) -m venv $(COMPAT_VENV)

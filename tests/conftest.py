@@ -16,28 +16,15 @@ import asyncio
 import inspect
 import os
 import subprocess
-import sys
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import pytest
 from hypothesis import settings
-
-# CI replays the same examples on every run, so a red run always means the
-# code changed; run pytest without the profile to explore new examples.
-settings.register_profile("ci", derandomize=True, deadline=None, print_blob=True)
-
-# Make the helper modules importable as top-level `servers` / `proxy` no matter
-# which import mode pytest uses or whether tests/ later becomes a package.
-_TESTS_DIR = str(Path(__file__).resolve().parent)
-if _TESTS_DIR not in sys.path:
-    sys.path.insert(0, _TESTS_DIR)
-
-from proxy import StallingProxy  # noqa: E402
-from servers import (  # noqa: E402
+from proxy import StallingProxy
+from servers import (
     Cluster,
     Server,
     find_binaries,
@@ -45,6 +32,10 @@ from servers import (  # noqa: E402
     start_replica,
     start_server,
 )
+
+# CI replays the same examples on every run, so a red run always means the
+# code changed; run pytest without the profile to explore new examples.
+settings.register_profile("ci", derandomize=True, deadline=None, print_blob=True)
 
 SERVER_KINDS = ("redis", "valkey")
 REQUIRE_ENV = "ATOMLIMIT_REQUIRE_SERVERS"
@@ -116,6 +107,10 @@ def pytest_report_header(config: pytest.Config) -> str:
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     available = [kind for kind in SERVER_KINDS if kind in _binaries(metafunc.config)]
     kinds = available or [_NO_SERVER]
+    # A heavy test whose subject does not depend on the server runs on the
+    # first kind alone; the test says why next to its marker.
+    if metafunc.definition.get_closest_marker("one_server_kind"):
+        kinds = kinds[:1]
     # `server_kind` is in fixturenames whenever a test uses it directly or via
     # `server` / `fresh_server` / `stalling_proxy`.
     if "server_kind" in metafunc.fixturenames:

@@ -4,10 +4,11 @@ Every check-and-charge is one Lua script run on the Redis server, so no
 number of concurrent workers can push a limit past its value.
 
 >>> from atomlimit import Limiter, RateLimit
->>> limiter = Limiter.from_url("redis://127.0.0.1:6380/0")          # doctest: +SKIP
+>>> limiter = Limiter.from_url("redis://127.0.0.1:6380/0")
 >>> daily = RateLimit(name="enrichment", limit=1000, window="day")
->>> limiter.hit(daily, "client-42").allowed                          # doctest: +SKIP
+>>> limiter.hit(daily, "client-42").allowed
 True
+>>> limiter.close()
 """
 
 from atomlimit._version import __version__ as __version__

@@ -7,12 +7,14 @@ it wrote stay readable. Every write sets the value and its TTL in one
 ``SET ... PX``. A [`Category`][atomlimit.cache.Category] names a kind of entry, its lifetime and,
 optionally, the pydantic model its values are.
 
->>> import redis                                                        # doctest: +SKIP
+>>> import redis
 >>> dataforseo = Category("dataforseo", ttl=timedelta(days=30))
->>> cache = Cache(redis.Redis.from_url("redis://127.0.0.1:6380/0"))    # doctest: +SKIP
->>> cache.set(dataforseo, "acme.com", b'{"rank": 3}')                  # doctest: +SKIP
->>> cache.get(dataforseo, "acme.com")                                   # doctest: +SKIP
+>>> client = redis.Redis.from_url("redis://127.0.0.1:6380/0")
+>>> cache = Cache(client)
+>>> cache.set(dataforseo, "acme.com", b'{"rank": 3}')
+>>> cache.get(dataforseo, "acme.com")
 b'{"rank": 3}'
+>>> client.close()
 
 Both classes plan through `atomlimit._cache_plan` and send through
 the runners. `AsyncCache` is written once in

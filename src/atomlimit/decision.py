@@ -159,7 +159,11 @@ class Decision(Generic[Amount]):
         (which also takes the several decisions of an acquire). A denial that can be
         retried adds ``Retry-After``, in whole seconds rounded up.
 
-        >>> decision.headers()                                        # doctest: +SKIP
+        >>> from atomlimit import Limiter, RateLimit
+        >>> api = RateLimit(name="api", limit=100, window=timedelta(seconds=60))
+        >>> with Limiter.from_url("redis://127.0.0.1:6380/0") as limiter:
+        ...     decision = limiter.hit(api, "client-42")
+        >>> decision.headers(now=decision.reset_at - timedelta(seconds=42))
         {'RateLimit-Policy': '"api";q=100;w=60', 'RateLimit': '"api";r=99;t=42'}
         """
         return checked_fields([self], now)

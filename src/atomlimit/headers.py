@@ -9,7 +9,12 @@ limit's name as a String, and its parameters say the rest:
 - ``RateLimit``: ``r`` what is left, ``t`` the seconds within which no more
   than ``r`` can be used.
 
->>> rate_limit_headers(result.decisions)                          # doctest: +SKIP
+>>> from atomlimit import Hit, Limiter
+>>> api = RateLimit(name="api", limit=100, window=timedelta(seconds=60))
+>>> with Limiter.from_url("redis://127.0.0.1:6380/0") as limiter:
+...     result = limiter.acquire([Hit(api, "client-42")])
+>>> at = result.decisions[0].reset_at - timedelta(seconds=42)  # 42 s before the window ends
+>>> rate_limit_headers(result.decisions, now=at)
 {'RateLimit-Policy': '"api";q=100;w=60', 'RateLimit': '"api";r=99;t=42'}
 
 What each value means for each kind of limit, and why, is in docs/web.md;

@@ -39,7 +39,7 @@ from typing import Any
 import pytest
 from servers import Server
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 FRAGMENT_MARK = "<!-- fragment"
 """``<!-- fragment -->``, or ``<!-- fragment: why -->`` to say why."""

@@ -15,7 +15,7 @@ from atomlimit._fitness import Finding
 from atomlimit.cli import _diagnose, _findings
 from atomlimit.cli._findings import Refused
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 EVICTING = [
     "allkeys-lru",

@@ -38,8 +38,10 @@ CLIENT_ID = UUID("00000000-0000-4000-8000-000000000042")
 
 
 @asynccontextmanager
-async def seed_client(target: Target, tz: str = "UTC") -> AsyncIterator[RedisClient]:
-    client = RedisClient(target.url, tz=tz, cluster=target.kind == "cluster")
+async def seed_client(
+    target: Target, tz: str = "UTC", **options: Any
+) -> AsyncIterator[RedisClient]:
+    client = RedisClient(target.url, tz=tz, cluster=target.kind == "cluster", **options)
     try:
         yield client
     finally:
@@ -110,8 +112,22 @@ async def test_concurrent_try_rate_limit_admits_exactly_the_limit(target: Target
 
 async def test_seed_check_then_increment_overshoots_in_the_same_race(target: Target) -> None:
     if target.kind == "cluster":
-        # The seed's verbatim client only speaks to a single server.
-        async with seed_client(target) as seed:
+        # The seed's verbatim client only speaks to a single server, so the
+        # pattern runs on RedisClient's own check and increment, whose GET is
+        # a plain command sent through the cluster client's pools. All 200
+        # tasks reach the one key's node at once, and the pool per node
+        # refuses connections past max_connections (50 by default) with
+        # MaxConnectionsError rather than waiting; so the client is sized
+        # for the race, as RedisClient's docstring asks. Unsized, whether a
+        # run fails depends on how far the client's layout learning, on its
+        # first command, happens to stagger the tasks: with the layout
+        # learned beforehand, a default pool fails every run. Learning it
+        # before the race also keeps tasks off connections redis-py may tear
+        # down while it learns (the writer None inside redis-py): the plain
+        # GET does not wait for the layout as atomlimit's scripts do.
+        async with seed_client(target, max_connections=200) as seed:
+            assert isinstance(seed.redis, redis.asyncio.RedisCluster)
+            await seed.redis.initialize()
 
             async def attempt() -> bool:
                 if await seed.check_rate_limit("race", "acme", 100):

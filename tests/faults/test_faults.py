@@ -201,7 +201,7 @@ def test_retries_that_all_time_out_raise_and_a_replay_returns_the_charge(
 
 def _documented_acl() -> list[str]:
     """The grants docs/script-loading.md tells operators to give a limiter's user."""
-    docs = (Path(__file__).resolve().parents[1] / "docs" / "script-loading.md").read_text()
+    docs = (Path(__file__).resolve().parents[2] / "docs" / "script-loading.md").read_text()
     block = docs.split("ACL SETUSER limiter on >secret ~* -@all", 1)[1].split("```", 1)[0]
     return block.split()
 

@@ -354,7 +354,7 @@ def test_without_the_check_a_replica_answers_denials_and_refuses_charges(
 
 def _documented_acl() -> list[str]:
     """The grants docs/script-loading.md tells operators to give a limiter's user."""
-    docs = (Path(__file__).resolve().parents[1] / "docs" / "script-loading.md").read_text()
+    docs = (Path(__file__).resolve().parents[2] / "docs" / "script-loading.md").read_text()
     block = docs.split("ACL SETUSER limiter on >secret ~* -@all", 1)[1].split("```", 1)[0]
     return block.split()
 

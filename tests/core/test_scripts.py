@@ -11,7 +11,7 @@ from servers import Server
 
 from atomlimit._scripts import _lua_dir, all_names, script
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 HEADER_FIELDS = ("KEYS", "ARGV", "Reply", "Clock", "Cost")
 
 

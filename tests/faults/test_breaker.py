@@ -3,7 +3,7 @@
 No server and no clock: the breaker's rules are a function of when things
 happen and what failed, so every case is a list of plain values. The
 breaker against real servers that die, stall and come back is in
-tests/test_outages.py.
+tests/faults/test_outages.py.
 """
 
 from __future__ import annotations

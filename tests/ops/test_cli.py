@@ -33,7 +33,7 @@ from atomlimit import (
 from atomlimit._scripts import all_names, script
 from atomlimit.cli import COMMANDS, main
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 # The rights docs/script-loading.md tells operators to grant the limiter, and
 # what doctor reads besides; tests take one away to see doctor name it.
 LIMITER_RIGHTS = re.findall(

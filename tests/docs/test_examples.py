@@ -20,7 +20,7 @@ from servers import Server
 
 from atomlimit import Limiter, SpendCap
 
-EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 STARTUP = 30.0
 """Seconds an application may take to start answering."""
 
