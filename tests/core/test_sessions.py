@@ -19,6 +19,7 @@ import pytest
 import redis
 import redis.asyncio
 from pydantic import BaseModel, ConfigDict
+from redis.asyncio.retry import Retry as AsyncRetry
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 from servers import Cluster, Server, free_port
@@ -297,7 +298,7 @@ def test_session_ids_never_appear_in_backend_errors_or_logs(
 async def test_async_session_ids_never_appear_in_backend_errors(server: Server) -> None:
     async with server.async_client() as client:
         session_id = await AsyncSessionStore(client).create(b"x")
-    async with redis.asyncio.Redis(port=free_port(), retry=Retry(NoBackoff(), 0)) as gone:
+    async with redis.asyncio.Redis(port=free_port(), retry=AsyncRetry(NoBackoff(), 0)) as gone:
         store = AsyncSessionStore(gone)
         with pytest.raises(BackendError, match=r"^GETEX: ConnectionError") as caught:
             await store.get(session_id)

@@ -17,6 +17,7 @@ import redis.asyncio
 from conftest import REQUIRE_ENV, ServerPool
 from helpers import evalsha_runs
 from proxy import StallingProxy
+from redis.asyncio.retry import Retry as AsyncRetry
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 from servers import Server, ServerStartError, free_port, start_server
@@ -263,7 +264,9 @@ def test_unreachable_server_raises_backend_error_with_the_cause() -> None:
 
 
 async def test_async_unreachable_server_raises_backend_error_with_the_cause() -> None:
-    client = redis.asyncio.Redis(host="127.0.0.1", port=free_port(), retry=Retry(NoBackoff(), 0))
+    client = redis.asyncio.Redis(
+        host="127.0.0.1", port=free_port(), retry=AsyncRetry(NoBackoff(), 0)
+    )
     async with client:
         with pytest.raises(BackendError) as caught:
             await AsyncLimiter(client).hit(SPEC, "s")

@@ -17,6 +17,7 @@ import redis
 import redis.asyncio
 from conftest import ServerPool
 from proxy import StallingProxy
+from redis.asyncio.retry import Retry as AsyncRetry
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 from servers import Server, free_port, start_server
@@ -48,6 +49,7 @@ CAP = SpendCap(
 )
 SLOTS = Concurrency(name="openai", limit=2, on_backend_error="allow")
 NO_RETRY = Retry(NoBackoff(), 0)
+NO_ASYNC_RETRY = AsyncRetry(NoBackoff(), 0)
 
 
 def dead_client() -> redis.Redis:
@@ -56,7 +58,7 @@ def dead_client() -> redis.Redis:
 
 
 def dead_async_client() -> redis.asyncio.Redis:
-    return redis.asyncio.Redis(host="127.0.0.1", port=free_port(), retry=NO_RETRY)
+    return redis.asyncio.Redis(host="127.0.0.1", port=free_port(), retry=NO_ASYNC_RETRY)
 
 
 @pytest.fixture
@@ -432,7 +434,7 @@ def test_observers_and_breakers_are_checked_when_the_limiter_is_built() -> None:
 async def test_async_deadline_fails_a_stalled_call_as_unknown_naming_its_request_id(
     server: Server, stalling_proxy: StallingProxy
 ) -> None:
-    client = stalling_proxy.async_client(retry=NO_RETRY)
+    client = stalling_proxy.async_client(retry=NO_ASYNC_RETRY)
     async with client:
         limiter = AsyncLimiter(client, deadline=timedelta(milliseconds=100), breaker=None)
         await limiter.peek(RAISE, "warm-up")

@@ -25,6 +25,7 @@ import redis.asyncio
 from conftest import Target
 from helpers import START, evalsha_runs
 from proxy import StallingProxy
+from redis.asyncio.retry import Retry as AsyncRetry
 from redis.backoff import NoBackoff
 from redis.crc import key_slot
 from redis.retry import Retry
@@ -1387,7 +1388,9 @@ def test_an_invalid_acquire_is_refused_before_anything_reaches_the_server(
 
 async def test_async_an_empty_acquire_is_invalid_input() -> None:
     # Refused before any connection is made: the port has no server.
-    client = redis.asyncio.Redis(host="127.0.0.1", port=free_port(), retry=Retry(NoBackoff(), 0))
+    client = redis.asyncio.Redis(
+        host="127.0.0.1", port=free_port(), retry=AsyncRetry(NoBackoff(), 0)
+    )
     async with client:
         with pytest.raises(InvalidInput, match="at least one Hit"):
             await AsyncLimiter(client).acquire([])
