@@ -108,8 +108,13 @@ class AsyncRunner:
         """Send one command or script; return what its ``read`` makes of the reply."""
         if isinstance(step, Call):
             return await self.run(step)
+        client = self.client
         try:
-            reply = await _redis.async_execute(self.client, step.args)
+            if isinstance(client, AsyncRedisCluster):
+                # Plain commands go through redis-py's own routing, which
+                # races on a cluster client's first layout as the lanes would.
+                await self._warmed(client)
+            reply = await _redis.async_execute(client, step.args)
         except _redis.FAILURES as err:
             raise failure(str(step.args[0]), err) from err
         return step.read(reply)
