@@ -7,6 +7,7 @@ it wrote stay readable. Every write sets the value and its TTL in one
 ``SET ... PX``. A [`Category`][atomlimit.cache.Category] names a kind of entry, its lifetime and,
 optionally, the pydantic model its values are.
 
+>>> from datetime import timedelta
 >>> import redis
 >>> dataforseo = Category("dataforseo", ttl=timedelta(days=30))
 >>> client = redis.Redis.from_url("redis://127.0.0.1:6380/0")

@@ -9,7 +9,8 @@ limit's name as a String, and its parameters say the rest:
 - ``RateLimit``: ``r`` what is left, ``t`` the seconds within which no more
   than ``r`` can be used.
 
->>> from atomlimit import Hit, Limiter
+>>> from datetime import timedelta
+>>> from atomlimit import Hit, Limiter, RateLimit
 >>> api = RateLimit(name="api", limit=100, window=timedelta(seconds=60))
 >>> with Limiter.from_url("redis://127.0.0.1:6380/0") as limiter:
 ...     result = limiter.acquire([Hit(api, "client-42")])
