@@ -44,6 +44,8 @@ PUMPS = 2
 MOST = 512
 """Calls per write at most, so one huge burst cannot make the first caller
 in it wait for the last one's reply."""
+RESTED = 0.001
+"""Seconds unused after which a connection is checked before a write."""
 LINGER = 2.0
 """Seconds an idle pump keeps its connection before giving it back to the
 pool, which may be the application's own and small."""
@@ -114,8 +116,9 @@ class Lane:
         self._tasks: set[asyncio.Task[None]] = set()
         self._taking: set[asyncio.Task[Any]] = set()
         """The pumps waiting for the pool to hand them a connection."""
-        self._known: weakref.WeakSet[Any] = weakref.WeakSet()
-        """The connections that carry this lane's connect callback."""
+        self._known: weakref.WeakKeyDictionary[Any, float] = weakref.WeakKeyDictionary()
+        """The connections that carry this lane's connect callback, and when
+        each last finished an exchange."""
         # Idle pumps wait on these: True to serve the queue, False to leave.
         self._idle: list[asyncio.Future[bool]] = []
         self._resting: set[asyncio.Task[Any]] = set()
@@ -196,8 +199,7 @@ class Lane:
             self._taking.add(pump)
         try:
             connection = await self._take()
-            self._watch(connection)
-            await _redis.async_ready(connection, idle=True)
+            await _redis.async_ready(connection, idle=self._rested(connection))
         except Exception as err:
             # Nothing was written. Whatever failed (no connection to give, a
             # refused connect, or an option the connection class rejects),
@@ -210,7 +212,7 @@ class Lane:
         try:
             working = await self._serve(connection)
             while working and self._keep and await self._linger():
-                await _redis.async_ready(connection, idle=True)
+                await _redis.async_ready(connection, idle=self._rested(connection))
                 working = await self._serve(connection)
             return working
         finally:
@@ -278,11 +280,22 @@ class Lane:
                 batch.append(entry)
         return batch
 
-    def _watch(self, connection: Any) -> None:
-        """Put the lane's connect callback on ``connection``, once."""
-        if connection not in self._known:
-            self._known.add(connection)
+    def _rested(self, connection: Any) -> bool:
+        """Whether ``connection`` sat unused long enough to be asked, before a
+        write, whether the server closed it; puts the lane's connect callback
+        on a connection new to the lane.
+
+        Asking costs the pump a turn of the event loop (see
+        `atomlimit._redis.async_ready`). A connection back in use within
+        RESTED could only have been closed in that instant, which no check
+        before a write can tell from a close during the exchange itself.
+        """
+        last = self._known.get(connection)
+        if last is None:
             _redis.watch(connection, self._connected)
+            self._known[connection] = self._loop.time()
+            return True
+        return self._loop.time() - last >= RESTED
 
     def _connected(self, connection: Any) -> None:
         """redis-py's connect callback: the server must be checked again."""
@@ -307,6 +320,7 @@ class Lane:
                     if not entry.future.done():
                         entry.future.set_result(reply)
                     done += 1
+            self._known[connection] = self._loop.time()
         except (Exception, asyncio.CancelledError) as err:
             # Whatever broke the exchange, every caller still waiting gets an
             # outcome: one left pending would wait forever.
