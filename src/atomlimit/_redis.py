@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import re
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
@@ -103,19 +104,16 @@ def from_url(make: Callable[..., Any], url: object, options: dict[str, Any]) -> 
     if not isinstance(url, str):
         raise InvalidInput(f"url must be a str like 'redis://host:6379/0', got {url!r:.80}")
     try:
-        made = make(url, **options)
+        # The options are checked with the client, when the limiter is built
+        # on it (check_client), as for a client the caller built.
+        return make(url, **options)
     except TypeError as err:
-        raise _unknown_option(options, err) from None
+        raise _refused(err) from None
     except ValueError as err:
         # redis-py names the accepted schemes; the URL itself may hold a
         # password, so only its scheme is repeated.
         scheme = url.split("://", 1)[0] if "://" in url else "(none)"
         raise InvalidInput(f"url is not a Redis URL (scheme {scheme!r}): {err}") from None
-    try:
-        _check_pool(made if not hasattr(made, "connection_pool") else made.connection_pool)
-    except InvalidInput as err:
-        raise _unknown_option(options, err) from None
-    return made
 
 
 def check_options(client: Any) -> None:
@@ -139,16 +137,20 @@ def _check_pool(pool: Any) -> None:
     try:
         make(**kwargs)
     except TypeError as err:
-        raise InvalidInput(f"the client's connections cannot be made: {err}") from None
+        raise _refused(err) from None
 
 
-def _unknown_option(options: dict[str, Any], err: Exception) -> InvalidInput:
-    named = [name for name in options if f"'{name}'" in str(err)]
+def _refused(err: TypeError) -> InvalidInput:
+    """An option redis-py refused, named as its TypeError names it."""
+    named = _OPTION.search(str(err))
     if named:
         return InvalidInput(
-            f"unknown option {named[0]!r}: neither atomlimit nor redis-py accepts it ({err})"
+            f"unknown option {named[1]!r}: neither atomlimit nor redis-py accepts it ({err})"
         )
     return InvalidInput(f"an option was refused by redis-py: {err}")
+
+
+_OPTION = re.compile(r"argument '(\w+)'")
 
 
 def is_cluster(client: Any) -> bool:
