@@ -11,6 +11,7 @@
 -- include: lib/sliding_log.lua
 -- include: lib/sliding_counter.lua
 -- include: lib/concurrency.lua
+-- include: lib/rate_hold.lua
 --
 -- A call carries one or more items, each a limit of one subject. ARGV holds,
 -- per item: its kind, its number of keys, its number of arguments, then the
@@ -33,6 +34,9 @@ local BUILD = {
   sl = sl_kind,
   sw = sw_kind,
   cc = cc_kind,
+  hfw = hfw_kind,
+  hgc = hgc_kind,
+  hsw = hsw_kind,
 }
 
 -- Each kind's functions, made when a run first asks for that kind.

@@ -51,6 +51,7 @@ _COSTS = 256
 
 FIXED_WINDOW, GCRA, SLIDING_LOG, SLIDING_COUNTER = "fw", "gc", "sl", "sw"
 SPEND, RESERVATION, CONCURRENCY = "sc", "rs", "cc"
+HELD_FIXED_WINDOW, HELD_GCRA, HELD_SLIDING_COUNTER = "hfw", "hgc", "hsw"
 KIND_NAMES: Final = {
     FIXED_WINDOW: "fixed_window",
     GCRA: "gcra",
@@ -59,10 +60,15 @@ KIND_NAMES: Final = {
     SPEND: "spend_cap",
     RESERVATION: "reservation",
     CONCURRENCY: "concurrency",
+    HELD_FIXED_WINDOW: "fixed_window_hold",
+    HELD_GCRA: "gcra_hold",
+    HELD_SLIDING_COUNTER: "sliding_counter_hold",
 }
 """Each kind's code, as items name it (``lua/lib/items.lua``) and keys hold it,
-and the name a person reads. A reservation is a hold on a spend cap: an item
-of its own kind, kept in the cap's keys."""
+and the name a person reads. A reservation is a hold: on a spend cap an item
+of its own kind kept in the cap's keys (``lib/spend.lua``); on a rate limit
+a charge of the limit's own kind with a record beside it
+(``lib/rate_hold.lua``)."""
 PARTIAL, SHADOW = 1, 2
 """An item's flags (``lua/lib/reply.lua``): take what fits; count but admit."""
 DENIED, FITS, SHADOWED = 0, 1, 3
@@ -92,6 +98,8 @@ class Codec(Generic[Amount]):
     peek: Script | None = None
     wait: Wait | None = None
     """Replicas a charge waits for (``SpendCap.wait_replicas``), if any."""
+    held: str | None = None
+    """The scripts' name for a hold on the kind; None: it cannot hold."""
 
     def __init__(self, spec: Spec[Amount], limit: int, limit_value: Amount) -> None:
         self.spec = spec
@@ -118,6 +126,10 @@ class Codec(Generic[Amount]):
     def single_keys(self, base: str, t: int) -> tuple[str, ...]:
         """The keys of the kind's own hit and peek scripts."""
         return self.state_keys(base, t)
+
+    def hold_keys(self, base: str, t: int) -> tuple[str, ...]:
+        """The keys of a hold on the kind: its state, then the holds' record."""
+        return (*self.state_keys(base, t), *_keys.hold_keys(base))
 
     def reset_keys(self, base: str, t: int) -> tuple[str, ...]:
         """What ``reset`` deletes: the state at ``t`` and any it could still count."""
@@ -257,6 +269,7 @@ class FixedWindow(_Windowed[int]):
 
     __slots__ = ()
     kind = FIXED_WINDOW
+    held = HELD_FIXED_WINDOW
     hit = script("hit_fixed_window")
     peek = script("peek_fixed_window")
 
@@ -269,6 +282,7 @@ class Spend(_Windowed[Decimal]):
 
     __slots__ = ("_amounts", "_costs", "_exponent", "_places", "_subtracts")
     kind = SPEND
+    held = RESERVATION
     hit: Script | None = script("hit_spend")
     peek = script("peek_spend")
 
@@ -340,6 +354,10 @@ class Spend(_Windowed[Decimal]):
     def state_keys(self, base: str, t: int) -> tuple[str, ...]:
         return (self.window_key(base, t), *_keys.hold_keys(base))
 
+    def hold_keys(self, base: str, t: int) -> tuple[str, ...]:
+        # The cap's holds are part of its state: every charge weighs them.
+        return self.state_keys(base, t)
+
     def single_keys(self, base: str, t: int) -> tuple[str, ...]:
         return (self.window_key(base, t),)
 
@@ -365,6 +383,7 @@ class Gcra(Codec[int]):
 
     __slots__ = ("_interval", "_packed")
     kind = GCRA
+    held = HELD_GCRA
     hit = script("hit_gcra")
     peek = script("peek_gcra")
 
@@ -415,6 +434,7 @@ class SlidingCounter(Codec[int]):
 
     __slots__ = ("_length",)
     kind = SLIDING_COUNTER
+    held = HELD_SLIDING_COUNTER
     hit = script("hit_sliding_counter")
     peek = script("peek_sliding_counter")
 

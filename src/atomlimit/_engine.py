@@ -19,11 +19,11 @@ from typing import Any, Literal, NamedTuple
 
 from atomlimit import _keys
 from atomlimit._codecs import (
+    CONCURRENCY,
     GENERATED,
     PARTIAL,
     READ_HOLDS,
     REPLAN,
-    RESERVATION,
     REUSED,
     SLIDING_LOG,
     Codec,
@@ -47,7 +47,7 @@ from atomlimit._runner_steps import Acked, Call, Wait
 from atomlimit._scripts import script
 from atomlimit._wire import Arg
 from atomlimit.decision import Decision, Settlement, SettleStatus
-from atomlimit.specs import Concurrency, Spec, SpendCap
+from atomlimit.specs import Concurrency, Spec
 
 TimeSource = Literal["server", "client"]
 
@@ -71,6 +71,14 @@ _SETTLED: tuple[SettleStatus, ...] = (
     "settled_after_expiry",
 )
 _RELEASED: tuple[SettleStatus, ...] = ("released", "already_settled", "already_released", "expired")
+_UNHELD = {
+    SLIDING_LOG: (
+        "a sliding_log RateLimit keeps one entry per unit, so an estimate cannot be "
+        "held and settled to a different actual; use sliding_counter, fixed_window or gcra"
+    ),
+    CONCURRENCY: "a Concurrency limit is held with a lease",
+}
+"""Why a kind cannot hold a reservation, by kind."""
 
 
 class Item(NamedTuple):
@@ -90,8 +98,12 @@ class Item(NamedTuple):
 
     @property
     def kind(self) -> str:
-        """The scripts' name for the item: a hold on a cap is its own kind."""
-        return RESERVATION if self.hold else self.codec.kind
+        """The scripts' name for the item: a hold is a kind of its own."""
+        if self.hold:
+            held = self.codec.held
+            assert held is not None
+            return held
+        return self.codec.kind
 
     @property
     def holds(self) -> bool:
@@ -99,6 +111,8 @@ class Item(NamedTuple):
         return bool(self.hold) or isinstance(self.codec, LeaseSet)
 
     def keys(self, t: int) -> tuple[str, ...]:
+        if self.hold:
+            return self.codec.hold_keys(self.base, t)
         return self.codec.state_keys(self.base, t)
 
     def encoded(self, t: int) -> tuple[Arg, ...]:
@@ -106,7 +120,7 @@ class Item(NamedTuple):
         args = self.codec.item_args(self.units, self.flags, t)
         if self.hold:
             args = (*args, self.hold)
-        return (self.kind, len(self.codec.state_keys(self.base, t)), len(args), *args)
+        return (self.kind, len(self.keys(t)), len(args), *args)
 
 
 class Charged(NamedTuple):
@@ -192,8 +206,8 @@ class Engine:
         codec: Codec[Any] = codec_of(spec)
         hold_us = 0
         if hold is not None:
-            if not isinstance(codec, Spend):
-                raise InvalidInput("hold: only a SpendCap can hold a reservation")
+            if codec.held is None:
+                raise InvalidInput(f"hold: {_UNHELD.get(codec.kind, 'this limit cannot hold')}")
             hold_us = check_hold(hold)
         flags = codec.flags | PARTIAL if check_flag(partial, "partial") else codec.flags
         return Item(spec, subject, tag, base, codec, codec.units(cost), flags, hold_us)
@@ -239,16 +253,21 @@ class Engine:
 
     def reserve(
         self,
-        spec: SpendCap,
+        spec: Spec[Any],
         subject: str,
         estimate: object,
         ttl: timedelta,
         request_id: str | None,
         local: int,
     ) -> Held:
-        """Plan holding ``estimate`` on a cap, under the reservation's id."""
-        if not isinstance(spec, SpendCap):
-            raise InvalidInput(f"reserve takes a SpendCap, got {type(spec).__name__}")
+        """Plan holding ``estimate`` on a spend cap or a rate limit, under the
+        reservation's id."""
+        if not isinstance(spec, Spec):
+            kind = type(spec).__name__
+            raise InvalidInput(f"reserve takes a SpendCap or a RateLimit, got {kind}")
+        codec = codec_of(spec)
+        if codec.held is None:
+            raise InvalidInput(f"reserve: {_UNHELD[codec.kind]}")
         return self._hold(self.item(spec, subject, estimate, hold=ttl), request_id, local)
 
     def lease(self, spec: Concurrency, subject: str, request_id: str | None, local: int) -> Held:
@@ -319,6 +338,8 @@ class Engine:
         """Plan charging a reservation's actual cost: reads as a Settlement."""
         units = item.codec.units(actual)
         call = self._new_id()  # names this call, so a second send replays it
+        if not isinstance(item.codec, Spend):
+            return self._hold_outcome("settle_hold", item, request_id, (units,), call, local)
 
         def args(t: int, client_now: int | str) -> tuple[Arg, ...]:
             start, stop = item.codec.window(t)
@@ -330,6 +351,8 @@ class Engine:
     def release(self, item: Item, request_id: str, local: int) -> Call:
         """Plan dropping a reservation's hold: reads as a Settlement."""
         call = self._new_id()
+        if not isinstance(item.codec, Spend):
+            return self._hold_outcome("release_hold", item, request_id, (), call, local)
 
         def args(t: int, client_now: int | str) -> tuple[Arg, ...]:
             start, stop = item.codec.window(t)
@@ -533,6 +556,32 @@ class Engine:
 
         keys = (*codec.state_keys(item.base, t), _keys.outcome_key(item.base, rid))
         return Call(script(name), keys, args(t, client_now), read, True)
+
+    def _hold_outcome(
+        self,
+        name: str,
+        item: Item,
+        rid: str,
+        actual: tuple[int, ...],
+        call: str,
+        local: int,
+    ) -> Call:
+        """A settle or release of a hold on a rate limit (``lua/settle_hold.lua``)."""
+        t, client_now = self.planned(local)
+        statuses = _SETTLED if actual else _RELEASED
+        args = (client_now, rid, *actual, self._outcome_ttl(rid), call, 1, *item.encoded(t))
+
+        def read(reply: Sequence[Any]) -> Any:
+            code, now = reply[0], reply[1]
+            self.observe(now, local)
+            if code == REPLAN:
+                return self._hold_outcome(name, item, rid, actual, call, local)
+            status, used, held, stop, retry_at, grant = item_reply(reply, 0)
+            decision = item.codec.decision(status, used, held, stop, retry_at, grant, now)
+            return Settlement(statuses[code - 1], decision.granted, decision)
+
+        keys = (_keys.outcome_key(item.base, rid), *item.keys(t))
+        return Call(script(name), keys, args, read, True)
 
     def _outcome_ttl(self, request_id: str) -> int:
         # A generated id is only ever sent again by this process's own

@@ -58,7 +58,7 @@ class _Reservable(_Handle):
     def __init__(self, *args: Any) -> None:
         super().__init__(*args)
         self._settle_with: Decimal | int | None = None
-        self._done: Settlement | None = None
+        self._done: Settlement[Any] | None = None
         """What this handle's last settle or release did."""
 
     def _refuse_if_denied(self) -> None:
@@ -67,7 +67,7 @@ class _Reservable(_Handle):
         if not self.allowed:
             raise InvalidInput("this reservation was denied: nothing is held to settle")
 
-    def _nothing_held(self) -> Settlement:
+    def _nothing_held(self) -> Settlement[Any]:
         # A denied reservation holds nothing and must write no outcome under
         # its id, which a later reserve may reuse (request-ids.md). Nor does
         # a degraded one, whose spend went unrecorded by the policy's consent.
@@ -88,7 +88,7 @@ class _Reservable(_Handle):
             return "already_settled"
         return None if settling else "already_released"
 
-    def _remember(self, result: Settlement, status: SettleStatus | None) -> Settlement:
+    def _remember(self, result: Settlement[Any], status: SettleStatus | None) -> Settlement[Any]:
         if status is not None:
             return Settlement(status, result.charged * 0, result.decision)
         self._done = result

@@ -7,6 +7,7 @@ and generated for sync code into `atomlimit._sync.limiter`.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
@@ -29,6 +30,24 @@ MAX_MANY = 10_000
 DEFAULT_POOL_TIMEOUT = 20.0
 DEFAULT_BREAKER = Breaker()
 """Open after 5 failures in a row (or one refused connection), probe after 2 s."""
+
+
+def reserved_limit(limit: object, cap: object) -> Any:
+    """The limit a ``reserve`` names, under its name or the old ``cap``.
+
+    ``cap`` was the first parameter's name while only spend caps could be
+    reserved; it keeps working, with a warning, for one release.
+    """
+    if cap is None:
+        return limit
+    if limit is not None:
+        raise InvalidInput("reserve: give the limit once, as limit (cap is its old name)")
+    warnings.warn(
+        "reserve(cap=...) is deprecated; the parameter is now named limit",
+        DeprecationWarning,
+        stacklevel=3,
+    )
+    return cap
 
 
 def hit_calls(engine: Engine, hits: Sequence[Hit[Any]], local: int) -> list[Call]:

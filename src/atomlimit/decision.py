@@ -208,17 +208,18 @@ SettleStatus = Literal[
 """Which case a settle or release met (docs/reservations.md)."""
 
 
-class Settlement(NamedTuple):
+class Settlement(NamedTuple, Generic[Amount]):
     """What settling or releasing a reservation did.
 
     ``status`` says which case applied; ``charged`` is what this call
-    charged (zero for a release, or for a settle that was already done);
-    ``decision`` is the cap after it.
+    charged (zero for a release, or for a settle that was already done), in
+    the limit's own amount: a `Decimal` for a spend cap, an int for a rate
+    limit; ``decision`` is the limit after it.
     """
 
     status: SettleStatus
-    charged: Decimal
-    decision: Decision[Decimal]
+    charged: Amount
+    decision: Decision[Amount]
 
 
 def _amount(value: Any) -> int | str:

@@ -649,9 +649,10 @@ def test_settle_with_refuses_a_bad_amount_at_once(target: Target) -> None:
                 reservation.settle_with(0.5)  # type: ignore[arg-type]
             with pytest.raises(InvalidInput, match="negative"):
                 reservation.settle_with(_d("-1"))
-        with pytest.raises(InvalidInput):
-            limiter.reserve(RateLimit(name="r", limit=5, window="day"), "s", 1)  # type: ignore[arg-type]
-        with pytest.raises(InvalidInput):
+        log = RateLimit(name="r", limit=5, window="day", algorithm="sliding_log")
+        with pytest.raises(InvalidInput, match="sliding_log"):
+            limiter.reserve(log, "s", 1)
+        with pytest.raises(InvalidInput, match="lease"):
             limiter.reserve(Concurrency(name="c", limit=5), "s", 1)  # type: ignore[arg-type]
         peeked = limiter.peek(CAP, "s", cost=0)
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from decimal import Decimal
 from types import TracebackType
-from typing import TYPE_CHECKING, Self
+from typing import TYPE_CHECKING, Any, Self
 
 from atomlimit._handles import _Handle, _Reservable
 from atomlimit.decision import Settlement
@@ -37,7 +37,7 @@ class AsyncReservation(_Reservable):
 
     _runner: AsyncGuardedRunner
 
-    async def settle(self, actual: Decimal | int) -> Settlement:
+    async def settle(self, actual: Decimal | int) -> Settlement[Any]:
         """Charge the actual cost (even past the cap) and drop the hold."""
         self._refuse_if_denied()
         if self.decision.degraded:
@@ -46,7 +46,7 @@ class AsyncReservation(_Reservable):
         call, repeat = self._settling(actual)
         return self._remember(await self._runner.run(call), repeat)
 
-    async def release(self) -> Settlement:
+    async def release(self) -> Settlement[Any]:
         """Drop the hold and charge nothing."""
         if self._holds_nothing:
             return self._nothing_held()

@@ -48,6 +48,7 @@ from atomlimit._shell import (
     Clock,
     acquired,
     hit_calls,
+    reserved_limit,
 )
 from atomlimit._waiting import deadline_after, pause
 from atomlimit.breaker import Breaker
@@ -55,7 +56,7 @@ from atomlimit.decision import Decision
 from atomlimit.errors import InvalidInput, LimitExceeded
 from atomlimit.holds import Acquired, Pending
 from atomlimit.observe import Observer
-from atomlimit.specs import Concurrency, Hit, Spec, SpendCap
+from atomlimit.specs import Concurrency, Hit, RateLimit, Spec, SpendCap
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -313,36 +314,47 @@ class AsyncLimiter:
 
     async def reserve(
         self,
-        cap: SpendCap,
-        subject: str,
-        estimate: Decimal | int,
+        limit: SpendCap | RateLimit | None = None,
+        subject: str | None = None,
+        estimate: Decimal | int | None = None,
         *,
         ttl: timedelta = DEFAULT_HOLD,
         request_id: str | None = None,
+        cap: SpendCap | None = None,
     ) -> AsyncReservation:
-        """Hold ``estimate`` on ``cap`` until settled, released, or ``ttl`` passes."""
+        """Hold ``estimate`` on ``limit`` until settled, released, or ``ttl`` passes.
+
+        ``limit`` is a [`SpendCap`][atomlimit.SpendCap] (an amount of money) or a
+        [`RateLimit`][atomlimit.RateLimit] with the fixed-window, GCRA or sliding-counter
+        algorithm (units, such as tokens). The hold counts from the moment it is
+        taken; settling charges the actual amount, even past the limit. See
+        docs/reservations.md. ``cap`` is the old name of ``limit``, deprecated.
+        """
+        spec = reserved_limit(limit, cap)
         runner = self._open()
-        held = self._engine.reserve(cap, subject, estimate, ttl, request_id, runner.now())
-        decision = await self._guard.decide("reserve", cap, estimate, runner.run, held.call)
+        held = self._engine.reserve(spec, subject, estimate, ttl, request_id, runner.now())  # type: ignore[arg-type]
+        decision = await self._guard.decide("reserve", spec, estimate, runner.run, held.call)
         return AsyncReservation(self._engine, self._handles, decision, held.item, held.request_id)
 
     def reservation(
         self,
-        cap: SpendCap,
-        subject: str,
-        estimate: Decimal | int,
+        limit: SpendCap | RateLimit | None = None,
+        subject: str | None = None,
+        estimate: Decimal | int | None = None,
         *,
         ttl: timedelta = DEFAULT_HOLD,
         raise_on_deny: bool = True,
+        cap: SpendCap | None = None,
     ) -> Pending[AsyncReservation]:
         """[`reserve`][atomlimit.AsyncLimiter.reserve], for ``async with``: the block's end settles
         or releases.
 
-        Raises [`LimitExceeded`][atomlimit.errors.LimitExceeded] when the cap is full, unless
+        Raises [`LimitExceeded`][atomlimit.errors.LimitExceeded] when the limit is full, unless
         ``raise_on_deny`` is False.
         """
+        spec = reserved_limit(limit, cap)
         check_flag(raise_on_deny, "raise_on_deny")
-        return Pending(lambda: self.reserve(cap, subject, estimate, ttl=ttl), raise_on_deny)
+        return Pending(lambda: self.reserve(spec, subject, estimate, ttl=ttl), raise_on_deny)
 
     def lease(
         self,

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from decimal import Decimal
 from types import TracebackType
-from typing import TYPE_CHECKING, Self
+from typing import TYPE_CHECKING, Any, Self
 
 from atomlimit._handles import _Handle, _Reservable
 from atomlimit.decision import Settlement
@@ -33,7 +33,7 @@ class Reservation(_Reservable):
 
     _runner: GuardedRunner
 
-    def settle(self, actual: Decimal | int) -> Settlement:
+    def settle(self, actual: Decimal | int) -> Settlement[Any]:
         """Charge the actual cost (even past the cap) and drop the hold."""
         self._refuse_if_denied()
         if self.decision.degraded:
@@ -42,7 +42,7 @@ class Reservation(_Reservable):
         call, repeat = self._settling(actual)
         return self._remember(self._runner.run(call), repeat)
 
-    def release(self) -> Settlement:
+    def release(self) -> Settlement[Any]:
         """Drop the hold and charge nothing."""
         if self._holds_nothing:
             return self._nothing_held()

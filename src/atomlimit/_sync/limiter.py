@@ -42,6 +42,7 @@ from atomlimit._shell import (
     Clock,
     acquired,
     hit_calls,
+    reserved_limit,
 )
 from atomlimit._sync.guard import GuardedRunner, SyncGuard
 from atomlimit._sync.holds import Lease, Reservation
@@ -52,7 +53,7 @@ from atomlimit.decision import Decision
 from atomlimit.errors import InvalidInput, LimitExceeded
 from atomlimit.holds import Acquired, taken
 from atomlimit.observe import Observer
-from atomlimit.specs import Concurrency, Hit, Spec, SpendCap
+from atomlimit.specs import Concurrency, Hit, RateLimit, Spec, SpendCap
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -239,36 +240,47 @@ class Limiter:
 
     def reserve(
         self,
-        cap: SpendCap,
-        subject: str,
-        estimate: Decimal | int,
+        limit: SpendCap | RateLimit | None = None,
+        subject: str | None = None,
+        estimate: Decimal | int | None = None,
         *,
         ttl: timedelta = DEFAULT_HOLD,
         request_id: str | None = None,
+        cap: SpendCap | None = None,
     ) -> Reservation:
-        """Hold ``estimate`` on ``cap`` until settled, released, or ``ttl`` passes."""
+        """Hold ``estimate`` on ``limit`` until settled, released, or ``ttl`` passes.
+
+        ``limit`` is a [`SpendCap`][atomlimit.SpendCap] (an amount of money) or a
+        [`RateLimit`][atomlimit.RateLimit] with the fixed-window, GCRA or sliding-counter
+        algorithm (units, such as tokens). The hold counts from the moment it is
+        taken; settling charges the actual amount, even past the limit. See
+        docs/reservations.md. ``cap`` is the old name of ``limit``, deprecated.
+        """
+        spec = reserved_limit(limit, cap)
         runner = self._open()
-        held = self._engine.reserve(cap, subject, estimate, ttl, request_id, runner.now())
-        decision = self._guard.decide("reserve", cap, estimate, runner.run, held.call)
+        held = self._engine.reserve(spec, subject, estimate, ttl, request_id, runner.now())  # type: ignore[arg-type]
+        decision = self._guard.decide("reserve", spec, estimate, runner.run, held.call)
         return Reservation(self._engine, self._handles, decision, held.item, held.request_id)
 
     def reservation(
         self,
-        cap: SpendCap,
-        subject: str,
-        estimate: Decimal | int,
+        limit: SpendCap | RateLimit | None = None,
+        subject: str | None = None,
+        estimate: Decimal | int | None = None,
         *,
         ttl: timedelta = DEFAULT_HOLD,
         raise_on_deny: bool = True,
+        cap: SpendCap | None = None,
     ) -> Reservation:
         """[`reserve`][atomlimit.Limiter.reserve], for ``with``: the block's end settles
         or releases.
 
-        Raises [`LimitExceeded`][atomlimit.errors.LimitExceeded] when the cap is full, unless
+        Raises [`LimitExceeded`][atomlimit.errors.LimitExceeded] when the limit is full, unless
         ``raise_on_deny`` is False.
         """
+        spec = reserved_limit(limit, cap)
         check_flag(raise_on_deny, "raise_on_deny")
-        return taken(lambda: self.reserve(cap, subject, estimate, ttl=ttl), raise_on_deny)
+        return taken(lambda: self.reserve(spec, subject, estimate, ttl=ttl), raise_on_deny)
 
     def lease(
         self,

@@ -1,0 +1,115 @@
+-- lib/rate_hold.lua: kinds "hfw", "hgc" and "hsw", a hold on a rate limit.
+-- Included by lib/items.lua after the kinds it wraps; defines locals only.
+--
+-- A hold on a rate limit (a token estimate on a fixed window, a GCRA or a
+-- sliding counter) is charged into the limit's own state when it is taken,
+-- like a hit, so every plain hit and peek counts it with no key of its own
+-- to read: the hot path is the same with or without reservations. What
+-- makes it a hold is its record, kept beside the state:
+-- 1. the holds: a sorted set of reservation ids, scored by expiry;
+-- 2. their charges: a hash of id -> "<units>:<stop>", the units charged and
+--    the stop its kind's apply reported, which is what an undo of that
+--    charge needs (lib/fixed_window.lua gives back only in the same window).
+-- Settling gives the estimate back where it still counts and charges the
+-- actual cost in full, past the limit if need be, so the state ends up as
+-- if the actual had been charged. Releasing gives the estimate back. A hold
+-- past its expiry is given back by whichever reservation, settle or release
+-- next touches the limit and subject; until then plain hits still count it,
+-- which can only deny more, never admit more.
+--
+-- Item arguments: the wrapped kind's own, then the hold's TTL in
+-- microseconds.
+
+-- Removes a hold's record; returns its units and stop, or nil if none.
+local function rh_take(keys, id)
+  local stored = redis.call('HGET', keys[3], id)
+  if not stored then
+    return nil
+  end
+  redis.call('HDEL', keys[3], id)
+  redis.call('ZREM', keys[2], id)
+  local units, stop = string.match(stored, '^(%d+):(%d+)$')
+  return tonumber(units), tonumber(stop)
+end
+
+-- Gives back every hold past its expiry. O(log n + expired).
+local function rh_prune(base, keys, args, run)
+  local expired = redis.call('ZRANGEBYSCORE', keys[2], '-inf', run.now)
+  for _, id in ipairs(expired) do
+    local units, stop = rh_take(keys, id)
+    if units and units > 0 then
+      base.undo({keys[1]}, args, run, units, stop)
+    end
+  end
+end
+
+-- The hold sets live until their last hold ends.
+local function rh_keep(keys, now)
+  local last = redis.call('ZRANGE', keys[2], -1, -1, 'WITHSCORES')
+  if last[2] then
+    local ms = ms_kept(tonumber(last[2]), now)
+    redis.call('PEXPIRE', keys[2], ms)
+    redis.call('PEXPIRE', keys[3], ms)
+  end
+end
+
+-- The kind of a hold on the kind whose functions are `base`.
+local function rh_kind(base)
+
+  local function rh_check(keys, args, run)
+    -- The planned window is confirmed before anything changes.
+    if not base.check({keys[1]}, args, run) then
+      return nil
+    end
+    rh_prune(base, keys, args, run)
+    local it = base.check({keys[1]}, args, run)
+    local apply = it.apply
+    function it.apply(grant)
+      local used, stop = apply(grant)
+      redis.call('ZADD', keys[2], run.now + tonumber(args[#args]), run.id)
+      redis.call('HSET', keys[3], run.id, int_text(grant) .. ':' .. int_text(stop))
+      rh_keep(keys, run.now)
+      return used, stop
+    end
+    return it
+  end
+
+  -- An acquire taken back: the hold goes, and its charge if it still counts.
+  local function rh_undo(keys, args, run)
+    local units, stop = rh_take(keys, run.id)
+    if units and units > 0 then
+      base.undo({keys[1]}, args, run, units, stop)
+    end
+  end
+
+  -- Ends the hold `id`: gives back its charge where it still counts, then
+  -- charges `actual` (nil: nothing). Returns whether the hold was still
+  -- held, and the limit's state after it.
+  local function rh_end(keys, args, run, id, actual)
+    local units, stop = rh_take(keys, id)
+    if units and units > 0 then
+      base.undo({keys[1]}, args, run, units, stop)
+    end
+    local it = base.check({keys[1]}, args, run)
+    if actual and actual > 0 then
+      it.apply(actual)
+      it = base.check({keys[1]}, args, run)
+    end
+    return units ~= nil, it
+  end
+
+  return {check = rh_check, undo = rh_undo, finish = rh_end}
+end
+
+-- Made on first use in a run, each over a kind of its own.
+local function hfw_kind()
+  return rh_kind(fw_kind())
+end
+
+local function hgc_kind()
+  return rh_kind(gc_kind())
+end
+
+local function hsw_kind()
+  return rh_kind(sw_kind())
+end
