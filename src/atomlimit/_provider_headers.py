@@ -570,7 +570,14 @@ def _members(fields: dict[str, list[str]], field: str) -> list[tuple[str, dict[s
     if parsed is None:
         _log.debug("provider headers: ignored %s: not a structured-field List", field)
         return []
-    return [(item, params) for item, params in parsed if type(item) is str]
+    named = [(item, params) for item, params in parsed if type(item) is str]
+    if len(named) < len(parsed):
+        _log.debug(
+            "provider headers: ignored %d items of %s not named by a String",
+            len(parsed) - len(named),
+            field,
+        )
+    return named
 
 
 class _Token(str):
@@ -579,12 +586,24 @@ class _Token(str):
     __slots__ = ()
 
 
+class _Date(int):
+    """A structured-field Date, told apart from an Integer."""
+
+    __slots__ = ()
+
+
+class _Display(str):
+    """A structured-field Display String, told apart from a String."""
+
+    __slots__ = ()
+
+
 class _StructuredList:
     """A strict parser of RFC 9651 Lists of Items, which is all the two fields
     are. An Inner List, valid in a List but not in these fields, fails the
     field. Values are ``int``, ``Decimal``, ``str`` (String), ``_Token``,
-    ``bytes``, ``bool``; Dates and Display Strings are checked and kept as
-    their text, since no parameter read here takes them."""
+    ``bytes``, ``bool``, ``_Date`` and ``_Display``: the subclasses keep a
+    Token, Date or Display String from passing for a String or Integer."""
 
     __slots__ = ("at", "text")
 
@@ -655,9 +674,10 @@ class _StructuredList:
             return self._match(_SF_BOOLEAN, lambda text: text == "?1")
         if char == "@":
             self.at += 1
-            if not isinstance(self._number(), int):
+            seconds = self._number()
+            if not isinstance(seconds, int):
                 raise ValueError("a date that is not an Integer")
-            return "@"
+            return _Date(seconds)
         if char == "%":
             return self._match(_SF_DISPLAY, _display)
         raise ValueError("no bare item")
@@ -703,7 +723,7 @@ def _display(text: str) -> str:
         else:
             raw.append(ord(body[index]))
             index += 1
-    return raw.decode("utf-8")  # a UnicodeDecodeError is a ValueError: the field fails
+    return _Display(raw.decode("utf-8"))  # a UnicodeDecodeError is a ValueError: it fails
 
 
 _SF_KEY = re.compile(r"[a-z*][a-z0-9_\-.*]*")
