@@ -51,6 +51,10 @@ MAX_FIELD_LENGTH = 256
 """Longest header value read, in characters (or bytes); a longer one is
 ignored. The longest a provider sends is a ``RateLimit-Policy`` of a few
 policies, well under 100."""
+MAX_LIST_LENGTH = 1_024
+"""Longest ``RateLimit`` or ``RateLimit-Policy`` read, its lines joined; a
+longer one is ignored whole. Parsing is linear, but a List of 256 lines of
+256 characters would still cost two thousand times a typical response."""
 MAX_RESET = timedelta(days=1)
 """Longest ``reset_after`` taken: providers' windows are a minute to a day.
 A reset further away is ignored, and a reset already past reads as zero."""
@@ -566,7 +570,11 @@ def _members(fields: dict[str, list[str]], field: str) -> list[tuple[str, dict[s
     lines = fields.get(field)
     if not lines:
         return []
-    parsed = _StructuredList(",".join(lines)).parse()
+    joined = ",".join(lines)
+    if len(joined) > MAX_LIST_LENGTH:
+        _log.debug("provider headers: ignored %s: longer than %d", field, MAX_LIST_LENGTH)
+        return []
+    parsed = _StructuredList(joined).parse()
     if parsed is None:
         _log.debug("provider headers: ignored %s: not a structured-field List", field)
         return []

@@ -23,6 +23,7 @@ from atomlimit import InvalidInput
 from atomlimit._provider_headers import (
     MAX_FIELD_LENGTH,
     MAX_FIELDS,
+    MAX_LIST_LENGTH,
     MAX_RESET,
     MAX_RETRY_AFTER,
     ProviderReport,
@@ -319,6 +320,22 @@ def test_ietf_an_out_of_bounds_t_or_w_leaves_the_rest_of_the_item() -> None:
     )
 
     assert report.readings == (Reading("requests", 100, 7, None),)
+
+
+def test_ietf_fields_longer_than_the_bound_are_ignored_whole(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    line = ", ".join(['"p";r=1;t=1'] * 19)  # 245 characters, 4 of them joined 983
+    assert len(line) <= MAX_FIELD_LENGTH
+    assert 4 * len(line) + 3 <= MAX_LIST_LENGTH < 5 * len(line) + 4
+
+    with caplog.at_level(logging.DEBUG, logger=LOGGER):
+        four = read([("RateLimit", line)] * 4)
+        five = read([("RateLimit", line)] * 5)
+
+    assert four.readings == (Reading("requests", None, 1, timedelta(seconds=1)),)
+    assert five == ProviderReport()
+    assert f"longer than {MAX_LIST_LENGTH}" in caplog.text
 
 
 def test_provider_headers_win_over_the_ietf_fields_and_readings_are_not_mixed() -> None:
