@@ -510,9 +510,9 @@ class _Policy:
 
 
 def _ietf(fields: dict[str, list[str]]) -> Iterator[Reading]:
+    # Each policy by name; None for one whose unit is none of QUOTAS or that
+    # has no quota, so that its RateLimit item is not read as requests either.
     policies: dict[str, _Policy | None] = {}
-    """Each policy by name; ``None`` for one whose unit is none of QUOTAS, or
-    that has no quota, so that its RateLimit item is not read either."""
     for name, params in _members(fields, _POLICY):
         if name in policies:
             continue  # the first of a name is its policy
@@ -537,7 +537,9 @@ def _ietf(fields: dict[str, list[str]]) -> Iterator[Reading]:
         policy.remaining = remaining
         policy.reset_after = _param_seconds(params, "t", MAX_RESET)
     for quota in QUOTAS:
-        counting = [policy for policy in policies.values() if policy and policy.quota == quota]
+        counting = [
+            policy for policy in policies.values() if policy is not None and policy.quota == quota
+        ]
         if counting:
             chosen = min(counting, key=_binding)
             yield Reading(quota, chosen.limit, chosen.remaining, chosen.reset_after, chosen.window)
