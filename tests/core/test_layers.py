@@ -58,6 +58,7 @@ LAYERS = {
         "_session_plan",
         "_waiting",
         "_limited",
+        "_provider_headers",
     ],
     IO: [
         "_failures",

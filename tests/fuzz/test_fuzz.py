@@ -10,6 +10,9 @@ Whatever the input:
 - a refused call writes nothing: DBSIZE is the same after it;
 - after an accepted call, every key on the server has an expiry.
 
+Provider headers are held to more: they come off the network, so reading
+them raises nothing at all, and every figure read is within its bounds.
+
 Only the public API is used. The ``ci`` profile replays the same examples on
 every run; each test sets its own ``max_examples`` so that the whole file
 stays well under a minute. An input that once broke one of the three rules
@@ -19,8 +22,9 @@ is kept as an ``@example``.
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Callable, Iterator
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta, timezone
 from decimal import Decimal
 from typing import Any, NamedTuple, NoReturn
 from uuid import UUID
@@ -43,6 +47,16 @@ from atomlimit import (
     RequestIdReused,
     Spec,
     SpendCap,
+)
+from atomlimit._inputs import MAX_WINDOW
+from atomlimit._money import MAX_UNITS
+from atomlimit._provider_headers import (
+    MAX_FIELDS,
+    MAX_RESET,
+    MAX_RETRY_AFTER,
+    QUOTAS,
+    ProviderReport,
+    read_headers,
 )
 from atomlimit.cache import Cache, Category
 from atomlimit.compat import RedisClient
@@ -969,3 +983,103 @@ def test_the_seed_client_takes_anything_and_every_key_expires(
             runner.run(seed.close())
 
     seed()
+
+
+# --------------------------------------------------------------------------
+# Provider headers: they come off the network, so nothing escapes at all
+# --------------------------------------------------------------------------
+
+PROVIDER_NAMES = (
+    *(f"x-ratelimit-{part}-{quota}" for part in ("limit", "remaining", "reset") for quota in
+      ("requests", "tokens", "images")),
+    *(f"anthropic-ratelimit-{quota}-{part}" for part in ("limit", "remaining", "reset") for quota in
+      ("requests", "tokens", "input-tokens", "output-tokens", "priority")),
+    "RateLimit", "RateLimit-Policy", "Retry-After", "retry-after-ms", "X-RATELIMIT-LIMIT-TOKENS",
+    "ratelimit-limit", "content-type", "", "x" * 65,
+)  # fmt: skip
+PROVIDER_VALUES = (
+    "0", "60", "150000", "9007199254740991", "9007199254740992", "-1", "+5", "1e999", "NaN",
+    "inf", "6m0s", "1s", "20ms", "1.5s", "2h3m4.5s", "0s", "500\u00b5s", "24h0m0.000001s",
+    "2562047h47m16.854775807s", "9" * 200 + "h", "1." + "0" * 200 + "1s",
+    "2025-08-21T12:41:00Z", "2025-08-21T12:41:00.9999999+23:59", "9999-12-31T23:59:59.9999999Z",
+    "0001-01-01T00:00:00-23:59", "2025-08-21T23:59:60Z", "Thu, 21 Aug 2025 12:41:00 GMT",
+    "Fri, 31 Dec 9999 23:59:59 GMT", "Mon, 01 Jan 0001 00:00:00 GMT", "Thu Aug 21 12:41:00 2025",
+    '"day";r=100;t=36000', '"day";q=5000;w=86400, "hour";q=1000;w=3600',
+    '"t";q=9;qu="tokens";w=60', '"t";q=9;qu="content-bytes"', '"p";r=1;t=86401',
+    '"p";r=999999999999999;t=-1', '"p";q=1;w=999999999999999', '("a" "b");r=1',
+    '%"p";r=1', "@1;r=1", '"p";r=1, "p";r=2', '"p";r=1,', "x" * 256, "x" * 257,
+)  # fmt: skip
+plausible_values = st.sampled_from(PROVIDER_VALUES)
+header_values = mostly(
+    st.one_of(plausible_values, plausible_values.map(str.encode)),
+    st.one_of(
+        st.text(alphabet='0123456789.;=,:" -+hmsuµTZ@%?*()qrtwpk\t\x00é\ud800', max_size=24),
+        st.binary(max_size=24),
+        anything(huge_ints=False),
+    ),
+    one_in=3,
+)
+known_names = st.sampled_from(PROVIDER_NAMES)
+header_names = mostly(
+    st.one_of(known_names, known_names.map(str.swapcase), known_names.map(str.encode)), texts
+)
+header_pairs = st.lists(
+    mostly(st.tuples(header_names, header_values), anything(huge_ints=False)), max_size=12
+)
+header_objects = mostly(
+    st.one_of(
+        header_pairs,
+        st.dictionaries(header_names, header_values, max_size=12),
+        header_pairs.map(iter),
+    ),
+    st.one_of(
+        st.just([("x-ratelimit-remaining-tokens", "1")] * (MAX_FIELDS + 1)),
+        st.just([("RateLimit", '"p";r=1;t=1, ' * 20)] * MAX_FIELDS),
+        anything(),
+    ),
+)
+AWARE_NOWS = (
+    datetime(2025, 8, 21, 12, 40, 30, tzinfo=UTC),
+    datetime.min.replace(tzinfo=UTC),
+    datetime.max.replace(tzinfo=UTC),
+    datetime(2025, 8, 21, 12, 40, 30, tzinfo=timezone(timedelta(hours=-23, minutes=-59))),
+)
+
+
+class Messages(logging.Handler):
+    """Formats every record, so a log line that cannot be built fails the test."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        assert len(record.getMessage()) < LONGEST_MESSAGE
+
+
+def test_provider_headers_never_raise_and_every_figure_is_in_bounds() -> None:
+    logger = logging.getLogger("atomlimit.provider_headers")
+    handler = Messages()
+
+    @fuzz(max_examples=300)
+    @given(headers=header_objects, now=st.one_of(st.none(), st.sampled_from(AWARE_NOWS)))
+    @example(headers=[("Retry-After", "Fri, 31 Dec 9999 23:59:59 GMT")], now=AWARE_NOWS[1])
+    @example(headers=[("RateLimit", '"p";r=1;t=86400')], now=None)
+    def reads(headers: object, now: datetime | None) -> None:
+        report = read_headers(headers, now=now)
+
+        assert type(report) is ProviderReport
+        quotas = [reading.quota for reading in report.readings]
+        assert quotas == [quota for quota in QUOTAS if quota in quotas]  # one each, in order
+        for reading in report.readings:
+            counts = (reading.limit, reading.remaining)
+            assert all(n is None or (type(n) is int and 0 <= n <= MAX_UNITS) for n in counts)
+            assert reading.reset_after is None or timedelta(0) <= reading.reset_after <= MAX_RESET
+            assert reading.window is None or timedelta(0) < reading.window <= MAX_WINDOW
+            assert (*counts, reading.reset_after) != (None, None, None)
+        after = report.retry_after
+        assert after is None or timedelta(0) <= after <= MAX_RETRY_AFTER
+
+    logger.addHandler(handler)
+    logger.setLevel(logging.DEBUG)
+    try:
+        reads()
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(logging.NOTSET)
