@@ -12,6 +12,7 @@
 -- include: lib/sliding_counter.lua
 -- include: lib/concurrency.lua
 -- include: lib/rate_hold.lua
+-- include: lib/guard.lua
 --
 -- A call carries one or more items, each a limit of one subject. ARGV holds,
 -- per item: its kind, its number of keys, its number of arguments, then the
@@ -46,7 +47,8 @@ local KINDS = setmetatable({}, {__index = function(made, kind)
   return functions
 end})
 
--- Items parsed from KEYS[first_key..] and ARGV[first_arg..].
+-- Items parsed from KEYS[first_key..] and ARGV[first_arg..], and the
+-- first key and argument after them.
 local function parse_items(first_key, first_arg)
   local items, k, a = {}, first_key, first_arg + 1
   for _ = 1, tonumber(ARGV[first_arg]) do
@@ -61,7 +63,7 @@ local function parse_items(first_key, first_arg)
     items[#items + 1] = {kind = kind, keys = keys, args = args}
     k, a = k + nkeys, a + 3 + nargs
   end
-  return items
+  return items, k, a
 end
 
 -- Check every item; nil if the clock is outside a planned window.
@@ -71,6 +73,9 @@ local function check_items(items, run)
     local it = KINDS[item.kind].check(item.keys, item.args, run)
     if not it then
       return nil
+    end
+    if guarded(tonumber(item.args[3])) then
+      guard_apply(item, it, run)
     end
     it.cost = tonumber(item.args[2])
     it.status, it.grant = decide(it.cost, it.room, tonumber(item.args[3]))

@@ -2,7 +2,7 @@
 -- Included by operation scripts; defines locals only.
 
 local DENIED, FITS, SHADOWED = 0, 1, 3
-local PARTIAL, SHADOW = 1, 2
+local PARTIAL, SHADOW, GUARD = 1, 2, 4
 
 -- Status and grant of `cost` when `room` units fit, under the item's flags:
 -- all of it; as much as fits with PARTIAL; all of it anyway with SHADOW
@@ -14,7 +14,7 @@ local function decide(cost, room, flags)
   if flags % 2 == PARTIAL and room > 0 then
     return FITS, room
   end
-  if flags >= SHADOW then
+  if flags % 4 >= SHADOW then
     return SHADOWED, cost
   end
   return DENIED, 0

@@ -31,18 +31,21 @@ from atomlimit.holds import (
     Reservation,
     Settlement,
 )
-from atomlimit.limiter import AsyncLimiter, Limiter
+from atomlimit.limiter import AsyncLimiter, AsyncModelCall, Limiter, ModelCall
 from atomlimit.specs import Concurrency, Hit, RateLimit, Spec, SpendCap
+from atomlimit.upstream import ClientLimits, ProviderReport, Upstream
 
 __all__ = [
     "Acquired",
     "AsyncLease",
     "AsyncLimiter",
+    "AsyncModelCall",
     "AsyncReservation",
     "AtomlimitError",
     "BackendError",
     "Breaker",
     "BreakerOpen",
+    "ClientLimits",
     "Concurrency",
     "Decision",
     "Hit",
@@ -50,6 +53,8 @@ __all__ = [
     "Lease",
     "LimitExceeded",
     "Limiter",
+    "ModelCall",
+    "ProviderReport",
     "RateLimit",
     "RequestIdReused",
     "Reservation",
@@ -57,4 +62,5 @@ __all__ = [
     "Spec",
     "SpendCap",
     "UnsafeServer",
+    "Upstream",
 ]

@@ -42,12 +42,22 @@ class Acquisition(NamedTuple):
     """The id the acquire ran under, as it names leases and holds."""
 
 
-def acquire(engine: Engine, hits: Sequence[Hit[Any]], request_id: str | None) -> Flow:
+def acquire(
+    engine: Engine,
+    hits: Sequence[Hit[Any]],
+    request_id: str | None,
+    guards: Sequence[bool] = (),
+) -> Flow:
     """All the hits or none of them: yields calls, returns an Acquisition.
 
-    A backend failure part-way undoes what this send charged, then re-raises.
+    ``guards`` marks the hits that are an upstream's limits (`Engine.item`).
+    On a server that holds every key (``engine.together``), several subjects
+    are charged by one script; a server that refuses a script across hash
+    slots (a cluster behind one address) turns that off for the engine, and
+    the acquire goes subject by subject. A backend failure part-way undoes
+    what this send charged, then re-raises.
     """
-    items, groups = checked_items(engine, hits)
+    items, groups = checked_items(engine, hits, guards)
     if len(groups) > 1 or request_id is not None or any(i.codec.wait for i in items):
         # Several subjects are undone from records; a caller's id is
         # remembered so that sending the acquire again replays it; a charge
@@ -59,6 +69,27 @@ def acquire(engine: Engine, hits: Sequence[Hit[Any]], request_id: str | None) ->
         rid, ttl = engine.record_ttl(None)[0], None
     # The id a caller can send again: only a recorded acquire has one.
     visible = rid if ttl else None
+    if len(groups) > 1 and engine.together:
+        assert ttl is not None
+        batches = [[items[i] for i in group] for group in groups]
+        try:
+            whole: Charged | None = yield Plan(partial(engine.charge_groups, batches, rid, ttl))
+        except BackendError as err:
+            if not _across_slots(err):
+                _for_the_acquire(err, visible, err.applied)
+                raise
+            engine.together = False
+            whole = None
+        if whole is not None:
+            order = [i for group in groups for i in group]
+            found: list[Decision[Any] | None] = [None] * len(items)
+            _fill(found, order, whole)
+            done = [d for d in found if d is not None]
+            if whole.allowed:
+                held = [(item, done[i]) for i, item in enumerate(items) if item.holds]
+                return Acquisition(True, done, None, held, request_part(rid))
+            denied = next(i for i, d in enumerate(done) if not d.allowed)
+            return Acquisition(False, done, denied, [], request_part(rid))
     decisions: list[Decision[Any] | None] = [None] * len(items)
     charged: list[tuple[list[int], int]] = []
     replayed: list[list[int]] = []
@@ -123,20 +154,29 @@ def undo(engine: Engine, hits: Sequence[Hit[Any]], request_id: str) -> Flow:
     return undone
 
 
-def checked_items(engine: Engine, hits: object) -> tuple[list[Item], list[list[int]]]:
+def checked_items(
+    engine: Engine, hits: object, guards: Sequence[bool] = ()
+) -> tuple[list[Item], list[list[int]]]:
     """The items of an acquire's hits, checked, and their indices grouped by subject.
 
     Every refusal an acquire makes of its input is made here, before
     anything is sent.
     """
-    items = [_hit_item(engine, hit) for hit in check_hits(hits)]
+    hits = check_hits(hits)
+    marks = list(guards) or [False] * len(hits)
+    items = [_hit_item(engine, hit, guard) for hit, guard in zip(hits, marks, strict=True)]
     return items, _groups(items)
 
 
-def _hit_item(engine: Engine, hit: Hit[Any]) -> Item:
+def _hit_item(engine: Engine, hit: Hit[Any], guard: bool) -> Item:
     if not isinstance(hit, Hit):
         raise InvalidInput(f"acquire takes Hit objects, got {type(hit).__name__}")
-    return engine.item(hit.limit, hit.subject, hit.cost, hold=hit.hold)
+    return engine.item(hit.limit, hit.subject, hit.cost, hold=hit.hold, guard=guard)
+
+
+def _across_slots(err: BackendError) -> bool:
+    """Whether the server refused a script for naming keys of several hash slots."""
+    return str(err.__cause__).startswith("CROSSSLOT")
 
 
 def _groups(items: Sequence[Item]) -> list[list[int]]:

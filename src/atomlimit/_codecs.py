@@ -69,8 +69,9 @@ and the name a person reads. A reservation is a hold: on a spend cap an item
 of its own kind kept in the cap's keys (``lib/spend.lua``); on a rate limit
 a charge of the limit's own kind with a record beside it
 (``lib/rate_hold.lua``)."""
-PARTIAL, SHADOW = 1, 2
-"""An item's flags (``lua/lib/reply.lua``): take what fits; count but admit."""
+PARTIAL, SHADOW, GUARD = 1, 2, 4
+"""An item's flags (``lua/lib/reply.lua``): take what fits; count but admit;
+an upstream's limit, whose guard (a pause, outside use) is its last key."""
 DENIED, FITS, SHADOWED = 0, 1, 3
 """An item's status in a reply (``lua/lib/reply.lua``)."""
 REPLAN, REUSED, READ_HOLDS = -1, -2, -3

@@ -21,6 +21,7 @@ from atomlimit import _keys
 from atomlimit._codecs import (
     CONCURRENCY,
     GENERATED,
+    GUARD,
     PARTIAL,
     READ_HOLDS,
     REPLAN,
@@ -47,7 +48,7 @@ from atomlimit._runner_steps import Acked, Call, Wait
 from atomlimit._scripts import script
 from atomlimit._wire import Arg
 from atomlimit.decision import Decision, Settlement, SettleStatus
-from atomlimit.specs import Concurrency, Spec
+from atomlimit.specs import Concurrency, RateLimit, Spec
 
 TimeSource = Literal["server", "client"]
 
@@ -56,6 +57,8 @@ DEFAULT_RETRY_TTL = timedelta(minutes=2)
 DEFAULT_HOLD = timedelta(minutes=5)
 
 _REPLAYED = 2
+RECORDED = -4
+"""acquire.lua's reply when a group's record exists already."""
 _CHARGED = (1, _REPLAYED)
 _TAGS: dict[str, str] = {}
 """Recent subjects' hash tags: encoding a subject costs more than a hit's
@@ -111,9 +114,12 @@ class Item(NamedTuple):
         return bool(self.hold) or isinstance(self.codec, LeaseSet)
 
     def keys(self, t: int) -> tuple[str, ...]:
-        if self.hold:
-            return self.codec.hold_keys(self.base, t)
-        return self.codec.state_keys(self.base, t)
+        keys = (
+            self.codec.hold_keys(self.base, t) if self.hold else self.codec.state_keys(self.base, t)
+        )
+        if self.flags & GUARD:
+            return (*keys, _keys.guard_key(self.base))
+        return keys
 
     def encoded(self, t: int) -> tuple[Arg, ...]:
         """``kind, #keys, #args, args...`` as the scripts parse it, at ``t``."""
@@ -154,7 +160,7 @@ class Engine:
     the server's clock alone decides which window a hit lands in.
     """
 
-    __slots__ = ("_client_time", "_new_id", "_ns", "request_ttl", "retry_ttl", "skew")
+    __slots__ = ("_client_time", "_new_id", "_ns", "request_ttl", "retry_ttl", "skew", "together")
 
     def __init__(
         self,
@@ -174,6 +180,9 @@ class Engine:
         self.retry_ttl = whole_ms(retry_ttl, "retry_ttl")
         """How long a generated id that needs a record keeps it, in milliseconds."""
         self.skew = 0
+        self.together = False
+        """Whether one script may name every subject's keys: the server holds
+        them all (not a cluster). Set by the limiter; cleared on CROSSSLOT."""
 
     # -- the clock -------------------------------------------------------------
 
@@ -200,8 +209,13 @@ class Engine:
         *,
         hold: timedelta | None = None,
         partial: bool = False,
+        guard: bool = False,
     ) -> Item:
-        """Validate one limit of one subject and plan its keys and arguments."""
+        """Validate one limit of one subject and plan its keys and arguments.
+
+        ``guard`` marks an upstream's limit: its decisions also read the
+        upstream's guard (a pause, the outside use learned).
+        """
         tag, base = self._locate(spec, subject)
         codec: Codec[Any] = codec_of(spec)
         hold_us = 0
@@ -210,6 +224,10 @@ class Engine:
                 raise InvalidInput(f"hold: {_UNHELD.get(codec.kind, 'this limit cannot hold')}")
             hold_us = check_hold(hold)
         flags = codec.flags | PARTIAL if check_flag(partial, "partial") else codec.flags
+        if guard:
+            if not isinstance(spec, RateLimit):
+                raise InvalidInput("an upstream's requests and tokens must be RateLimits")
+            flags |= GUARD
         return Item(spec, subject, tag, base, codec, codec.units(cost), flags, hold_us)
 
     # -- single calls ------------------------------------------------------------
@@ -421,6 +439,74 @@ class Engine:
 
         keys = (*record, *(key for item in items for key in item.keys(t)))
         return Call(script("charge"), keys, args, read, bool(record), replay, wait)
+
+    def charge_groups(
+        self, groups: Sequence[Sequence[Item]], request_id: str, record_ttl: int, local: int
+    ) -> Call:
+        """Plan charging the items of several subjects, all or none, in one
+        script (``lua/acquire.lua``): for a server that holds every key.
+
+        Each group's record is the one `charge` would write for it alone.
+        Reads as Charged, or as None when a group's record exists already
+        (an earlier send got that far): the saga, group by group, replays it.
+        """
+        rid = request_part(request_id)
+        t, client_now = self.planned(local)
+        items = [item for group in groups for item in group]
+        keys: list[str] = []
+        args: list[Arg] = [client_now, record_ttl, rid, len(groups)]
+        for group in groups:
+            keys.append(self._record(group, rid))
+            keys.extend(key for item in group for key in item.keys(t))
+            args.append(";".join(f"{i.kind}:{i.units}:{i.flags}" for i in group))
+            args.append(len(group))
+            args.extend(_encode(group, t))
+
+        def read(reply: Sequence[Any]) -> Any:
+            code, now = reply[0], reply[1]
+            self.observe(now, local)
+            if code == REPLAN:
+                return self.charge_groups(groups, request_id, record_ttl, local)
+            if code == RECORDED:
+                return None
+            charged = code == 1
+            return Charged(charged, _decisions(items, reply, now, charged), rid, t)
+
+        return Call(script("acquire"), tuple(keys), tuple(args), read, True, request_id)
+
+    def correct(self, item: Item, remaining: int, local: int) -> Call:
+        """Plan charging an upstream's limit what its provider reports used
+        beyond the fleet's count (``lua/observe.lua``): reads as the Decision
+        after it, ``granted`` being the units charged."""
+        t, client_now = self.planned(local)
+
+        def read(reply: Sequence[Any]) -> Any:
+            code, now = reply[0], reply[1]
+            self.observe(now, local)
+            if code == REPLAN:
+                return self.correct(item, remaining, local)
+            status, used, held, stop, retry_at, grant = item_reply(reply, 0)
+            return item.codec.decision(status, used, held, stop, retry_at, grant, now)
+
+        args = (client_now, remaining, 1, *item.encoded(t))
+        # Sending it again charges nothing more: the correction is measured
+        # against the count, which the first send already raised.
+        return Call(script("observe"), item.keys(t), args, read, True)
+
+    def pause(self, items: Sequence[Item], action: str, length: int, local: int) -> Call:
+        """Plan pausing the upstream limits ``items`` for ``length``
+        microseconds (``action`` "pause"), or clearing their pause ("clear")
+        or all their guard knows ("forget"). Reads as the instant each is
+        paused until, in server microseconds (0: not paused)."""
+        _, client_now = self.planned(local)
+
+        def read(reply: Sequence[Any]) -> list[int]:
+            self.observe(reply[0], local)
+            return [int(until) for until in reply[1:]]
+
+        keys = tuple(_keys.guard_key(item.base) for item in items)
+        # A pause only ever extends, and clearing twice clears once.
+        return Call(script("pause"), keys, (client_now, action, length), read, True)
 
     def check(self, items: Sequence[Item], local: int, one: bool = False) -> Call:
         """Plan a read-only check of every item: reads as Charged (nothing

@@ -40,7 +40,9 @@ refund's, and of a reservation's settle or release."""
 ACQUIRE = "acq"
 """Stands for the kind in the record of a charge of several limits."""
 HOLDS, HELD = "holds", "held"
-"""A spend cap's open reservations, and their total."""
+"""A limit's open reservations, and their amounts."""
+GUARD = "guard"
+"""An upstream's guard on one of its limits: a pause, and what was learned."""
 MAX_ENCODED_PART = 128
 """Longest encoded part a key holds whole; a longer one is hashed."""
 _HEAD = 64
@@ -102,6 +104,11 @@ def window_key(base: str, start_us: int) -> str:
 def hold_keys(base: str) -> tuple[str, str]:
     """A spend cap's open reservations (scored by expiry) and their total."""
     return f"{base}:{HOLDS}", f"{base}:{HELD}"
+
+
+def guard_key(base: str) -> str:
+    """The guard an upstream keeps on one of its limits (``lua/lib/guard.lua``)."""
+    return f"{base}:{GUARD}"
 
 
 def request_record(base: str, request_id: str) -> str:

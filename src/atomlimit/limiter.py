@@ -12,10 +12,12 @@ cannot drift apart.
 
 from __future__ import annotations
 
+from atomlimit._async.calls import AsyncModelCall as AsyncModelCall
 from atomlimit._async.limiter import AsyncLimiter as AsyncLimiter
 from atomlimit._shell import DEFAULT_BREAKER as DEFAULT_BREAKER
 from atomlimit._shell import DEFAULT_MAX_CONNECTIONS as DEFAULT_MAX_CONNECTIONS
 from atomlimit._shell import DEFAULT_POOL_TIMEOUT as DEFAULT_POOL_TIMEOUT
 from atomlimit._shell import MAX_MANY as MAX_MANY
 from atomlimit._shell import Clock as Clock
+from atomlimit._sync.calls import ModelCall as ModelCall
 from atomlimit._sync.limiter import Limiter as Limiter

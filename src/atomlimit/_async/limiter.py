@@ -14,7 +14,7 @@ import functools
 import random
 import time
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from types import TracebackType
 from typing import Any, ParamSpec, Self, TypeVar
@@ -22,7 +22,8 @@ from typing import Any, ParamSpec, Self, TypeVar
 import redis.asyncio
 from redis.asyncio.cluster import RedisCluster as AsyncRedisCluster
 
-from atomlimit._acquire import Acquisition, acquire, undo
+from atomlimit._acquire import Acquisition, acquire, checked_items, undo
+from atomlimit._async.calls import AsyncModelCall
 from atomlimit._async.guard import AsyncGuard, AsyncGuardedRunner
 from atomlimit._async.holds import AsyncLease, AsyncReservation
 from atomlimit._async_runner import AsyncRunner
@@ -37,10 +38,11 @@ from atomlimit._engine import (
 )
 from atomlimit._inputs import check_deadline, check_flag
 from atomlimit._limited import check_function, configure
+from atomlimit._model_call import Planned, pause_items, pause_length, plan
 from atomlimit._money import Amount
 from atomlimit._redis import check_client
 from atomlimit._redis import from_url as connect
-from atomlimit._runner_steps import Flow
+from atomlimit._runner_steps import Call, Flow
 from atomlimit._shell import (
     DEFAULT_BREAKER,
     DEFAULT_MAX_CONNECTIONS,
@@ -57,7 +59,9 @@ from atomlimit.errors import InvalidInput, LimitExceeded
 from atomlimit.holds import Acquired, Pending
 from atomlimit.observe import Observer
 from atomlimit.specs import Concurrency, Hit, RateLimit, Spec, SpendCap
+from atomlimit.upstream import ClientLimits, Upstream
 
+_US = timedelta(microseconds=1)
 P = ParamSpec("P")
 R = TypeVar("R")
 
@@ -147,6 +151,8 @@ class AsyncLimiter:
             check_deadline(deadline),  # unasync: async
         )
         self._handles = AsyncGuardedRunner(self._guard, self._runner)
+        # One script may name several subjects' keys unless a cluster spreads them.
+        self._engine.together = not isinstance(client, AsyncRedisCluster)
         self._owns_client = False
 
     @classmethod
@@ -393,6 +399,91 @@ class AsyncLimiter:
     # policy in atomlimit._waiting.
     # ------------------------------------------------------------------
 
+    # ------------------------------------------------------------------
+    # Budgeted model calls: an upstream's limits and a client's, taken in
+    # one acquire and finished in one round trip (atomlimit._model_call).
+    # ------------------------------------------------------------------
+
+    def call(
+        self,
+        upstream: Upstream,
+        *,
+        client: str | None = None,
+        tokens: int = 0,
+        cost: Decimal | int = 0,
+        limits: ClientLimits | None = None,
+        timeout: timedelta = DEFAULT_HOLD,
+        wait: bool = False,
+        wait_timeout: timedelta | float | None = None,
+    ) -> AsyncModelCall:
+        # unasync: async
+        """One request to a model, for ``async with``: every limit or none, then one settle.
+
+        Entering the block takes, in one all-or-nothing acquire, the
+        ``upstream``'s limits (shared by the whole fleet) and, with
+        ``limits``, the ``client``'s own: a request counted, ``tokens`` and
+        ``cost`` held as estimates, an in-flight lease. A denial raises
+        [`LimitExceeded`][atomlimit.errors.LimitExceeded] naming the limit, or with
+        ``wait=True`` waits as [`wait`][atomlimit.AsyncLimiter.wait] does, up to
+        ``wait_timeout``. Holds last ``timeout`` (the call's own timeout; a
+        lease lasts its spec's ``lease``). See docs/llm.md.
+        """
+        # unasync: sync
+        # """One request to a model, for ``with``: every limit or none, then one settle.
+        #
+        # See [`AsyncLimiter.call`][atomlimit.AsyncLimiter.call] and docs/llm.md.
+        # """
+        # unasync: end
+        self._open()
+        check_flag(wait, "wait")
+        planned = plan(upstream, client, tokens, cost, limits, timeout)
+        # Every refusal of the input is made now, before the block opens.
+        items, _ = checked_items(self._engine, planned.hits, planned.guards)
+        deadline = deadline_after(wait_timeout, time.monotonic())
+        return AsyncModelCall(self, planned, items, wait, deadline)
+
+    async def pause(
+        self,
+        upstream: Upstream,
+        length: timedelta | float,
+        *,
+        quota: str | None = None,
+    ) -> datetime:
+        """Pause ``upstream`` for every worker: its calls are denied until then.
+
+        ``length`` is a timedelta or seconds, at most an hour; ``quota``
+        ("requests" or "tokens") pauses only the limits of that kind. A
+        pause is only ever extended, never shortened. Returns when it ends.
+        """
+        runner = self._open()
+        items = pause_items(self._engine, upstream, quota)
+        call = self._engine.pause(items, "pause", pause_length(length) // _US, runner.now())
+        until: list[int] = await self._guard.run("settle", runner.run, call)
+        return _instant(max(until))
+
+    async def clear_pause(self, upstream: Upstream, *, forget: bool = False) -> None:
+        """End ``upstream``'s pause now; with ``forget``, also what the provider's
+        figures taught its limits (the outside use learned)."""
+        runner = self._open()
+        items = pause_items(self._engine, upstream, None)
+        action = "forget" if check_flag(forget, "forget") else "clear"
+        await self._guard.run(
+            "reset", runner.run, self._engine.pause(items, action, 0, runner.now())
+        )
+
+    async def _take(self, planned: Planned) -> Acquisition:
+        """A call's acquire, guarded as any acquire is."""
+        self._open()
+        flow = acquire(self._engine, planned.hits, None, planned.guards)
+        fallback = self._guard.acquisition(self._engine, planned.hits)
+        found: Acquisition = await self._guard.run("acquire", self._whole, flow, fallback)
+        return found
+
+    async def _finish(self, calls: list[Call]) -> list[Any]:
+        """A call's end: every settle, release and correction in one round trip."""
+        results: list[Any] = await self._guard.run("settle", self._runner.run_many, calls)
+        return results
+
     async def wait(
         self,
         limit: Spec[Amount],
@@ -533,3 +624,8 @@ class AsyncLimiter:
         # found: Acquisition = self._runner.drive(flow)
         # return found
         # unasync: end
+
+
+def _instant(microseconds: int) -> datetime:
+    """A server instant in microseconds since the epoch, as an aware datetime."""
+    return datetime.fromtimestamp(0, UTC) + timedelta(microseconds=microseconds)

@@ -13,7 +13,7 @@ import functools
 import random
 import time
 from collections.abc import Callable, Sequence
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from types import TracebackType
 from typing import Any, ParamSpec, Self, TypeVar
@@ -21,7 +21,7 @@ from typing import Any, ParamSpec, Self, TypeVar
 import redis
 from redis.cluster import RedisCluster
 
-from atomlimit._acquire import Acquisition, acquire, undo
+from atomlimit._acquire import Acquisition, acquire, checked_items, undo
 from atomlimit._clock import clock_reader
 from atomlimit._engine import (
     DEFAULT_HOLD,
@@ -33,10 +33,11 @@ from atomlimit._engine import (
 )
 from atomlimit._inputs import check_flag
 from atomlimit._limited import check_function, configure
+from atomlimit._model_call import Planned, pause_items, pause_length, plan
 from atomlimit._money import Amount
 from atomlimit._redis import check_client
 from atomlimit._redis import from_url as connect
-from atomlimit._runner_steps import Flow
+from atomlimit._runner_steps import Call, Flow
 from atomlimit._shell import (
     DEFAULT_BREAKER,
     Clock,
@@ -44,6 +45,7 @@ from atomlimit._shell import (
     hit_calls,
     reserved_limit,
 )
+from atomlimit._sync.calls import ModelCall
 from atomlimit._sync.guard import GuardedRunner, SyncGuard
 from atomlimit._sync.holds import Lease, Reservation
 from atomlimit._sync_runner import SyncRunner
@@ -54,7 +56,9 @@ from atomlimit.errors import InvalidInput, LimitExceeded
 from atomlimit.holds import Acquired, taken
 from atomlimit.observe import Observer
 from atomlimit.specs import Concurrency, Hit, RateLimit, Spec, SpendCap
+from atomlimit.upstream import ClientLimits, Upstream
 
+_US = timedelta(microseconds=1)
 P = ParamSpec("P")
 R = TypeVar("R")
 
@@ -112,6 +116,8 @@ class Limiter:
         self._runner = SyncRunner(client, now, strict=strict)
         self._guard = SyncGuard(breaker, observers, now)
         self._handles = GuardedRunner(self._guard, self._runner)
+        # One script may name several subjects' keys unless a cluster spreads them.
+        self._engine.together = not isinstance(client, RedisCluster)
         self._owns_client = False
 
     @classmethod
@@ -311,6 +317,75 @@ class Limiter:
     # policy in atomlimit._waiting.
     # ------------------------------------------------------------------
 
+    # ------------------------------------------------------------------
+    # Budgeted model calls: an upstream's limits and a client's, taken in
+    # one acquire and finished in one round trip (atomlimit._model_call).
+    # ------------------------------------------------------------------
+
+    def call(
+        self,
+        upstream: Upstream,
+        *,
+        client: str | None = None,
+        tokens: int = 0,
+        cost: Decimal | int = 0,
+        limits: ClientLimits | None = None,
+        timeout: timedelta = DEFAULT_HOLD,
+        wait: bool = False,
+        wait_timeout: timedelta | float | None = None,
+    ) -> ModelCall:
+        """One request to a model, for ``with``: every limit or none, then one settle.
+
+        See [`AsyncLimiter.call`][atomlimit.AsyncLimiter.call] and docs/llm.md.
+        """
+        self._open()
+        check_flag(wait, "wait")
+        planned = plan(upstream, client, tokens, cost, limits, timeout)
+        # Every refusal of the input is made now, before the block opens.
+        items, _ = checked_items(self._engine, planned.hits, planned.guards)
+        deadline = deadline_after(wait_timeout, time.monotonic())
+        return ModelCall(self, planned, items, wait, deadline)
+
+    def pause(
+        self,
+        upstream: Upstream,
+        length: timedelta | float,
+        *,
+        quota: str | None = None,
+    ) -> datetime:
+        """Pause ``upstream`` for every worker: its calls are denied until then.
+
+        ``length`` is a timedelta or seconds, at most an hour; ``quota``
+        ("requests" or "tokens") pauses only the limits of that kind. A
+        pause is only ever extended, never shortened. Returns when it ends.
+        """
+        runner = self._open()
+        items = pause_items(self._engine, upstream, quota)
+        call = self._engine.pause(items, "pause", pause_length(length) // _US, runner.now())
+        until: list[int] = self._guard.run("settle", runner.run, call)
+        return _instant(max(until))
+
+    def clear_pause(self, upstream: Upstream, *, forget: bool = False) -> None:
+        """End ``upstream``'s pause now; with ``forget``, also what the provider's
+        figures taught its limits (the outside use learned)."""
+        runner = self._open()
+        items = pause_items(self._engine, upstream, None)
+        action = "forget" if check_flag(forget, "forget") else "clear"
+        self._guard.run("reset", runner.run, self._engine.pause(items, action, 0, runner.now()))
+
+    def _take(self, planned: Planned) -> Acquisition:
+        """A call's acquire, guarded as any acquire is."""
+        self._open()
+        flow = acquire(self._engine, planned.hits, None, planned.guards)
+        fallback = self._guard.acquisition(self._engine, planned.hits)
+        found: Acquisition = self._guard.run("acquire", self._whole, flow, fallback)
+        return found
+
+    def _finish(self, calls: list[Call]) -> list[Any]:
+        """A call's end: every settle, release and correction in one round trip."""
+        results: list[Any] = self._guard.run("settle", self._runner.run_many, calls)
+        return results
+
     def wait(
         self,
         limit: Spec[Amount],
@@ -408,3 +483,8 @@ class Limiter:
         """Drive an acquire to its end: all charged, or what was charged undone."""
         found: Acquisition = self._runner.drive(flow)
         return found
+
+
+def _instant(microseconds: int) -> datetime:
+    """A server instant in microseconds since the epoch, as an aware datetime."""
+    return datetime.fromtimestamp(0, UTC) + timedelta(microseconds=microseconds)
