@@ -552,7 +552,8 @@ def test_on_one_server_an_acquire_over_several_subjects_is_one_script(server: Se
         undone = limiter.undo_acquire(hits, request_id="one-script")
         after = [limiter.peek(hit.limit, hit.subject, 0).used for hit in hits]
 
-    assert allowed.allowed and not denied.allowed
+    assert allowed.allowed
+    assert not denied.allowed
     assert [name for name, _ in calls if name != "hit_fixed_window"] == ["acquire", "acquire"]
     assert used == [1, 1, Decimal("1.00"), 3]  # the denial charged nothing
     assert undone  # each subject's record is the saga's, so undo_acquire finds it
