@@ -58,6 +58,7 @@ LAYERS = {
         "_session_plan",
         "_waiting",
         "_limited",
+        "_web",
     ],
     IO: [
         "_failures",
