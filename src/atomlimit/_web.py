@@ -186,26 +186,29 @@ def _matches(path: str, prefixes: tuple[tuple[str, str], ...]) -> bool:
 
 
 class Charge:
-    """The limits each request is charged 1 of, checked once, and how.
+    """The limits each request is charged 1 of, checked once."""
 
-    A lone [`RateLimit`][atomlimit.RateLimit] needs no all-or-nothing across
-    limits and holds no lease: ``only`` is set, and a shell decides it with
-    one ``hit``, the same decision by the smaller script. Otherwise a shell
-    sends ``hits(subject)`` in one ``acquire``.
-    """
-
-    __slots__ = ("limits", "only")
+    __slots__ = ("limits",)
 
     def __init__(self, limits: object) -> None:
         self.limits = checked_limits(limits)
-        only = self.limits[0]
-        self.only: RateLimit | None = (
-            only if len(self.limits) == 1 and isinstance(only, RateLimit) else None
-        )
 
-    def hits(self, subject: str) -> list[Hit[int]]:
-        """One hit of 1 per limit, for one ``acquire``."""
+    def hits(self, subject: str) -> list[Hit[Any]]:
+        """One hit of 1 per limit, for one request of ``subject``."""
         return [Hit(limit, subject) for limit in self.limits]
+
+
+def lone_rate_limit(hits: Sequence[Hit[Any]]) -> Hit[Any] | None:
+    """The one hit of ``hits`` when it is a lone RateLimit's, else None.
+
+    A lone [`RateLimit`][atomlimit.RateLimit] needs no all-or-nothing
+    across limits and holds no lease: a shell decides it with one ``hit``,
+    the same decision by the smaller script. Anything else goes in one
+    ``acquire``.
+    """
+    if len(hits) == 1 and isinstance(hits[0].limit, RateLimit):
+        return hits[0]
+    return None
 
 
 def checked_limits(limits: object) -> tuple[Spec[int], ...]:

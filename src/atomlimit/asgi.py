@@ -37,6 +37,7 @@ from atomlimit._web import (
     Verdict,
     checked_hops,
     client_subject,
+    lone_rate_limit,
     route_path,
 )
 from atomlimit.limiter import AsyncLimiter
@@ -141,12 +142,12 @@ class RateLimitMiddleware:
         if subject is None:
             await self.app(scope, receive, send)
             return
-        only = self._charge.only
-        if only is not None:
-            verdict = Verdict.of(await self.limiter.hit(only, subject), _now_us())
+        hits = self._charge.hits(subject)
+        lone = lone_rate_limit(hits)
+        if lone is not None:
+            verdict = Verdict.of(await self.limiter.hit(lone.limit, lone.subject), _now_us())
         else:
-            result = await self.limiter.acquire(self._charge.hits(subject))
-            verdict = Verdict.of(result, _now_us())
+            verdict = Verdict.of(await self.limiter.acquire(hits), _now_us())
         if not verdict.allowed:
             await _too_many_requests(send, verdict)
             return
