@@ -82,7 +82,7 @@ LAYERS = {
         "sessions",
         "compat",
     ],
-    INTEGRATIONS: ["asgi", "wsgi", "fastapi", "testing"],
+    INTEGRATIONS: ["asgi", "wsgi", "fastapi", "flask", "testing"],
     CLI: ["__main__", "cli"],
 }
 """Every module by layer, named under ``atomlimit`` (``""`` is the package).
