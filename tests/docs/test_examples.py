@@ -218,3 +218,15 @@ def held_until_released(server: Server, spec: Concurrency) -> int:
                 break
             time.sleep(0.05)
     return used
+
+
+def test_the_wsgi_app_limits_api_paths_only(server: Server) -> None:
+    with serving("wsgi_app.py", server) as client:
+        listed = [client.get("/api/items") for _ in range(4)]
+        health = [client.get("/health") for _ in range(5)]
+
+    assert [r.status_code for r in listed] == [200, 200, 200, 429]
+    assert [name for name, _ in items(listed[0].headers["RateLimit"])] == ["burst", "daily"]
+    assert listed[3].json()["violated-policies"] == ["burst"]
+    assert {r.status_code for r in health} == {200}
+    assert all("RateLimit" not in r.headers for r in health)
