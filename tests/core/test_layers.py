@@ -59,6 +59,7 @@ LAYERS = {
         "_waiting",
         "_limited",
         "_provider_headers",
+        "_web",
     ],
     IO: [
         "_failures",
@@ -82,7 +83,7 @@ LAYERS = {
         "sessions",
         "compat",
     ],
-    INTEGRATIONS: ["asgi", "fastapi", "testing"],
+    INTEGRATIONS: ["asgi", "wsgi", "fastapi", "flask", "testing"],
     CLI: ["__main__", "cli"],
 }
 """Every module by layer, named under ``atomlimit`` (``""`` is the package).

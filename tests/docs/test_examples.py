@@ -18,7 +18,7 @@ import httpx
 import pytest
 from servers import Server
 
-from atomlimit import Limiter, SpendCap
+from atomlimit import Concurrency, Limiter, SpendCap
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 STARTUP = 30.0
@@ -176,3 +176,57 @@ def test_the_job_runner_waits_for_exports_and_skips_the_extra_report(server: Ser
         r"report skipped: RateLimit 'reports' exceeded; retry after \d+\.\d\d s", lines[9]
     )
     assert "acme" not in lines[9]
+
+
+def test_the_flask_app_under_gunicorn_limits_every_route_and_search_more_tightly(
+    server: Server,
+) -> None:
+    with serving("flask_app.py", server) as client:
+        searches = [client.get("/search", params={"q": "redis"}) for _ in range(3)]
+        home = [client.get("/") for _ in range(4)]
+        report = client.get("/report")
+        health = [client.get("/health") for _ in range(10)]
+        reports_in_flight = held_until_released(server, Concurrency(name="reports", limit=1))
+
+    assert [r.status_code for r in searches] == [200, 200, 429]
+    assert searches[1].json() == {"q": "redis", "searches_left": 0}
+    assert searches[2].headers["content-type"] == "application/problem+json"
+    assert len(searches[2].json()["violated-policies"]) == 1
+    assert int(searches[2].headers["Retry-After"]) >= 1
+    # The default 5 a minute counts the two searches too.
+    assert [r.status_code for r in home] == [200, 200, 200, 429]
+    assert home[0].json() == {"left": [2]}
+    assert home[3].json()["violated-policies"] == ["5/minute"]
+    # The report's lease is released once gunicorn closes the streamed body.
+    assert report.status_code == 200
+    assert report.text == "line 0\nline 1\nline 2\n"
+    assert reports_in_flight == 0
+    assert items(report.headers["RateLimit-Policy"]) == [
+        ("reports", {"q": 1, "qu": "concurrent-requests"})
+    ]
+    assert {r.status_code for r in health} == {200}
+    assert all("RateLimit" not in r.headers for r in health)
+
+
+def held_until_released(server: Server, spec: Concurrency) -> int:
+    """The example's leases of ``spec`` once released: gunicorn closes a body after
+    sending it, so the client may read the last byte a moment before."""
+    with Limiter.from_url(server.url, prefix="example") as limiter:
+        for _ in range(100):
+            used = limiter.peek(spec, "127.0.0.1").used
+            if used == 0:
+                break
+            time.sleep(0.05)
+    return used
+
+
+def test_the_wsgi_app_limits_api_paths_only(server: Server) -> None:
+    with serving("wsgi_app.py", server) as client:
+        listed = [client.get("/api/items") for _ in range(4)]
+        health = [client.get("/health") for _ in range(5)]
+
+    assert [r.status_code for r in listed] == [200, 200, 200, 429]
+    assert [name for name, _ in items(listed[0].headers["RateLimit"])] == ["burst", "daily"]
+    assert listed[3].json()["violated-policies"] == ["burst"]
+    assert {r.status_code for r in health} == {200}
+    assert all("RateLimit" not in r.headers for r in health)
