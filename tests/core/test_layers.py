@@ -34,6 +34,7 @@ LAYERS = {
         "headers",
         "breaker",
         "observe",
+        "policies",
         # pure planning and its helpers
         "_errors",
         "_version",
