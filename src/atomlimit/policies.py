@@ -432,7 +432,7 @@ def _defaults(document: dict[str, Any], problems: _Problems) -> dict[str, Field]
         if key in _DEFAULTS:
             found[key] = (value, "[defaults]")
         else:
-            problems.add("[defaults]", key, "is not a default; [defaults] takes on_backend_error")
+            problems.add("[defaults]", key, "is not a default: [defaults] takes on_backend_error")
     return found
 
 
@@ -477,6 +477,7 @@ def _tiers(
     if len(raw) > MAX_TIERS:
         problems.add("[tiers]", None, f"declares {len(raw)} tiers; at most {MAX_TIERS}")
         problems.raise_any()
+    declared = document.get("limits", {})
     tiers: dict[str, dict[str, Spec[Any]]] = {}
     for tier, entries in raw.items():
         if not _named(tier, _table("tiers", tier), problems):
@@ -489,7 +490,7 @@ def _tiers(
             label = _table("tiers", tier, name)
             if not _is_table(table, "tiers", tier, problems, name):
                 continue
-            if name not in fields:
+            if name not in declared:
                 problems.add(
                     label,
                     None,
@@ -497,6 +498,8 @@ def _tiers(
                     "declared there",
                 )
                 continue
+            if name not in fields:
+                continue  # [limits] is wrong about it, and says so already
             own = _fields(table, label, problems)
             if own is None or not _same_kind(fields[name], own, label, problems):
                 continue

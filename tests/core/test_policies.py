@@ -286,7 +286,7 @@ REFUSED = {
     ),
     "an unknown default": (
         '[defaults]\ntz = "UTC"\n[limits.api]\nrate = "5/minute"\n',
-        "policies.toml: [defaults] tz: is not a default; [defaults] takes on_backend_error",
+        "policies.toml: [defaults] tz: is not a default: [defaults] takes on_backend_error",
     ),
     "an unknown top-level key": (
         'limit = 5\n[limits.api]\nrate = "5/minute"\n',
@@ -304,6 +304,11 @@ REFUSED = {
     "a tier for an undeclared limit": (
         '[limits.api]\nrate = "5/minute"\n[tiers.pro.apii]\nlimit = 9\n',
         "policies.toml: [tiers.pro.apii] names no limit of [limits]",
+    ),
+    "a tier of a limit that is itself wrong, once": (
+        '[limits.api]\nrate = "0/minute"\n[tiers.pro.api]\nlimit = 9\n',
+        "policies.toml: [limits.api] rate: rate '0/minute' at position 0: expected a number "
+        "from 1 to 9007199254740991",
     ),
     "a tier that changes the kind": (
         '[limits.api]\nrate = "5/minute"\n[tiers.pro.api]\nkind = "concurrency"\n',
@@ -364,6 +369,7 @@ def test_a_bad_file_is_refused_naming_file_table_and_field(text: str, said: str)
 
     assert said in message
     assert message.startswith("policies.toml: ")
+    assert "; [" not in message  # one problem, named once
     assert len(message) < 1_000
 
 

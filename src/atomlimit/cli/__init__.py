@@ -47,7 +47,10 @@ def build_parser() -> argparse.ArgumentParser:
     """The parser of every command."""
     parser = _Parser(
         prog="atomlimit",
-        description="Operate atomlimit: check a server, preload scripts, inspect and reset usage.",
+        description=(
+            "Operate atomlimit: check a server, preload scripts, inspect and reset usage,\n"
+            "check a policy file."
+        ),
         epilog=_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
