@@ -97,7 +97,7 @@ class _Scanner:
         if self.at < len(self.text):
             self.fail("expected the end of the rate, or '@' and a time zone")
         zone_text = "" if tz == "UTC" else f"@{tz}"
-        return Rate(limit, window, tz, f"{limit}/{_spelling(window)}{zone_text}")
+        return Rate(limit, window, tz, f"{limit}/{spell_window(window)}{zone_text}")
 
     def window(
         self,
@@ -183,7 +183,8 @@ class _Scanner:
         raise InvalidInput(f"rate {show(self.text)} at position {self.at}: {problem}")
 
 
-def _spelling(window: Window) -> str:
+def spell_window(window: Window) -> str:
+    """``window`` as the grammar writes it: ``"minute"``, ``"30s"``, ``"15m"``."""
     if not isinstance(window, timedelta):
         return window
     # The largest unit that counts it whole, with a count above 1: a count

@@ -43,6 +43,8 @@ MAX_WAIT_REPLICAS = 32
 """Most replicas a charge can wait for."""
 MAX_WAIT = timedelta(seconds=60)
 """Longest a charge waits for its replicas."""
+MAX_NAME = 256
+"""Longest limit name, in characters."""
 Algorithm = Literal["fixed_window", "gcra", "sliding_log", "sliding_counter"]
 _PARSE_OPTIONS = frozenset({"algorithm", "burst", "max_log", "shadow"})
 FailurePolicy = Literal["raise", "allow", "deny", "allow_unmetered_spend"]
@@ -57,7 +59,7 @@ class Spec(BaseModel, Generic[Amount]):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    name: Annotated[str, Field(min_length=1, max_length=256)]
+    name: Annotated[str, Field(min_length=1, max_length=MAX_NAME)]
     """Names the limit in keys; two specs with one name and kind share state."""
     on_backend_error: FailurePolicy = "raise"
     """What a call decides when the server fails or cannot be reached:

@@ -34,6 +34,8 @@ LAYERS = {
         "headers",
         "breaker",
         "observe",
+        "policies",
+        "upstream",
         # pure planning and its helpers
         "_errors",
         "_version",
@@ -48,6 +50,7 @@ LAYERS = {
         "_codecs",
         "_engine",
         "_acquire",
+        "_model_call",
         "_header_fields",
         "_degraded",
         "_circuit",

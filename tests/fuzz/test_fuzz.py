@@ -61,6 +61,7 @@ from atomlimit._provider_headers import (
 from atomlimit.cache import Cache, Category
 from atomlimit.compat import RedisClient
 from atomlimit.observe import Observer
+from atomlimit.policies import load, parse
 from atomlimit.sessions import SessionStore
 
 
@@ -1083,3 +1084,169 @@ def test_provider_headers_never_raise_and_every_figure_is_in_bounds() -> None:
     finally:
         logger.removeHandler(handler)
         logger.setLevel(logging.NOTSET)
+
+
+# Policy files
+# --------------------------------------------------------------------------
+
+POLICY_FIELDS = (
+    "kind",
+    "rate",
+    "limit",
+    "window",
+    "tz",
+    "algorithm",
+    "burst",
+    "max_log",
+    "shadow",
+    "currency",
+    "unit",
+    "lease",
+    "wait_replicas",
+    "wait_timeout",
+    "on_backend_error",
+    "name",
+    "limt",
+)
+POLICY_VALUES = st.one_of(
+    st.sampled_from(
+        [
+            "rate_limit",
+            "spend_cap",
+            "concurrency",
+            "quota",
+            "5/minute",
+            "1000/day@Australia/Sydney",
+            "5/fortnight",
+            "minute",
+            "month",
+            "30s",
+            "15 minutes",
+            "0s",
+            "400 days",
+            "Australia/Sydney",
+            "gcra",
+            "sliding_log",
+            "AUD",
+            "0.01",
+            "1E+999999999",
+            "100.00",
+            "sNaN",
+            "allow",
+            "allow_unmetered_spend",
+            "deny",
+        ]
+    ),
+    st.integers(-3, 30),
+    st.sampled_from(INT_EDGES),
+    st.floats(allow_nan=False, allow_infinity=False),
+    st.booleans(),
+    st.text(max_size=12),
+    st.lists(st.integers(), max_size=2),
+)
+toml_keys = st.one_of(
+    st.sampled_from(["api", "login", "a b", "", "é", "x" * 257]), st.text(max_size=6)
+)
+
+
+def toml_value(value: object) -> str:
+    """``value`` written as TOML: enough of it for these tests."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float):
+        return repr(value)
+    if isinstance(value, list):
+        return "[" + ", ".join(toml_value(item) for item in value) + "]"
+    return toml_key(str(value))
+
+
+def toml_key(text: str) -> str:
+    escaped = "".join(
+        char if char.isprintable() and char not in '"\\' else f"\\u{ord(char):04x}" for char in text
+    )
+    return f'"{escaped}"'
+
+
+POLICY_TABLES: tuple[dict[str, object], ...] = (
+    {"rate": "5/minute", "on_backend_error": "allow"},
+    {"limit": 5, "window": "15 minutes", "algorithm": "sliding_log"},
+    {"kind": "spend_cap", "limit": "100.00", "currency": "AUD", "window": "day", "tz": "UTC"},
+    {"kind": "concurrency", "limit": 3, "lease": "60s"},
+)
+hostile_fields = st.dictionaries(st.sampled_from(POLICY_FIELDS), POLICY_VALUES, max_size=3)
+
+
+@st.composite
+def policy_files(draw: st.DrawFn) -> str:
+    """A policy file: mostly good tables, some with hostile fields, names or stray lines."""
+    lines = []
+    if draw(st.integers(0, 4)) == 0:
+        lines += ["[defaults]", f"on_backend_error = {toml_value(draw(POLICY_VALUES))}"]
+    names = draw(st.lists(mostly(st.sampled_from(["api", "login", "ai"]), toml_keys), max_size=4))
+    tables = {}
+    for name in dict.fromkeys(names):
+        table = {
+            **draw(st.sampled_from(POLICY_TABLES)),
+            **draw(mostly(st.just({}), hostile_fields)),
+        }
+        tables[name] = table
+        lines.append(f"[limits.{toml_key(name)}]")
+        lines += [f"{key} = {toml_value(value)}" for key, value in table.items()]
+    for tier in draw(st.lists(mostly(st.sampled_from(["free", "pro"]), toml_keys), max_size=2)):
+        name = draw(mostly(st.sampled_from(list(tables) or ["api"]), toml_keys))
+        fields = draw(mostly(st.just({"limit": draw(st.integers(1, 9))}), hostile_fields))
+        lines.append(f"[tiers.{toml_key(tier)}.{toml_key(name)}]")
+        lines += [f"{key} = {toml_value(value)}" for key, value in fields.items()]
+    stray = st.sampled_from(["[", "x =", "]]", "a.b.c = 1", "[other]", "limits = 3"])
+    lines += draw(mostly(st.just([]), st.lists(stray, min_size=1, max_size=2)))
+    return "\n".join(lines) + "\n"
+
+
+def check_policies(call: Callable[[], Any]) -> bool:
+    """Only InvalidInput escapes, with a short message; an accepted file holds only specs.
+
+    Whether the file was accepted."""
+    refused = ""
+    try:
+        policies = call()
+    except InvalidInput as err:
+        refused = str(err)
+    assert len(refused) <= LONGEST_MESSAGE, f"a {len(refused)}-character message"
+    if refused:
+        return False
+    for tier in (policies, *policies.tiers.values()):
+        assert all(isinstance(spec, Spec) and spec.name == name for name, spec in tier.items())
+    return True
+
+
+def test_policy_files_of_any_shape_give_specs_or_invalid_input() -> None:
+    @fuzz(max_examples=300)
+    @given(text=policy_files())
+    @example(text='[limits.api]\nrate = "5/minute"\n[tiers.pro.api]\nlimit = 1e308\n')
+    @example(text='[limits.ai]\nkind = "spend_cap"\nlimit = "1E+999999999"\ncurrency = "AUD"\n')
+    @example(text="[limits.api]\nlimit = " + str(2**63 - 1) + '\nwindow = "day"\n')
+    def parse_it(text: str) -> None:
+        check_policies(lambda: parse(text))
+
+    parse_it()
+
+
+def test_any_text_or_bytes_in_a_policy_file_gives_invalid_input_at_most(tmp_path: Any) -> None:
+    path = tmp_path / "policies.toml"
+
+    @fuzz(max_examples=200)
+    @given(data=st.one_of(st.binary(max_size=64), st.text(max_size=64).map(str.encode)))
+    @example(data=b"\xff\xfe")
+    @example(data=b"\xef\xbb\xbf[limits.api]\nrate = '1/day'\n")
+    @example(data=b"x = " + b"[" * 5_000)
+    @example(data=b"x = " + b"{a = " * 5_000)
+    @example(data=b"a." * 20_000 + b"b = 1")
+    @example(data=b"# " + b"x" * (1024 * 1024))
+    @example(data=b"[limits]\n" + b"".join(b"l%d = {rate = '1/day'}\n" % i for i in range(1_001)))
+    def load_it(data: bytes) -> None:
+        path.write_bytes(data)
+        check_policies(lambda: load(path))
+
+    load_it()

@@ -587,10 +587,106 @@ def test_reset_needs_a_name_and_a_subject(capsys: pytest.CaptureFixture[str]) ->
     assert "--subject" in capsys.readouterr().err
 
 
+# --------------------------------------------------------------------------
+# policy check
+# --------------------------------------------------------------------------
+
+POLICY = """\
+[limits.api]
+rate = "500/minute"
+on_backend_error = "allow"
+
+[limits.ai]
+kind = "spend_cap"
+limit = "100.00"
+currency = "AUD"
+window = "day"
+tz = "Australia/Sydney"
+
+[limits.openai]
+kind = "concurrency"
+limit = 10
+lease = "60s"
+
+[tiers.free]
+
+[tiers.pro.api]
+rate = "5000/minute"
+"""
+
+
+def test_policy_check_prints_every_limit_and_each_tiers_change(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "policies.toml"
+    path.write_text(POLICY)
+
+    code, out, err = run_cli(capsys, "policy", "check", str(path))
+
+    assert (code, err) == (0, "")
+    assert out.splitlines() == [
+        "api     rate_limit 500/minute  fixed_window  on_backend_error=allow",
+        "ai      spend_cap 100.00 AUD/day@Australia/Sydney  unit=0.000001  on_backend_error=raise",
+        "openai  concurrency 10 at once  lease=60s  on_backend_error=raise",
+        "",
+        "tier free: as [limits]",
+        "",
+        "tier pro: 1 changed",
+        "  api     rate_limit 5000/minute  fixed_window  on_backend_error=allow",
+        "",
+        f"{path}: 3 limits, 2 tiers: ok",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("text", "said"),
+    [
+        (
+            '[limits.api]\nlimit = 0\nwindow = "minute"\n',
+            "[limits.api] limit: must be at least 1, got 0",
+        ),
+        ("[limits.api]\nrate = \n", "not valid TOML: Invalid value (at line 2, column 8)"),
+    ],
+)
+def test_policy_check_of_a_bad_file_fails_with_its_message_in_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], text: str, said: str
+) -> None:
+    path = tmp_path / "policies.toml"
+    path.write_text(text)
+
+    code, out, err = run_cli(capsys, "policy", "check", str(path))
+
+    assert (code, out) == (1, "")
+    assert err == f"atomlimit policy: {path}: {said}\n"
+
+
+def test_policy_check_of_a_missing_file_says_so(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, _, err = run_cli(capsys, "policy", "check", str(tmp_path / "nope.toml"))
+
+    assert code == 1
+    assert err.startswith("atomlimit policy: ")
+    assert "nope.toml: cannot read it" in err
+
+
+def test_policy_check_runs_as_a_module_with_the_same_exit_codes(tmp_path: Path) -> None:
+    good, bad = tmp_path / "good.toml", tmp_path / "bad.toml"
+    good.write_text(POLICY)
+    bad.write_text("[limits.api]\nlimit = 0\n")
+
+    passed, failed = _module("policy", "check", str(good)), _module("policy", "check", str(bad))
+
+    assert (passed.returncode, failed.returncode) == (0, 1)
+    assert passed.stdout.endswith(": 3 limits, 2 tiers: ok\n")
+    assert "[limits.api] limit: must be at least 1" in failed.stderr
+
+
 HELP_COMMANDS = [
     [],
     *([module.__name__.rsplit(".", 1)[1]] for module in COMMANDS),
     ["scripts", "load"],
+    ["policy", "check"],
 ]
 
 

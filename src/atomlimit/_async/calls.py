@@ -14,7 +14,7 @@ import time
 from datetime import timedelta
 from decimal import Decimal
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Self
+from typing import TYPE_CHECKING, Any, Protocol, Self
 
 from atomlimit._acquire import Acquisition
 from atomlimit._model_call import Ending, Planned, denied, ending_calls
@@ -24,8 +24,20 @@ from atomlimit.decision import Decision, Settlement
 from atomlimit.errors import InvalidInput, LimitExceeded
 
 if TYPE_CHECKING:
-    from atomlimit._async.limiter import AsyncLimiter
-    from atomlimit._engine import Item
+    from atomlimit._async_runner import AsyncRunner
+    from atomlimit._engine import Engine, Item
+    from atomlimit._runner_steps import Call
+
+
+class _Shell(Protocol):
+    """What a call needs of its limiter: the acquire and the end, guarded."""
+
+    _engine: Engine
+    _runner: AsyncRunner
+
+    async def _take(self, planned: Planned) -> Acquisition: ...
+
+    async def _finish(self, calls: list[Call]) -> list[Any]: ...
 
 
 class AsyncModelCall:
@@ -62,7 +74,7 @@ class AsyncModelCall:
 
     def __init__(
         self,
-        limiter: AsyncLimiter,
+        limiter: _Shell,
         planned: Planned,
         items: list[Item],
         wait: bool,

@@ -13,7 +13,7 @@ import time
 from datetime import timedelta
 from decimal import Decimal
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Self
+from typing import TYPE_CHECKING, Any, Protocol, Self
 
 from atomlimit._acquire import Acquisition
 from atomlimit._model_call import Ending, Planned, denied, ending_calls
@@ -23,8 +23,20 @@ from atomlimit.decision import Decision, Settlement
 from atomlimit.errors import InvalidInput, LimitExceeded
 
 if TYPE_CHECKING:
-    from atomlimit._engine import Item
-    from atomlimit._sync.limiter import Limiter
+    from atomlimit._engine import Engine, Item
+    from atomlimit._runner_steps import Call
+    from atomlimit._sync_runner import SyncRunner
+
+
+class _Shell(Protocol):
+    """What a call needs of its limiter: the acquire and the end, guarded."""
+
+    _engine: Engine
+    _runner: SyncRunner
+
+    def _take(self, planned: Planned) -> Acquisition: ...
+
+    def _finish(self, calls: list[Call]) -> list[Any]: ...
 
 
 class ModelCall:
@@ -56,7 +68,7 @@ class ModelCall:
 
     def __init__(
         self,
-        limiter: Limiter,
+        limiter: _Shell,
         planned: Planned,
         items: list[Item],
         wait: bool,

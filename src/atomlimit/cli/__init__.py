@@ -16,10 +16,10 @@ from typing import NoReturn
 import redis
 
 from atomlimit import __version__
-from atomlimit.cli import demo, doctor, inspect, reset, scripts, version
+from atomlimit.cli import demo, doctor, inspect, policy, reset, scripts, version
 from atomlimit.cli._exit import FAILED, UNREACHABLE, CommandError, one_line
 
-COMMANDS: tuple[ModuleType, ...] = (version, doctor, scripts, inspect, reset, demo)
+COMMANDS: tuple[ModuleType, ...] = (version, doctor, scripts, inspect, reset, policy, demo)
 
 _EPILOG = """\
 examples:
@@ -27,6 +27,7 @@ examples:
   atomlimit scripts load --url redis://limiter-admin:secret@cache:6380/0
   atomlimit inspect --url redis://127.0.0.1:6380/0 --subject client-42
   atomlimit reset --url redis://127.0.0.1:6380/0 --name ai --subject client-42 --yes
+  atomlimit policy check policies.toml
   atomlimit demo
 
 exit codes: 0 done; 1 a check failed or the server refused; 2 no server to ask
@@ -46,7 +47,10 @@ def build_parser() -> argparse.ArgumentParser:
     """The parser of every command."""
     parser = _Parser(
         prog="atomlimit",
-        description="Operate atomlimit: check a server, preload scripts, inspect and reset usage.",
+        description=(
+            "Operate atomlimit: check a server, preload scripts, inspect and reset usage,\n"
+            "check a policy file."
+        ),
         epilog=_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
