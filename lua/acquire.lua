@@ -31,7 +31,7 @@ for _ = 1, tonumber(ARGV[4]) do
   if kept then
     group.record = KEYS[k]
     k = k + 1
-    if redis.call('EXISTS', group.record) == 1 then
+    if redis.call('GET', group.record) then
       return {-4, run.now}
     end
   end
