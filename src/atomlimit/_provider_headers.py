@@ -1,7 +1,7 @@
 """A model provider's own rate-limit figures, read from its response headers.
 
-[`read_headers`][atomlimit._provider_headers.read_headers] turns the headers of
-one response into a [`ProviderReport`][atomlimit._provider_headers.ProviderReport]:
+`read_headers` turns the headers of
+one response into a `ProviderReport`:
 per quota, the limit, what is left and when the window resets, as the
 provider reported them, and how long it asked the caller to wait. It reads:
 
@@ -124,7 +124,7 @@ class Reading:
     """What the provider says is left of it, between 0 and 2**53 - 1."""
     reset_after: timedelta | None
     """Until the provider's window resets, counted from the ``now`` the headers
-    were read at; between zero and [`MAX_RESET`][atomlimit._provider_headers.MAX_RESET]."""
+    were read at; between zero and `MAX_RESET`."""
     window: timedelta | None = None
     """The policy's window, where the provider states it (the ``w`` of a
     ``RateLimit-Policy``); at most a year."""
@@ -139,12 +139,12 @@ class ProviderReport:
     """
 
     readings: tuple[Reading, ...] = ()
-    """At most one [`Reading`][atomlimit._provider_headers.Reading] per quota,
-    in the order of [`QUOTAS`][atomlimit._provider_headers.QUOTAS]."""
+    """At most one `Reading` per quota,
+    in the order of `QUOTAS`."""
     retry_after: timedelta | None = None
     """How long the provider asked the caller to wait before the next request,
     from ``retry-after-ms`` or else ``Retry-After``; between zero and
-    [`MAX_RETRY_AFTER`][atomlimit._provider_headers.MAX_RETRY_AFTER]."""
+    `MAX_RETRY_AFTER`."""
 
     def reading(self, quota: Quota) -> Reading | None:
         """The reading of ``quota``, or ``None`` when the headers had none."""

@@ -99,8 +99,8 @@ class Upstream(ClientLimits):
     ...     tokens=RateLimit.parse("200000/minute", name="openai-tpm"),
     ...     in_flight=Concurrency(name="openai-inflight", limit=50),
     ... )
-    >>> [spec.name for _, spec in upstream.limits()]
-    ['openai-rpm', 'openai-tpm', 'openai-inflight']
+    >>> ", ".join(spec.name for _, spec in upstream.limits())
+    'openai-rpm, openai-tpm, openai-inflight'
     """
 
     name: str
