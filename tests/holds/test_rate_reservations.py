@@ -71,14 +71,17 @@ def test_a_settle_above_the_estimate_charges_past_the_limit_and_hits_wait_for_ro
         clock.advance(WINDOW_LEFT)
         next_window = limiter.hit(TPM, "org", 1)
 
-    assert held.allowed and held.decision.used == 600  # the hold counts at once
+    assert held.allowed
+    assert held.decision.used == 600
     assert not while_held.allowed
     assert settled.status == "settled"
-    assert settled.charged == 1_300 and type(settled.charged) is int
+    assert settled.charged == 1_300
+    assert type(settled.charged) is int
     assert (settled.decision.used, settled.decision.remaining) == (1_300, 0)
     assert not after.allowed
     assert after.retry_after == timedelta(seconds=WINDOW_LEFT)
-    assert next_window.allowed and next_window.used == 1
+    assert next_window.allowed
+    assert next_window.used == 1
 
 
 async def test_async_a_settle_above_the_estimate_charges_past_the_limit(target: Target) -> None:
@@ -91,10 +94,12 @@ async def test_async_a_settle_above_the_estimate_charges_past_the_limit(target: 
         clock.advance(WINDOW_LEFT)
         next_window = await limiter.hit(TPM, "org", 1)
 
-    assert isinstance(held, AsyncReservation) and held.allowed
+    assert isinstance(held, AsyncReservation)
+    assert held.allowed
     assert (settled.status, settled.charged, settled.decision.used) == ("settled", 1_300, 1_300)
     assert not after.allowed
-    assert next_window.allowed and next_window.used == 1
+    assert next_window.allowed
+    assert next_window.used == 1
 
 
 @pytest.mark.parametrize("algorithm", ALGORITHMS)
@@ -108,7 +113,8 @@ def test_a_settle_below_the_estimate_gives_the_rest_back(target: Target, algorit
         over = limiter.hit(spec, "org", 1)
 
     assert (settled.status, settled.charged, settled.decision.used) == ("settled", 300, 300)
-    assert fits.allowed and fits.used == 1_000
+    assert fits.allowed
+    assert fits.used == 1_000
     assert not over.allowed
 
 
@@ -128,7 +134,8 @@ def test_release_gives_the_estimate_back_and_charges_nothing(
         released = held.release()
         again = held.release()
 
-    assert held.decision.used == 1_000 and not full.allowed
+    assert held.decision.used == 1_000
+    assert not full.allowed
     assert (released.status, released.charged, released.decision.used) == ("released", 0, 100)
     assert (again.status, again.charged, again.decision.used) == ("already_released", 0, 100)
 
@@ -141,7 +148,8 @@ async def test_async_release_gives_the_estimate_back(target: Target) -> None:
         peeked = await limiter.peek(TPM, "org", 1_000)
 
     assert (released.status, released.charged) == ("released", 0)
-    assert peeked.allowed and peeked.used == 0
+    assert peeked.allowed
+    assert peeked.used == 0
 
 
 # -- expiry and windows ----------------------------------------------------------------
@@ -160,8 +168,10 @@ def test_a_lapsed_hold_counts_for_hits_until_a_reservation_call_gives_it_back(
         settled = lapsing.settle(200)
 
     assert lapsing.allowed
-    assert not hit.allowed and hit.used == 800
-    assert reserved.allowed and reserved.decision.used == 300
+    assert not hit.allowed
+    assert hit.used == 800
+    assert reserved.allowed
+    assert reserved.decision.used == 300
     assert settled.status == "settled_after_expiry"
     assert (settled.charged, settled.decision.used) == (200, 500)
 
@@ -231,9 +241,11 @@ def test_acquire_holds_tokens_and_takes_a_request_across_two_subjects(target: Ta
         tokens = limiter.peek(TPM, "org-1", 0)
         settled = first.reservations[0].settle(250)
 
-    assert first.allowed and len(first.reservations) == 1
+    assert first.allowed
+    assert len(first.reservations) == 1
     assert [d.used for d in first.decisions] == [400, 1]
-    assert not denied.allowed and denied.reservations == ()
+    assert not denied.allowed
+    assert denied.reservations == ()
     assert denied.denied_by == _acquire_hits(100)[1]
     assert tokens.used == 400  # the denied acquire held nothing
     assert (settled.status, settled.decision.used) == ("settled", 250)
@@ -263,7 +275,8 @@ async def test_async_acquire_holds_tokens_and_undo_takes_them_back(target: Targe
         undone = await limiter.undo_acquire(hits, request_id="job-1")
         after = await limiter.peek(TPM, "org-1", 0)
 
-    assert acquired.allowed and isinstance(acquired.reservations[0], AsyncReservation)
+    assert acquired.allowed
+    assert isinstance(acquired.reservations[0], AsyncReservation)
     assert (held.used, undone, after.used) == (400, True, 0)
 
 
@@ -281,7 +294,8 @@ def test_a_replayed_reserve_and_settle_charge_once(target: Target) -> None:
         after = limiter.peek(TPM, "org", 0)
 
     assert replayed.id == held.id == "call-1"
-    assert replayed.decision == held.decision and held.decision.used == 400
+    assert replayed.decision == held.decision
+    assert held.decision.used == 400
     assert (settled.status, settled.charged) == ("settled", 500)
     assert (twice.status, twice.charged) == ("already_settled", 0)
     assert (by_replay.status, by_replay.charged) == ("already_settled", 0)
@@ -298,11 +312,14 @@ def test_reserve_cap_keyword_is_deprecated_and_still_reserves(server: Server) ->
         limiter = Limiter(client)
         with pytest.warns(DeprecationWarning, match="now named limit"):
             held = limiter.reserve(cap=SPEND, subject="s", estimate=Decimal("2.00"))
-        with pytest.warns(DeprecationWarning, match="now named limit"):
-            with limiter.reservation(cap=SPEND, subject="s", estimate=Decimal("1.00")) as block:
-                block.settle_with(Decimal("0.50"))
+        with (
+            pytest.warns(DeprecationWarning, match="now named limit"),
+            limiter.reservation(cap=SPEND, subject="s", estimate=Decimal("1.00")) as block,
+        ):
+            block.settle_with(Decimal("0.50"))
 
-    assert held.allowed and held.decision.held == Decimal("2.00")
+    assert held.allowed
+    assert held.decision.held == Decimal("2.00")
 
 
 async def test_async_reserve_cap_keyword_is_deprecated_and_still_reserves(server: Server) -> None:
@@ -329,7 +346,7 @@ def test_a_sliding_log_refuses_a_reservation_saying_why(server: Server) -> None:
     log = RateLimit(name="log", limit=10, window="minute", algorithm="sliding_log")
     with server.client() as client:
         limiter = Limiter(client)
-        with pytest.raises(InvalidInput, match="sliding_log.*one entry per unit"):
+        with pytest.raises(InvalidInput, match=r"sliding_log.*one entry per unit"):
             limiter.reserve(log, "s", 1)
         with pytest.raises(InvalidInput, match="sliding_log"):
             limiter.acquire([Hit(log, "s", 1, hold=HOLD)])
