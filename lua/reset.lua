@@ -1,6 +1,8 @@
 -- reset.lua: forget a (limit, subject)'s state, starting it afresh.
 --
--- KEYS[1..n]  state keys of the (limit, subject)
+-- KEYS[1..n]  state keys of the (limit, subject), and the record of holds
+--             charged into them (lib/rate_hold.lua): a hold that outlived the
+--             reset would give back charges made after it
 -- ARGV     none
 -- Reply    number of keys that existed
 -- Clock    none

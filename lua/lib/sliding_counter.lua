@@ -75,8 +75,15 @@ local function sw_kind()
   end
 
   local function sw_undo(keys, args, run, grant, stop)
-    -- A charge's stop is its window start plus two lengths.
-    sw_lower(keys, stop - 2 * tonumber(args[4]), grant)
+    -- A charge's stop is its window start plus two lengths. Only a window
+    -- still open owes anything back: once it has closed its count slides
+    -- out like any other, whether or not a later write has rolled the hash
+    -- on yet (it still names the closed window until one does).
+    local length = tonumber(args[4])
+    local start = stop - 2 * length
+    if start >= run.now - run.now % length then
+      sw_lower(keys, start, grant)
+    end
   end
 
   local function sw_refund(keys, args, run, amount)

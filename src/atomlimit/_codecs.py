@@ -134,7 +134,16 @@ class Codec(Generic[Amount]):
 
     def reset_keys(self, base: str, t: int) -> tuple[str, ...]:
         """What ``reset`` deletes: the state at ``t`` and any it could still count."""
-        return self.state_keys(base, t)
+        return (*self.state_keys(base, t), *self.hold_record(base))
+
+    def hold_record(self, base: str) -> tuple[str, ...]:
+        """The record of holds kept beside the kind's state, which a reset forgets too.
+
+        A hold on a rate limit is charged into the state; if its record
+        outlived a reset, giving the hold back later would take back charges
+        made after the reset, and the limit would admit more than it allows.
+        """
+        return _keys.hold_keys(base) if self.held is not None else ()
 
     def extras(self, t: int) -> tuple[Arg, ...]:
         """The kind's own arguments, after limit, cost and flags."""
@@ -250,7 +259,7 @@ class _Windowed(Codec[Amount]):
         # either while the client plans this one.
         first, start, stop, _ = self._plan.bounds(t)
         windows = tuple(_keys.window_key(base, at) for at in (first, start, stop))
-        return windows + self.state_keys(base, t)[1:]
+        return windows + self.state_keys(base, t)[1:] + self.hold_record(base)
 
     def extras(self, t: int) -> tuple[Arg, ...]:
         start, stop, _, _ = self._at(t)
@@ -358,6 +367,9 @@ class Spend(_Windowed[Decimal]):
     def hold_keys(self, base: str, t: int) -> tuple[str, ...]:
         # The cap's holds are part of its state: every charge weighs them.
         return self.state_keys(base, t)
+
+    def hold_record(self, base: str) -> tuple[str, ...]:
+        return ()  # in the state keys already
 
     def single_keys(self, base: str, t: int) -> tuple[str, ...]:
         return (self.window_key(base, t),)

@@ -378,9 +378,13 @@ class Concurrency(Spec[int]):
 class Hit(Generic[Amount]):
     """One limit to charge in [`acquire`][atomlimit.Limiter.acquire].
 
-    ``hold`` reserves ``cost`` on a [`SpendCap`][atomlimit.SpendCap] as an estimate, held for
-    that long, instead of charging it. A [`Concurrency`][atomlimit.Concurrency] hit takes a
-    lease of the spec's length.
+    ``hold`` makes the hit a reservation of ``cost`` as an estimate, held for that long and
+    settled or released later through ``Acquired.reservations``: on a
+    [`SpendCap`][atomlimit.SpendCap] it is held beside the spend; on a
+    [`RateLimit`][atomlimit.RateLimit] (fixed window, GCRA or sliding counter; a sliding log
+    refuses) it is charged into the count at once, like a hit, until settled to the actual.
+    See docs/reservations.md. A [`Concurrency`][atomlimit.Concurrency] hit takes a lease of
+    the spec's length.
     """
 
     limit: Spec[Amount]

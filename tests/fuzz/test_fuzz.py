@@ -783,6 +783,83 @@ def test_reserve_settle_and_release_take_anything(client: redis.Redis, watch: Wa
     reserve()
 
 
+def test_reserve_on_rate_limits_takes_anything_and_writes_nothing_when_refusing(
+    client: redis.Redis, watch: Watch
+) -> None:
+    # Token estimates on every algorithm: a sliding log refuses, saying why;
+    # the others hold, settle (past the limit too) and release. The hold is
+    # also taken through acquire, where its TTL is Hit's hold.
+    limiter = Limiter(client)
+    units = valid_or(st.integers(0, 8))
+
+    @fuzz(max_examples=150)
+    @given(
+        limit=valid_or(st.sampled_from(RATES)),
+        subject=subjects,
+        estimate=units,
+        ttl=mostly(
+            st.sampled_from([timedelta(seconds=1), timedelta(minutes=5), timedelta(days=366)]),
+            st.one_of(durations, anything()),
+        ),
+        request_id=request_ids,
+        through_acquire=st.booleans(),
+        settle=st.booleans(),
+        actual=units,
+    )
+    @example(
+        limit=RATES[0],
+        subject="s",
+        estimate=-1,
+        ttl=timedelta(minutes=5),
+        request_id=None,
+        through_acquire=False,
+        settle=True,
+        actual=1,
+    )
+    @example(
+        limit=RATES[3],
+        subject="s",
+        estimate=1,
+        ttl=timedelta(0),
+        request_id=None,
+        through_acquire=True,
+        settle=True,
+        actual=10**5000,
+    )
+    def reserve(
+        limit: Any,
+        subject: Any,
+        estimate: Any,
+        ttl: Any,
+        request_id: Any,
+        through_acquire: bool,
+        settle: bool,
+        actual: Any,
+    ) -> None:
+        client.flushall()
+        if through_acquire:
+            acquired = watch(lambda: limiter.acquire([Hit(limit, subject, estimate, hold=ttl)]))
+            if isinstance(acquired, Refused) or not acquired.allowed:
+                return
+            (held,) = acquired.reservations
+        else:
+            held = watch(
+                lambda: limiter.reserve(limit, subject, estimate, ttl=ttl, request_id=request_id)
+            )
+            if isinstance(held, Refused):
+                return
+        if isinstance(limit, RateLimit) and limit.algorithm == "sliding_log":
+            raise AssertionError("a sliding log took a reservation")
+        if not held.allowed:
+            return
+        outcome = watch(lambda: held.settle(actual) if settle else held.release())
+        if not isinstance(outcome, Refused):
+            assert type(outcome.charged) is int
+        watch(held.release)
+
+    reserve()
+
+
 def test_lease_renew_and_release_take_anything(client: redis.Redis, watch: Watch) -> None:
     limiter = Limiter(client)
 

@@ -23,14 +23,20 @@ class AsyncReservation(_Reservable):
     """The asyncio twin of [`Reservation`][atomlimit.Reservation], from ``AsyncLimiter.reserve``."""
 
     # unasync: sync
-    # """A hold on part of a [`SpendCap`][atomlimit.SpendCap], from ``Limiter.reserve``.
+    # """A held estimate on a [`SpendCap`][atomlimit.SpendCap] or a
+    # [`RateLimit`][atomlimit.RateLimit], from ``Limiter.reserve``.
     #
-    # The held estimate counts against the cap until [`settle`][atomlimit.AsyncReservation.settle]
-    # charges the actual cost or [`release`][atomlimit.AsyncReservation.release] gives it back; if
-    # neither happens, the hold expires after its TTL. Both are idempotent. As a context manager,
-    # leaving the block settles the amount given to
-    # [`settle_with`][atomlimit.AsyncReservation.settle_with], or releases if none was given or the
-    # block raised. """
+    # The held estimate counts against the limit until [`settle`][atomlimit.Reservation.settle]
+    # charges the actual (in full, even past the limit) or
+    # [`release`][atomlimit.Reservation.release] gives it back; if neither happens, the hold
+    # expires after its TTL. On a spend cap the hold is kept beside the spend (``Decision.held``);
+    # on a rate limit it is charged into the count at once, and settling gives the estimate back
+    # where it still counts (its window; GCRA's arrival time) before charging the actual. Both
+    # are idempotent; ``Settlement.charged`` is a `Decimal` for a spend cap, an int for a rate
+    # limit. As a context manager, leaving the block settles the amount given to
+    # [`settle_with`][atomlimit.Reservation.settle_with], or releases if none was given or the
+    # block raised. See docs/reservations.md.
+    # """
     # unasync: end
 
     __slots__ = ()
@@ -38,7 +44,7 @@ class AsyncReservation(_Reservable):
     _runner: AsyncGuardedRunner
 
     async def settle(self, actual: Decimal | int) -> Settlement[Any]:
-        """Charge the actual cost (even past the cap) and drop the hold."""
+        """Charge the actual cost (even past the limit) and drop the hold."""
         self._refuse_if_denied()
         if self.decision.degraded:
             self._item.codec.units(actual)  # bad input is refused all the same
