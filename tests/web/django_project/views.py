@@ -1,0 +1,74 @@
+"""Views of every kind the limits meet: sync and async, decorated, streaming, and a naive
+read-then-write limit that races."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import AsyncIterator, Iterator
+
+import redis
+from django.http import HttpRequest, HttpResponse, JsonResponse, StreamingHttpResponse
+
+from atomlimit import Concurrency
+from atomlimit.django import limit
+
+DECORATED_LIMIT = int(os.environ.get("ATOMLIMIT_DECORATED_LIMIT", "3"))
+_naive_client: redis.Redis | None = None
+
+
+def hello(request: HttpRequest) -> HttpResponse:
+    return HttpResponse("hello")
+
+
+async def ahello(request: HttpRequest) -> HttpResponse:
+    return HttpResponse("hello")
+
+
+def health(request: HttpRequest) -> HttpResponse:
+    return HttpResponse("ok")
+
+
+def seen(request: HttpRequest) -> JsonResponse:
+    """What the middleware decided, as the view sees it on the request."""
+    decisions = request.atomlimit.decisions
+    return JsonResponse({"remaining": [d.remaining for d in decisions]})
+
+
+@limit(f"{DECORATED_LIMIT}/minute", group="decorated")
+def decorated(request: HttpRequest) -> HttpResponse:
+    return HttpResponse("decorated")
+
+
+@limit(f"{DECORATED_LIMIT}/minute", group="decorated-async")
+async def adecorated(request: HttpRequest) -> HttpResponse:
+    return HttpResponse("decorated")
+
+
+@limit(Concurrency(name="streams", limit=1))
+def stream(request: HttpRequest) -> StreamingHttpResponse:
+    def parts() -> Iterator[bytes]:
+        yield from (b"a", b"b")
+
+    return StreamingHttpResponse(parts())
+
+
+@limit(Concurrency(name="astreams", limit=1))
+async def astream(request: HttpRequest) -> StreamingHttpResponse:
+    async def parts() -> AsyncIterator[bytes]:
+        for part in (b"a", b"b"):
+            yield part
+
+    return StreamingHttpResponse(parts())
+
+
+def naive(request: HttpRequest) -> HttpResponse:
+    """The pattern atomlimit replaces: read the count, compare, then write."""
+    global _naive_client
+    if _naive_client is None:
+        _naive_client = redis.Redis.from_url(os.environ["ATOMLIMIT_URL"])
+    key = "naive:" + request.META["REMOTE_ADDR"]
+    count = int(_naive_client.get(key) or 0)
+    if count >= DECORATED_LIMIT:
+        return HttpResponse(status=429)
+    _naive_client.incr(key)
+    return HttpResponse("naive")
