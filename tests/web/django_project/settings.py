@@ -22,5 +22,13 @@ MIDDLEWARE = (
 ATOMLIMIT = {
     "URL": os.environ.get("ATOMLIMIT_URL", "redis://127.0.0.1:1/0"),
     "LIMITS": [f"{os.environ.get('ATOMLIMIT_LIMIT', '3')}/minute"],
-    "EXCLUDE": ["/health", "/naive", "/decorated", "/decorated-async", "/stream", "/astream"],
+    "EXCLUDE": [
+        "/health",
+        "/naive",
+        "/decorated",
+        "/decorated-async",
+        "/stream",
+        "/astream",
+        "/flood",
+    ],
 }

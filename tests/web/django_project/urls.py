@@ -13,5 +13,6 @@ urlpatterns = [
     path("decorated-async", views.adecorated),
     path("stream", views.stream),
     path("astream", views.astream),
+    path("flood", views.flood),
     path("naive", views.naive),
 ]

@@ -3,17 +3,21 @@ read-then-write limit that races."""
 
 from __future__ import annotations
 
+import functools
 import os
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
+from datetime import timedelta
+from typing import Any
 
 import redis
 from django.http import HttpRequest, HttpResponse, JsonResponse, StreamingHttpResponse
 
-from atomlimit import Concurrency
+from atomlimit import Concurrency, RateLimit
 from atomlimit.django import limit
 
 DECORATED_LIMIT = int(os.environ.get("ATOMLIMIT_DECORATED_LIMIT", "3"))
 _naive_client: redis.Redis | None = None
+View = Callable[..., Any]
 
 
 def hello(request: HttpRequest) -> HttpResponse:
@@ -44,6 +48,17 @@ async def adecorated(request: HttpRequest) -> HttpResponse:
     return HttpResponse("decorated")
 
 
+# Exact over any minute-long span, so a flood that crosses a minute's end
+# still admits the limit and no more.
+@limit(
+    RateLimit(
+        name="flood", limit=DECORATED_LIMIT, window=timedelta(minutes=1), algorithm="sliding_log"
+    )
+)
+def flood(request: HttpRequest) -> HttpResponse:
+    return HttpResponse("flood")
+
+
 @limit(Concurrency(name="streams", limit=1))
 def stream(request: HttpRequest) -> StreamingHttpResponse:
     def parts() -> Iterator[bytes]:
@@ -61,14 +76,27 @@ async def astream(request: HttpRequest) -> StreamingHttpResponse:
     return StreamingHttpResponse(parts())
 
 
+def naive_limit(limit: int) -> Callable[[View], View]:
+    """The pattern atomlimit replaces: read the count, compare, serve, then count."""
+
+    def decorate(view: View) -> View:
+        @functools.wraps(view)
+        def checked(request: HttpRequest) -> HttpResponse:
+            global _naive_client
+            if _naive_client is None:
+                _naive_client = redis.Redis.from_url(os.environ["ATOMLIMIT_URL"])
+            key = "naive:" + request.META["REMOTE_ADDR"]
+            if int(_naive_client.get(key) or 0) >= limit:
+                return HttpResponse(status=429)
+            response = view(request)
+            _naive_client.incr(key)
+            return response
+
+        return checked
+
+    return decorate
+
+
+@naive_limit(DECORATED_LIMIT)
 def naive(request: HttpRequest) -> HttpResponse:
-    """The pattern atomlimit replaces: read the count, compare, then write."""
-    global _naive_client
-    if _naive_client is None:
-        _naive_client = redis.Redis.from_url(os.environ["ATOMLIMIT_URL"])
-    key = "naive:" + request.META["REMOTE_ADDR"]
-    count = int(_naive_client.get(key) or 0)
-    if count >= DECORATED_LIMIT:
-        return HttpResponse(status=429)
-    _naive_client.incr(key)
     return HttpResponse("naive")
