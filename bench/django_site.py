@@ -26,9 +26,7 @@ settings.configure(
     ROOT_URLCONF=__name__,
     MIDDLEWARE=[],
     INSTALLED_APPS=[],
-    CACHES={
-        "default": {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": URL}
-    },
+    CACHES={"default": {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": URL}},
     ATOMLIMIT={"URL": URL},
 )
 

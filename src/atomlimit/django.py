@@ -46,7 +46,7 @@ from atomlimit.holds import AsyncLease, Lease
 from atomlimit.limiter import AsyncLimiter, Limiter
 from atomlimit.specs import Concurrency, FailurePolicy, RateLimit, Spec
 
-__all__ = ["RateLimitMiddleware", "RequestLimits", "client_address", "limit"]
+__all__ = ["RateLimitMiddleware", "RequestLimits", "aclose", "client_address", "limit"]
 
 RequestKey: TypeAlias = Callable[[HttpRequest], "str | Awaitable[str | None] | None"]
 """Gives a request's subject; None lets it through unlimited. May be async."""
@@ -227,9 +227,20 @@ class _Limiters:
         # left to close them on. A server has one loop; a test suite has one
         # per test.
         config = self.config
-        self._async = AsyncLimiter.from_url(config.url, prefix=config.prefix)
+        # Unbatched: a batching lane runs a task of its own in the loop, and
+        # Django sends no shutdown event to stop it before the loop closes.
+        self._async = AsyncLimiter.from_url(config.url, prefix=config.prefix, batch=False)
         self._loop = loop
         return self._async
+
+    async def aclose(self) -> None:
+        with self._lock:
+            sync, limiter, loop = self._sync, self._async, self._loop
+            self._sync, self._async, self._loop = None, None, None
+        if sync is not None:
+            sync.close()
+        if limiter is not None and loop is asyncio.get_running_loop():
+            await limiter.aclose()
 
     def forget(self) -> None:
         """Drop the settings and the limiters, for settings that change (in tests)."""
@@ -433,6 +444,17 @@ async def _arelease(lease: Lease | AsyncLease) -> None:
         await lease.release()
     else:
         await sync_to_async(lease.release, thread_sensitive=False)()
+
+
+async def aclose() -> None:
+    """Close the limiters that the middleware and the decorators made in this process.
+
+    A server needs no call: the connections close when the worker exits.
+    A script or a test whose event loop ends before the process does calls
+    it in that loop, so that the [`AsyncLimiter`][atomlimit.AsyncLimiter]
+    made there stops before the loop closes. The next request makes new ones.
+    """
+    await _LIMITERS.aclose()
 
 
 class RateLimitMiddleware:
