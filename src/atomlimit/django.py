@@ -31,7 +31,6 @@ from dataclasses import dataclass, field
 from typing import Any, TypeAlias
 
 from asgiref.sync import async_to_sync, iscoroutinefunction, markcoroutinefunction, sync_to_async
-from django.conf import settings as django_settings
 from django.core.handlers.asgi import ASGIRequest
 from django.core.signals import setting_changed
 from django.http import HttpRequest, HttpResponse, HttpResponseBase
@@ -122,7 +121,12 @@ class _Config:
 
 
 def _read_settings() -> _Config:
-    raw = getattr(django_settings, SETTING, None)
+    # Imported here: Django's lazy settings object raises on any attribute
+    # read before settings are configured, and tools that walk a module's
+    # names (doctest finders) would trip on it.
+    from django.conf import settings
+
+    raw = getattr(settings, SETTING, None)
     if not isinstance(raw, dict):
         raise InvalidInput(f"settings.{SETTING} must be a dict, got {show(raw)}")
     unknown = sorted(set(raw) - _OPTIONS)
