@@ -1,5 +1,5 @@
 """The programs in examples/, each started against a real server and checked by what it
-prints or serves. The two web applications run under uvicorn on a free loopback port."""
+prints or serves. The web applications run under uvicorn on a free loopback port."""
 
 from __future__ import annotations
 
@@ -145,6 +145,30 @@ def test_the_fastapi_app_charges_the_peer_whatever_x_forwarded_for_says(server: 
         ]
 
     assert codes == [200] * 5 + [429]
+
+
+def test_the_django_app_limits_every_request_and_its_async_search_more_tightly(
+    server: Server,
+) -> None:
+    with serving("django_app.py", server) as client:
+        searches = [client.get("/search", params={"q": "redis"}) for _ in range(3)]
+        home = [client.get("/", headers={"x-forwarded-for": f"198.51.100.{n}"}) for n in range(3)]
+        health = [client.get("/health") for _ in range(10)]
+
+    assert [r.status_code for r in searches] == [200, 200, 429]
+    assert searches[0].json() == {"q": "redis", "searches_left": 1, "requests_left": 4}
+    assert [name for name, _ in items(searches[0].headers["RateLimit"])] == [
+        "per-client",
+        "search:2/minute",
+    ]
+    assert searches[2].headers["content-type"] == "application/problem+json"
+    assert searches[2].json()["violated-policies"] == ["search:2/minute"]
+    assert int(searches[2].headers["Retry-After"]) >= 1
+    # The middleware counted all three searches; spoofed X-Forwarded-For
+    # changes nothing, so the fifth request of the minute is the last.
+    assert [r.status_code for r in home] == [200, 200, 429]
+    assert home[2].json()["violated-policies"] == ["per-client"]
+    assert {r.status_code for r in health} == {200}
 
 
 def test_the_ai_workers_never_spend_past_the_cap(server: Server) -> None:

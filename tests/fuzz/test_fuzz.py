@@ -1327,3 +1327,24 @@ def test_any_text_or_bytes_in_a_policy_file_gives_invalid_input_at_most(tmp_path
         check_policies(lambda: load(path))
 
     load_it()
+def test_the_django_decorator_takes_anything_when_it_decorates(watch: Watch) -> None:
+    from atomlimit.django import limit
+
+    @fuzz(max_examples=100)
+    @given(
+        rates=st.lists(
+            mostly(st.sampled_from(["5/minute", "10/d", "3/10s"]), anything()), max_size=3
+        ),
+        group=valid_or(st.text(max_size=300)),
+        methods=valid_or(st.lists(st.sampled_from(["GET", "post", "PUT"]), min_size=1)),
+        block=valid_or(st.booleans()),
+        key=valid_or(st.just(lambda request: "s")),
+    )
+    def decorate(rates: list[Any], group: Any, methods: Any, block: Any, key: Any) -> None:
+        decorator = watch(lambda: limit(*rates, key=key, group=group, methods=methods, block=block))
+        if isinstance(decorator, Refused):
+            return
+        view = watch(lambda: decorator(lambda request: "ran"))
+        assert isinstance(view, Refused) or callable(view)
+
+    decorate()
