@@ -24,6 +24,7 @@ from atomlimit._codecs import (
     GUARD,
     PARTIAL,
     READ_HOLDS,
+    RECORDED,
     REPLAN,
     REUSED,
     SLIDING_LOG,
@@ -57,8 +58,6 @@ DEFAULT_RETRY_TTL = timedelta(minutes=2)
 DEFAULT_HOLD = timedelta(minutes=5)
 
 _REPLAYED = 2
-RECORDED = -4
-"""acquire.lua's reply when a group's record exists already."""
 _CHARGED = (1, _REPLAYED)
 _TAGS: dict[str, str] = {}
 """Recent subjects' hash tags: encoding a subject costs more than a hit's
