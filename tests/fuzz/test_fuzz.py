@@ -1327,6 +1327,8 @@ def test_any_text_or_bytes_in_a_policy_file_gives_invalid_input_at_most(tmp_path
         check_policies(lambda: load(path))
 
     load_it()
+
+
 def test_the_django_decorator_takes_anything_when_it_decorates(watch: Watch) -> None:
     from atomlimit.django import limit
 

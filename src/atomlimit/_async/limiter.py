@@ -516,7 +516,7 @@ class AsyncLimiter:
 
     def limited(
         self,
-        limit: Spec[Any],
+        limit: Spec[Any] | Callable[[], Spec[Any]],
         *,
         subject: str | Callable[..., str],
         cost: Any = 1,
@@ -526,7 +526,10 @@ class AsyncLimiter:
         # unasync: async
         """Decorate an ``async def`` function so that each call is charged to ``limit`` first.
 
-        ``subject`` and ``cost`` are values, or callables taking the
+        ``limit`` is a spec, or a callable returning the limit in force, such
+        as a policy file's [`limit`][atomlimit.policies.Policies.limit]: each
+        call charges the limit as the last reload left it. ``subject`` and
+        ``cost`` are values, or callables taking the
         function's own arguments. A denied call raises
         [`LimitExceeded`][atomlimit.errors.LimitExceeded] without running the function, or
         with ``wait=True`` waits as [`wait`][atomlimit.AsyncLimiter.wait] does, up to ``timeout``.
@@ -535,7 +538,10 @@ class AsyncLimiter:
         # unasync: sync
         # """Decorate a function so that each call is charged to ``limit`` first.
         #
-        # ``subject`` and ``cost`` are values, or callables taking the
+        # ``limit`` is a spec, or a callable returning the limit in force, such
+        # as a policy file's [`limit`][atomlimit.policies.Policies.limit]: each
+        # call charges the limit as the last reload left it. ``subject`` and
+        # ``cost`` are values, or callables taking the
         # function's own arguments. A denied call raises
         # [`LimitExceeded`][atomlimit.errors.LimitExceeded] without running the function, or
         # with ``wait=True`` waits as [`wait`][atomlimit.AsyncLimiter.wait] does, up to ``timeout``.
@@ -550,12 +556,13 @@ class AsyncLimiter:
             @functools.wraps(func)
             async def charged(*args: P.args, **kwargs: P.kwargs) -> R:
                 who, amount = config.arguments(args, kwargs)
+                spec = config.limit  # the limit in force now, for a policy file's
                 if config.wait:
-                    await self.wait(config.limit, who, amount, timeout=config.timeout)
+                    await self.wait(spec, who, amount, timeout=config.timeout)
                 else:
-                    decision = await self.hit(config.limit, who, amount)
+                    decision = await self.hit(spec, who, amount)
                     if not decision.allowed:
-                        raise LimitExceeded(decision, limit=config.limit, subject=who)
+                        raise LimitExceeded(decision, limit=spec, subject=who)
                 return await func(*args, **kwargs)
 
             return charged

@@ -414,7 +414,7 @@ class Limiter:
 
     def limited(
         self,
-        limit: Spec[Any],
+        limit: Spec[Any] | Callable[[], Spec[Any]],
         *,
         subject: str | Callable[..., str],
         cost: Any = 1,
@@ -423,7 +423,10 @@ class Limiter:
     ) -> Callable[[Callable[P, R]], Callable[P, R]]:
         """Decorate a function so that each call is charged to ``limit`` first.
 
-        ``subject`` and ``cost`` are values, or callables taking the
+        ``limit`` is a spec, or a callable returning the limit in force, such
+        as a policy file's [`limit`][atomlimit.policies.Policies.limit]: each
+        call charges the limit as the last reload left it. ``subject`` and
+        ``cost`` are values, or callables taking the
         function's own arguments. A denied call raises
         [`LimitExceeded`][atomlimit.errors.LimitExceeded] without running the function, or
         with ``wait=True`` waits as [`wait`][atomlimit.AsyncLimiter.wait] does, up to ``timeout``.
@@ -437,12 +440,13 @@ class Limiter:
             @functools.wraps(func)
             def charged(*args: P.args, **kwargs: P.kwargs) -> R:
                 who, amount = config.arguments(args, kwargs)
+                spec = config.limit  # the limit in force now, for a policy file's
                 if config.wait:
-                    self.wait(config.limit, who, amount, timeout=config.timeout)
+                    self.wait(spec, who, amount, timeout=config.timeout)
                 else:
-                    decision = self.hit(config.limit, who, amount)
+                    decision = self.hit(spec, who, amount)
                     if not decision.allowed:
-                        raise LimitExceeded(decision, limit=config.limit, subject=who)
+                        raise LimitExceeded(decision, limit=spec, subject=who)
                 return func(*args, **kwargs)
 
             return charged
