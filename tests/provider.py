@@ -23,13 +23,15 @@ Admission, per key and window, in one of two counting modes:
 
 - ``"response"`` (default): a request is admitted when the window has admitted
   fewer than ``rpm`` requests and its remaining tokens are at least the
-  request's prompt tokens. The prompt is counted on arrival; the completion
-  is counted when the answer is sent, in the window current then, and is
-  never refused (so a window can end above ``tpm`` by the completions of
-  calls in flight, as with providers that count output after the fact).
+  request's prompt tokens. What it then uses, prompt plus completion, is
+  counted at once against the window it arrived in: the imitation draws the
+  completion as it admits, so no answer in flight is missing from the count
+  when the next request arrives. The last request a window admits may take
+  it past ``tpm`` by up to its completion, never by more, as with providers
+  that count the output they produced.
 - ``"request"``: as OpenAI documents, ``prompt + max_tokens`` is counted on
   arrival and a request is admitted only if that fits in the remaining
-  tokens (and under ``rpm``); nothing is counted when it answers.
+  tokens (and under ``rpm``); what the answer then uses changes nothing.
 
 A refused request counts nothing and gets 429 with ``Retry-After`` (whole
 seconds, rounded up), ``retry-after-ms`` (which the SDK prefers), both until
@@ -45,8 +47,8 @@ remaining-tokens header, never in the fleet's own counts.
 
 ``GET /stats`` reports, per key, the requests received, the 429s, and per
 window (keyed by its start in epoch milliseconds) the requests admitted, the
-fleet's tokens counted, the other consumer's tokens, the usage reported in
-answers sent in it, and the 429s by cause. ``POST /reset`` forgets all of it;
+key's own tokens counted, the other consumer's tokens, the usage the answers
+to its admitted requests report, and the 429s by cause. ``POST /reset`` forgets all of it;
 a JSON object in its body changes the configuration from then on.
 
 State lives in this one process (run it under a single uvicorn worker). Each
@@ -249,7 +251,7 @@ class WindowStats:
     other: int = 0
     """Tokens the other consumer took as the window opened."""
     usage: int = 0
-    """``total_tokens`` reported by the answers sent in this window."""
+    """``total_tokens`` the answers to the requests admitted here report."""
     rejected_requests: int = 0
     """429s because the window had admitted ``rpm`` requests."""
     rejected_tokens: int = 0
@@ -320,31 +322,26 @@ class _Provider:
         return start, window
 
     def admit(self, key: str, prompt: int, max_tokens: int, now_ms: int) -> int:
-        """Count an arriving request, or raise _Refused; return the tokens counted."""
+        """Count an arriving request, or raise _Refused; return its completion tokens."""
         config = self.config
         self.keys.setdefault(key, KeyStats()).received += 1
         _, window = self.window(key, now_ms)
-        cost = prompt + max_tokens if config.counting == "request" else prompt
+        needed = prompt + max_tokens if config.counting == "request" else prompt
         if window.requests >= config.rpm:
             window.rejected_requests += 1
             self.keys[key].rejected += 1
             raise _Refused("requests", 1)
-        if window.used + cost > config.tpm:
+        if window.used + needed > config.tpm:
             window.rejected_tokens += 1
             self.keys[key].rejected += 1
-            raise _Refused("tokens", cost)
+            raise _Refused("tokens", needed)
+        # Drawn only for an admitted request, so a seed gives the same
+        # completions to the same admitted sequence, whatever was refused.
+        completion = round(max_tokens * self.rng.random() ** _SHAPE)
         window.requests += 1
-        window.tokens += cost
-        return cost
-
-    def complete(self, max_tokens: int) -> int:
-        return round(max_tokens * self.rng.random() ** _SHAPE)
-
-    def answered(self, key: str, prompt: int, completion: int, now_ms: int) -> None:
-        _, window = self.window(key, now_ms)
-        if self.config.counting == "response":
-            window.tokens += completion
         window.usage += prompt + completion
+        window.tokens += needed if config.counting == "request" else prompt + completion
+        return completion
 
     def headers(self, key: str, now_ms: int) -> dict[str, str]:
         config = self.config
@@ -412,13 +409,11 @@ def create_app(config: ProviderConfig) -> Any:
             return bad(str(err))
         model = str(body.get("model", "imitation"))
         try:
-            provider.admit(key, prompt, max_tokens, _now_ms())
+            completion = provider.admit(key, prompt, max_tokens, _now_ms())
         except _Refused as refused:
             return _refusal(provider, key, model, refused)
-        completion = provider.complete(max_tokens)
         await asyncio.sleep(provider.config.latency_ms / 1000)
         now = _now_ms()
-        provider.answered(key, prompt, completion, now)
         provider.served += 1
         reply = {
             "id": f"chatcmpl-{provider.served}",

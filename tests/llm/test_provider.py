@@ -58,6 +58,12 @@ async def _flood(
         )
 
 
+def _draws(seed: int, max_tokens: int, count: int) -> list[int]:
+    """The completions ``count`` admitted requests get, in order."""
+    provider = _Provider(ProviderConfig(seed=seed, tpm=10**9, rpm=10**9))
+    return [provider.admit(KEY, 10, max_tokens, now_ms=0) for _ in range(count)]
+
+
 def _full_windows(stats: KeyStats, cause: str) -> list[WindowStats]:
     """Windows where some request was refused for ``cause``: they were full."""
     return [w for w in stats.windows.values() if getattr(w, f"rejected_{cause}") > 0]
@@ -87,19 +93,17 @@ def test_durations_are_written_as_openai_writes_them(ms: int, text: str) -> None
 
 
 def test_completions_stay_within_max_tokens_and_half_exceed_three_quarters() -> None:
-    draw = _Provider(ProviderConfig(seed=7)).complete
-    completions = [draw(400) for _ in range(2000)]
+    completions = _draws(seed=7, max_tokens=400, count=2000)
     assert min(completions) >= 0
     assert max(completions) <= 400
     above = sum(c > 300 for c in completions)
     assert 0.47 < above / len(completions) < 0.53
-    assert draw(0) == 0
+    assert _draws(seed=7, max_tokens=0, count=10) == [0] * 10
 
 
 def test_the_same_seed_draws_the_same_completions() -> None:
-    first = _Provider(ProviderConfig(seed=3))
-    second = _Provider(ProviderConfig(seed=3))
-    assert [first.complete(100) for _ in range(50)] == [second.complete(100) for _ in range(50)]
+    assert _draws(seed=3, max_tokens=100, count=50) == _draws(seed=3, max_tokens=100, count=50)
+    assert _draws(seed=3, max_tokens=100, count=50) != _draws(seed=4, max_tokens=100, count=50)
 
 
 # --------------------------------------------------------------------------
@@ -140,10 +144,28 @@ async def test_a_flood_gets_exactly_the_tokens_that_fit_per_window(
     assert all(r.json()["error"]["type"] == "tokens" for r in refusals)
 
 
+async def test_response_counting_stops_a_flood_within_one_completion_of_tpm(
+    provider: RunningProvider,
+) -> None:
+    provider.reset(ProviderConfig(tpm=5_000, window_ms=LONG_WINDOW, latency_ms=5))
+    prompt = prompt_tokens(_messages(400))
+    replies = await _flood(provider, 60, chars=400, max_tokens=300)
+    answered = [r.json()["usage"]["total_tokens"] for r in replies if r.status_code == 200]
+    stats = provider.stats().key(KEY)
+    full = _full_windows(stats, "tokens")
+    assert full
+    # Full: the next prompt no longer fit; and only the last admitted one's
+    # completion can have gone past tpm.
+    assert all(5_000 - prompt < w.tokens <= 5_000 + 300 for w in full)
+    assert sum(w.tokens for w in stats.windows.values()) == sum(answered)
+    assert sum(w.usage for w in stats.windows.values()) == sum(answered)
+    assert stats.rejected == 60 - len(answered)
+
+
 async def test_response_counting_admits_while_the_prompt_fits(
     provider: RunningProvider,
 ) -> None:
-    # One at a time, so each request sees every earlier completion counted.
+    # One at a time, so each answer's headers show what the next one meets.
     provider.reset(ProviderConfig(tpm=5_000, window_ms=LONG_WINDOW, latency_ms=0))
     prompt = prompt_tokens(_messages(400))
     answers: list[httpx.Response] = []
@@ -158,18 +180,6 @@ async def test_response_counting_admits_while_the_prompt_fits(
     assert refused.json()["error"]["type"] == "tokens"
     (window,) = provider.stats().key(KEY).windows.values()
     assert window.tokens == sum(r.json()["usage"]["total_tokens"] for r in admitted)
-
-
-async def test_response_counting_counts_what_the_answers_report(
-    provider: RunningProvider,
-) -> None:
-    provider.reset(ProviderConfig(tpm=5_000, window_ms=LONG_WINDOW, latency_ms=0))
-    replies = await _flood(provider, 60, chars=400, max_tokens=300)
-    answered = [r.json()["usage"]["total_tokens"] for r in replies if r.status_code == 200]
-    stats = provider.stats().key(KEY)
-    assert sum(w.tokens for w in stats.windows.values()) == sum(answered)
-    assert sum(w.usage for w in stats.windows.values()) == sum(answered)
-    assert stats.rejected == 60 - len(answered) > 0
 
 
 async def test_request_counting_charges_max_tokens_on_arrival() -> None:
