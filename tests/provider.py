@@ -337,7 +337,8 @@ class _Provider:
             raise _Refused("tokens", needed)
         # Drawn only for an admitted request, so a seed gives the same
         # completions to the same admitted sequence, whatever was refused.
-        completion = round(max_tokens * self.rng.random() ** _SHAPE)
+        share: float = self.rng.random() ** _SHAPE
+        completion = round(max_tokens * share)
         window.requests += 1
         window.usage += prompt + completion
         window.tokens += needed if config.counting == "request" else prompt + completion

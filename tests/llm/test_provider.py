@@ -17,6 +17,7 @@ from decimal import Decimal
 import httpx
 import openai
 import pytest
+from openai.types.chat import ChatCompletionMessageParam
 from provider import (
     KeyStats,
     ProviderConfig,
@@ -43,7 +44,7 @@ RATE_HEADERS = (
 )
 
 
-def _messages(chars: int) -> list[dict[str, str]]:
+def _messages(chars: int) -> list[ChatCompletionMessageParam]:
     return [{"role": "user", "content": "x" * chars}]
 
 
