@@ -42,6 +42,7 @@ import asyncio
 import contextlib
 import math
 import multiprocessing
+import os
 import random
 import sys
 import time
@@ -471,9 +472,9 @@ def percent(value: Decimal | float) -> str:
 def table(results: Sequence[Result]) -> Iterator[str]:
     yield (
         "| strategy | requests sent | 429s / sent | utilization | calls completed "
-        "| spend (ledger) | SpendCap recorded |"
+        "| errors | spend (ledger) | SpendCap recorded |"
     )
-    yield "|---|--:|--:|--:|--:|--:|--:|"
+    yield "|---|--:|--:|--:|--:|--:|--:|--:|"
     for result in results:
         share = result.rejected / result.received if result.received else 0.0
         recorded = "—" if result.recorded is None else f"${result.recorded:.6f}"
@@ -481,7 +482,7 @@ def table(results: Sequence[Result]) -> Iterator[str]:
             recorded += " (differs)"
         yield (
             f"| {result.row.title} | {result.received:,} | {percent(share)} "
-            f"| {percent(result.utilization)} | {result.tally.calls:,} "
+            f"| {percent(result.utilization)} | {result.tally.calls:,} | {result.tally.errors} "
             f"| ${result.tally.spend:.6f} | {recorded} |"
         )
 
@@ -540,7 +541,12 @@ def main(argv: Sequence[str] | None = None) -> None:
                     print(f"  {row_name}: {result.tally.errors} errors, first: "
                           f"{result.tally.first_error}")  # fmt: skip
             print(f"\n### Scenario {scenario.name}: {scenario.title}\n")
-            print(f"({results[0].windows} whole windows per row)\n" if results else "")
+            # The machine may be shared: a loaded one delays calls between
+            # the limiter's window and the provider's, which shows as 429s.
+            print(
+                f"({results[0].windows} whole windows per row; load average "
+                f"{os.getloadavg()[0]:.1f} at the end)\n"
+            )
             print("\n".join(table(results)))
 
 
