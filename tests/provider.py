@@ -47,9 +47,10 @@ remaining-tokens header, never in the fleet's own counts.
 
 ``GET /stats`` reports, per key, the requests received, the 429s, and per
 window (keyed by its start in epoch milliseconds) the requests admitted, the
-key's own tokens counted, the other consumer's tokens, the usage the answers
-to its admitted requests report, and the 429s by cause. ``POST /reset`` forgets all of it;
-a JSON object in its body changes the configuration from then on.
+key's own tokens counted, the other consumer's tokens, the usage that the
+answers to its admitted requests report, and the 429s by cause.
+``POST /reset`` forgets all of it; a JSON object in its body changes the
+configuration from then on.
 
 State lives in this one process (run it under a single uvicorn worker). Each
 check-and-count is plain synchronous code with no ``await`` inside, so on the
