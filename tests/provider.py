@@ -1,7 +1,9 @@
 """A small local imitation of a model API that enforces its own rate limits.
 
-It answers OpenAI's ``POST /v1/chat/completions`` (non-streaming) well enough
-for the official ``openai`` SDK to parse, and limits each API key (the
+It answers OpenAI's ``POST /v1/chat/completions`` well enough for the
+official ``openai`` SDK to parse, whole or streamed (``stream: true``, with a
+last chunk of usage when ``stream_options.include_usage`` is set; the chunks
+all arrive together after the latency), and limits each API key (the
 ``Authorization: Bearer <key>`` header) to ``rpm`` requests and ``tpm``
 tokens per fixed window of ``window_ms`` milliseconds aligned to the Unix
 epoch, as a real provider does per minute. Tests and bench/llm_fleet.py use
@@ -374,6 +376,59 @@ def _now_ms() -> int:
 # --------------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class _Answer:
+    id: str
+    created: int
+    model: str
+    prompt: int
+    completion: int
+
+    def _head(self, kind: str) -> dict[str, Any]:
+        return {"id": self.id, "object": kind, "created": self.created, "model": self.model}
+
+    def _usage(self) -> dict[str, int]:
+        return {
+            "prompt_tokens": self.prompt,
+            "completion_tokens": self.completion,
+            "total_tokens": self.prompt + self.completion,
+        }
+
+    def whole(self, max_tokens: int) -> dict[str, Any]:
+        """A ``chat.completion`` object."""
+        choice = {
+            "index": 0,
+            "message": {"role": "assistant", "content": f"{self.completion} tokens"},
+            "logprobs": None,
+            "finish_reason": "length" if self.completion == max_tokens else "stop",
+        }
+        return {**self._head("chat.completion"), "choices": [choice], "usage": self._usage()}
+
+    def events(self, *, include_usage: bool) -> str:
+        """The same answer as server-sent ``chat.completion.chunk`` events.
+
+        As OpenAI streams: usage only when asked for, in a last chunk with no
+        choices, and ``null`` in every chunk before it.
+        """
+        deltas: list[tuple[dict[str, str], str | None]] = [
+            ({"role": "assistant", "content": ""}, None),
+            ({"content": f"{self.completion} tokens"}, None),
+            ({}, "stop"),
+        ]
+        chunks: list[dict[str, Any]] = []
+        for delta, finish in deltas:
+            choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}
+            chunks.append({**self._head("chat.completion.chunk"), "choices": [choice]})
+        if include_usage:
+            for chunk in chunks:
+                chunk["usage"] = None
+            chunks.append(
+                {**self._head("chat.completion.chunk"), "choices": [], "usage": self._usage()}
+            )
+        lines = [f"data: {json.dumps(chunk)}\n\n" for chunk in chunks]
+        return "".join([*lines, "data: [DONE]\n\n"])
+
+
 def _error(status: int, message: str, kind: str, code: str | None) -> dict[str, Any]:
     return {"error": {"message": message, "type": kind, "param": None, "code": code}}
 
@@ -405,8 +460,10 @@ def create_app(config: ProviderConfig) -> Any:
                 max_tokens = provider.config.default_max_tokens
             if not isinstance(max_tokens, int) or isinstance(max_tokens, bool) or max_tokens < 0:
                 raise ValueError("'max_tokens' must be a non-negative integer")
-            if body.get("stream"):
-                raise ValueError("streaming is not supported")
+            stream = body.get("stream") is True
+            options = body.get("stream_options") or {}
+            if not isinstance(options, dict):
+                raise ValueError("'stream_options' must be an object")
         except ValueError as err:  # json.JSONDecodeError is a ValueError
             return bad(str(err))
         model = str(body.get("model", "imitation"))
@@ -417,26 +474,12 @@ def create_app(config: ProviderConfig) -> Any:
         await asyncio.sleep(provider.config.latency_ms / 1000)
         now = _now_ms()
         provider.served += 1
-        reply = {
-            "id": f"chatcmpl-{provider.served}",
-            "object": "chat.completion",
-            "created": now // 1000,
-            "model": model,
-            "choices": [
-                {
-                    "index": 0,
-                    "message": {"role": "assistant", "content": f"{completion} tokens"},
-                    "logprobs": None,
-                    "finish_reason": "length" if completion == max_tokens else "stop",
-                }
-            ],
-            "usage": {
-                "prompt_tokens": prompt,
-                "completion_tokens": completion,
-                "total_tokens": prompt + completion,
-            },
-        }
-        return JSONResponse(reply, headers=provider.headers(key, now))
+        answer = _Answer(f"chatcmpl-{provider.served}", now // 1000, model, prompt, completion)
+        headers = provider.headers(key, now)
+        if stream:
+            events = answer.events(include_usage=options.get("include_usage") is True)
+            return Response(events, media_type="text/event-stream", headers=headers)
+        return JSONResponse(answer.whole(max_tokens), headers=headers)
 
     def _refusal(provider: _Provider, key: str, model: str, refused: _Refused) -> Response:
         now = _now_ms()

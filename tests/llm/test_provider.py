@@ -285,3 +285,34 @@ async def test_the_openai_sdk_reads_answers_usage_and_headers(provider: RunningP
     assert raw.headers["x-ratelimit-remaining-requests"] == "0"
     assert int(raw.headers["x-ratelimit-remaining-tokens"]) == 60_000 - usage.total_tokens
     assert int(refused.value.response.headers["retry-after"]) >= 1
+
+
+async def test_the_openai_sdk_reads_a_streamed_answer_and_its_last_usage_chunk(
+    provider: RunningProvider,
+) -> None:
+    messages = _messages(200)
+    client = openai.AsyncOpenAI(base_url=provider.base_url, api_key=KEY, max_retries=0)
+    async with client:
+        raw = await client.chat.completions.with_raw_response.create(
+            model="m",
+            messages=messages,
+            max_tokens=64,
+            stream=True,
+            stream_options={"include_usage": True},
+        )
+        chunks = [chunk async for chunk in raw.parse()]
+        plain = await client.chat.completions.create(
+            model="m", messages=messages, max_tokens=64, stream=True
+        )
+        unasked = [chunk async for chunk in plain]
+    *content, last = chunks
+    assert last.usage is not None
+    assert last.choices == []
+    assert all(chunk.usage is None for chunk in content)
+    assert last.usage.prompt_tokens == prompt_tokens(messages)
+    text = "".join(c.choices[0].delta.content or "" for c in content)
+    assert text == f"{last.usage.completion_tokens} tokens"
+    assert all(chunk.usage is None for chunk in unasked)
+    assert int(raw.headers["x-ratelimit-remaining-requests"]) == 399
+    (window,) = provider.stats().key(KEY).windows.values()
+    assert window.requests == 2
