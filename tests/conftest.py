@@ -20,11 +20,10 @@ import subprocess
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 from hypothesis import settings
-from provider import ProviderConfig, RunningProvider, start_provider
 from proxy import StallingProxy
 from servers import (
     Cluster,
@@ -34,6 +33,10 @@ from servers import (
     start_replica,
     start_server,
 )
+
+if TYPE_CHECKING:
+    # provider.py needs httpx, which the compat venv (make compat) leaves out.
+    from provider import RunningProvider
 
 # CI replays the same examples on every run, so a red run always means the
 # code changed; run pytest without the profile to explore new examples.
@@ -334,6 +337,8 @@ def stalling_proxy(server: Server) -> Iterator[StallingProxy]:
 @pytest.fixture(scope="session")
 def provider_process() -> Iterator[RunningProvider]:
     """The imitation model API (provider.py) under uvicorn, started once per session."""
+    from provider import ProviderConfig, start_provider
+
     with start_provider(ProviderConfig()) as running:
         yield running
 
@@ -344,5 +349,7 @@ def provider(provider_process: RunningProvider) -> RunningProvider:
 
     A test that needs other limits calls ``provider.reset(ProviderConfig(...))``.
     """
+    from provider import ProviderConfig
+
     provider_process.reset(ProviderConfig())
     return provider_process
