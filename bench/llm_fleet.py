@@ -60,7 +60,7 @@ import redis
 from openai.types.chat import ChatCompletionMessageParam
 from server import redis_server
 
-from atomlimit import AsyncLimiter, Hit, Limiter, RateLimit, SpendCap
+from atomlimit import AsyncLimiter, ClientLimits, Hit, Limiter, RateLimit, SpendCap, Upstream
 
 # The provider lives with the test harness, which the model-call tests share.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
@@ -294,6 +294,51 @@ class Estimate:
 @row("atomlimit-refund", "atomlimit acquire, refunding estimate − usage")
 class EstimateRefunded(Estimate):
     refund = True
+
+
+@row(
+    "budgeted",
+    "atomlimit budgeted call: hold, settle, observe, backoff",
+    spend_cap=SPEND_CAP,
+)
+class Budgeted:
+    """``limiter.call``: the provider's requests and tokens shared by the fleet,
+    the estimate held and settled to the usage, the provider's headers
+    observed on every answer, and a 429 pausing the whole fleet."""
+
+    def __init__(self, setup: Setup) -> None:
+        self.limiter = AsyncLimiter.from_url(setup.redis_url)
+        self.upstream = Upstream(
+            MODEL,
+            requests=RateLimit(name="llm-requests", limit=setup.rpm, window=setup.window),
+            tokens=RateLimit(name="llm-tokens", limit=setup.tpm, window=setup.window),
+        )
+        self.client = ClientLimits(spend=SPEND_CAP)
+
+    async def call(self, job: Job, send: Send) -> Usage:
+        estimate_cost = job.estimate * PRICE_COMPLETION
+        while True:
+            async with self.limiter.call(
+                self.upstream,
+                client=KEY,
+                tokens=job.estimate,
+                cost=estimate_cost,
+                limits=self.client,
+                wait=True,
+            ) as call:
+                reply = await send(job)
+                call.observe(reply.headers)
+                if reply.usage is None:
+                    # Refused: nothing was used, and the whole fleet waits.
+                    call.settle(tokens=0, cost=0)
+                    call.backoff(max(reply.retry_after, 0.001))
+                else:
+                    call.settle(tokens=reply.usage.total, cost=reply.usage.cost)
+            if reply.usage is not None:
+                return reply.usage
+
+    async def aclose(self) -> None:
+        await self.limiter.aclose()
 
 
 # --------------------------------------------------------------------------
