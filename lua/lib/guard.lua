@@ -75,10 +75,17 @@ local function guard_apply(item, it, run)
   end
   local paused = tonumber(g[1])
   if paused and paused > run.now then
+    -- The kind's retry assumes the cost did not fit; when it did, only the
+    -- pause stands in the way, and its end is when to try again (a window's
+    -- end could be hours later).
+    local room, retry = it.room, it.retry
     it.room = -1
-    local retry = it.retry
     function it.retry(cost)
-      return math.max(paused, retry(cost))
+      if cost <= room then
+        return paused
+      end
+      local later = retry(cost)
+      return later == 0 and 0 or math.max(paused, later)
     end
   end
 end
