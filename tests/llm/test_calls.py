@@ -600,7 +600,6 @@ def test_a_shortfall_anywhere_in_a_window_keeps_all_it_learned(target: Target) -
     assert opened == 550
 
 
-@pytest.mark.xfail(strict=True, reason="IDLE")
 @pytest.mark.parametrize("idle", [1, 3])
 def test_windows_without_a_guarded_call_forget_a_sixteenth_each(target: Target, idle: int) -> None:
     clock = Clock()
