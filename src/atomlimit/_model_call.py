@@ -257,6 +257,7 @@ def pause_items(engine: Engine, upstream: object, quotas: object) -> list[Item]:
 
 
 def _roles(quotas: object) -> tuple[Role, ...]:
-    if type(quotas) is not str or quotas not in ("requests", "tokens"):
-        raise InvalidInput(f"quota must be None, 'requests' or 'tokens', got {show(quotas)}")
-    return (quotas,)
+    for role in _GUARDED:
+        if type(quotas) is str and quotas == role:
+            return (role,)
+    raise InvalidInput(f"quota must be None, 'requests' or 'tokens', got {show(quotas)}")
