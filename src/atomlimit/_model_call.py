@@ -252,7 +252,7 @@ def pause_items(engine: Engine, upstream: object, quotas: object) -> list[Item]:
     ]
     if not items:
         # Refused here: a pause of nothing has no end to report.
-        raise InvalidInput(f"quota {quotas!r}: upstream {upstream.name!r} has no such limits")
+        raise InvalidInput(f"quota {quotas!r}: this upstream has no limits of it")
     return items
 
 
