@@ -20,7 +20,8 @@
 -- slow: a shortfall is charged at once, when observed (observe.lua), and the
 -- next window opens with all that was charged; a window in which every
 -- observation showed spare room opens the next with at most 1/16 of the
--- limit less, and never less than the room seen.
+-- limit less, and never less than the room seen; each window that passes
+-- with no guarded call forgets another 1/16 of the limit.
 -- The hash lives a day past its last write.
 
 local GUARD_KEPT_MS = 86400000
@@ -29,19 +30,21 @@ local function guarded(flags)
   return math.floor(flags / GUARD) % 2 == 1
 end
 
--- Outside use to open window `stop` with, given the guard as stored.
-local function guard_carried(g, limit, start)
-  local x, c, w, s = tonumber(g[2]) or 0, tonumber(g[3]) or 0, tonumber(g[4]), tonumber(g[5])
-  local step = math.ceil(limit / 16)
-  if w == start then
-    -- The window just ended: it taught c, less what it showed spare.
-    if s then
-      return math.max(c - math.min(s, step), 0)
-    end
-    return c
+-- Outside use to open the window [start, stop) with, given the guard as
+-- stored: what window w learned (c, less the spare room it showed), less
+-- one step for each window between w and this one that had no guarded call.
+local function guard_carried(g, limit, start, stop)
+  local c, w, s = tonumber(g[3]) or 0, tonumber(g[4]), tonumber(g[5])
+  if not w then
+    return 0
   end
-  -- Windows passed with no guarded call: forget one step.
-  return math.max(x - step, 0)
+  local step = math.ceil(limit / 16)
+  local learned = c
+  if s then
+    learned = c - math.min(s, step)
+  end
+  local idle = math.max(math.floor((start - w) / (stop - start)), 0)
+  return math.max(learned - idle * step, 0)
 end
 
 -- Opens a fixed window's guard: charges the learned outside use into it.
@@ -50,7 +53,7 @@ local function guard_open(key, counter, args, it, run)
   local g = redis.call('HMGET', key, 'p', 'x', 'c', 'w', 's')
   local start, stop = tonumber(args[4]), tonumber(args[5])
   if tonumber(g[4]) ~= stop then
-    local x = guard_carried(g, tonumber(args[1]), start)
+    local x = guard_carried(g, tonumber(args[1]), start, stop)
     if x > 0 then
       fw_add(counter, x, run.now, stop, run.client)
       it.room, it.used = it.room - x, it.used + x
@@ -75,10 +78,17 @@ local function guard_apply(item, it, run)
   end
   local paused = tonumber(g[1])
   if paused and paused > run.now then
+    -- The kind's retry assumes the cost did not fit; when it did, only the
+    -- pause stands in the way, and its end is when to try again (a window's
+    -- end could be hours later).
+    local room, retry = it.room, it.retry
     it.room = -1
-    local retry = it.retry
     function it.retry(cost)
-      return math.max(paused, retry(cost))
+      if cost <= room then
+        return paused
+      end
+      local later = retry(cost)
+      return later == 0 and 0 or math.max(paused, later)
     end
   end
 end

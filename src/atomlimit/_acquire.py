@@ -175,8 +175,16 @@ def _hit_item(engine: Engine, hit: Hit[Any], guard: bool) -> Item:
 
 
 def _across_slots(err: BackendError) -> bool:
-    """Whether the server refused a script for naming keys of several hash slots."""
-    return str(err.__cause__).startswith("CROSSSLOT")
+    """Whether the server refused a script for naming keys of several hash slots.
+
+    redis-py raises that reply as its ClusterCrossSlotError with the
+    ``CROSSSLOT`` code cut off, leaving the server's text; an older parser
+    may keep the code. Both are the server's words, read without redis.
+    """
+    return str(err.__cause__).startswith(_CROSSSLOT)
+
+
+_CROSSSLOT = ("CROSSSLOT", "Keys in request don't hash to the same slot")
 
 
 def _groups(items: Sequence[Item]) -> list[list[int]]:

@@ -245,14 +245,19 @@ def pause_items(engine: Engine, upstream: object, quotas: object) -> list[Item]:
     if not isinstance(upstream, Upstream):
         raise InvalidInput(f"pause takes an Upstream, got {type(upstream).__name__}")
     roles = _GUARDED if quotas is None else _roles(quotas)
-    return [
+    items = [
         engine.item(spec, upstream.name, 0, guard=True)
         for role, spec in upstream.limits()
         if role in roles
     ]
+    if not items:
+        # Refused here: a pause of nothing has no end to report.
+        raise InvalidInput(f"quota {quotas!r}: this upstream has no limits of it")
+    return items
 
 
 def _roles(quotas: object) -> tuple[Role, ...]:
-    if quotas not in ("requests", "tokens"):
-        raise InvalidInput(f"quota must be None, 'requests' or 'tokens', got {show(quotas)}")
-    return (quotas,)
+    for role in _GUARDED:
+        if type(quotas) is str and quotas == role:
+            return (role,)
+    raise InvalidInput(f"quota must be None, 'requests' or 'tokens', got {show(quotas)}")

@@ -22,6 +22,7 @@ is kept as an ``@example``.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta, timezone
@@ -38,6 +39,7 @@ from servers import Server
 
 from atomlimit import (
     Breaker,
+    ClientLimits,
     Concurrency,
     Hit,
     InvalidInput,
@@ -47,6 +49,7 @@ from atomlimit import (
     RequestIdReused,
     Spec,
     SpendCap,
+    Upstream,
 )
 from atomlimit._inputs import MAX_WINDOW
 from atomlimit._money import MAX_UNITS
@@ -694,6 +697,146 @@ def test_wait_takes_anything_and_charges_only_what_fits(client: redis.Redis, wat
             assert client.dbsize() == 0  # a cost that can never fit charged nothing
 
     wait()
+
+
+# --------------------------------------------------------------------------
+# Budgeted model calls
+# --------------------------------------------------------------------------
+
+
+def role_specs() -> st.SearchStrategy[object]:
+    """What one field of an Upstream or ClientLimits takes: a spec, a list, or not."""
+    one = st.sampled_from(RATES + CAPS + SLOTS)
+    return valid_or(st.one_of(st.just(()), one, st.lists(one, max_size=3)))
+
+
+def roles() -> st.SearchStrategy[dict[str, object]]:
+    return st.fixed_dictionaries(
+        {},
+        optional={
+            role: role_specs() for role in ("requests", "tokens", "spend", "in_flight", "extra")
+        },
+    )
+
+
+UPSTREAMS = (
+    Upstream("openai:gpt", requests=RATES[0], tokens=RATES[5], spend=CAPS[0], in_flight=SLOTS[0]),
+    Upstream("{s}:a", tokens=[RATES[0], RATES[3]]),
+)
+CLIENTS = (ClientLimits(), ClientLimits(tokens=RATES[0], spend=CAPS[1], in_flight=SLOTS[1]))
+
+
+def test_upstream_and_client_limits_take_anything() -> None:
+    @fuzz(max_examples=200)
+    @given(name=valid_or(st.sampled_from(["openai", "x" * 300, "{a}"])), fields=roles())
+    @example(name="u", fields={"tokens": RATES[4]})  # a sliding log cannot hold
+    @example(name="u", fields={"requests": [RATES[0]] * 9})
+    @example(name="u", fields={})
+    def build(name: Any, fields: dict[str, Any]) -> None:
+        for make in (lambda: Upstream(name, **fields), lambda: ClientLimits(**fields)):
+            try:
+                made = make()
+            except InvalidInput as err:
+                message = str(err)
+            except TypeError:
+                assert "extra" in fields  # not a field: Python's own refusal
+                continue
+            else:
+                assert all(isinstance(spec, Spec) for _, spec in made.limits())
+                continue
+            assert len(message) <= LONGEST_MESSAGE
+
+    build()
+
+
+def test_call_takes_anything_and_charges_all_or_nothing(client: redis.Redis, watch: Watch) -> None:
+    limiter = Limiter(client)
+
+    def block(call: Any, tokens: Any, headers: Any) -> list[Any]:
+        with call as entered:
+            entered.observe(headers)
+            with contextlib.suppress(InvalidInput):  # refused in the block: its end still runs
+                entered.settle(tokens=tokens)
+        return entered.settlements
+
+    @fuzz(max_examples=150)
+    @given(
+        upstream=valid_or(st.sampled_from(UPSTREAMS)),
+        who=subjects,
+        tokens=valid_or(st.integers(0, 10)),
+        cost=amounts,
+        limits=valid_or(st.one_of(st.none(), st.sampled_from(CLIENTS))),
+        timeout=valid_or(st.sampled_from([timedelta(seconds=1), timedelta(minutes=5)])),
+        wait=valid_or(st.booleans()),
+        wait_timeout=timeouts,
+        actual=valid_or(st.one_of(st.none(), st.integers(0, 10**6))),
+        headers=valid_or(
+            st.dictionaries(st.sampled_from(["retry-after", "x-ratelimit-remaining-tokens"]), texts)
+        ),
+    )
+    @example(
+        upstream=UPSTREAMS[0],
+        who="c",
+        tokens=10**30,
+        cost=Decimal(0),
+        limits=None,
+        timeout=timedelta(minutes=5),
+        wait=True,
+        wait_timeout=None,
+        actual=None,
+        headers={},
+    )
+    def call(
+        upstream: Any,
+        who: Any,
+        tokens: Any,
+        cost: Any,
+        limits: Any,
+        timeout: Any,
+        wait: Any,
+        wait_timeout: Any,
+        actual: Any,
+        headers: Any,
+    ) -> None:
+        client.flushall()
+
+        def run() -> Any:
+            made = limiter.call(
+                upstream,
+                client=who,
+                tokens=tokens,
+                cost=cost,
+                limits=limits,
+                timeout=timeout,
+                wait=wait,
+                wait_timeout=wait_timeout,
+            )
+            return block(made, actual, headers)
+
+        watch(exceeded_or(run))
+
+    call()
+
+
+def test_pause_takes_anything(client: redis.Redis, watch: Watch) -> None:
+    limiter = Limiter(client)
+
+    @fuzz(max_examples=100)
+    @given(
+        upstream=valid_or(st.sampled_from(UPSTREAMS)),
+        length=valid_or(st.sampled_from([1, 0.5, 3600, timedelta(seconds=2), timedelta(hours=1)])),
+        quota=valid_or(st.sampled_from([None, "requests", "tokens"])),
+        forget=valid_or(st.booleans()),
+    )
+    @example(upstream=UPSTREAMS[0], length=3600.000001, quota=None, forget=False)
+    @example(upstream=UPSTREAMS[0], length=float("inf"), quota=None, forget=False)
+    @example(upstream=UPSTREAMS[0], length=timedelta.max, quota="spend", forget=False)
+    def pause(upstream: Any, length: Any, quota: Any, forget: Any) -> None:
+        client.flushall()
+        watch(lambda: limiter.pause(upstream, length, quota=quota))
+        watch(lambda: limiter.clear_pause(upstream, forget=forget))
+
+    pause()
 
 
 def test_limited_takes_anything_when_it_decorates_and_when_called(
