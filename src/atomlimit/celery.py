@@ -62,7 +62,11 @@ F = TypeVar("F", bound=Callable[..., Any])
 MAX_LIMITS = 16
 """Most limits one task may be held to (each is one hit of one acquire)."""
 MAX_COUNTDOWN = timedelta(days=1)
-"""Longest ``max_countdown`` a task may set."""
+"""Longest ``max_countdown`` or ``lease_retry`` a task may set."""
+LEASE_RETRY = timedelta(seconds=1)
+"""How soon a task denied a lease asks again, by default. A denied lease's
+``retry_after`` is when the oldest lease expires, but leases are given back
+as tasks finish, most long before that."""
 DEFAULT_VISIBILITY = timedelta(hours=1)
 """kombu's Redis (and SQS) transport redelivers a message not acked after
 this long, unless ``broker_transport_options["visibility_timeout"]`` says
@@ -120,6 +124,7 @@ class TaskLimiter:
         hold: timedelta = DEFAULT_HOLD,
         settle: Callable[[Any], Decimal | int] | None = None,
         max_countdown: timedelta | None = None,
+        lease_retry: timedelta = LEASE_RETRY,
         denials_use_retries: bool = False,
     ) -> TaskLimits:
         """Hold a task to ``limits``, fleet-wide; see [`TaskLimits`][atomlimit.celery.TaskLimits].
@@ -136,7 +141,8 @@ class TaskLimiter:
             estimate,
             hold,
             settle,
-            _checked_countdown(max_countdown),
+            _checked_countdown(max_countdown, "max_countdown"),
+            _checked_countdown(lease_retry, "lease_retry"),
             check_flag(denials_use_retries, "denials_use_retries"),
         )
 
@@ -172,7 +178,9 @@ class TaskLimits:
     A denied attempt raises Celery's ``Retry`` after scheduling the task
     again in ``retry_after`` plus up to a tenth more (at most a second),
     and never more than ``max_countdown`` (see
-    [`countdown_cap`][atomlimit.celery.countdown_cap]). The retry keeps
+    [`countdown_cap`][atomlimit.celery.countdown_cap]). A denied lease
+    says when the oldest lease expires, but slots are given back as tasks
+    finish, so a task denied one asks again after ``lease_retry`` at most. The retry keeps
     the task's ``retries`` count unless ``denials_use_retries`` is True,
     when it goes through ``task.retry`` and counts against ``max_retries``.
     An attempt whose cost can never fit raises
@@ -192,6 +200,7 @@ class TaskLimits:
     hold: timedelta = DEFAULT_HOLD
     settle: Callable[[Any], Decimal | int] | None = None
     max_countdown: timedelta | None = None
+    lease_retry: timedelta | None = LEASE_RETRY
     denials_use_retries: bool = False
 
     def __post_init__(self) -> None:
@@ -261,7 +270,10 @@ class TaskLimits:
         subject = None if acquired.denied_by is None else acquired.denied_by.subject
         exceeded = LimitExceeded(decision, limit=decision.spec, subject=subject)
         request = task.request
-        wait = retry_countdown(decision, self.max_countdown or countdown_cap(task.app.conf))
+        cap = self.max_countdown or countdown_cap(task.app.conf)
+        if isinstance(decision.spec, Concurrency) and self.lease_retry is not None:
+            cap = min(cap, self.lease_retry)
+        wait = retry_countdown(decision, cap)
         if wait is None or request.called_directly or request.is_eager:
             return exceeded
         if self.denials_use_retries:
@@ -354,13 +366,13 @@ def _checked_limits(limits: Sequence[object]) -> tuple[Spec[Any], ...]:
     return tuple(limits)  # type: ignore[arg-type]
 
 
-def _checked_countdown(value: object) -> timedelta | None:
+def _checked_countdown(value: object, what: str) -> timedelta | None:
     if value is None or (
-        isinstance(value, timedelta) and timedelta(seconds=1) <= value <= MAX_COUNTDOWN
+        isinstance(value, timedelta) and timedelta(milliseconds=10) <= value <= MAX_COUNTDOWN
     ):
         return value
     raise InvalidInput(
-        f"max_countdown must be None or a timedelta from 1 second to one day, got {show(value)}"
+        f"{what} must be None or a timedelta from 10 ms to one day, got {show(value)}"
     )
 
 

@@ -91,8 +91,10 @@ def _child_started(**_: Any) -> None:
 
     def counted_sleep(seconds: float) -> None:
         caller = inspect.currentframe()
-        module = "" if caller is None or caller.f_back is None else caller.f_back.f_globals.get(
-            "__name__", ""
+        module = (
+            ""
+            if caller is None or caller.f_back is None
+            else caller.f_back.f_globals.get("__name__", "")
         )
         if str(module).startswith("atomlimit"):
             store().incr("slept")

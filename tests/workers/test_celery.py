@@ -75,8 +75,10 @@ def workers(
     client = server.client(decode_responses=True)
     try:
         wait_for(
-            lambda: int(client.get("workers-ready") or 0) == count
-            and int(client.get("children") or 0) >= count * concurrency,
+            lambda: (
+                int(client.get("workers-ready") or 0) == count
+                and int(client.get("children") or 0) >= count * concurrency
+            ),
             STARTUP,
             started,
         )
@@ -153,12 +155,13 @@ def test_celery_rate_limit_on_two_workers_admits_more_than_the_fleet_limit(
         at_window_start(client, celery_tasks.WINDOW)
         for n in range(200):
             celery_tasks.naive.delay(n)
-        wait_for(lambda: sum(counts(client, "naive")) >= 200, PATIENCE)
-        ran = counts(client, "naive")
+        # The first window is the one to count; once a second has begun, it is over.
+        wait_for(lambda: len(counts(client, "naive")) >= 2, PATIENCE)
+        first = counts(client, "naive")[0]
 
-    # Each worker keeps its own 25/s, so the fleet runs about twice the limit.
-    assert sum(ran) == 200
-    assert max(ran) > celery_tasks.PER_WINDOW
+    # Each worker keeps its own 25/s, and its bucket starts full: the fleet
+    # runs about twice the limit, all 200 tasks being there to run.
+    assert first > celery_tasks.PER_WINDOW
 
 
 def test_a_denial_past_the_countdown_cap_retries_at_the_cap(server: Server) -> None:
@@ -205,10 +208,12 @@ def test_a_lease_is_released_when_the_task_fails_retries_or_its_process_dies(
         celery_tasks.retries_once.delay()
         celery_tasks.dies.delay()
         wait_for(
-            lambda: client.get("fails:ran") == "1"
-            and client.llen("retries:held") == 1
-            and client.get("dies:ran") == "1"
-            and limiter.peek(one, "dies").used == 0,
+            lambda: (
+                client.get("fails:ran") == "1"
+                and client.llen("retries:held") == 1
+                and client.get("dies:ran") == "1"
+                and limiter.peek(one, "dies").used == 0
+            ),
             PATIENCE,
         )
         held = {subject: limiter.peek(one, subject).used for subject in ("fails", "retries")}
