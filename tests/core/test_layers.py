@@ -81,7 +81,7 @@ LAYERS = {
         "sessions",
         "compat",
     ],
-    INTEGRATIONS: ["asgi", "fastapi", "testing"],
+    INTEGRATIONS: ["asgi", "fastapi", "celery", "testing"],
     CLI: ["__main__", "cli"],
 }
 """Every module by layer, named under ``atomlimit`` (``""`` is the package).

@@ -176,3 +176,15 @@ def test_the_job_runner_waits_for_exports_and_skips_the_extra_report(server: Ser
         r"report skipped: RateLimit 'reports' exceeded; retry after \d+\.\d\d s", lines[9]
     )
     assert "acme" not in lines[9]
+
+
+# The worker's side is Celery's, the same whichever server kind answers.
+@pytest.mark.slow
+@pytest.mark.one_server_kind
+def test_the_celery_app_sends_at_most_ten_per_window_and_settles_each_summary(
+    server: Server,
+) -> None:
+    lines = run("celery_app.py", server).splitlines()
+
+    assert lines[0] == "sent 25 newsletters, at most 10 per window"
+    assert lines[1] == "spent 0.10 USD on 5 summaries, 0.00 USD still held"
