@@ -45,9 +45,10 @@ from celery import Task  # type: ignore[import-untyped]
 from celery.exceptions import Retry, WorkerLostError  # type: ignore[import-untyped]
 from celery.signals import task_failure  # type: ignore[import-untyped]
 
+from atomlimit._codecs import codec_of
 from atomlimit._engine import DEFAULT_HOLD
 from atomlimit._errors import InvalidInput
-from atomlimit._inputs import check_flag, show
+from atomlimit._inputs import check_flag, hold_us, show
 from atomlimit._waiting import pause
 from atomlimit.decision import Decision
 from atomlimit.errors import LimitExceeded
@@ -213,6 +214,14 @@ class TaskLimits:
             raise InvalidInput("a SpendCap needs an estimate to hold while the task runs")
         if not caps and (self.estimate is not None or self.settle is not None):
             raise InvalidInput("estimate and settle are for a SpendCap, and none is given")
+        hold_us(self.hold)
+        # A fixed cost or estimate is checked now, as each attempt's acquire
+        # would, so that a bad one shows when the task is defined.
+        for limit in self.limits:
+            if isinstance(limit, RateLimit) and not callable(self.cost):
+                codec_of(limit).units(self.cost)
+            elif isinstance(limit, SpendCap) and not callable(self.estimate):
+                codec_of(limit).units(self.estimate)
 
     def __call__(self, func: F) -> F:
         """Decorate a task function; it must be under ``@app.task(bind=True)``."""
