@@ -86,7 +86,7 @@ LAYERS = {
         "sessions",
         "compat",
     ],
-    INTEGRATIONS: ["asgi", "wsgi", "fastapi", "flask", "django", "testing"],
+    INTEGRATIONS: ["asgi", "wsgi", "fastapi", "flask", "django", "celery", "testing"],
     CLI: ["__main__", "cli"],
 }
 """Every module by layer, named under ``atomlimit`` (``""`` is the package).

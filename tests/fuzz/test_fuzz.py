@@ -1493,3 +1493,30 @@ def test_the_django_decorator_takes_anything_when_it_decorates(watch: Watch) -> 
         assert isinstance(view, Refused) or callable(view)
 
     decorate()
+
+
+def test_celery_limited_takes_anything_when_it_decorates(client: redis.Redis, watch: Watch) -> None:
+    from atomlimit.celery import TaskLimiter
+
+    limits = TaskLimiter(lambda: Limiter(client))
+    specs = st.lists(st.sampled_from(RATES + CAPS + SLOTS), min_size=1, max_size=3)
+
+    @fuzz(max_examples=100)
+    @given(
+        chosen=mostly(specs, st.lists(anything(), max_size=3)),
+        subject=valid_or(st.sampled_from([None, "s", lambda *args: "s"])),
+        cost=valid_or(st.sampled_from([1, 2, lambda *args: 1])),
+        estimate=valid_or(st.sampled_from([None, Decimal("0.50"), 1])),
+        hold=valid_or(st.just(timedelta(minutes=5))),
+        max_countdown=valid_or(st.one_of(st.none(), durations)),
+        lease_retry=valid_or(durations),
+        denials_use_retries=valid_or(st.booleans()),
+    )
+    def limited(chosen: list[Any], **options: Any) -> None:
+        made = watch(lambda: limits.limited(*chosen, **options))
+        if isinstance(made, Refused):
+            return
+        assert made.limits == tuple(chosen)
+        assert callable(made(lambda task: None))
+
+    limited()
