@@ -312,6 +312,7 @@ class Budgeted:
             MODEL,
             requests=RateLimit(name="llm-requests", limit=setup.rpm, window=setup.window),
             tokens=RateLimit(name="llm-tokens", limit=setup.tpm, window=setup.window),
+            slow_start=True,
         )
         self.client = ClientLimits(spend=SPEND_CAP)
 
@@ -452,6 +453,8 @@ class Result:
     utilization: Decimal
     windows: int
     recorded: Decimal | None
+    per_window: list[tuple[int, int, int]]
+    """Per window the run touched: the fleet's tokens, its requests admitted, its 429s."""
 
 
 def whole_windows(start_ms: int, end_ms: int, window_ms: int) -> range:
@@ -507,6 +510,10 @@ def run_row(
         utilization(stats, windows, share),
         len(windows),
         recorded,
+        [
+            (w.tokens, w.requests, w.rejected_requests + w.rejected_tokens)
+            for _, w in sorted(stats.windows.items())
+        ],
     )
 
 
@@ -545,6 +552,9 @@ def _arguments(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--scenarios", nargs="+", choices=sorted(SCENARIOS), default=["A", "B"])
     parser.add_argument("--rows", nargs="+", choices=list(ROWS), default=list(ROWS))
+    parser.add_argument(
+        "--windows", action="store_true", help="also print each row's tokens and 429s per window"
+    )
     return parser.parse_args(argv)
 
 
@@ -593,6 +603,10 @@ def main(argv: Sequence[str] | None = None) -> None:
                 f"{os.getloadavg()[0]:.1f} at the end)\n"
             )
             print("\n".join(table(results)))
+            if args.windows:
+                for result in results:
+                    cells = " ".join(f"{t}/{a}/{r}" for t, a, r in result.per_window)
+                    print(f"\n{result.row.name} per window (tokens/admitted/429s): {cells}")
 
 
 if __name__ == "__main__":

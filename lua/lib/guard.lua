@@ -13,7 +13,9 @@
 --   s  the least room the provider reported beyond the fleet's own count in
 --      window w, over every observation (absent: none observed);
 --   x  what window w opened with: the outside use learned from earlier
---      windows.
+--      windows;
+--   u  what the first window holds back until the provider first reports
+--      (slow start, below), while it has not reported.
 -- On a fixed window, a window's first guarded call opens it with the
 -- outside use learned so far already charged, so a window does not open
 -- with a burst into the provider's 429s. Learning is fast and forgetting is
@@ -54,11 +56,20 @@ local function guard_open(key, counter, args, it, run)
   local start, stop = tonumber(args[4]), tonumber(args[5])
   if tonumber(g[4]) ~= stop then
     local x = guard_carried(g, tonumber(args[1]), start, stop)
-    if x > 0 then
-      fw_add(counter, x, run.now, stop, run.client)
-      it.room, it.used = it.room - x, it.used + x
+    -- Slow start (the SLOW_START flag, Upstream's slow_start): before the
+    -- provider has reported anything, the first window holds back half of
+    -- the limit, so a fleet's first burst does
+    -- not meet outside use it cannot yet know of; the first observation
+    -- gives the half back (observe.lua). Only the first window does this.
+    local u = 0
+    if not g[4] and math.floor(tonumber(args[3]) / SLOW_START) % 2 == 1 then
+      u = math.ceil(tonumber(args[1]) / 2)
     end
-    redis.call('HSET', key, 'x', x, 'c', x, 'w', stop)
+    if x + u > 0 then
+      fw_add(counter, x + u, run.now, stop, run.client)
+      it.room, it.used = it.room - x - u, it.used + x + u
+    end
+    redis.call('HSET', key, 'x', x, 'c', x, 'w', stop, 'u', u)
     redis.call('HDEL', key, 's')
     redis.call('PEXPIRE', key, GUARD_KEPT_MS)
     g[2], g[3], g[4], g[5] = x, x, stop, false

@@ -69,9 +69,10 @@ and the name a person reads. A reservation is a hold: on a spend cap an item
 of its own kind kept in the cap's keys (``lib/spend.lua``); on a rate limit
 a charge of the limit's own kind with a record beside it
 (``lib/rate_hold.lua``)."""
-PARTIAL, SHADOW, GUARD = 1, 2, 4
+PARTIAL, SHADOW, GUARD, SLOW_START = 1, 2, 4, 8
 """An item's flags (``lua/lib/reply.lua``): take what fits; count but admit;
-an upstream's limit, whose guard (a pause, outside use) is its last key."""
+an upstream's limit, whose guard (a pause, outside use) is its last key; and
+with it, hold back half of the first window until the provider reports."""
 DENIED, FITS, SHADOWED = 0, 1, 3
 """An item's status in a reply (``lua/lib/reply.lua``)."""
 REPLAN, REUSED, READ_HOLDS, RECORDED = -1, -2, -3, -4

@@ -28,6 +28,7 @@ from atomlimit._codecs import (
     REPLAN,
     REUSED,
     SLIDING_LOG,
+    SLOW_START,
     Codec,
     LeaseSet,
     Spend,
@@ -208,12 +209,13 @@ class Engine:
         *,
         hold: timedelta | None = None,
         partial: bool = False,
-        guard: bool = False,
+        guard: int = 0,
     ) -> Item:
         """Validate one limit of one subject and plan its keys and arguments.
 
-        ``guard`` marks an upstream's limit: its decisions also read the
-        upstream's guard (a pause, the outside use learned).
+        ``guard`` marks an upstream's limit: its flags, `GUARD` and maybe
+        `SLOW_START`; its decisions also read the upstream's guard (a pause,
+        the outside use learned).
         """
         tag, base = self._locate(spec, subject)
         codec: Codec[Any] = codec_of(spec)
@@ -226,7 +228,7 @@ class Engine:
         if guard:
             if not isinstance(spec, RateLimit):
                 raise InvalidInput("an upstream's requests and tokens must be RateLimits")
-            flags |= GUARD
+            flags |= GUARD | (guard & SLOW_START)
         return Item(spec, subject, tag, base, codec, codec.units(cost), flags, hold_us)
 
     # -- single calls ------------------------------------------------------------

@@ -26,6 +26,7 @@ from atomlimit._codecs import (
     REUSED,
     SHADOW,
     SHADOWED,
+    SLOW_START,
 )
 
 LUA = Path(__file__).resolve().parents[2] / "lua"
@@ -76,7 +77,7 @@ def test_every_codec_sends_a_kind_of_the_table() -> None:
 def test_statuses_and_flags_are_the_same_on_both_sides() -> None:
     lua = _numbers(_lua("lib/reply.lua"))
     python = {"DENIED": DENIED, "FITS": FITS, "SHADOWED": SHADOWED}
-    python |= {"PARTIAL": PARTIAL, "SHADOW": SHADOW, "GUARD": GUARD}
+    python |= {"PARTIAL": PARTIAL, "SHADOW": SHADOW, "GUARD": GUARD, "SLOW_START": SLOW_START}
 
     assert lua == python
 

@@ -11,8 +11,10 @@ window learns from the provider are driven by a controlled clock
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
 import random
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import timedelta
@@ -833,3 +835,57 @@ async def test_peeking_then_charging_admits_past_the_token_limit(server: Server)
 
     assert len(seen) == _TASKS  # every task peeked before any charged
     assert not _never_past_the_limit(seen)
+
+
+# -- slow start ----------------------------------------------------------------------
+
+SLOW_RPM = RateLimit(name="slow-rpm", limit=1_000, window="minute")
+
+
+def _upstream(slow_start: bool = True) -> Upstream:
+    # A name of its own per test: the cluster keeps its keys between tests.
+    return Upstream(
+        f"openai:{uuid.uuid4().hex}", requests=SLOW_RPM, tokens=TPM, slow_start=slow_start
+    )
+
+
+def _slow(limiter: Limiter, upstream: Upstream, tokens: int = 100) -> Any:
+    with limiter.call(upstream, tokens=tokens) as call:
+        pass
+    return call
+
+
+@pytest.mark.parametrize("slow_start", [True, False], ids=["slow-start", "control"])
+def test_slow_start_holds_back_half_of_the_first_window_until_the_provider_reports(
+    target: Target, slow_start: bool
+) -> None:
+    clock = Clock()
+    upstream = _upstream(slow_start)
+    with target.sync_client() as client:
+        limiter = Limiter(client, time_source="client", clock=clock)
+        with limiter.call(upstream, tokens=100) as first:
+            pass
+        refusing = pytest.raises(LimitExceeded) if slow_start else contextlib.nullcontext()
+        with refusing, limiter.call(upstream, tokens=800):
+            pass
+        with limiter.call(upstream, tokens=100) as reporting:
+            reporting.observe({"x-ratelimit-remaining-tokens": "1600"})
+        after = limiter.peek(TPM, upstream.name, 0)
+
+    held_back = TPM.limit // 2 if slow_start else 0
+    assert first.decisions[1].used == held_back + 100
+    # The first report gives the half back; the provider's 1600 left is more
+    # than the fleet counts, so nothing is charged for it.
+    assert after.used == (200 if slow_start else 1000)
+
+
+def test_slow_start_is_the_first_window_only(target: Target) -> None:
+    clock = Clock()
+    with target.sync_client() as client:
+        limiter = Limiter(client, time_source="client", clock=clock)
+        upstream = _upstream()
+        _slow(limiter, upstream)  # opens the first window, never reports
+        clock.advance(60)
+        second = _slow(limiter, upstream)
+
+    assert second.decisions[1].used == 100
