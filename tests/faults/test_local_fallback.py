@@ -131,9 +131,9 @@ def test_a_rate_limit_does_not_take_the_spend_word() -> None:
 
 @pytest.mark.parametrize("subjects", [0, -1, MAX_LOCAL_SUBJECTS + 1, 1.5, "10", True, None])
 def test_local_subjects_is_bounded(subjects: object) -> None:
-    with redis.Redis(host="127.0.0.1", port=free_port()) as client:
-        with pytest.raises(InvalidInput, match="local_subjects must be an int from 1 to"):
-            Limiter(client, local_subjects=subjects)  # type: ignore[arg-type]
+    refused = pytest.raises(InvalidInput, match="local_subjects must be an int from 1 to")
+    with redis.Redis(host="127.0.0.1", port=free_port()) as client, refused:
+        Limiter(client, local_subjects=subjects)  # type: ignore[arg-type]
 
 
 # --------------------------------------------------------------------------
@@ -151,7 +151,9 @@ def test_fixed_window_admits_its_share_per_window_aligned_as_the_servers(
     assert isinstance(first.cause, BackendError)
     assert down.hit(spec, "alice").allowed
     denied = down.hit(spec, "alice")
-    assert not denied.allowed and denied.degraded and isinstance(denied.cause, BreakerOpen)
+    assert not denied.allowed
+    assert denied.degraded
+    assert isinstance(denied.cause, BreakerOpen)
     assert denied.retry_after == timedelta(seconds=30)  # the minute ends at T0 + 60 s
     clock.us = T0 + 60 * SECOND - 1
     assert not down.hit(spec, "alice").allowed
@@ -179,7 +181,9 @@ def test_gcra_with_a_fractional_interval_admits_exactly_its_rate(
     down: Limiter, clock: MicroClock
 ) -> None:
     # 3 per 10 s locally: an interval of 3,333,333.3 us, kept exactly.
-    spec = local(limit=6, algorithm="gcra", window=timedelta(seconds=10), local_share=Fraction(1, 2))
+    spec = local(
+        limit=6, algorithm="gcra", window=timedelta(seconds=10), local_share=Fraction(1, 2)
+    )
     total = 0
     for _ in range(30):
         total += down.hit(spec, "a").allowed
@@ -196,7 +200,8 @@ def test_sliding_log_counts_any_window_long_span(down: Limiter, clock: MicroCloc
     assert down.hit(spec, "a").allowed
     clock.us += SECOND
     denied = down.hit(spec, "a")
-    assert not denied.allowed and denied.retry_after == timedelta(seconds=4)
+    assert not denied.allowed
+    assert denied.retry_after == timedelta(seconds=4)
     clock.us += 4 * SECOND  # the first entry slides out
     assert admitted(down, spec, "a", 3) == 1
 
@@ -223,7 +228,8 @@ def test_a_spend_cap_that_consented_spends_its_share_in_decimals(
     assert not down.hit(cap, "team", Decimal("1.01")).allowed
     assert down.hit(cap, "team", Decimal("1.00")).remaining == Decimal("0.00")
     held = down.reserve(cap, "other", Decimal("2.00"))
-    assert held.allowed and held.decision.degraded
+    assert held.allowed
+    assert held.decision.degraded
     assert not down.reserve(cap, "other", Decimal("0.60")).allowed  # the estimate counts
 
 
@@ -280,7 +286,9 @@ async def test_async_limiter_decides_locally_too(clock: MicroClock) -> None:
     import redis.asyncio
     from redis.asyncio.retry import Retry as AsyncRetry
 
-    client = redis.asyncio.Redis(host="127.0.0.1", port=free_port(), retry=AsyncRetry(NoBackoff(), 0))
+    client = redis.asyncio.Redis(
+        host="127.0.0.1", port=free_port(), retry=AsyncRetry(NoBackoff(), 0)
+    )
     async with AsyncLimiter(client, time_source="client", clock=clock) as limiter:
         spec = local(limit=8)
         decisions = [await limiter.hit(spec, "a") for _ in range(3)]
@@ -308,7 +316,8 @@ def test_acquire_with_a_raising_hit_raises(down: Limiter) -> None:
 def test_acquire_with_a_denying_hit_denies_and_charges_nothing_locally(down: Limiter) -> None:
     spec = local()
     found = down.acquire([Hit(spec, "a"), Hit(DENY, "a")])
-    assert not found.allowed and found.denied_by is not None
+    assert not found.allowed
+    assert found.denied_by is not None
     assert found.denied_by.limit is DENY
     assert admitted(down, spec, "a", 5) == 2  # the whole share is still there
 
@@ -323,7 +332,8 @@ def test_acquire_of_local_hits_charges_all_of_them_or_none(down: Limiter) -> Non
     small, large = local("small", limit=4), local("large", limit=40)  # 1 and 10 locally
     assert down.acquire([Hit(large, "a"), Hit(small, "a")]).allowed
     denied = down.acquire([Hit(large, "a"), Hit(small, "a")])
-    assert not denied.allowed and denied.denied_by is not None
+    assert not denied.allowed
+    assert denied.denied_by is not None
     assert denied.denied_by.limit is small
     assert admitted(down, large, "a", 20) == 9  # the denied acquire took nothing
 
@@ -344,9 +354,9 @@ SAME = [
     local("sl", limit=6, algorithm="sliding_log", window=timedelta(seconds=7), local_share=1),
     local("sw", limit=6, algorithm="sliding_counter", window=timedelta(seconds=7), local_share=1),
     Concurrency(name="cc", limit=3, lease=timedelta(seconds=5), on_backend_error="local",
-                local_share=1),
+                local_share=Fraction(1)),
     SpendCap(name="sc", limit=Decimal("6.0"), currency="AUD", window=timedelta(seconds=7),
-             on_backend_error="local_spend", local_share=1),
+             on_backend_error="local_spend", local_share=Fraction(1)),
 ]  # fmt: skip
 
 
@@ -364,11 +374,12 @@ def test_the_local_limiter_decides_as_the_server_does(
                 pair = [limiter.lease(spec, "s", raise_on_deny=False).decision
                         for limiter in (up, down)]  # fmt: skip
             else:
-                cost = shuffle.choice((1, 1, 2, 3))
-                cost = Decimal(cost) / 2 if isinstance(spec, SpendCap) else cost
+                units = shuffle.choice((1, 1, 2, 3))
+                cost = Decimal(units) / 2 if isinstance(spec, SpendCap) else units
                 pair = [limiter.hit(spec, "s", cost) for limiter in (up, down)]
             server_said, local_said = pair
-            assert not server_said.degraded and local_said.degraded
+            assert not server_said.degraded
+            assert local_said.degraded
             assert _counts(local_said) == _counts(server_said), step
             # The server's GCRA keeps its arrival time as a float, rounded
             # up to the microsecond; the local one is exact.
@@ -506,7 +517,7 @@ def test_a_fleet_admits_within_the_bound_while_the_server_is_dead(fresh_server: 
 def _check_outage(reports: dict[int, dict[tuple[str, int, bool, bool], int]]) -> None:
     fleet: Counter[tuple[str, int, bool]] = Counter()
     for index, tally in reports.items():
-        local_admitted = Counter()
+        local_admitted: Counter[int] = Counter()
         for (name, window, degraded, allowed), n in tally.items():
             if allowed:
                 fleet[(name, window, degraded)] += n

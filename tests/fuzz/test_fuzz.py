@@ -539,7 +539,8 @@ def test_the_local_fallback_takes_any_share_and_subject_bound(watch: Watch) -> N
             else:
                 decision = watch(lambda: limiter.hit(spec, subject, cost))
                 if not isinstance(decision, Refused):
-                    assert decision.degraded and decision.remaining <= decision.limit
+                    assert decision.degraded
+                    assert decision.remaining <= decision.limit
         dead.close()
 
     decide_locally()
@@ -1396,6 +1397,8 @@ def test_any_text_or_bytes_in_a_policy_file_gives_invalid_input_at_most(tmp_path
         check_policies(lambda: load(path))
 
     load_it()
+
+
 def test_the_django_decorator_takes_anything_when_it_decorates(watch: Watch) -> None:
     from atomlimit.django import limit
 
