@@ -314,7 +314,7 @@ class LocalLimits:
 
     def __init__(self, subjects: int = DEFAULT_LOCAL_SUBJECTS) -> None:
         self.subjects = check_subjects(subjects)
-        self._entries: OrderedDict[tuple[str, str], _State] = OrderedDict()
+        self._entries: OrderedDict[tuple[Any, ...], _State] = OrderedDict()
         self._lock = threading.Lock()
 
     def __len__(self) -> int:
@@ -344,7 +344,19 @@ class LocalLimits:
             return decisions
 
     def _state(self, item: LocalItem) -> _State:
-        key = (item.codec.tail, item.subject)
+        # Keyed by what shapes the state too, not the limit's name alone: a
+        # limit changed under the same name (a policy file reloaded) starts
+        # afresh instead of reading a state kept in other units.
+        spec: Any = item.codec.spec
+        key = (
+            item.codec.tail,
+            item.subject,
+            spec.limit,
+            spec.local_share,
+            getattr(spec, "burst", None),
+            getattr(spec, "window", None),
+            getattr(spec, "lease", None),
+        )
         entries = self._entries
         state = entries.get(key)
         if state is None:

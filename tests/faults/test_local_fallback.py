@@ -543,3 +543,13 @@ def _check_outage(reports: dict[int, dict[tuple[str, int, bool, bool], int]]) ->
     # past the same bound: the assertion above can fail.
     naive_total = sum(n for (name, _, _), n in fleet.items() if name == NAIVE_SPEC.name)
     assert naive_total > bound * len(windows)
+
+
+def test_a_limit_changed_under_the_same_name_starts_its_local_state_afresh(
+    down: Limiter,
+) -> None:
+    before = local(limit=8, algorithm="gcra", window=timedelta(seconds=8))  # 2 at once
+    after = local(limit=40, algorithm="gcra", window=timedelta(seconds=8))  # 10 at once
+    assert admitted(down, before, "a", 5) == 2
+    assert admitted(down, after, "a", 12) == 10
+    assert admitted(down, before, "a", 5) == 0  # its own state is still there
