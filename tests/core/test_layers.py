@@ -52,6 +52,7 @@ LAYERS = {
         "_acquire",
         "_model_call",
         "_header_fields",
+        "_local_limits",
         "_degraded",
         "_circuit",
         "_reporting",

@@ -27,6 +27,7 @@ import logging
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta, timezone
 from decimal import Decimal
+from fractions import Fraction
 from typing import Any, NamedTuple, NoReturn
 from uuid import UUID
 
@@ -35,6 +36,8 @@ import redis
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from pydantic import BaseModel
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 from servers import Server
 
 from atomlimit import (
@@ -395,6 +398,9 @@ def watch(client: redis.Redis) -> Watch:
 # Specs and the limiter
 # --------------------------------------------------------------------------
 
+NO_RETRY = Retry(NoBackoff(), 0)
+LOCAL_SHARES = [Fraction(1, 8), Fraction(1), Decimal("0.5"), "1/4", "0.25", 1, Fraction(1, 10**6)]
+
 KINDS: dict[type[Spec[Any]], dict[str, Any]] = {
     RateLimit: {"name": "n", "limit": 5, "window": "minute"},
     SpendCap: {"name": "n", "limit": Decimal("10.00"), "currency": "AUD", "window": "day"},
@@ -413,8 +419,12 @@ VALID_FIELDS: dict[str, st.SearchStrategy[Any]] = {
     "currency": st.sampled_from(["AUD", "usd", "tokens_1"]),
     "unit": st.sampled_from([Decimal("0.01"), Decimal(1), Decimal("1E-18"), Decimal("1.000")]),
     "lease": st.sampled_from([timedelta(milliseconds=1), timedelta(days=366)]),
-    # "allow" is refused by a SpendCap, "allow_unmetered_spend" by the others.
-    "on_backend_error": st.sampled_from(["raise", "deny", "allow", "allow_unmetered_spend"]),
+    # "allow" and "local" are refused by a SpendCap, "allow_unmetered_spend"
+    # and "local_spend" by the others; "local" needs a local_share.
+    "on_backend_error": st.sampled_from(
+        ["raise", "deny", "allow", "allow_unmetered_spend", "local", "local_spend"]
+    ),
+    "local_share": st.sampled_from(LOCAL_SHARES),
 }
 LIMIT_FIELDS = {
     RateLimit: st.integers(1, 100),
@@ -431,9 +441,19 @@ FIELDS_OF = {
         "max_log",
         "shadow",
         "on_backend_error",
+        "local_share",
     ),
-    SpendCap: ("name", "window", "tz", "currency", "unit", "shadow", "on_backend_error"),
-    Concurrency: ("name", "lease", "on_backend_error"),
+    SpendCap: (
+        "name",
+        "window",
+        "tz",
+        "currency",
+        "unit",
+        "shadow",
+        "on_backend_error",
+        "local_share",
+    ),
+    Concurrency: ("name", "lease", "on_backend_error", "local_share"),
 }
 
 
@@ -482,6 +502,53 @@ def test_specs_refuse_bad_fields_briefly_and_every_spec_built_can_be_used(
     build_and_use()
 
 
+def test_the_local_fallback_takes_any_share_and_subject_bound(watch: Watch) -> None:
+    """A server that is gone, limits decided in-process: only InvalidInput escapes."""
+
+    @fuzz(max_examples=150)
+    @given(
+        kind=st.sampled_from(list(KINDS)),
+        share=valid_or(st.sampled_from(LOCAL_SHARES)),
+        limit=valid_or(st.integers(1, 10**6)),
+        subjects=valid_or(st.integers(1, 3)),
+        subject=valid_or(st.sampled_from(["a", "b", "c", "d"])),
+        cost=valid_or(st.integers(0, 5)),
+    )
+    @example(kind=RateLimit, share=Decimal("1E+999999999"), limit=5, subjects=1, subject="a",
+             cost=1)  # fmt: skip
+    # Terms of 4,000 digits (more, and the example itself cannot be printed).
+    @example(kind=RateLimit, share=Fraction(10**4000 - 1, 10**4000), limit=5, subjects=1,
+             subject="a", cost=1)  # fmt: skip
+    @example(kind=RateLimit, share="9" * 10**5, limit=5, subjects=1, subject="a", cost=1)
+    @example(kind=Concurrency, share=1, limit=5, subjects=10**6 + 1, subject="a", cost=1)
+    def decide_locally(
+        kind: type[Spec[Any]], share: Any, limit: Any, subjects: Any, subject: Any, cost: Any
+    ) -> None:
+        policy = "local_spend" if kind is SpendCap else "local"
+        fields = {**KINDS[kind], "limit": limit, "on_backend_error": policy, "local_share": share}
+        if kind is RateLimit:
+            fields["algorithm"] = "gcra" if isinstance(limit, int) and limit % 2 else "sliding_log"
+            fields["window"] = timedelta(seconds=10)
+        spec = watch(lambda: kind(**fields))
+        dead = redis.Redis(host="127.0.0.1", port=1, retry=NO_RETRY)
+        limiter = watch(lambda: Limiter(dead, local_subjects=subjects))
+        if isinstance(spec, Refused) or isinstance(limiter, Refused):
+            return
+        for _ in range(3):
+            if isinstance(spec, Concurrency):
+                lease = watch(lambda: limiter.lease(spec, subject, raise_on_deny=False))
+                if not isinstance(lease, Refused):
+                    assert lease.decision.degraded
+            else:
+                decision = watch(lambda: limiter.hit(spec, subject, cost))
+                if not isinstance(decision, Refused):
+                    assert decision.degraded
+                    assert decision.remaining <= decision.limit
+        dead.close()
+
+    decide_locally()
+
+
 class Quiet(Observer):
     """An observer that inherits the protocol's methods, which do nothing."""
 
@@ -498,6 +565,7 @@ def test_limiter_options_are_refused_or_give_a_working_limiter(
         breaker=valid_or(st.sampled_from([Breaker(), None, Breaker(failures=1000)])),
         observers=valid_or(st.sampled_from([(), [Quiet()], (Quiet(),) * 16])),
         strict=valid_or(st.booleans()),
+        local_subjects=valid_or(st.sampled_from([1, 10_000, 1_000_000])),
     )
     def configure(
         prefix: Any,
@@ -507,6 +575,7 @@ def test_limiter_options_are_refused_or_give_a_working_limiter(
         breaker: Any,
         observers: Any,
         strict: Any,
+        local_subjects: Any,
     ) -> None:
         client.flushall()
         limiter = watch(
@@ -519,6 +588,7 @@ def test_limiter_options_are_refused_or_give_a_working_limiter(
                 breaker=breaker,
                 observers=observers,
                 strict=strict,
+                local_subjects=local_subjects,
             )
         )
         if not isinstance(limiter, Refused):

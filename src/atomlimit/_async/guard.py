@@ -69,9 +69,13 @@ class AsyncGuard(Guard):
         cost: object,
         send: Callable[[Any], Awaitable[Any]],
         step: Any,
+        subject: str | None = None,
+        partial: bool = False,
     ) -> Any:
-        """`run` for a call that returns one Decision of ``spec``."""
-        return await self.run(operation, send, step, self._policy(spec, cost, operation == "hit"))
+        """`run` for a call that returns one Decision of ``spec`` for
+        ``subject`` (which a ``"local"`` policy decides by)."""
+        policy = self._policy(spec, cost, operation, subject, partial)
+        return await self.run(operation, send, step, policy)
 
 
 class AsyncGuardedRunner:

@@ -38,6 +38,7 @@ from atomlimit._engine import (
 )
 from atomlimit._inputs import check_deadline, check_flag
 from atomlimit._limited import check_function, configure
+from atomlimit._local_limits import DEFAULT_LOCAL_SUBJECTS
 from atomlimit._model_call import Planned, pause_items, pause_length, plan
 from atomlimit._money import Amount
 from atomlimit._redis import check_client
@@ -109,6 +110,10 @@ class AsyncLimiter:
     #         every call tries the server. See docs/failure-policy.md.
     #     observers: objects told of every decision and backend failure
     #         ([`atomlimit.observe.Observer`][atomlimit.observe.Observer]), at most 16.
+    #     local_subjects: most (limit, subject) pairs whose usage the limiter
+    #         keeps in-process for limits with ``on_backend_error="local"``,
+    #         1 to 1,000,000; the least recently used is forgotten first. See
+    #         docs/failure-policy.md.
     #
     # A call waits for the server at most as long as the client allows: its
     # ``socket_connect_timeout`` and ``socket_timeout`` (redis-py waits
@@ -130,6 +135,7 @@ class AsyncLimiter:
         breaker: Breaker | None = DEFAULT_BREAKER,
         observers: Sequence[Observer] = (),
         deadline: timedelta | None = None,  # unasync: async
+        local_subjects: int = DEFAULT_LOCAL_SUBJECTS,
     ) -> None:
         self._engine = Engine(
             prefix=prefix, time_source=time_source, request_ttl=request_ttl, retry_ttl=retry_ttl
@@ -149,6 +155,7 @@ class AsyncLimiter:
             observers,
             now,
             check_deadline(deadline),  # unasync: async
+            local_subjects=local_subjects,
         )
         self._handles = AsyncGuardedRunner(self._guard, self._runner)
         # One script may name several subjects' keys unless a cluster spreads them.
@@ -170,6 +177,7 @@ class AsyncLimiter:
         breaker: Breaker | None = DEFAULT_BREAKER,
         observers: Sequence[Observer] = (),
         deadline: timedelta | None = None,  # unasync: async
+        local_subjects: int = DEFAULT_LOCAL_SUBJECTS,
         max_connections: int = DEFAULT_MAX_CONNECTIONS,  # unasync: async
         pool_timeout: float | None = DEFAULT_POOL_TIMEOUT,  # unasync: async
         **redis_options: Any,
@@ -204,6 +212,7 @@ class AsyncLimiter:
             breaker=breaker,
             observers=observers,
             deadline=deadline,  # unasync: async
+            local_subjects=local_subjects,
         )
         limiter._owns_client = True
         limiter._runner.keep_connections = True  # unasync: async
@@ -226,7 +235,9 @@ class AsyncLimiter:
         """
         runner = self._open()
         call = self._engine.hit(limit, subject, cost, request_id, partial, runner.now())
-        result: Decision[Amount] = await self._guard.decide("hit", limit, cost, runner.run, call)
+        result: Decision[Amount] = await self._guard.decide(
+            "hit", limit, cost, runner.run, call, subject, partial
+        )
         return result
 
     async def hit_many(self, hits: Sequence[Hit[Any]]) -> list[Decision[Any]]:
@@ -249,7 +260,9 @@ class AsyncLimiter:
         """Would a hit of ``cost`` pass now? Charges nothing."""
         runner = self._open()
         call = self._engine.peek(limit, subject, cost, runner.now())
-        result: Decision[Amount] = await self._guard.decide("peek", limit, cost, runner.run, call)
+        result: Decision[Amount] = await self._guard.decide(
+            "peek", limit, cost, runner.run, call, subject
+        )
         return result
 
     async def refund(
@@ -267,7 +280,7 @@ class AsyncLimiter:
         runner = self._open()
         call = self._engine.refund(limit, subject, amount, request_id, runner.now())
         result: Decision[Amount] = await self._guard.decide(
-            "refund", limit, amount, runner.run, call
+            "refund", limit, amount, runner.run, call, subject
         )
         return result
 
@@ -339,7 +352,9 @@ class AsyncLimiter:
         spec = reserved_limit(limit, cap)
         runner = self._open()
         held = self._engine.reserve(spec, subject, estimate, ttl, request_id, runner.now())  # type: ignore[arg-type]
-        decision = await self._guard.decide("reserve", spec, estimate, runner.run, held.call)
+        decision = await self._guard.decide(
+            "reserve", spec, estimate, runner.run, held.call, held.item.subject
+        )
         return AsyncReservation(self._engine, self._handles, decision, held.item, held.request_id)
 
     def reservation(
@@ -388,7 +403,7 @@ class AsyncLimiter:
         async def take() -> AsyncLease:
             runner = self._open()
             held = self._engine.lease(limit, subject, request_id, runner.now())
-            decision = await self._guard.decide("lease", limit, 1, runner.run, held.call)
+            decision = await self._guard.decide("lease", limit, 1, runner.run, held.call, subject)
             return AsyncLease(self._engine, self._handles, decision, held.item, held.request_id)
 
         return Pending(take, raise_on_deny)

@@ -56,9 +56,13 @@ class SyncGuard(Guard):
         cost: object,
         send: Callable[[Any], Any],
         step: Any,
+        subject: str | None = None,
+        partial: bool = False,
     ) -> Any:
-        """`run` for a call that returns one Decision of ``spec``."""
-        return self.run(operation, send, step, self._policy(spec, cost, operation == "hit"))
+        """`run` for a call that returns one Decision of ``spec`` for
+        ``subject`` (which a ``"local"`` policy decides by)."""
+        policy = self._policy(spec, cost, operation, subject, partial)
+        return self.run(operation, send, step, policy)
 
 
 class GuardedRunner:

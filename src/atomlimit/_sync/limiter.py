@@ -33,6 +33,7 @@ from atomlimit._engine import (
 )
 from atomlimit._inputs import check_flag
 from atomlimit._limited import check_function, configure
+from atomlimit._local_limits import DEFAULT_LOCAL_SUBJECTS
 from atomlimit._model_call import Planned, pause_items, pause_length, plan
 from atomlimit._money import Amount
 from atomlimit._redis import check_client
@@ -88,6 +89,10 @@ class Limiter:
             every call tries the server. See docs/failure-policy.md.
         observers: objects told of every decision and backend failure
             ([`atomlimit.observe.Observer`][atomlimit.observe.Observer]), at most 16.
+        local_subjects: most (limit, subject) pairs whose usage the limiter
+            keeps in-process for limits with ``on_backend_error="local"``,
+            1 to 1,000,000; the least recently used is forgotten first. See
+            docs/failure-policy.md.
 
     A call waits for the server at most as long as the client allows: its
     ``socket_connect_timeout`` and ``socket_timeout`` (redis-py waits
@@ -106,6 +111,7 @@ class Limiter:
         strict: bool = False,
         breaker: Breaker | None = DEFAULT_BREAKER,
         observers: Sequence[Observer] = (),
+        local_subjects: int = DEFAULT_LOCAL_SUBJECTS,
     ) -> None:
         self._engine = Engine(
             prefix=prefix, time_source=time_source, request_ttl=request_ttl, retry_ttl=retry_ttl
@@ -114,7 +120,12 @@ class Limiter:
         client = check_client(client, (redis.Redis, RedisCluster))
         strict = check_flag(strict, "strict")
         self._runner = SyncRunner(client, now, strict=strict)
-        self._guard = SyncGuard(breaker, observers, now)
+        self._guard = SyncGuard(
+            breaker,
+            observers,
+            now,
+            local_subjects=local_subjects,
+        )
         self._handles = GuardedRunner(self._guard, self._runner)
         # One script may name several subjects' keys unless a cluster spreads them.
         self._engine.together = not isinstance(client, RedisCluster)
@@ -133,6 +144,7 @@ class Limiter:
         strict: bool = False,
         breaker: Breaker | None = DEFAULT_BREAKER,
         observers: Sequence[Observer] = (),
+        local_subjects: int = DEFAULT_LOCAL_SUBJECTS,
         **redis_options: Any,
     ) -> Self:
         """Connect to ``url``; ``redis_options`` go to ``redis.Redis.from_url``.
@@ -150,6 +162,7 @@ class Limiter:
             strict=strict,
             breaker=breaker,
             observers=observers,
+            local_subjects=local_subjects,
         )
         limiter._owns_client = True
         return limiter
@@ -171,7 +184,9 @@ class Limiter:
         """
         runner = self._open()
         call = self._engine.hit(limit, subject, cost, request_id, partial, runner.now())
-        result: Decision[Amount] = self._guard.decide("hit", limit, cost, runner.run, call)
+        result: Decision[Amount] = self._guard.decide(
+            "hit", limit, cost, runner.run, call, subject, partial
+        )
         return result
 
     def hit_many(self, hits: Sequence[Hit[Any]]) -> list[Decision[Any]]:
@@ -192,7 +207,9 @@ class Limiter:
         """Would a hit of ``cost`` pass now? Charges nothing."""
         runner = self._open()
         call = self._engine.peek(limit, subject, cost, runner.now())
-        result: Decision[Amount] = self._guard.decide("peek", limit, cost, runner.run, call)
+        result: Decision[Amount] = self._guard.decide(
+            "peek", limit, cost, runner.run, call, subject
+        )
         return result
 
     def refund(
@@ -209,7 +226,9 @@ class Limiter:
         """
         runner = self._open()
         call = self._engine.refund(limit, subject, amount, request_id, runner.now())
-        result: Decision[Amount] = self._guard.decide("refund", limit, amount, runner.run, call)
+        result: Decision[Amount] = self._guard.decide(
+            "refund", limit, amount, runner.run, call, subject
+        )
         return result
 
     def reset(self, limit: Spec[Any], subject: str) -> None:
@@ -265,7 +284,9 @@ class Limiter:
         spec = reserved_limit(limit, cap)
         runner = self._open()
         held = self._engine.reserve(spec, subject, estimate, ttl, request_id, runner.now())  # type: ignore[arg-type]
-        decision = self._guard.decide("reserve", spec, estimate, runner.run, held.call)
+        decision = self._guard.decide(
+            "reserve", spec, estimate, runner.run, held.call, held.item.subject
+        )
         return Reservation(self._engine, self._handles, decision, held.item, held.request_id)
 
     def reservation(
@@ -306,7 +327,7 @@ class Limiter:
         def take() -> Lease:
             runner = self._open()
             held = self._engine.lease(limit, subject, request_id, runner.now())
-            decision = self._guard.decide("lease", limit, 1, runner.run, held.call)
+            decision = self._guard.decide("lease", limit, 1, runner.run, held.call, subject)
             return Lease(self._engine, self._handles, decision, held.item, held.request_id)
 
         return taken(take, raise_on_deny)
