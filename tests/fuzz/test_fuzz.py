@@ -39,6 +39,7 @@ from servers import Server
 from atomlimit import (
     Breaker,
     Concurrency,
+    DenyCache,
     Hit,
     InvalidInput,
     Limiter,
@@ -495,6 +496,13 @@ def test_limiter_options_are_refused_or_give_a_working_limiter(
         breaker=valid_or(st.sampled_from([Breaker(), None, Breaker(failures=1000)])),
         observers=valid_or(st.sampled_from([(), [Quiet()], (Quiet(),) * 16])),
         strict=valid_or(st.booleans()),
+        deny_cache=valid_or(
+            st.one_of(
+                st.none(),
+                st.sampled_from([1, 1_000_000]),
+                st.builds(DenyCache, st.integers(1, 1_000_000)),
+            )
+        ),
     )
     def configure(
         prefix: Any,
@@ -504,6 +512,7 @@ def test_limiter_options_are_refused_or_give_a_working_limiter(
         breaker: Any,
         observers: Any,
         strict: Any,
+        deny_cache: Any,
     ) -> None:
         client.flushall()
         limiter = watch(
@@ -516,6 +525,7 @@ def test_limiter_options_are_refused_or_give_a_working_limiter(
                 breaker=breaker,
                 observers=observers,
                 strict=strict,
+                deny_cache=deny_cache,
             )
         )
         if not isinstance(limiter, Refused):
@@ -553,6 +563,27 @@ def test_hit_takes_anything_and_refuses_what_it_cannot_charge(
         client.flushall()
         spec, cost = limit_and_cost
         watch(lambda: limiter.hit(spec, subject, cost, request_id=request_id, partial=partial))
+
+    hit()
+
+
+def test_a_cached_denial_refuses_what_the_server_path_refuses(
+    client: redis.Redis, watch: Watch
+) -> None:
+    limiter = Limiter(client, deny_cache=DenyCache(max_entries=64))
+
+    @fuzz(max_examples=100)
+    @given(
+        limit_and_cost=with_cost(limits),
+        subject=subjects,
+        partial=valid_or(st.booleans()),
+    )
+    def hit(limit_and_cost: tuple[Any, Any], subject: Any, partial: Any) -> None:
+        spec, cost = limit_and_cost
+        if isinstance(spec, RateLimit | SpendCap) and isinstance(subject, str):
+            # Deny the subject outright first, so the call below meets its cached denial.
+            watch(lambda: limiter.hit(spec, subject, spec.limit + 1))
+        watch(lambda: limiter.hit(spec, subject, cost, partial=partial))
 
     hit()
 
@@ -1327,6 +1358,8 @@ def test_any_text_or_bytes_in_a_policy_file_gives_invalid_input_at_most(tmp_path
         check_policies(lambda: load(path))
 
     load_it()
+
+
 def test_the_django_decorator_takes_anything_when_it_decorates(watch: Watch) -> None:
     from atomlimit.django import limit
 
