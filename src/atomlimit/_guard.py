@@ -146,6 +146,18 @@ class Guard:
             for decision in _decisions_in(result):
                 self._report_decision(decision, operation, seconds)
 
+    def answered(
+        self, operation: Operation, decisions: Sequence[Decision[Any]], started: float
+    ) -> None:
+        """Report decisions answered without the server (the deny cache's).
+
+        The breaker neither admits nor hears of them: no server was asked.
+        """
+        if self._observers:
+            seconds = time.perf_counter() - started
+            for decision in decisions:
+                self._report_decision(decision, operation, seconds)
+
     def _failed(
         self,
         operation: Operation,

@@ -26,7 +26,9 @@ _FIELDS = (
     "spec",
     "degraded",
     "cause",
+    "cached",
 )
+_COMPARED = tuple(i for i, name in enumerate(_FIELDS) if name != "cause")
 
 
 class Decision(Generic[Amount]):
@@ -44,6 +46,7 @@ class Decision(Generic[Amount]):
         "_reset",
         "_retry",
         "allowed",
+        "cached",
         "cause",
         "degraded",
         "granted",
@@ -79,6 +82,9 @@ class Decision(Generic[Amount]):
     """Decided without the server, by the limit's failure policy."""
     cause: BaseException | None
     """Why a degraded decision was made without the server."""
+    cached: bool
+    """A denial answered from the limiter's [`DenyCache`][atomlimit.DenyCache],
+    without the server."""
 
     def __init__(
         self,
@@ -94,12 +100,14 @@ class Decision(Generic[Amount]):
         spec: Spec[Amount] | None = None,
         degraded: bool = False,
         cause: BaseException | None = None,
+        cached: bool = False,
     ) -> None:
         _init(self, allowed, limit, used, remaining, reset_at, retry_after, granted, held)
         _SHADOW(self, shadow_denied)
         _SPEC(self, spec)
         _DEGRADED(self, degraded)
         _CAUSE(self, cause)
+        _CACHED(self, cached)
 
     @property
     def reset_at(self) -> datetime:
@@ -129,10 +137,10 @@ class Decision(Generic[Amount]):
             return NotImplemented
         # The cause is an exception, equal only to itself: two degraded
         # decisions alike in every value are equal whatever their causes.
-        return self._values()[:-1] == other._values()[:-1]
+        return self._compared() == other._compared()
 
     def __hash__(self) -> int:
-        return hash(self._values()[:-1])
+        return hash(self._compared())
 
     def __repr__(self) -> str:
         values = zip(_FIELDS, self._values(), strict=True)
@@ -150,6 +158,10 @@ class Decision(Generic[Amount]):
 
     def _values(self) -> tuple[Any, ...]:
         return tuple(getattr(self, name) for name in _FIELDS)
+
+    def _compared(self) -> tuple[Any, ...]:
+        values = self._values()
+        return tuple(values[i] for i in _COMPARED)
 
     def headers(self, *, now: datetime | None = None) -> dict[str, str]:
         """The ``RateLimit-Policy`` and ``RateLimit`` header fields for this decision.
@@ -193,6 +205,7 @@ class Decision(Generic[Amount]):
             "shadow_denied": self.shadow_denied,
             "degraded": self.degraded,
             "cause": None if self.cause is None else type(self.cause).__name__,
+            "cached": self.cached,
         }
 
 
@@ -238,11 +251,13 @@ def decided(
     held: Any,
     shadow_denied: bool,
     spec: Spec[Any],
+    cached: bool = False,
 ) -> Decision[Any]:
     """A Decision from the integers a reply carries, built without checks.
 
     Times are epoch microseconds (``reset_us``) and a microsecond count
     (``retry_us``); they turn into a datetime and a timedelta when read.
+    ``cached``: answered from the deny cache.
     """
     decision: Decision[Any] = object.__new__(Decision)
     _init(decision, allowed, limit, used, remaining, reset_us, retry_us, granted, held)
@@ -250,6 +265,7 @@ def decided(
     _SPEC(decision, spec)
     _DEGRADED(decision, False)
     _CAUSE(decision, None)
+    _CACHED(decision, cached)
     return decision
 
 
@@ -268,6 +284,7 @@ _SHADOW = _SLOTS["shadow_denied"].__set__
 _SPEC = _SLOTS["spec"].__set__
 _DEGRADED = _SLOTS["degraded"].__set__
 _CAUSE = _SLOTS["cause"].__set__
+_CACHED = _SLOTS["cached"].__set__
 
 
 def _init(

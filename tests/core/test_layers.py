@@ -59,6 +59,7 @@ LAYERS = {
         "_fitness",
         "_stored_values",
         "_cache_plan",
+        "_deny_cache",
         "_session_plan",
         "_waiting",
         "_limited",

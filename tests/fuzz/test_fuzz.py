@@ -44,6 +44,7 @@ from atomlimit import (
     Breaker,
     ClientLimits,
     Concurrency,
+    DenyCache,
     Hit,
     InvalidInput,
     Limiter,
@@ -566,6 +567,13 @@ def test_limiter_options_are_refused_or_give_a_working_limiter(
         observers=valid_or(st.sampled_from([(), [Quiet()], (Quiet(),) * 16])),
         strict=valid_or(st.booleans()),
         local_subjects=valid_or(st.sampled_from([1, 10_000, 1_000_000])),
+        deny_cache=valid_or(
+            st.one_of(
+                st.none(),
+                st.sampled_from([1, 1_000_000]),
+                st.builds(DenyCache, st.integers(1, 1_000_000)),
+            )
+        ),
     )
     def configure(
         prefix: Any,
@@ -576,6 +584,7 @@ def test_limiter_options_are_refused_or_give_a_working_limiter(
         observers: Any,
         strict: Any,
         local_subjects: Any,
+        deny_cache: Any,
     ) -> None:
         client.flushall()
         limiter = watch(
@@ -589,6 +598,7 @@ def test_limiter_options_are_refused_or_give_a_working_limiter(
                 observers=observers,
                 strict=strict,
                 local_subjects=local_subjects,
+                deny_cache=deny_cache,
             )
         )
         if not isinstance(limiter, Refused):
@@ -626,6 +636,27 @@ def test_hit_takes_anything_and_refuses_what_it_cannot_charge(
         client.flushall()
         spec, cost = limit_and_cost
         watch(lambda: limiter.hit(spec, subject, cost, request_id=request_id, partial=partial))
+
+    hit()
+
+
+def test_a_cached_denial_refuses_what_the_server_path_refuses(
+    client: redis.Redis, watch: Watch
+) -> None:
+    limiter = Limiter(client, deny_cache=DenyCache(max_entries=64))
+
+    @fuzz(max_examples=100)
+    @given(
+        limit_and_cost=with_cost(limits),
+        subject=subjects,
+        partial=valid_or(st.booleans()),
+    )
+    def hit(limit_and_cost: tuple[Any, Any], subject: Any, partial: Any) -> None:
+        spec, cost = limit_and_cost
+        if isinstance(spec, RateLimit | SpendCap) and isinstance(subject, str):
+            # Deny the subject outright first, so the call below meets its cached denial.
+            watch(lambda: limiter.hit(spec, subject, spec.limit + 1))
+        watch(lambda: limiter.hit(spec, subject, cost, partial=partial))
 
     hit()
 

@@ -28,6 +28,7 @@ from atomlimit._async.guard import AsyncGuard, AsyncGuardedRunner
 from atomlimit._async.holds import AsyncLease, AsyncReservation
 from atomlimit._async_runner import AsyncRunner
 from atomlimit._clock import clock_reader
+from atomlimit._deny_cache import DenyCache, deny_cache_of
 from atomlimit._engine import (
     DEFAULT_HOLD,
     DEFAULT_REQUEST_TTL,
@@ -63,6 +64,7 @@ from atomlimit.specs import Concurrency, Hit, RateLimit, Spec, SpendCap
 from atomlimit.upstream import ClientLimits, Upstream
 
 _US = timedelta(microseconds=1)
+_YIELD_EVERY = 16  # unasync: async
 P = ParamSpec("P")
 R = TypeVar("R")
 
@@ -114,6 +116,9 @@ class AsyncLimiter:
     #         keeps in-process for limits with ``on_backend_error="local"``,
     #         1 to 1,000,000; the least recently used is forgotten first. See
     #         docs/failure-policy.md.
+    #     deny_cache: a [`DenyCache`][atomlimit.DenyCache] (or its size, 1 to
+    #         1,000,000 entries) to answer repeated denied hits without the
+    #         server; None (default) asks the server every time. See docs/local.md.
     #
     # A call waits for the server at most as long as the client allows: its
     # ``socket_connect_timeout`` and ``socket_timeout`` (redis-py waits
@@ -136,6 +141,7 @@ class AsyncLimiter:
         observers: Sequence[Observer] = (),
         deadline: timedelta | None = None,  # unasync: async
         local_subjects: int = DEFAULT_LOCAL_SUBJECTS,
+        deny_cache: DenyCache | int | None = None,
     ) -> None:
         self._engine = Engine(
             prefix=prefix, time_source=time_source, request_ttl=request_ttl, retry_ttl=retry_ttl
@@ -157,7 +163,9 @@ class AsyncLimiter:
             check_deadline(deadline),  # unasync: async
             local_subjects=local_subjects,
         )
-        self._handles = AsyncGuardedRunner(self._guard, self._runner)
+        self._deny = deny_cache_of(deny_cache)
+        self._answered = 0  # unasync: async
+        self._handles = AsyncGuardedRunner(self._guard, self._runner, self._deny)
         # One script may name several subjects' keys unless a cluster spreads them.
         self._engine.together = not isinstance(client, AsyncRedisCluster)
         self._owns_client = False
@@ -180,6 +188,7 @@ class AsyncLimiter:
         local_subjects: int = DEFAULT_LOCAL_SUBJECTS,
         max_connections: int = DEFAULT_MAX_CONNECTIONS,  # unasync: async
         pool_timeout: float | None = DEFAULT_POOL_TIMEOUT,  # unasync: async
+        deny_cache: DenyCache | int | None = None,
         **redis_options: Any,
     ) -> Self:
         # unasync: async
@@ -213,6 +222,7 @@ class AsyncLimiter:
             observers=observers,
             deadline=deadline,  # unasync: async
             local_subjects=local_subjects,
+            deny_cache=deny_cache,
         )
         limiter._owns_client = True
         limiter._runner.keep_connections = True  # unasync: async
@@ -232,12 +242,35 @@ class AsyncLimiter:
         One atomic script run. With ``request_id``, a repeat of a charged
         request returns the original decision and charges nothing. With
         ``partial``, as much of ``cost`` as fits is granted (``granted``).
+        With a deny cache, a denial it holds answers without the server
+        (``Decision.cached``); calls with a ``request_id`` always ask.
         """
         runner = self._open()
-        call = self._engine.hit(limit, subject, cost, request_id, partial, runner.now())
+        local = runner.now()
+        deny = self._deny if request_id is None else None
+        if deny is not None:
+            started = time.perf_counter()
+            known = deny.check(limit, subject, cost, partial, False, self._engine.planned(local)[0])
+            if known is not None:
+                self._guard.answered("hit", (known,), started)
+                # unasync: async
+                # Answering from memory must still suspend now and then: a
+                # task that hits in a loop would otherwise never let the
+                # event loop run anything else. Every time would cost more
+                # than the answer itself.
+                self._answered += 1
+                if not self._answered % _YIELD_EVERY:
+                    await asyncio.sleep(0)
+                # unasync: end
+                return known
+        call = self._engine.hit(limit, subject, cost, request_id, partial, local)
         result: Decision[Amount] = await self._guard.decide(
             "hit", limit, cost, runner.run, call, subject, partial
         )
+        if deny is not None and not result.allowed and not partial:
+            # Planned at `local`, decided at the server's time then: the skew
+            # this reply taught puts `local` on the server's clock.
+            deny.learn(limit, subject, cost, False, result, self._engine.planned(local)[0])
         return result
 
     async def hit_many(self, hits: Sequence[Hit[Any]]) -> list[Decision[Any]]:
@@ -248,11 +281,42 @@ class AsyncLimiter:
         [`acquire`][atomlimit.AsyncLimiter.acquire].
         """
         runner = self._open()
-        calls = hit_calls(self._engine, hits, runner.now())
+        local = runner.now()
+        calls = hit_calls(self._engine, hits, local)
+        if self._deny is not None:
+            return await self._hit_many_cached(hits, calls, local)
         results: list[Decision[Any]] = await self._guard.run(
             "hit_many", runner.run_many, calls, self._guard.many(hits)
         )
         return results
+
+    async def _hit_many_cached(
+        self, hits: Sequence[Hit[Any]], calls: list[Call], local: int
+    ) -> list[Decision[Any]]:
+        """``hit_many`` with a deny cache: only the hits it cannot answer are sent."""
+        deny = self._deny
+        assert deny is not None
+        started = time.perf_counter()
+        now = self._engine.planned(local)[0]
+        found = [deny.check(h.limit, h.subject, h.cost, False, False, now) for h in hits]
+        known = [d for d in found if d is not None]
+        if known:
+            self._guard.answered("hit_many", known, started)
+        asked = [n for n, d in enumerate(found) if d is None]
+        # unasync: async
+        if not asked:
+            await asyncio.sleep(0)  # as a cached hit does: let other tasks run
+        # unasync: end
+        if asked:
+            sent = [hits[n] for n in asked]
+            results: list[Decision[Any]] = await self._guard.run(
+                "hit_many", self._runner.run_many, [calls[n] for n in asked], self._guard.many(sent)
+            )
+            now = self._engine.planned(local)[0]
+            for n, hit, decision in zip(asked, sent, results, strict=True):
+                found[n] = decision
+                deny.learn(hit.limit, hit.subject, hit.cost, False, decision, now)
+        return found  # type: ignore[return-value]
 
     async def peek(
         self, limit: Spec[Amount], subject: str, cost: Amount | int = 1
@@ -279,15 +343,22 @@ class AsyncLimiter:
         """
         runner = self._open()
         call = self._engine.refund(limit, subject, amount, request_id, runner.now())
-        result: Decision[Amount] = await self._guard.decide(
-            "refund", limit, amount, runner.run, call, subject
-        )
+        try:
+            result: Decision[Amount] = await self._guard.decide(
+                "refund", limit, amount, runner.run, call, subject
+            )
+        finally:
+            self._forget(limit, subject)
         return result
 
     async def reset(self, limit: Spec[Any], subject: str) -> None:
         """Forget ``subject``'s usage of ``limit``; a backend failure always raises."""
         runner = self._open()
-        await self._guard.run("reset", runner.run, self._engine.reset(limit, subject, runner.now()))
+        call = self._engine.reset(limit, subject, runner.now())
+        try:
+            await self._guard.run("reset", runner.run, call)
+        finally:
+            self._forget(limit, subject)
 
     async def acquire(
         self, hits: Sequence[Hit[Any]], *, request_id: str | None = None
@@ -328,7 +399,11 @@ class AsyncLimiter:
         # """
         # unasync: end
         runner = self._open()
-        undone: bool = await runner.drive(undo(self._engine, hits, request_id))
+        try:
+            undone: bool = await runner.drive(undo(self._engine, hits, request_id))
+        finally:
+            for hit in hits if isinstance(hits, list | tuple) else ():
+                self._forget(getattr(hit, "limit", None), getattr(hit, "subject", None))
         return undone
 
     async def reserve(
@@ -482,9 +557,12 @@ class AsyncLimiter:
         runner = self._open()
         items = pause_items(self._engine, upstream, None)
         action = "forget" if check_flag(forget, "forget") else "clear"
-        await self._guard.run(
-            "reset", runner.run, self._engine.pause(items, action, 0, runner.now())
-        )
+        try:
+            await self._guard.run(
+                "reset", runner.run, self._engine.pause(items, action, 0, runner.now())
+            )
+        finally:
+            self._forgotten(items)
 
     async def _take(self, planned: Planned) -> Acquisition:
         """A call's acquire, guarded as any acquire is."""
@@ -613,6 +691,17 @@ class AsyncLimiter:
         self, kind: type[BaseException] | None, err: BaseException | None, tb: TracebackType | None
     ) -> None:
         await self.aclose()
+
+    def _forget(self, limit: Any, subject: Any) -> None:
+        """Drop the deny cache's denials of ``subject`` under ``limit``: this
+        process just gave room back, or changed what a limit counts."""
+        if self._deny is not None and type(subject) is str:
+            self._deny.forget(limit, subject)
+
+    def _forgotten(self, items: Sequence[Item]) -> None:
+        """`_forget` for each item: a call's end settled or released them."""
+        for item in items:
+            self._forget(item.spec, item.subject)
 
     def _open(self) -> AsyncRunner:
         if self._runner.closed:

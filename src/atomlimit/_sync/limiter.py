@@ -23,6 +23,7 @@ from redis.cluster import RedisCluster
 
 from atomlimit._acquire import Acquisition, acquire, checked_items, undo
 from atomlimit._clock import clock_reader
+from atomlimit._deny_cache import DenyCache, deny_cache_of
 from atomlimit._engine import (
     DEFAULT_HOLD,
     DEFAULT_REQUEST_TTL,
@@ -93,6 +94,9 @@ class Limiter:
             keeps in-process for limits with ``on_backend_error="local"``,
             1 to 1,000,000; the least recently used is forgotten first. See
             docs/failure-policy.md.
+        deny_cache: a [`DenyCache`][atomlimit.DenyCache] (or its size, 1 to
+            1,000,000 entries) to answer repeated denied hits without the
+            server; None (default) asks the server every time. See docs/local.md.
 
     A call waits for the server at most as long as the client allows: its
     ``socket_connect_timeout`` and ``socket_timeout`` (redis-py waits
@@ -112,6 +116,7 @@ class Limiter:
         breaker: Breaker | None = DEFAULT_BREAKER,
         observers: Sequence[Observer] = (),
         local_subjects: int = DEFAULT_LOCAL_SUBJECTS,
+        deny_cache: DenyCache | int | None = None,
     ) -> None:
         self._engine = Engine(
             prefix=prefix, time_source=time_source, request_ttl=request_ttl, retry_ttl=retry_ttl
@@ -126,7 +131,8 @@ class Limiter:
             now,
             local_subjects=local_subjects,
         )
-        self._handles = GuardedRunner(self._guard, self._runner)
+        self._deny = deny_cache_of(deny_cache)
+        self._handles = GuardedRunner(self._guard, self._runner, self._deny)
         # One script may name several subjects' keys unless a cluster spreads them.
         self._engine.together = not isinstance(client, RedisCluster)
         self._owns_client = False
@@ -145,6 +151,7 @@ class Limiter:
         breaker: Breaker | None = DEFAULT_BREAKER,
         observers: Sequence[Observer] = (),
         local_subjects: int = DEFAULT_LOCAL_SUBJECTS,
+        deny_cache: DenyCache | int | None = None,
         **redis_options: Any,
     ) -> Self:
         """Connect to ``url``; ``redis_options`` go to ``redis.Redis.from_url``.
@@ -163,6 +170,7 @@ class Limiter:
             breaker=breaker,
             observers=observers,
             local_subjects=local_subjects,
+            deny_cache=deny_cache,
         )
         limiter._owns_client = True
         return limiter
@@ -181,12 +189,26 @@ class Limiter:
         One atomic script run. With ``request_id``, a repeat of a charged
         request returns the original decision and charges nothing. With
         ``partial``, as much of ``cost`` as fits is granted (``granted``).
+        With a deny cache, a denial it holds answers without the server
+        (``Decision.cached``); calls with a ``request_id`` always ask.
         """
         runner = self._open()
-        call = self._engine.hit(limit, subject, cost, request_id, partial, runner.now())
+        local = runner.now()
+        deny = self._deny if request_id is None else None
+        if deny is not None:
+            started = time.perf_counter()
+            known = deny.check(limit, subject, cost, partial, False, self._engine.planned(local)[0])
+            if known is not None:
+                self._guard.answered("hit", (known,), started)
+                return known
+        call = self._engine.hit(limit, subject, cost, request_id, partial, local)
         result: Decision[Amount] = self._guard.decide(
             "hit", limit, cost, runner.run, call, subject, partial
         )
+        if deny is not None and not result.allowed and not partial:
+            # Planned at `local`, decided at the server's time then: the skew
+            # this reply taught puts `local` on the server's clock.
+            deny.learn(limit, subject, cost, False, result, self._engine.planned(local)[0])
         return result
 
     def hit_many(self, hits: Sequence[Hit[Any]]) -> list[Decision[Any]]:
@@ -197,11 +219,38 @@ class Limiter:
         [`acquire`][atomlimit.Limiter.acquire].
         """
         runner = self._open()
-        calls = hit_calls(self._engine, hits, runner.now())
+        local = runner.now()
+        calls = hit_calls(self._engine, hits, local)
+        if self._deny is not None:
+            return self._hit_many_cached(hits, calls, local)
         results: list[Decision[Any]] = self._guard.run(
             "hit_many", runner.run_many, calls, self._guard.many(hits)
         )
         return results
+
+    def _hit_many_cached(
+        self, hits: Sequence[Hit[Any]], calls: list[Call], local: int
+    ) -> list[Decision[Any]]:
+        """``hit_many`` with a deny cache: only the hits it cannot answer are sent."""
+        deny = self._deny
+        assert deny is not None
+        started = time.perf_counter()
+        now = self._engine.planned(local)[0]
+        found = [deny.check(h.limit, h.subject, h.cost, False, False, now) for h in hits]
+        known = [d for d in found if d is not None]
+        if known:
+            self._guard.answered("hit_many", known, started)
+        asked = [n for n, d in enumerate(found) if d is None]
+        if asked:
+            sent = [hits[n] for n in asked]
+            results: list[Decision[Any]] = self._guard.run(
+                "hit_many", self._runner.run_many, [calls[n] for n in asked], self._guard.many(sent)
+            )
+            now = self._engine.planned(local)[0]
+            for n, hit, decision in zip(asked, sent, results, strict=True):
+                found[n] = decision
+                deny.learn(hit.limit, hit.subject, hit.cost, False, decision, now)
+        return found  # type: ignore[return-value]
 
     def peek(self, limit: Spec[Amount], subject: str, cost: Amount | int = 1) -> Decision[Amount]:
         """Would a hit of ``cost`` pass now? Charges nothing."""
@@ -226,15 +275,22 @@ class Limiter:
         """
         runner = self._open()
         call = self._engine.refund(limit, subject, amount, request_id, runner.now())
-        result: Decision[Amount] = self._guard.decide(
-            "refund", limit, amount, runner.run, call, subject
-        )
+        try:
+            result: Decision[Amount] = self._guard.decide(
+                "refund", limit, amount, runner.run, call, subject
+            )
+        finally:
+            self._forget(limit, subject)
         return result
 
     def reset(self, limit: Spec[Any], subject: str) -> None:
         """Forget ``subject``'s usage of ``limit``; a backend failure always raises."""
         runner = self._open()
-        self._guard.run("reset", runner.run, self._engine.reset(limit, subject, runner.now()))
+        call = self._engine.reset(limit, subject, runner.now())
+        try:
+            self._guard.run("reset", runner.run, call)
+        finally:
+            self._forget(limit, subject)
 
     def acquire(
         self, hits: Sequence[Hit[Any]], *, request_id: str | None = None
@@ -260,7 +316,11 @@ class Limiter:
         Sending it again changes nothing. See docs/acquire.md.
         """
         runner = self._open()
-        undone: bool = runner.drive(undo(self._engine, hits, request_id))
+        try:
+            undone: bool = runner.drive(undo(self._engine, hits, request_id))
+        finally:
+            for hit in hits if isinstance(hits, list | tuple) else ():
+                self._forget(getattr(hit, "limit", None), getattr(hit, "subject", None))
         return undone
 
     def reserve(
@@ -392,7 +452,10 @@ class Limiter:
         runner = self._open()
         items = pause_items(self._engine, upstream, None)
         action = "forget" if check_flag(forget, "forget") else "clear"
-        self._guard.run("reset", runner.run, self._engine.pause(items, action, 0, runner.now()))
+        try:
+            self._guard.run("reset", runner.run, self._engine.pause(items, action, 0, runner.now()))
+        finally:
+            self._forgotten(items)
 
     def _take(self, planned: Planned) -> Acquisition:
         """A call's acquire, guarded as any acquire is."""
@@ -492,6 +555,17 @@ class Limiter:
         self, kind: type[BaseException] | None, err: BaseException | None, tb: TracebackType | None
     ) -> None:
         self.close()
+
+    def _forget(self, limit: Any, subject: Any) -> None:
+        """Drop the deny cache's denials of ``subject`` under ``limit``: this
+        process just gave room back, or changed what a limit counts."""
+        if self._deny is not None and type(subject) is str:
+            self._deny.forget(limit, subject)
+
+    def _forgotten(self, items: Sequence[Item]) -> None:
+        """`_forget` for each item: a call's end settled or released them."""
+        for item in items:
+            self._forget(item.spec, item.subject)
 
     def _open(self) -> SyncRunner:
         if self._runner.closed:
