@@ -84,8 +84,11 @@ def workers(
         )
         yield client
     finally:
+        # SIGTERM to the main process alone is Celery's warm shutdown: tasks
+        # running finish first. Sent to the whole group, it would kill pool
+        # processes mid-task and log their loss as a traceback.
         for process in started:
-            os.killpg(process.pid, signal.SIGTERM)
+            process.terminate()
         for process in started:
             try:
                 _, errors = process.communicate(timeout=30)
