@@ -86,6 +86,18 @@ def summarize(team: str, text: str) -> dict[str, str]:
     return {"summary": text[:20], "cost": "0.02"}
 
 
+def answer(result: Any, worker: subprocess.Popen[bytes]) -> Any:
+    """The task's result, waiting at most two minutes, and never for a worker that died."""
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        if worker.poll() is not None:
+            raise SystemExit(f"the worker exited with {worker.returncode}")
+        if result.ready():
+            return result.get()
+        time.sleep(0.05)
+    raise SystemExit("no answer within two minutes")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--url", default=URL)
@@ -107,9 +119,9 @@ def main() -> None:
             sender.signature("celery_app.summarize", ("team-a", f"report {n}")).apply_async()
             for n in range(5)
         ]
-        windows = Counter(datetime.fromisoformat(r.get(timeout=120)) for r in newsletters)
+        windows = Counter(datetime.fromisoformat(answer(r, worker)) for r in newsletters)
         for result in summaries:
-            result.get(timeout=120)
+            answer(result, worker)
     finally:
         worker.terminate()
         worker.wait(timeout=60)

@@ -62,13 +62,17 @@ def wait_until_up(client: httpx.Client, process: subprocess.Popen[str]) -> None:
 
 
 def run(script: str, server: Server) -> str:
-    result = subprocess.run(
-        [sys.executable, str(EXAMPLES / script), "--url", server.url],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=True,
-    )
+    try:
+        result = subprocess.run(
+            [sys.executable, str(EXAMPLES / script), "--url", server.url],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=True,
+        )
+    except (subprocess.TimeoutExpired, subprocess.CalledProcessError) as err:
+        # What the example said on its way out is the only clue to why.
+        raise AssertionError(f"{script}: {err}\nstderr:\n{err.stderr}") from err
     return result.stdout
 
 
