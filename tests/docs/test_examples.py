@@ -3,6 +3,7 @@ prints or serves. The web applications run under uvicorn on a free loopback port
 
 from __future__ import annotations
 
+import os
 import re
 import socket
 import subprocess
@@ -16,6 +17,7 @@ from pathlib import Path
 import http_sfv
 import httpx
 import pytest
+from provider import ProviderConfig, RunningProvider
 from servers import Server
 
 from atomlimit import Concurrency, Limiter, SpendCap
@@ -270,3 +272,36 @@ def test_the_celery_app_sends_at_most_ten_per_window_and_settles_each_summary(
 
     assert lines[0] == "sent 25 newsletters, at most 10 per window"
     assert lines[1] == "spent 0.10 USD on 5 summaries, 0.00 USD still held"
+
+
+@pytest.mark.one_server_kind
+def test_the_openai_example_runs_the_official_sdk_under_budgeted_calls(
+    server: Server, provider: RunningProvider
+) -> None:
+    # The provider's limits are the example's (per minute), less the 30 % of
+    # each window another consumer of the key takes, which only its headers
+    # reveal: the example observes and settles through the official SDK, and
+    # every answer is counted once.
+    config = ProviderConfig(rpm=300, tpm=40_000, window_ms=60_000, other_share=Decimal("0.3"))
+    provider.reset(config)
+    command = [
+        sys.executable, str(EXAMPLES / "openai_budgeted.py"), "--url", server.url,
+        "--base-url", provider.base_url, "--calls", "30", "--workers", "6",
+    ]  # fmt: skip
+    env = {**os.environ, "OPENAI_API_KEY": "example-key"}
+    result = subprocess.run(command, capture_output=True, text=True, timeout=120, env=env)
+    assert result.returncode == 0, result.stderr
+    printed = dict(
+        re.findall(r"^(completed|provider 429s|tokens|spent) (\S+)", result.stdout, re.M)
+    )
+    stats = provider.stats().key("example-key")
+    answered = sum(window.usage for window in stats.windows.values())
+    spend = SpendCap(name="client-spend", limit=Decimal("5.00"), currency="USD", window="day")
+    with Limiter.from_url(server.url) as limiter:
+        held = [limiter.peek(spend, f"client-{n}", 0) for n in range(3)]
+
+    assert printed["completed"] == "30"
+    assert int(printed["tokens"]) == answered  # each answer's usage, settled once
+    assert stats.received == 30 + int(printed["provider 429s"])
+    assert sum(d.used for d in held) == Decimal(printed["spent"])
+    assert [d.held for d in held] == [0, 0, 0]  # every hold settled or released
