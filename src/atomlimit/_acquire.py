@@ -77,8 +77,20 @@ def acquire(
             whole: Charged | None = yield Plan(partial(engine.charge_groups, batches, rid, ttl))
         except BackendError as err:
             if not _across_slots(err):
-                _for_the_acquire(err, visible, err.applied)
-                raise
+                applied = err.applied
+                if applied != "no":
+                    # The script may have run: each subject's record says
+                    # whether, and an undo from it takes back exactly that,
+                    # so no charge of a failed acquire survives.
+                    try:
+                        for batch in reversed(batches):
+                            yield Plan(partial(engine.take_back, batch, rid))
+                    except BackendError:
+                        applied = "unknown"
+                    else:
+                        applied = "no"
+                _for_the_acquire(err, visible, applied)
+                raise err from err.__cause__
             engine.together = False
             whole = None
         if whole is not None:

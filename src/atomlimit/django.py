@@ -144,7 +144,7 @@ def _read_settings() -> _Config:
         )
     key = raw.get("KEY")
     if isinstance(key, str):
-        key = import_string(key)
+        key = _import(key, f"settings.{SETTING}['KEY']")
     if key is not None and not callable(key):
         raise InvalidInput(f"settings.{SETTING}['KEY'] must be a callable or its dotted path")
     limits = raw.get("LIMITS", ())
@@ -535,7 +535,7 @@ def limit(
     if not limits:
         raise InvalidInput("limit takes at least one limit")
     if isinstance(key, str):
-        key = import_string(key)
+        key = _import(key, "key")
     if key is not None and not callable(key):
         raise InvalidInput(f"key must be a callable of the request, got {show(key)}")
     if group is not None and (type(group) is not str or not 0 < len(group) <= 200):
@@ -598,3 +598,17 @@ def _methods(methods: object) -> frozenset[str] | None:
     ):
         raise InvalidInput(f"methods takes 1 to 16 HTTP methods, got {show(methods)}")
     return frozenset(m.upper() for m in methods)
+
+
+def _import(path: str, what: str) -> Any:
+    """What a dotted path names, or InvalidInput naming ``what`` and the path."""
+    if not 0 < len(path) <= _MAX_DOTTED or "." not in path:
+        raise InvalidInput(f"{what} must be a dotted path to a callable, got {show(path)}")
+    try:
+        return import_string(path)
+    except ImportError as err:
+        raise InvalidInput(f"{what}: cannot import {show(path)}: {err}") from err
+
+
+_MAX_DOTTED = 256
+"""Longest dotted path a setting or argument may name."""

@@ -293,10 +293,10 @@ class SecondReplyStalls(StallingProxy):
 def test_acquire_that_fails_part_way_undoes_what_it_charged_before_denying(
     server: Server,
 ) -> None:
-    # Two subjects: two scripts. The first charges; the second's reply is
-    # held back past the socket timeout; the acquire undoes the first and
-    # the policy denies. The caller is never admitted, and the first
-    # subject's charge does not survive.
+    # Two subjects, charged one script each, as on a cluster. The first
+    # charges; the second's reply is held back past the socket timeout; the
+    # acquire undoes the first and the policy denies. The caller is never
+    # admitted, and the first subject's charge does not survive.
     first = RateLimit(name="per-client", limit=5, window="day", on_backend_error="deny")
     shared = RateLimit(name="global", limit=5, window="day", on_backend_error="deny")
     with SecondReplyStalls("127.0.0.1", server.port) as proxy, server.client() as direct:
@@ -305,6 +305,7 @@ def test_acquire_that_fails_part_way_undoes_what_it_charged_before_denying(
         client = proxy.client(socket_timeout=0.2, retry=NO_RETRY)
         with client:
             limiter = Limiter(client)
+            limiter._engine.together = False  # the saga a cluster runs
             limiter.peek(first, "warm-up")  # connected, and the server checked
             proxy.plan = [0.0, 0.6]  # the first charge's reply passes, the second's stalls
             result = limiter.acquire([Hit(first, "client-42"), Hit(shared, "everyone")])
@@ -315,6 +316,36 @@ def test_acquire_that_fails_part_way_undoes_what_it_charged_before_denying(
     assert all(d.degraded for d in result.decisions)
     assert result.decisions[0].cause.applied == "unknown"
     assert charged_first == 0
+
+
+def test_a_one_script_acquire_whose_reply_is_lost_is_taken_back_before_denying(
+    server: Server,
+) -> None:
+    # On one server the two subjects are one script. Its reply is held back
+    # past the socket timeout, so whether it ran is unknown: the acquire
+    # undoes it from the subjects' records, and the policy denies. Nothing
+    # survives, and the undo makes that certain.
+    first = RateLimit(name="per-client", limit=5, window="day", on_backend_error="deny")
+    shared = RateLimit(name="global", limit=5, window="day", on_backend_error="deny")
+    with SecondReplyStalls("127.0.0.1", server.port) as proxy, server.client() as direct:
+        for name in all_names():
+            direct.script_load(script(name).source)
+        client = proxy.client(socket_timeout=0.2, retry=NO_RETRY)
+        with client:
+            limiter = Limiter(client)
+            limiter.peek(first, "warm-up")
+            proxy.plan = [0.6, 0.0]  # the acquire's reply stalls, the undo's passes
+            result = limiter.acquire([Hit(first, "client-42"), Hit(shared, "everyone")])
+        time.sleep(0.8)
+        charged = [
+            Limiter(direct).peek(s, who).used
+            for s, who in ((first, "client-42"), (shared, "everyone"))
+        ]
+
+    assert not result.allowed
+    assert all(d.degraded for d in result.decisions)
+    assert result.decisions[0].cause.applied == "no"
+    assert charged == [0, 0]
 
 
 # --------------------------------------------------------------------------

@@ -30,8 +30,13 @@ from django.http import HttpRequest, HttpResponse
 from django.test import AsyncClient, Client, override_settings
 from servers import Server
 
+# Set only for the setup: left in os.environ, it would reach every process
+# this session starts (a Celery worker's Django fixup would try to load it).
+_SET = "DJANGO_SETTINGS_MODULE" not in os.environ
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "django_project.settings")
 django.setup()
+if _SET:
+    del os.environ["DJANGO_SETTINGS_MODULE"]
 
 import atomlimit.django as atomlimit_django  # noqa: E402  (needs the settings above)
 from atomlimit import AsyncLimiter, Concurrency, InvalidInput, RateLimit  # noqa: E402
