@@ -52,7 +52,7 @@ local function guard_open(key, counter, args, it, run)
   if tonumber(g[4]) ~= stop then
     local x = guard_carried(g, tonumber(args[1]), start)
     if x > 0 then
-      fw_add(counter, x, run.now, stop, run.client)
+      it.add(x)
       it.room, it.used = it.room - x, it.used + x
     end
     redis.call('HSET', key, 'x', x, 'c', x, 'w', stop)

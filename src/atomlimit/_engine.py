@@ -114,12 +114,14 @@ class Item(NamedTuple):
         return bool(self.hold) or isinstance(self.codec, LeaseSet)
 
     def keys(self, t: int) -> tuple[str, ...]:
+        """The item's keys for the scripts of several items: its override's
+        hash first (``lua/lib/items.lua``), then its state."""
         keys = (
             self.codec.hold_keys(self.base, t) if self.hold else self.codec.state_keys(self.base, t)
         )
         if self.flags & GUARD:
-            return (*keys, _keys.guard_key(self.base))
-        return keys
+            return (_keys.override_key(self.base), *keys, _keys.guard_key(self.base))
+        return (_keys.override_key(self.base), *keys)
 
     def encoded(self, t: int) -> tuple[Arg, ...]:
         """``kind, #keys, #args, args...`` as the scripts parse it, at ``t``."""
@@ -335,8 +337,11 @@ class Engine:
                         f"request_id was already used for another refund of {spec.name!r}"
                     )
                 status, used, held, stop, retry_at, _ = item_reply(reply, 0)
-                limit = replayed_limit(reply, 0, 1) if code == _REPLAYED else None
-                return item.codec.decision(status, used, held, stop, retry_at, 0, now, limit)
+                limit = replayed_limit(reply, 0, 1)
+                overridden = limit is not None and code != _REPLAYED
+                return item.codec.decision(
+                    status, used, held, stop, retry_at, 0, now, limit, overridden
+                )
 
             replay = request_id if record else None
             return Call(
@@ -383,13 +388,18 @@ class Engine:
         """Plan extending a lease: reads as True if it was still held."""
         _, client_now = self.planned(local)
         args = (client_now, request_id, *item.codec.extras(0))
-        return Call(script("lease_renew"), item.keys(0), args, self._held(local), True)
+        keys = item.codec.state_keys(item.base, 0)
+        return Call(script("lease_renew"), keys, args, self._held(local), True)
 
     def drop_lease(self, item: Item, request_id: str, local: int) -> Call:
         """Plan giving a lease back: reads as True if it was still held."""
         _, client_now = self.planned(local)
         return Call(
-            script("lease_release"), item.keys(0), (client_now, request_id), self._held(local), True
+            script("lease_release"),
+            item.codec.state_keys(item.base, 0),
+            (client_now, request_id),
+            self._held(local),
+            True,
         )
 
     # -- calls over several items of one subject --------------------------------
@@ -485,8 +495,7 @@ class Engine:
             self.observe(now, local)
             if code == REPLAN:
                 return self.correct(item, remaining, local)
-            status, used, held, stop, retry_at, grant = item_reply(reply, 0)
-            return item.codec.decision(status, used, held, stop, retry_at, grant, now)
+            return _decisions([item], reply, now, True)[0]
 
         args = (client_now, remaining, 1, *item.encoded(t))
         # Sending it again charges nothing more: the correction is measured
@@ -588,9 +597,10 @@ class Engine:
         def read(reply: Any) -> Any:
             if type(reply) is int:
                 return codec.fitted(reply, units, codec.window(t)[1])
-            if len(reply) == 2 and reply[0] >= 0:
-                # {used, stop}: all of the cost fitted (kinds with no window).
-                return codec.fitted(reply[0], units, reply[1])
+            if len(reply) <= 3 and reply[0] >= 0:
+                # {used, stop}: all of the cost fitted (kinds with no window),
+                # and the override's limit when one was in force.
+                return codec.fitted(reply[0], units, reply[1], *reply[2:])
             status = reply[0]
             if status == READ_HOLDS:
                 # The spend cap holds something the kind's script cannot
@@ -603,7 +613,11 @@ class Engine:
             if status == REPLAN:
                 return self._single(item, local, charge)
             used, held, stop, retry_at, grant = reply[2:7]
-            return codec.decision(status, used, held, stop, retry_at, grant if charge else 0, now)
+            limit = reply[7] if len(reply) > 7 else None
+            granted = grant if charge else 0
+            return codec.decision(
+                status, used, held, stop, retry_at, granted, now, limit, limit is not None
+            )
 
         return Call(lua, codec.single_keys(item.base, t), args, read)
 
@@ -662,8 +676,7 @@ class Engine:
             self.observe(now, local)
             if code == REPLAN:
                 return self._hold_outcome(name, item, rid, actual, call, local)
-            status, used, held, stop, retry_at, grant = item_reply(reply, 0)
-            decision = item.codec.decision(status, used, held, stop, retry_at, grant, now)
+            decision = _decisions([item], reply, now, True)[0]
             return Settlement(statuses[code - 1], decision.granted, decision)
 
         keys = (_keys.outcome_key(item.base, rid), *item.keys(t))
@@ -754,10 +767,12 @@ def _decisions(
         status, used, held, stop, retry_at, grant = item_reply(reply, n)
         # A replay is the first decision: under the limit it was made with,
         # though the spec's limit may have changed since.
-        limit = replayed_limit(reply, n, len(items)) if replayed else None
+        # Outside a replay, a trailing limit is an override's.
+        limit = replayed_limit(reply, n, len(items))
+        overridden = limit is not None and not replayed
         decisions.append(
             item.codec.decision(
-                status, used, held, stop, retry_at, grant if charged else 0, now, limit
+                status, used, held, stop, retry_at, grant if charged else 0, now, limit, overridden
             )
         )
     return decisions

@@ -40,6 +40,10 @@ class Decided(Protocol):
     @property
     def remaining(self) -> Any: ...
     @property
+    def limit(self) -> Any: ...
+    @property
+    def limit_source(self) -> str: ...
+    @property
     def spec(self) -> Spec[Any] | None: ...
     @property
     def reset_at(self) -> datetime: ...
@@ -120,24 +124,27 @@ def _now_us(now: object) -> int:
 
 
 def _policy_params(spec: Spec[Any], decision: Decided) -> str:
+    # The quota is the limit in force: a subject's override when one applied.
+    limit = decision.limit if decision.limit_source == "override" else spec.limit
     if isinstance(spec, SpendCap):
-        scale = _quota_scale(spec.limit, spec.unit)
-        quota = _integer(_count(spec.limit, scale))
+        scale = _quota_scale(limit, spec.unit)
+        quota = _integer(_count(limit, scale))
         return (
             f";q={quota};qu={_string(_unit_name(scale, spec.currency))};w={_window(spec, decision)}"
         )
     if isinstance(spec, Concurrency):
         # In flight at once: no window, and a unit the draft registers.
-        return f';q={_integer(spec.limit)};qu="concurrent-requests"'
+        return f';q={_integer(limit)};qu="concurrent-requests"'
     assert isinstance(spec, RateLimit)
     # A RateLimit counts requests (the draft's default unit) unless the
     # caller charges another cost, which the limit cannot know.
-    return f";q={_integer(spec.limit)};w={_window(spec, decision)}"
+    return f";q={_integer(limit)};w={_window(spec, decision)}"
 
 
 def _limit_params(spec: Spec[Any], decision: Decided, now_us: int) -> str:
     if isinstance(spec, SpendCap):
-        left = _integer(_count(decision.remaining, _quota_scale(spec.limit, spec.unit)))
+        limit = decision.limit if decision.limit_source == "override" else spec.limit
+        left = _integer(_count(decision.remaining, _quota_scale(limit, spec.unit)))
     else:
         left = _integer(decision.remaining)
     retry = decision.retry_after

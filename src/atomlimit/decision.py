@@ -26,7 +26,10 @@ _FIELDS = (
     "spec",
     "degraded",
     "cause",
+    "limit_source",
 )
+
+_CAUSE_AT = _FIELDS.index("cause")
 
 
 class Decision(Generic[Amount]):
@@ -49,6 +52,7 @@ class Decision(Generic[Amount]):
         "granted",
         "held",
         "limit",
+        "limit_source",
         "remaining",
         "shadow_denied",
         "spec",
@@ -61,6 +65,9 @@ class Decision(Generic[Amount]):
     """Whether the request was admitted (for ``peek``: would be)."""
     limit: Amount
     """The limit in force (for gcra: the burst, what can pass at once)."""
+    limit_source: Literal["spec", "override"]
+    """Where ``limit`` came from: the spec, or a per-subject override kept on
+    the server ([`overrides`][atomlimit.Limiter.overrides])."""
     used: Amount
     """Used in the current window: after this hit if allowed, unchanged if denied."""
     remaining: Amount
@@ -94,8 +101,10 @@ class Decision(Generic[Amount]):
         spec: Spec[Amount] | None = None,
         degraded: bool = False,
         cause: BaseException | None = None,
+        limit_source: Literal["spec", "override"] = "spec",
     ) -> None:
         _init(self, allowed, limit, used, remaining, reset_at, retry_after, granted, held)
+        _LIMIT_SOURCE(self, limit_source)
         _SHADOW(self, shadow_denied)
         _SPEC(self, spec)
         _DEGRADED(self, degraded)
@@ -129,10 +138,14 @@ class Decision(Generic[Amount]):
             return NotImplemented
         # The cause is an exception, equal only to itself: two degraded
         # decisions alike in every value are equal whatever their causes.
-        return self._values()[:-1] == other._values()[:-1]
+        return self._compared() == other._compared()
 
     def __hash__(self) -> int:
-        return hash(self._values()[:-1])
+        return hash(self._compared())
+
+    def _compared(self) -> tuple[Any, ...]:
+        values = self._values()
+        return values[:_CAUSE_AT] + values[_CAUSE_AT + 1 :]
 
     def __repr__(self) -> str:
         values = zip(_FIELDS, self._values(), strict=True)
@@ -238,6 +251,7 @@ def decided(
     held: Any,
     shadow_denied: bool,
     spec: Spec[Any],
+    limit_source: Literal["spec", "override"] = "spec",
 ) -> Decision[Any]:
     """A Decision from the integers a reply carries, built without checks.
 
@@ -250,6 +264,7 @@ def decided(
     _SPEC(decision, spec)
     _DEGRADED(decision, False)
     _CAUSE(decision, None)
+    _LIMIT_SOURCE(decision, limit_source)
     return decision
 
 
@@ -258,6 +273,7 @@ def decided(
 _SLOTS = vars(Decision)
 _ALLOWED = _SLOTS["allowed"].__set__
 _LIMIT = _SLOTS["limit"].__set__
+_LIMIT_SOURCE = _SLOTS["limit_source"].__set__
 _USED = _SLOTS["used"].__set__
 _REMAINING = _SLOTS["remaining"].__set__
 _RESET = _SLOTS["_reset"].__set__
