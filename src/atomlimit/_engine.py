@@ -17,7 +17,7 @@ from collections.abc import Callable, Sequence
 from datetime import timedelta
 from typing import Any, Literal, NamedTuple
 
-from atomlimit import _keys
+from atomlimit import _keys, _override_plan
 from atomlimit._codecs import (
     CONCURRENCY,
     GENERATED,
@@ -356,6 +356,38 @@ class Engine:
         t, _ = self.planned(local)
         keys = codec_of(spec).reset_keys(base, t)
         return Call(script("reset"), keys, (), _discard)
+
+    # -- per-subject overrides (atomlimit._override_plan) -------------------------
+
+    def override_set(
+        self,
+        spec: Spec[Any],
+        subject: str,
+        limit: object,
+        burst: object,
+        expires: object,
+        local: int,
+    ) -> Call:
+        """Plan storing ``subject``'s override of ``spec``."""
+        _, base = self._locate(spec, subject)
+        t, client_now = self.planned(local)
+        return _override_plan.plan_set(spec, base, limit, burst, expires, t, client_now)
+
+    def override_get(self, spec: Spec[Any], subject: str, local: int) -> Call:
+        """Plan reading ``subject``'s override of ``spec``: an Override or None."""
+        _, base = self._locate(spec, subject)
+        return _override_plan.plan_get(spec, base, self.planned(local)[1])
+
+    def override_delete(self, spec: Spec[Any], subject: str, local: int) -> Call:
+        """Plan deleting ``subject``'s override of ``spec``: whether one was in force."""
+        _, base = self._locate(spec, subject)
+        t, client_now = self.planned(local)
+        return _override_plan.plan_delete(spec, base, t, client_now)
+
+    def override_match(self, spec: Spec[Any]) -> str:
+        """The SCAN MATCH pattern of every subject's override of ``spec``."""
+        self._locate(spec, "")
+        return f"{self._ns}{_keys.SUBJECT_TAG}*}}{codec_of(spec).tail}:{_keys.OVERRIDE}"
 
     def settle(self, item: Item, request_id: str, actual: object, local: int) -> Call:
         """Plan charging a reservation's actual cost: reads as a Settlement."""

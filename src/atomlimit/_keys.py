@@ -118,12 +118,6 @@ def override_key(base: str) -> str:
     return f"{base}:{OVERRIDE}"
 
 
-def override_pattern(prefix: str, tail: str) -> str:
-    """A SCAN MATCH pattern for every subject's override of the limit whose
-    key tail is ``tail``; encoded parts hold no glob character."""
-    return f"{namespace(prefix)}{SUBJECT_TAG}*}}{tail}:{OVERRIDE}"
-
-
 def request_record(base: str, request_id: str) -> str:
     """The record of a charge made under ``request_id`` (already encoded)."""
     return f"{base}:{REQUEST_RECORD}:{request_id}"

@@ -26,6 +26,7 @@ from atomlimit._acquire import Acquisition, acquire, checked_items, undo
 from atomlimit._async.calls import AsyncModelCall
 from atomlimit._async.guard import AsyncGuard, AsyncGuardedRunner
 from atomlimit._async.holds import AsyncLease, AsyncReservation
+from atomlimit._async.overrides import AsyncOverrides
 from atomlimit._async_runner import AsyncRunner
 from atomlimit._clock import clock_reader
 from atomlimit._engine import (
@@ -152,6 +153,8 @@ class AsyncLimiter:
         )
         self._handles = AsyncGuardedRunner(self._guard, self._runner)
         # One script may name several subjects' keys unless a cluster spreads them.
+        self.overrides = AsyncOverrides(self)
+        """Per-subject limits kept on the server (docs/overrides.md)."""
         self._engine.together = not isinstance(client, AsyncRedisCluster)
         self._owns_client = False
 
