@@ -8,7 +8,7 @@ READY := $(VENV)/.ready
 BENCH_READY := $(VENV)/.bench-ready
 DOCS_READY := $(VENV)/.docs-ready
 
-.PHONY: demo test pytest compat unasync generated lint typecheck docs bench clean
+.PHONY: demo test pytest compat unasync generated lint typecheck docs bench bench-llm clean
 
 $(READY): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -88,6 +88,11 @@ docs: $(DOCS_READY)
 # through, e.g. `make bench BENCH_ARGS=--quick`.
 bench: $(BENCH_READY)
 	$(BIN)/python bench/peers.py $(BENCH_ARGS)
+
+# A fleet of processes against an imitation model API (tests/provider.py),
+# one row per way of pacing the calls; e.g. BENCH_ARGS="--seconds 10".
+bench-llm: $(BENCH_READY)
+	$(BIN)/python bench/llm_fleet.py $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) $(COMPAT_VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis dist build site

@@ -50,6 +50,7 @@ UPSTREAM = Upstream(
     requests=RateLimit.parse("300/minute", name="openai-rpm"),
     tokens=RateLimit.parse("40000/minute", name="openai-tpm"),
     in_flight=Concurrency(name="openai-inflight", limit=16, lease=timedelta(minutes=2)),
+    slow_start=True,  # every response is observed: hold back half until the first one
 )
 PER_CLIENT = ClientLimits(
     tokens=RateLimit.parse("1000000/day", name="client-tokens"),

@@ -17,6 +17,7 @@
 -- the fleet, so that what remains is at most what the provider said. More
 -- room reported than counted gives nothing back now; on a fixed window it
 -- lets the next window open with a little less outside use (lib/guard.lua).
+-- The first report also ends the first window's slow start.
 -- include: lib/items.lua
 
 local run = {now = clock_now(ARGV[1]), client = ARGV[1], id = ''}
@@ -27,8 +28,20 @@ if not checked then
 end
 local it = checked[1]
 local key = item.keys[#item.keys]
-local short = tonumber(item.args[1]) - it.used - it.held - tonumber(ARGV[2])
 local windowed = item.kind == 'fw'
+if windowed then
+  -- The provider's first report ends the slow start: the half the first
+  -- window held back is given back before the report is weighed.
+  local u = tonumber(redis.call('HGET', key, 'u')) or 0
+  if u > 0 then
+    if tonumber(redis.call('HGET', key, 'w')) == tonumber(item.args[5]) then
+      fw_lower(item.keys[1], u)
+      it.used = math.max(it.used - u, 0)
+    end
+    redis.call('HSET', key, 'u', 0)
+  end
+end
+local short = tonumber(item.args[1]) - it.used - it.held - tonumber(ARGV[2])
 local code, grant, used, stop = 0, 0, it.used, it.stop
 if short > 0 then
   code, grant = 1, short

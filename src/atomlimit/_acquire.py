@@ -46,11 +46,12 @@ def acquire(
     engine: Engine,
     hits: Sequence[Hit[Any]],
     request_id: str | None,
-    guards: Sequence[bool] = (),
+    guards: Sequence[int] = (),
 ) -> Flow:
     """All the hits or none of them: yields calls, returns an Acquisition.
 
-    ``guards`` marks the hits that are an upstream's limits (`Engine.item`).
+    ``guards`` gives the guard flags of the hits that are an upstream's
+    limits, 0 for the others (`Engine.item`).
     On a server that holds every key (``engine.together``), several subjects
     are charged by one script; a server that refuses a script across hash
     slots (a cluster behind one address) turns that off for the engine, and
@@ -155,7 +156,7 @@ def undo(engine: Engine, hits: Sequence[Hit[Any]], request_id: str) -> Flow:
 
 
 def checked_items(
-    engine: Engine, hits: object, guards: Sequence[bool] = ()
+    engine: Engine, hits: object, guards: Sequence[int] = ()
 ) -> tuple[list[Item], list[list[int]]]:
     """The items of an acquire's hits, checked, and their indices grouped by subject.
 
@@ -163,20 +164,28 @@ def checked_items(
     anything is sent.
     """
     hits = check_hits(hits)
-    marks = list(guards) or [False] * len(hits)
+    marks = list(guards) or [0] * len(hits)
     items = [_hit_item(engine, hit, guard) for hit, guard in zip(hits, marks, strict=True)]
     return items, _groups(items)
 
 
-def _hit_item(engine: Engine, hit: Hit[Any], guard: bool) -> Item:
+def _hit_item(engine: Engine, hit: Hit[Any], guard: int) -> Item:
     if not isinstance(hit, Hit):
         raise InvalidInput(f"acquire takes Hit objects, got {type(hit).__name__}")
     return engine.item(hit.limit, hit.subject, hit.cost, hold=hit.hold, guard=guard)
 
 
 def _across_slots(err: BackendError) -> bool:
-    """Whether the server refused a script for naming keys of several hash slots."""
-    return str(err.__cause__).startswith("CROSSSLOT")
+    """Whether the server refused a script for naming keys of several hash slots.
+
+    redis-py raises that reply as its ClusterCrossSlotError with the
+    ``CROSSSLOT`` code cut off, leaving the server's text; an older parser
+    may keep the code. Both are the server's words, read without redis.
+    """
+    return str(err.__cause__).startswith(_CROSSSLOT)
+
+
+_CROSSSLOT = ("CROSSSLOT", "Keys in request don't hash to the same slot")
 
 
 def _groups(items: Sequence[Item]) -> list[list[int]]:

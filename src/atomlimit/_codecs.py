@@ -69,15 +69,17 @@ and the name a person reads. A reservation is a hold: on a spend cap an item
 of its own kind kept in the cap's keys (``lib/spend.lua``); on a rate limit
 a charge of the limit's own kind with a record beside it
 (``lib/rate_hold.lua``)."""
-PARTIAL, SHADOW, GUARD = 1, 2, 4
+PARTIAL, SHADOW, GUARD, SLOW_START = 1, 2, 4, 8
 """An item's flags (``lua/lib/reply.lua``): take what fits; count but admit;
-an upstream's limit, whose guard (a pause, outside use) is its last key."""
+an upstream's limit, whose guard (a pause, outside use) is its last key; and
+with it, hold back half of the first window until the provider reports."""
 DENIED, FITS, SHADOWED = 0, 1, 3
 """An item's status in a reply (``lua/lib/reply.lua``)."""
-REPLAN, REUSED, READ_HOLDS = -1, -2, -3
+REPLAN, REUSED, READ_HOLDS, RECORDED = -1, -2, -3, -4
 """Reply codes of a call that did nothing: the server's clock is outside the
 planned windows; the request id was used for other costs; a spend cap's
-holds must be read by the script of several items."""
+holds must be read by the script of several items; a subject of a one-script
+acquire has a record already (``lua/acquire.lua``)."""
 GCRA_BASE = 1_735_689_600_000_000
 """2025-01-01 in epoch microseconds: GCRA keeps its arrival time counted from
 here (``lua/lib/gcra.lua``), so a float holds it to the microsecond."""

@@ -2,7 +2,9 @@
 
 When a call meets a backend failure (or the breaker's refusal), its limit's
 ``on_backend_error`` either raises the failure or makes one of these
-decisions. Pure: the failure and the instant are plain inputs.
+decisions. A ``"local"`` policy's are made by the limiter's in-process
+state (`atomlimit._local_limits`), which is passed in. Pure otherwise: the
+failure and the instant are plain inputs.
 """
 
 from __future__ import annotations
@@ -12,9 +14,10 @@ from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, Final
 
 from atomlimit._acquire import Acquisition, checked_items
-from atomlimit._codecs import codec_of
+from atomlimit._codecs import PARTIAL, codec_of
 from atomlimit._engine import Engine, request_part
 from atomlimit._errors import BackendError
+from atomlimit._local_limits import LOCAL_POLICIES, LocalItem, LocalLimits
 from atomlimit.decision import Decision
 
 if TYPE_CHECKING:
@@ -27,9 +30,19 @@ ALLOWING: Final = ("allow", "allow_unmetered_spend")
 
 
 def degraded(
-    spec: Spec[Any], cost: object, charge: bool, now_us: int, cause: BackendError
+    spec: Spec[Any],
+    cost: object,
+    charge: bool,
+    now_us: int,
+    cause: BackendError,
+    local: LocalLimits | None = None,
+    subject: str | None = None,
+    partial: bool = False,
 ) -> Decision[Any]:
     """The decision ``spec``'s policy makes without the server, or ``cause`` raised.
+
+    A ``"local"`` policy is decided by ``local`` for ``subject`` (with
+    ``charge``, what fits is charged there); without them, it denies.
 
     Nothing is known of the subject's usage, so ``used`` and ``held`` are
     zero. Admitted: ``remaining`` is the whole limit, and ``granted`` the
@@ -42,6 +55,9 @@ def degraded(
     if policy == "raise":
         raise cause
     codec = codec_of(spec)
+    if policy in LOCAL_POLICIES and local is not None and subject is not None:
+        item = LocalItem(codec, subject, codec.units(cost), PARTIAL if partial else 0)
+        return local.decide(item, charge, now_us, cause)
     allows = policy in ALLOWING
     shadow = bool(getattr(spec, "shadow", False))
     granted = codec.amount(codec.units(cost)) if charge and (allows or shadow) else codec.zero
@@ -62,39 +78,57 @@ def degraded(
 
 
 def strictest(specs: Sequence[Spec[Any]]) -> str:
-    """The policy that wins among several limits: raise, then deny, then allow."""
+    """The policy that wins among several limits: raise, then deny, then
+    local (``"local"`` or ``"local_spend"``), then allow."""
     policies = {spec.on_backend_error for spec in specs}
-    if "raise" in policies:
-        return "raise"
-    return "deny" if "deny" in policies else "allow"
+    for policy in ("raise", "deny"):
+        if policy in policies:
+            return policy
+    return "local" if policies.intersection(LOCAL_POLICIES) else "allow"
 
 
 def degraded_many(
-    hits: Sequence[Hit[Any]], now_us: int, cause: BackendError
+    hits: Sequence[Hit[Any]], now_us: int, cause: BackendError, local: LocalLimits | None = None
 ) -> list[Decision[Any]]:
     """``hit_many`` without the server: each hit by its own policy, or raise if
     any hit's policy raises (one failed round trip fails every hit)."""
     if strictest([hit.limit for hit in hits]) == "raise":
         raise cause
-    return [degraded(hit.limit, hit.cost, True, now_us, cause) for hit in hits]
+    return [degraded(hit.limit, hit.cost, True, now_us, cause, local, hit.subject) for hit in hits]
 
 
 def degraded_acquisition(
-    engine: Engine, hits: Sequence[Hit[Any]], now_us: int, cause: BackendError
+    engine: Engine,
+    hits: Sequence[Hit[Any]],
+    now_us: int,
+    cause: BackendError,
+    local: LocalLimits | None = None,
 ) -> Acquisition:
     """``acquire`` without the server: the strictest policy among the hits wins.
 
     Any hit whose policy raises makes the acquire raise. Otherwise each hit
     is decided by its own policy and the acquire is allowed only if all of
-    them allow; ``denied_by`` is the first that denies. The hits are checked
-    as the acquire would have checked them, so bad input still raises
-    InvalidInput. What this send charged was already undone by the acquire
-    (or the failure left it unknown, never admitted twice).
+    them allow; ``denied_by`` is the first that denies. Hits whose policy is
+    local are decided together by ``local``, and charged there only when
+    nothing denies: all of them or none, never while a ``"deny"`` hit
+    denies the acquire. The hits are checked as the acquire would have
+    checked them, so bad input still raises InvalidInput. What this send
+    charged was already undone by the acquire (or the failure left it
+    unknown, never admitted twice).
     """
     items, _ = checked_items(engine, hits)  # the refusals of a sent acquire
-    if strictest([item.spec for item in items]) == "raise":
+    policy = strictest([item.spec for item in items])
+    if policy == "raise":
         raise cause
+    locals_ = [n for n, i in enumerate(items) if i.spec.on_backend_error in LOCAL_POLICIES]
     decisions = [degraded(i.spec, i.codec.amount(i.units), True, now_us, cause) for i in items]
+    if locals_ and local is not None:
+        asked = [LocalItem(items[n].codec, items[n].subject, items[n].units) for n in locals_]
+        # With a "deny" among the hits the acquire is denied whatever the
+        # local state says: look, but charge nothing.
+        found = local.decide_all(asked, policy == "local", now_us, cause)
+        for n, decision in zip(locals_, found, strict=True):
+            decisions[n] = decision
     allowed = all(d.allowed for d in decisions)
     denied_at = None if allowed else next(n for n, d in enumerate(decisions) if not d.allowed)
     held = [(i, d) for i, d in zip(items, decisions, strict=True) if i.holds] if allowed else []

@@ -24,9 +24,11 @@ from atomlimit._codecs import (
     GUARD,
     PARTIAL,
     READ_HOLDS,
+    RECORDED,
     REPLAN,
     REUSED,
     SLIDING_LOG,
+    SLOW_START,
     Codec,
     LeaseSet,
     Spend,
@@ -57,8 +59,6 @@ DEFAULT_RETRY_TTL = timedelta(minutes=2)
 DEFAULT_HOLD = timedelta(minutes=5)
 
 _REPLAYED = 2
-RECORDED = -4
-"""acquire.lua's reply when a group's record exists already."""
 _CHARGED = (1, _REPLAYED)
 _TAGS: dict[str, str] = {}
 """Recent subjects' hash tags: encoding a subject costs more than a hit's
@@ -211,12 +211,13 @@ class Engine:
         *,
         hold: timedelta | None = None,
         partial: bool = False,
-        guard: bool = False,
+        guard: int = 0,
     ) -> Item:
         """Validate one limit of one subject and plan its keys and arguments.
 
-        ``guard`` marks an upstream's limit: its decisions also read the
-        upstream's guard (a pause, the outside use learned).
+        ``guard`` marks an upstream's limit: its flags, `GUARD` and maybe
+        `SLOW_START`; its decisions also read the upstream's guard (a pause,
+        the outside use learned).
         """
         tag, base = self._locate(spec, subject)
         codec: Codec[Any] = codec_of(spec)
@@ -229,7 +230,7 @@ class Engine:
         if guard:
             if not isinstance(spec, RateLimit):
                 raise InvalidInput("an upstream's requests and tokens must be RateLimits")
-            flags |= GUARD
+            flags |= GUARD | (guard & SLOW_START)
         return Item(spec, subject, tag, base, codec, codec.units(cost), flags, hold_us)
 
     # -- single calls ------------------------------------------------------------

@@ -10,7 +10,8 @@ Every call a shell makes goes through its limiter's `Guard`:
 3. A backend failure, or the breaker's refusal, goes to the limit's failure
    policy (``on_backend_error``): raised, or turned into a degraded
    [`Decision`][atomlimit.Decision] (`atomlimit._degraded`), logged at
-   most every `LOG_EVERY` seconds.
+   most every `LOG_EVERY` seconds. A ``"local"`` policy decides by the
+   guard's in-process limiter (`atomlimit._local_limits`), one per limiter.
 4. Observers hear of each decision and each failure.
 
 The guard's drivers, which send the call, are written once in
@@ -30,6 +31,7 @@ from atomlimit._degraded import degraded, degraded_acquisition, degraded_many
 from atomlimit._errors import BackendError, BreakerOpen, InvalidInput
 from atomlimit._failures import backend_failure, outage
 from atomlimit._inputs import show
+from atomlimit._local_limits import DEFAULT_LOCAL_SUBJECTS, LOCAL_POLICIES, LocalLimits
 from atomlimit._reporting import LOG_EVERY, check_observers
 from atomlimit._reporting import Throttle as _Throttle
 from atomlimit.breaker import Breaker
@@ -49,6 +51,9 @@ _log = logging.getLogger("atomlimit")
 
 _DECIDING = frozenset({"hit", "hit_many", "peek", "refund", "acquire", "reserve", "lease"})
 _NAMES = {"lease_renew": "renew", "lease_release": "release"}
+_LOCAL_CHARGES = frozenset({"hit", "reserve", "lease"})
+"""Operations that charge the in-process limiter under a "local" policy: a
+reservation's estimate and a lease count there as a hit does."""
 
 
 def _decisions_in(result: Any) -> Sequence[Decision[Any]]:
@@ -81,9 +86,20 @@ class Guard:
         now: the limiter's clock in epoch microseconds, for degraded decisions.
         deadline: seconds an async call may take; None for no limit.
         clock: monotonic seconds, for the breaker's cool-down and the log.
+        local_subjects: most (limit, subject) entries the in-process limiter
+            of ``"local"`` policies keeps.
     """
 
-    __slots__ = ("_circuit", "_clock", "_log", "_observer_log", "_observers", "deadline", "now")
+    __slots__ = (
+        "_circuit",
+        "_clock",
+        "_log",
+        "_observer_log",
+        "_observers",
+        "deadline",
+        "local",
+        "now",
+    )
 
     def __init__(
         self,
@@ -92,6 +108,7 @@ class Guard:
         now: Callable[[], int],
         deadline: float | None = None,
         clock: Callable[[], float] = time.monotonic,
+        local_subjects: int = DEFAULT_LOCAL_SUBJECTS,
     ) -> None:
         if breaker is not None and not isinstance(breaker, Breaker):
             raise InvalidInput(f"breaker must be a Breaker or None, got {show(breaker)}")
@@ -102,6 +119,10 @@ class Guard:
         self._clock = clock
         self._log = _Throttle(LOG_EVERY)
         self._observer_log = _Throttle(LOG_EVERY)
+        self.local = LocalLimits(local_subjects)
+        """What ``"local"`` policies decide by while the server cannot be asked.
+        Kept when the server is back, never sent to it: a later outage in the
+        same window goes on counting against the same share."""
 
     def _admit(self) -> int | BreakerOpen:
         """The breaker's ticket for a call, or its refusal."""
@@ -123,6 +144,18 @@ class Guard:
         if self._observers and operation in _DECIDING:
             seconds = time.perf_counter() - started
             for decision in _decisions_in(result):
+                self._report_decision(decision, operation, seconds)
+
+    def answered(
+        self, operation: Operation, decisions: Sequence[Decision[Any]], started: float
+    ) -> None:
+        """Report decisions answered without the server (the deny cache's).
+
+        The breaker neither admits nor hears of them: no server was asked.
+        """
+        if self._observers:
+            seconds = time.perf_counter() - started
+            for decision in decisions:
                 self._report_decision(decision, operation, seconds)
 
     def _failed(
@@ -186,10 +219,24 @@ class Guard:
         return error
 
     def _policy(
-        self, spec: Spec[Any], cost: object, charge: bool
+        self,
+        spec: Spec[Any],
+        cost: object,
+        operation: Operation,
+        subject: str | None = None,
+        partial: bool = False,
     ) -> Callable[[BackendError], Decision[Any]]:
+        charge = operation == "hit"
+        local = None
+        if subject is not None and spec.on_backend_error in LOCAL_POLICIES:
+            local, charge = self.local, operation in _LOCAL_CHARGES
+            if operation == "refund":
+                # A refund may be of a charge the server made: giving it back
+                # here would let this process admit more than its share.
+                cost = 0
+
         def decide(cause: BackendError) -> Decision[Any]:
-            decision = degraded(spec, cost, charge, self.now(), cause)
+            decision = degraded(spec, cost, charge, self.now(), cause, local, subject, partial)
             self.note_degraded(f"{spec.name!r} {spec.on_backend_error}", cause)
             return decision
 
@@ -199,7 +246,7 @@ class Guard:
         """The policy of a ``hit_many`` (`degraded_many`)."""
 
         def decide(cause: BackendError) -> list[Decision[Any]]:
-            decisions = degraded_many(hits, self.now(), cause)
+            decisions = degraded_many(hits, self.now(), cause, self.local)
             self.note_degraded(", ".join(repr(hit.limit.name) for hit in hits[:3]), cause)
             return decisions
 
@@ -211,7 +258,7 @@ class Guard:
         """The policy of an ``acquire`` (`degraded_acquisition`)."""
 
         def decide(cause: BackendError) -> Acquisition:
-            found = degraded_acquisition(engine, hits, self.now(), cause)
+            found = degraded_acquisition(engine, hits, self.now(), cause, self.local)
             self.note_degraded(
                 ", ".join(repr(d.spec.name) for d in found.decisions[:3] if d.spec), cause
             )

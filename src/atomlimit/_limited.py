@@ -24,11 +24,21 @@ from atomlimit.specs import RateLimit, Spec, SpendCap
 class Limited:
     """A checked ``limited`` configuration; resolves subject and cost per call."""
 
-    limit: Spec[Any]
+    source: Spec[Any] | Callable[[], Spec[Any]]
+    """The limit, or a callable returning the limit in force (a policy
+    file's [`limit`][atomlimit.policies.Policies.limit])."""
     subject: str | Callable[..., str]
     cost: Any
     wait: bool
     timeout: Any
+
+    @property
+    def limit(self) -> Spec[Any]:
+        """The limit to charge now."""
+        source = self.source
+        if isinstance(source, Spec):
+            return source
+        return _checked_limit(source())
 
     def arguments(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[str, Any]:
         """The subject and cost of one call, from the function's own arguments."""
@@ -41,11 +51,10 @@ def configure(
     limit: object, subject: object, cost: object, wait: object, timeout: object
 ) -> Limited:
     """Check a ``limited`` configuration before any function is decorated."""
-    if not isinstance(limit, RateLimit | SpendCap):
-        raise InvalidInput(
-            "limited takes a RateLimit or SpendCap (a Concurrency limit is held with "
-            f"lease()), got {show(limit)}"
-        )
+    source = limit
+    if callable(limit) and not isinstance(limit, Spec):
+        limit = limit()
+    limit = _checked_limit(limit)
     if type(subject) is not str and not callable(subject):
         raise InvalidInput(
             f"subject must be a str or a callable of the function's arguments, got {show(subject)}"
@@ -56,7 +65,16 @@ def configure(
     if not wait and timeout is not None:
         raise InvalidInput("timeout is how long to wait: it needs wait=True")
     deadline_after(timeout, 0.0)
-    return Limited(limit, subject, cost, bool(wait), timeout)
+    return Limited(source, subject, cost, bool(wait), timeout)  # type: ignore[arg-type]
+
+
+def _checked_limit(limit: object) -> Spec[Any]:
+    if not isinstance(limit, RateLimit | SpendCap):
+        raise InvalidInput(
+            "limited takes a RateLimit or SpendCap (a Concurrency limit is held with "
+            f"lease()), or a callable returning one, got {show(limit)}"
+        )
+    return limit
 
 
 def check_function(func: object, asynchronous: bool) -> None:

@@ -19,7 +19,7 @@ from decimal import Decimal
 from typing import Any, NamedTuple
 
 from atomlimit._acquire import Acquisition
-from atomlimit._codecs import GUARD
+from atomlimit._codecs import GUARD, SLOW_START
 from atomlimit._engine import Engine, Item
 from atomlimit._errors import InvalidInput
 from atomlimit._inputs import MAX_SUBJECT, show
@@ -43,8 +43,9 @@ class Planned(NamedTuple):
 
     hits: list[Hit[Any]]
     roles: list[Role]
-    guards: list[bool]
-    """Which hits are the upstream's own requests or tokens limits."""
+    guards: list[int]
+    """The guard flags of the upstream's own requests and tokens limits; 0
+    for the other hits."""
 
 
 def plan(
@@ -69,11 +70,12 @@ def plan(
         )
     hits: list[Hit[Any]] = []
     roles: list[Role] = []
-    guards: list[bool] = []
+    guards: list[int] = []
     sides: list[tuple[ClientLimits, str]] = [(upstream, upstream.name)]
     if limits is not None:
         assert isinstance(client, str)
         sides.append((limits, client))
+    flags = GUARD | (SLOW_START if upstream.slow_start else 0)
     for side, subject in sides:
         for role, spec in side.limits():
             if role == "requests":
@@ -86,7 +88,7 @@ def plan(
                 hit = Hit(spec, subject)
             hits.append(hit)
             roles.append(role)
-            guards.append(side is upstream and role in _GUARDED)
+            guards.append(flags if side is upstream and role in _GUARDED else 0)
     return Planned(hits, roles, guards)
 
 
@@ -231,7 +233,7 @@ def _measured(guarded: list[tuple[Item, Role]], role: Role, limit: int | None) -
 
 def _plain(engine: Engine, item: Item) -> Item:
     """The guarded item without its hold: a correction charges the limit itself."""
-    return engine.item(item.spec, item.subject, 0, guard=True)
+    return engine.item(item.spec, item.subject, 0, guard=item.flags & (GUARD | SLOW_START))
 
 
 def denied(found: Acquisition) -> Decision[Any]:
@@ -245,14 +247,19 @@ def pause_items(engine: Engine, upstream: object, quotas: object) -> list[Item]:
     if not isinstance(upstream, Upstream):
         raise InvalidInput(f"pause takes an Upstream, got {type(upstream).__name__}")
     roles = _GUARDED if quotas is None else _roles(quotas)
-    return [
-        engine.item(spec, upstream.name, 0, guard=True)
+    items = [
+        engine.item(spec, upstream.name, 0, guard=GUARD)
         for role, spec in upstream.limits()
         if role in roles
     ]
+    if not items:
+        # Refused here: a pause of nothing has no end to report.
+        raise InvalidInput(f"quota {quotas!r}: this upstream has no limits of it")
+    return items
 
 
 def _roles(quotas: object) -> tuple[Role, ...]:
-    if quotas not in ("requests", "tokens"):
-        raise InvalidInput(f"quota must be None, 'requests' or 'tokens', got {show(quotas)}")
-    return (quotas,)
+    for role in _GUARDED:
+        if type(quotas) is str and quotas == role:
+            return (role,)
+    raise InvalidInput(f"quota must be None, 'requests' or 'tokens', got {show(quotas)}")

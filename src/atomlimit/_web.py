@@ -22,7 +22,7 @@ from __future__ import annotations
 import functools
 import ipaddress
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
 from atomlimit._errors import InvalidInput
@@ -186,12 +186,35 @@ def _matches(path: str, prefixes: tuple[tuple[str, str], ...]) -> bool:
 
 
 class Charge:
-    """The limits each request is charged 1 of, checked once."""
+    """The limits each request is charged 1 of, checked once.
 
-    __slots__ = ("limits",)
+    ``limits`` may also be a callable that returns them, such as a policy
+    file's [`select`][atomlimit.policies.Policies.select]: it is asked on
+    each request, and what it returns is checked again only when it is a
+    new object (a reload), so every request sees the limits in force.
+    """
+
+    __slots__ = ("_source", "_state")
 
     def __init__(self, limits: object) -> None:
-        self.limits = checked_limits(limits)
+        self._source: Callable[[], object] | None = None
+        if callable(limits) and not isinstance(limits, Spec):
+            self._source = limits
+            limits = limits()
+        # What the source gave and its check, swapped as one: threads
+        # serving requests never pair one set with another's check.
+        self._state = (limits, checked_limits(limits))
+
+    @property
+    def limits(self) -> tuple[Spec[int], ...]:
+        """The limits in force now."""
+        seen, checked = self._state
+        if self._source is not None:
+            limits = self._source()
+            if limits is not seen:
+                checked = checked_limits(limits)
+                self._state = (limits, checked)
+        return checked
 
     def hits(self, subject: str) -> list[Hit[Any]]:
         """One hit of 1 per limit, for one request of ``subject``."""

@@ -41,7 +41,7 @@ from atomlimit._web import (
     route_path,
 )
 from atomlimit.limiter import AsyncLimiter
-from atomlimit.specs import Concurrency, RateLimit
+from atomlimit.specs import Concurrency, RateLimit, Spec
 
 __all__ = ["UNKNOWN_CLIENT", "RateLimitMiddleware", "client_address"]
 
@@ -92,7 +92,10 @@ class RateLimitMiddleware:
             closes it.
         limits: a [`RateLimit`][atomlimit.RateLimit] or
             [`Concurrency`][atomlimit.Concurrency], or a list of up to 64 of them
-            with distinct names, each charged 1 per request. A Concurrency
+            with distinct names, each charged 1 per request. Or a callable that returns
+            them, such as a policy file's
+            [`select`][atomlimit.policies.Policies.select], asked on each request:
+            a reload is seen by the next request. A Concurrency
             limit holds its lease until the response is sent.
         key: ``key(scope)`` gives the subject, a str, or None to let the
             request through unlimited; it may be async. Default:
@@ -109,7 +112,10 @@ class RateLimitMiddleware:
         app: ASGIApp,
         *,
         limiter: AsyncLimiter,
-        limits: RateLimit | Concurrency | Sequence[RateLimit | Concurrency],
+        limits: RateLimit
+        | Concurrency
+        | Sequence[RateLimit | Concurrency]
+        | Callable[[], Sequence[Spec[Any]]],
         key: Key | None = None,
         include: Sequence[str] | None = None,
         exclude: Sequence[str] = (),
@@ -126,9 +132,13 @@ class RateLimitMiddleware:
         self.app = app
         self.limiter = limiter
         self._charge = Charge(limits)
-        self.limits = self._charge.limits
         self.key: Key = client_address() if key is None else key
         self._paths = Paths(include, exclude)
+
+    @property
+    def limits(self) -> tuple[Spec[int], ...]:
+        """The limits in force now: each request charges these."""
+        return self._charge.limits
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or not (

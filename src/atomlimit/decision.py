@@ -26,11 +26,10 @@ _FIELDS = (
     "spec",
     "degraded",
     "cause",
+    "cached",
     "limit_source",
 )
-
-_CAUSE_AT = _FIELDS.index("cause")
-
+_COMPARED = tuple(i for i, name in enumerate(_FIELDS) if name != "cause")
 
 class Decision(Generic[Amount]):
     """What a limit decided, and where the subject stands after it.
@@ -47,6 +46,7 @@ class Decision(Generic[Amount]):
         "_reset",
         "_retry",
         "allowed",
+        "cached",
         "cause",
         "degraded",
         "granted",
@@ -86,6 +86,9 @@ class Decision(Generic[Amount]):
     """Decided without the server, by the limit's failure policy."""
     cause: BaseException | None
     """Why a degraded decision was made without the server."""
+    cached: bool
+    """A denial answered from the limiter's [`DenyCache`][atomlimit.DenyCache],
+    without the server."""
 
     def __init__(
         self,
@@ -101,6 +104,7 @@ class Decision(Generic[Amount]):
         spec: Spec[Amount] | None = None,
         degraded: bool = False,
         cause: BaseException | None = None,
+        cached: bool = False,
         limit_source: Literal["spec", "override"] = "spec",
     ) -> None:
         _init(self, allowed, limit, used, remaining, reset_at, retry_after, granted, held)
@@ -109,6 +113,7 @@ class Decision(Generic[Amount]):
         _SPEC(self, spec)
         _DEGRADED(self, degraded)
         _CAUSE(self, cause)
+        _CACHED(self, cached)
 
     @property
     def reset_at(self) -> datetime:
@@ -143,10 +148,6 @@ class Decision(Generic[Amount]):
     def __hash__(self) -> int:
         return hash(self._compared())
 
-    def _compared(self) -> tuple[Any, ...]:
-        values = self._values()
-        return values[:_CAUSE_AT] + values[_CAUSE_AT + 1 :]
-
     def __repr__(self) -> str:
         values = zip(_FIELDS, self._values(), strict=True)
         shown = ", ".join(f"{name}={value!r}" for name, value in values)
@@ -163,6 +164,10 @@ class Decision(Generic[Amount]):
 
     def _values(self) -> tuple[Any, ...]:
         return tuple(getattr(self, name) for name in _FIELDS)
+
+    def _compared(self) -> tuple[Any, ...]:
+        values = self._values()
+        return tuple(values[i] for i in _COMPARED)
 
     def headers(self, *, now: datetime | None = None) -> dict[str, str]:
         """The ``RateLimit-Policy`` and ``RateLimit`` header fields for this decision.
@@ -206,6 +211,8 @@ class Decision(Generic[Amount]):
             "shadow_denied": self.shadow_denied,
             "degraded": self.degraded,
             "cause": None if self.cause is None else type(self.cause).__name__,
+            "cached": self.cached,
+            "limit_source": self.limit_source,
         }
 
 
@@ -252,11 +259,14 @@ def decided(
     shadow_denied: bool,
     spec: Spec[Any],
     limit_source: Literal["spec", "override"] = "spec",
+    cached: bool = False,
 ) -> Decision[Any]:
     """A Decision from the integers a reply carries, built without checks.
 
     Times are epoch microseconds (``reset_us``) and a microsecond count
     (``retry_us``); they turn into a datetime and a timedelta when read.
+    ``limit_source``: whose limit is in force; ``cached``: answered from the
+    deny cache.
     """
     decision: Decision[Any] = object.__new__(Decision)
     _init(decision, allowed, limit, used, remaining, reset_us, retry_us, granted, held)
@@ -265,6 +275,7 @@ def decided(
     _DEGRADED(decision, False)
     _CAUSE(decision, None)
     _LIMIT_SOURCE(decision, limit_source)
+    _CACHED(decision, cached)
     return decision
 
 
@@ -284,6 +295,7 @@ _SHADOW = _SLOTS["shadow_denied"].__set__
 _SPEC = _SLOTS["spec"].__set__
 _DEGRADED = _SLOTS["degraded"].__set__
 _CAUSE = _SLOTS["cause"].__set__
+_CACHED = _SLOTS["cached"].__set__
 
 
 def _init(

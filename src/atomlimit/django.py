@@ -286,16 +286,18 @@ class _Rule:
         return self.methods is not None and request.method not in self.methods
 
     def decide(self, limiter: Limiter, subject: str) -> _web.Verdict:
-        only = self.charge.only
-        if only is not None:
-            return _web.Verdict.of(limiter.hit(only, subject), _now_us())
-        return _web.Verdict.of(limiter.acquire(self.charge.hits(subject)), _now_us())
+        hits = self.charge.hits(subject)
+        lone = _web.lone_rate_limit(hits)
+        if lone is not None:
+            return _web.Verdict.of(limiter.hit(lone.limit, subject), _now_us())
+        return _web.Verdict.of(limiter.acquire(hits), _now_us())
 
     async def adecide(self, limiter: AsyncLimiter, subject: str) -> _web.Verdict:
-        only = self.charge.only
-        if only is not None:
-            return _web.Verdict.of(await limiter.hit(only, subject), _now_us())
-        return _web.Verdict.of(await limiter.acquire(self.charge.hits(subject)), _now_us())
+        hits = self.charge.hits(subject)
+        lone = _web.lone_rate_limit(hits)
+        if lone is not None:
+            return _web.Verdict.of(await limiter.hit(lone.limit, subject), _now_us())
+        return _web.Verdict.of(await limiter.acquire(hits), _now_us())
 
 
 def _now_us() -> int:

@@ -105,7 +105,9 @@ class Observer(Protocol):
         Called once per Decision: an ``acquire`` or ``hit_many`` of three
         hits reports three, each with the whole call's time. A degraded
         decision (``decision.degraded``) is reported here too, after
-        [`on_error`][atomlimit.observe.Observer.on_error] reported its cause.
+        [`on_error`][atomlimit.observe.Observer.on_error] reported its cause. A
+        denial answered by the limiter's deny cache (``decision.cached``) is
+        reported here too, though no server was asked.
         """
 
     def on_error(self, error: BackendError, operation: Operation, seconds: float) -> None:
@@ -175,6 +177,9 @@ class PrometheusObserver(Observer):
       their breaker open or half-open right now.
     - ``atomlimit_breaker_transitions_total{state}``: breaker changes, by
       the state entered.
+    - ``atomlimit_cached_denials_total{limit, kind, operation}``: denials
+      answered by the limiter's [`DenyCache`][atomlimit.DenyCache] without a
+      round trip; each is also counted in ``decisions_total`` as ``denied``.
 
     ``registry`` defaults to prometheus-client's global registry. Observers
     built on one registry with one namespace share its metrics, so every
@@ -202,7 +207,14 @@ class PrometheusObserver(Observer):
         metrics = made.get(namespace)
         if metrics is None:
             metrics = made[namespace] = _prometheus_metrics(prom, registry, namespace, buckets)
-        self._decisions, self._errors, self._seconds, self._open, self._transitions = metrics
+        (
+            self._decisions,
+            self._errors,
+            self._seconds,
+            self._open,
+            self._transitions,
+            self._cached,
+        ) = metrics
         # Resolving a labelled child costs more than counting with it, and
         # the label sets are few: keep the children.
         self._counted: dict[tuple[str, str, str, str], Any] = {}
@@ -216,6 +228,8 @@ class PrometheusObserver(Observer):
         if counter is None:
             counter = self._counted[labels] = self._decisions.labels(*labels)
         counter.inc()
+        if decision.cached:
+            self._cached.labels(*labels[:3]).inc()
         timer = self._timed.get(operation)
         if timer is None:
             timer = self._timed[operation] = self._seconds.labels(operation)
@@ -299,6 +313,12 @@ def _prometheus_metrics(
             ["state"],
             **where,
         ),
+        prom.Counter(
+            "cached_denials",
+            "Denials answered by the deny cache, without the server.",
+            ["limit", "kind", "operation"],
+            **where,
+        ),
     )
 
 
@@ -316,8 +336,10 @@ class OpenTelemetryObserver(Observer):
     ``atomlimit.decisions`` (counter; attributes ``limit``, ``kind``,
     ``operation``, ``outcome``), ``atomlimit.backend_errors`` (counter;
     ``operation``, ``error``), ``atomlimit.decision.duration`` (histogram,
-    seconds; ``operation``) and ``atomlimit.breakers_open`` (up-down
-    counter). Subjects are never attributes.
+    seconds; ``operation``), ``atomlimit.breakers_open`` (up-down
+    counter) and ``atomlimit.cached_denials`` (counter; ``limit``, ``kind``,
+    ``operation``: denials the deny cache answered). Subjects are never
+    attributes.
     """
 
     def __init__(self, meter: Any = None) -> None:
@@ -343,18 +365,22 @@ class OpenTelemetryObserver(Observer):
             unit="{breaker}",
             description="Limiters whose circuit breaker is open or half-open.",
         )
+        self._cached = meter.create_counter(
+            "atomlimit.cached_denials",
+            unit="{decision}",
+            description="Denials answered by the deny cache, without the server.",
+        )
 
     def on_decision(self, decision: Decision[Any], operation: Operation, seconds: float) -> None:
         spec = decision.spec
-        self._decisions.add(
-            1,
-            {
-                "limit": spec.name if spec is not None else "",
-                "kind": kind_of(spec),
-                "operation": operation,
-                "outcome": outcome_of(decision),
-            },
-        )
+        where = {
+            "limit": spec.name if spec is not None else "",
+            "kind": kind_of(spec),
+            "operation": operation,
+        }
+        self._decisions.add(1, {**where, "outcome": outcome_of(decision)})
+        if decision.cached:
+            self._cached.add(1, where)
         self._seconds.record(seconds, {"operation": operation})
 
     def on_error(self, error: BackendError, operation: Operation, seconds: float) -> None:

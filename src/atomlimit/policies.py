@@ -251,6 +251,22 @@ class Policies(Mapping[str, Spec[Any]]):
                     _log.exception("a policy watcher failed after %s was reloaded", fresh.source)
             return fresh
 
+    def select(self, *names: str) -> LiveLimits:
+        """The limits ``names``, read from the set in force at each use.
+
+        Give it to a middleware as its ``limits``: each request charges the
+        limits as the last good reload left them. See docs/policies.md.
+        """
+        return LiveLimits(self, names)
+
+    def limit(self, name: str) -> LiveLimit:
+        """The limit ``name``, read from the set in force at each use.
+
+        Give it to a ``@limiter.limited`` decorator as its limit: each call
+        charges the limit as the last good reload left it.
+        """
+        return LiveLimit(self, name)
+
     def watch(self, callback: Watcher) -> Callable[[], None]:
         """Call ``callback(new_set)`` after every successful reload.
 
@@ -294,6 +310,67 @@ class Policies(Mapping[str, Spec[Any]]):
 
     def __repr__(self) -> str:
         return f"<Policies of {self._current!r}>"
+
+
+class LiveLimits:
+    """Some limits of a [`Policies`][atomlimit.policies.Policies], by name, as
+    the set in force has them: calling it reads them all from one snapshot.
+
+    The same set gives the same tuple, so a reader can tell a reload by
+    identity. A reload that drops one of the names makes the next call raise
+    [`InvalidInput`][atomlimit.errors.InvalidInput] naming it.
+    """
+
+    __slots__ = ("_last", "_policies", "names")
+
+    def __init__(self, policies: Policies, names: tuple[str, ...]) -> None:
+        if not 0 < len(names) <= MAX_SELECTED:
+            raise InvalidInput(f"select takes 1 to {MAX_SELECTED} limit names, got {len(names)}")
+        self._policies = policies
+        self.names = names
+        """The limits' names, in the order they are charged."""
+        self._last: tuple[PolicySet, tuple[Spec[Any], ...]] | None = None
+        self()  # an unknown name is refused now, not on the first request
+
+    def __call__(self) -> tuple[Spec[Any], ...]:
+        current = self._policies.current()
+        last = self._last
+        if last is not None and last[0] is current:
+            return last[1]
+        missing = [name for name in self.names if name not in current]
+        if missing:
+            raise InvalidInput(f"{current.source}: no limit named {show(missing[0])}")
+        chosen = tuple(current[name] for name in self.names)
+        self._last = (current, chosen)
+        return chosen
+
+    def __repr__(self) -> str:
+        return f"<LiveLimits {', '.join(self.names)}>"
+
+
+class LiveLimit:
+    """One limit of a [`Policies`][atomlimit.policies.Policies], by name, as the
+    set in force has it: calling it returns the spec."""
+
+    __slots__ = ("_live",)
+
+    def __init__(self, policies: Policies, name: str) -> None:
+        self._live = LiveLimits(policies, (name,))
+
+    @property
+    def name(self) -> str:
+        """The limit's name."""
+        return self._live.names[0]
+
+    def __call__(self) -> Spec[Any]:
+        return self._live()[0]
+
+    def __repr__(self) -> str:
+        return f"<LiveLimit {self.name}>"
+
+
+MAX_SELECTED = 64
+"""Most limits one selection names: as many as a middleware charges."""
 
 
 def load(path: str | os.PathLike[str]) -> Policies:

@@ -12,6 +12,7 @@ import re
 from dataclasses import dataclass
 from datetime import timedelta
 from decimal import Decimal
+from fractions import Fraction
 from typing import Annotated, Any, ClassVar, Generic, Literal, Self
 
 from pydantic import (
@@ -47,8 +48,12 @@ MAX_NAME = 256
 """Longest limit name, in characters."""
 Algorithm = Literal["fixed_window", "gcra", "sliding_log", "sliding_counter"]
 _PARSE_OPTIONS = frozenset({"algorithm", "burst", "max_log", "shadow"})
-FailurePolicy = Literal["raise", "allow", "deny", "allow_unmetered_spend"]
+FailurePolicy = Literal["raise", "allow", "deny", "allow_unmetered_spend", "local", "local_spend"]
 """What a limit decides when the server cannot be asked; see docs/failure-policy.md."""
+MAX_SHARE_TERMS = 1_000_000
+"""Largest numerator and denominator of a ``local_share``: 1/1,000,000 is
+the smallest share, and the arithmetic on it stays on small integers."""
+_SHARE_TEXT = re.compile(r"(\d{1,7})/(\d{1,7})|[01]?\.\d{1,6}|1")
 
 
 class Spec(BaseModel, Generic[Amount]):
@@ -67,10 +72,20 @@ class Spec(BaseModel, Generic[Amount]):
     ``"deny"`` and ``"allow"`` return a degraded Decision
     (``degraded=True``, ``cause`` set) that denies or admits. A SpendCap
     does not take ``"allow"``: admitting spend nobody records is spelled
-    ``"allow_unmetered_spend"``."""
+    ``"allow_unmetered_spend"``. ``"local"`` (``"local_spend"`` for a
+    SpendCap) decides in this process, against ``local_share`` of the
+    limit; see docs/failure-policy.md."""
+    local_share: Fraction | None = None
+    """With ``on_backend_error="local"``: the share of the limit this process
+    may admit while the server cannot be asked, ``0 < share <= 1``, e.g.
+    ``Fraction(1, 8)`` for 8 processes. A ``Fraction``, a ``Decimal``, the
+    int ``1``, or text such as ``"1/8"`` or ``"0.125"``; never a float.
+    Terms are at most 1,000,000."""
 
     _ALLOWING: ClassVar[str] = "allow"
     """How this kind of limit spells admitting without the server."""
+    _LOCAL: ClassVar[str] = "local"
+    """How this kind of limit spells deciding in-process without the server."""
 
     def __init__(self, **data: Any) -> None:
         try:
@@ -88,8 +103,8 @@ class Spec(BaseModel, Generic[Amount]):
     @field_validator("on_backend_error", mode="plain")
     @classmethod
     def _known_policy(cls, value: object) -> str:
-        allowing = cls._ALLOWING
-        if type(value) is str and value in ("raise", "deny", allowing):
+        allowing, local = cls._ALLOWING, cls._LOCAL
+        if type(value) is str and value in ("raise", "deny", allowing, local):
             return value
         if type(value) is str and value == "allow":
             raise ValueError(
@@ -98,7 +113,57 @@ class Spec(BaseModel, Generic[Amount]):
                 "if that is what you want, say so with "
                 "on_backend_error='allow_unmetered_spend', or use 'deny' or 'raise'"
             )
-        raise ValueError(f"must be 'raise', 'deny' or {allowing!r}, got {show(value)}")
+        if type(value) is str and value == "local":
+            raise ValueError(
+                "a SpendCap decided in-process while the server is down spends up to "
+                "local_share of the cap in every process, recorded nowhere the fleet "
+                "can see; if that is what you want, say so with "
+                "on_backend_error='local_spend' and a local_share, or use 'deny' or 'raise'"
+            )
+        raise ValueError(f"must be 'raise', 'deny', {allowing!r} or {local!r}, got {show(value)}")
+
+    @field_validator("local_share", mode="plain")
+    @classmethod
+    def _bounded_share(cls, value: object) -> Fraction | None:
+        if value is None:
+            return None
+        share = _share(value)
+        if share is None or not 0 < share <= 1:
+            raise ValueError(
+                "must be a Fraction, a Decimal, the int 1 or text like '1/8' or '0.125', "
+                f"above 0 and at most 1, with terms up to {MAX_SHARE_TERMS:,}, "
+                f"got {show(value)}"
+            )
+        return share
+
+    @model_validator(mode="after")
+    def _share_fits_policy(self) -> Self:
+        local = self.on_backend_error == self._LOCAL
+        if local and self.local_share is None:
+            raise ValueError(
+                f"local_share: on_backend_error={self._LOCAL!r} needs the share of the "
+                "limit this process may admit while the server is down, e.g. "
+                "local_share=Fraction(1, 8) when 8 processes share the limit"
+            )
+        if not local and self.local_share is not None:
+            raise ValueError(
+                f"local_share: only on_backend_error={self._LOCAL!r} uses a local_share, "
+                f"got on_backend_error={self.on_backend_error!r}"
+            )
+        share = self.local_share
+        if share is not None:
+            for field, whole in self._local_wholes():
+                if local_part(whole, share) < 1:
+                    raise ValueError(
+                        f"local_share: {share} of {field} {whole} leaves this "
+                        "process less than 1 unit, so every local decision would deny; "
+                        "use on_backend_error='deny', or a larger share"
+                    )
+        return self
+
+    def _local_wholes(self) -> list[tuple[str, int]]:
+        """The amounts, in units, that a local share is taken of."""
+        return []
 
 
 class _Windowed(Spec[Amount], Generic[Amount]):
@@ -205,6 +270,12 @@ class RateLimit(_Windowed[int]):
             **options,
         )
 
+    def _local_wholes(self) -> list[tuple[str, int]]:
+        wholes = [("limit", self.limit)]
+        if self.burst is not None:
+            wholes.append(("burst", self.burst))
+        return wholes
+
     @model_validator(mode="after")
     def _algorithm_fits(self) -> Self:
         if self.max_log > MAX_UNITS:
@@ -281,6 +352,13 @@ class SpendCap(_Windowed[Decimal]):
         return value
 
     _ALLOWING: ClassVar[str] = "allow_unmetered_spend"
+    _LOCAL: ClassVar[str] = "local_spend"
+
+    def _local_wholes(self) -> list[tuple[str, int]]:
+        try:
+            return [("limit", to_units(self.limit, -self.unit.adjusted(), "limit"))]
+        except InvalidInput:
+            return []  # _limit_in_units names the problem
 
     @field_validator("limit", mode="plain")
     @classmethod
@@ -362,6 +440,9 @@ class Concurrency(Spec[int]):
     lease: timedelta = timedelta(seconds=60)
     """How long a lease lasts unless renewed or released."""
 
+    def _local_wholes(self) -> list[tuple[str, int]]:
+        return [("limit", self.limit)]
+
     @field_validator("lease", mode="plain")
     @classmethod
     def _positive_lease(cls, value: object) -> timedelta:
@@ -391,6 +472,44 @@ class Hit(Generic[Amount]):
     subject: str
     cost: Amount | int = 1
     hold: timedelta | None = None
+
+
+def local_part(whole: int, share: Fraction) -> int:
+    """``floor(whole * share)``: what one process may use of ``whole`` units."""
+    return whole * share.numerator // share.denominator
+
+
+def _share(value: object) -> Fraction | None:
+    """A share as a Fraction with bounded terms, or None; checked by size first."""
+    if type(value) is int:
+        return Fraction(1) if value == 1 else None
+    if type(value) is Fraction:
+        top, bottom = value.numerator, value.denominator
+    elif type(value) is Decimal:
+        # By digits and exponent before any arithmetic: Decimal("1E+999999")
+        # would otherwise make an integer of a million digits.
+        if not value.is_finite() or len(value.as_tuple().digits) > 7:
+            return None
+        if value.adjusted() > 0 or int(value.as_tuple().exponent) < -6:
+            return None
+        fraction = Fraction(value)
+        top, bottom = fraction.numerator, fraction.denominator
+    elif type(value) is str:
+        match = _SHARE_TEXT.fullmatch(value)
+        if match is None:
+            return None
+        if match.group(1) is not None:
+            top, bottom = int(match.group(1)), int(match.group(2))
+            if bottom == 0:
+                return None
+        else:
+            fraction = Fraction(value)
+            top, bottom = fraction.numerator, fraction.denominator
+    else:
+        return None
+    if not (0 <= top <= MAX_SHARE_TERMS and 0 < bottom <= MAX_SHARE_TERMS):
+        return None
+    return Fraction(top, bottom)
 
 
 def _length(window: Window) -> timedelta:

@@ -24,7 +24,7 @@ from datetime import timedelta
 from typing import Any, Literal
 
 from atomlimit._errors import InvalidInput
-from atomlimit._inputs import MAX_SUBJECT, show
+from atomlimit._inputs import MAX_SUBJECT, check_flag, show
 from atomlimit._provider_headers import ProviderReport as ProviderReport
 from atomlimit._provider_headers import Reading as Reading
 from atomlimit._provider_headers import read_headers as read_headers
@@ -92,6 +92,12 @@ class Upstream(ClientLimits):
     own: a pause (``backoff``) and the provider's reported figures
     (``observe``) apply to them. It needs at least one of those two.
 
+    With ``slow_start``, for fleets that ``observe`` every response: until
+    the provider has first reported, the first window of a fixed-window
+    limit holds back half of it, so the fleet's first burst does not run
+    into outside use it cannot yet know of; the first report gives the half
+    back. Without a report, the first window only ever has half.
+
     >>> from atomlimit import Concurrency, RateLimit, Upstream
     >>> upstream = Upstream(
     ...     "openai:gpt-4.1",
@@ -104,6 +110,7 @@ class Upstream(ClientLimits):
     """
 
     name: str
+    slow_start: bool
 
     def __init__(
         self,
@@ -113,6 +120,7 @@ class Upstream(ClientLimits):
         tokens: RateLimit | Sequence[RateLimit] = (),
         spend: SpendCap | Sequence[SpendCap] = (),
         in_flight: Concurrency | Sequence[Concurrency] = (),
+        slow_start: bool = False,
     ) -> None:
         if type(name) is not str or not 0 < len(name) <= MAX_SUBJECT:
             raise InvalidInput(
@@ -122,6 +130,7 @@ class Upstream(ClientLimits):
             self, requests=requests, tokens=tokens, spend=spend, in_flight=in_flight
         )
         object.__setattr__(self, "name", name)
+        object.__setattr__(self, "slow_start", check_flag(slow_start, "slow_start"))
         if not self.requests and not self.tokens:
             raise InvalidInput(
                 "Upstream needs requests or tokens limits: the provider's own limits, "

@@ -37,7 +37,7 @@ from atomlimit._web import (
 )
 from atomlimit.holds import Lease
 from atomlimit.limiter import Limiter
-from atomlimit.specs import Concurrency, Hit, RateLimit
+from atomlimit.specs import Concurrency, Hit, RateLimit, Spec
 
 __all__ = ["UNKNOWN_CLIENT", "RateLimitMiddleware", "client_address"]
 
@@ -80,7 +80,10 @@ class RateLimitMiddleware:
             closes it.
         limits: a [`RateLimit`][atomlimit.RateLimit] or
             [`Concurrency`][atomlimit.Concurrency], or a list of up to 64 of them
-            with distinct names, each charged 1 per request. A Concurrency
+            with distinct names, each charged 1 per request. Or a callable that returns
+            them, such as a policy file's
+            [`select`][atomlimit.policies.Policies.select], asked on each request:
+            a reload is seen by the next request. A Concurrency
             limit holds its lease until the server closes the response.
         key: ``key(environ)`` gives the subject, a str, or None to let the
             request through unlimited. Default:
@@ -96,7 +99,10 @@ class RateLimitMiddleware:
         app: WSGIApp,
         *,
         limiter: Limiter,
-        limits: RateLimit | Concurrency | Sequence[RateLimit | Concurrency],
+        limits: RateLimit
+        | Concurrency
+        | Sequence[RateLimit | Concurrency]
+        | Callable[[], Sequence[Spec[Any]]],
         key: Key | None = None,
         include: Sequence[str] | None = None,
         exclude: Sequence[str] = (),
@@ -112,9 +118,13 @@ class RateLimitMiddleware:
         self.app = app
         self.limiter = limiter
         self._charge = Charge(limits)
-        self.limits = self._charge.limits
         self.key: Key = client_address() if key is None else key
         self._paths = Paths(include, exclude)
+
+    @property
+    def limits(self) -> tuple[Spec[int], ...]:
+        """The limits in force now: each request charges these."""
+        return self._charge.limits
 
     def __call__(self, environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
         if not (self._paths.everywhere or self._paths.applies(path_info(environ))):

@@ -52,12 +52,14 @@ LAYERS = {
         "_acquire",
         "_model_call",
         "_header_fields",
+        "_local_limits",
         "_degraded",
         "_circuit",
         "_reporting",
         "_fitness",
         "_stored_values",
         "_cache_plan",
+        "_deny_cache",
         "_session_plan",
         "_waiting",
         "_limited",
@@ -86,7 +88,7 @@ LAYERS = {
         "sessions",
         "compat",
     ],
-    INTEGRATIONS: ["asgi", "wsgi", "fastapi", "flask", "django", "testing"],
+    INTEGRATIONS: ["asgi", "wsgi", "fastapi", "flask", "django", "celery", "testing"],
     CLI: ["__main__", "cli"],
 }
 """Every module by layer, named under ``atomlimit`` (``""`` is the package).

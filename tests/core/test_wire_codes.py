@@ -16,14 +16,17 @@ from atomlimit._codecs import (
     DENIED,
     FITS,
     GCRA_BASE,
+    GUARD,
     KIND_NAMES,
     PARTIAL,
     READ_HOLDS,
+    RECORDED,
     REPLAN,
     RESERVATION,
     REUSED,
     SHADOW,
     SHADOWED,
+    SLOW_START,
 )
 
 LUA = Path(__file__).resolve().parents[2] / "lua"
@@ -74,7 +77,7 @@ def test_every_codec_sends_a_kind_of_the_table() -> None:
 def test_statuses_and_flags_are_the_same_on_both_sides() -> None:
     lua = _numbers(_lua("lib/reply.lua"))
     python = {"DENIED": DENIED, "FITS": FITS, "SHADOWED": SHADOWED}
-    python |= {"PARTIAL": PARTIAL, "SHADOW": SHADOW}
+    python |= {"PARTIAL": PARTIAL, "SHADOW": SHADOW, "GUARD": GUARD, "SLOW_START": SLOW_START}
 
     assert lua == python
 
@@ -86,7 +89,7 @@ def test_every_code_a_script_answers_for_doing_nothing_is_known_to_the_client() 
         for code in re.findall(r"return \{(-\d+)", path.read_text())
     }
 
-    assert returned == {REPLAN, REUSED, READ_HOLDS}
+    assert returned == {REPLAN, REUSED, READ_HOLDS, RECORDED}
 
 
 def test_gcra_counts_from_the_same_instant_everywhere() -> None:

@@ -254,3 +254,15 @@ def test_the_wsgi_app_limits_api_paths_only(server: Server) -> None:
     assert listed[3].json()["violated-policies"] == ["burst"]
     assert {r.status_code for r in health} == {200}
     assert all("RateLimit" not in r.headers for r in health)
+
+
+# The worker's side is Celery's, the same whichever server kind answers.
+@pytest.mark.slow
+@pytest.mark.one_server_kind
+def test_the_celery_app_sends_at_most_ten_per_window_and_settles_each_summary(
+    server: Server,
+) -> None:
+    lines = run("celery_app.py", server).splitlines()
+
+    assert lines[0] == "sent 25 newsletters, at most 10 per window"
+    assert lines[1] == "spent 0.10 USD on 5 summaries, 0.00 USD still held"

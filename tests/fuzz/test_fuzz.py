@@ -22,10 +22,12 @@ is kept as an ``@example``.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta, timezone
 from decimal import Decimal
+from fractions import Fraction
 from typing import Any, NamedTuple, NoReturn
 from uuid import UUID
 
@@ -34,11 +36,15 @@ import redis
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from pydantic import BaseModel
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 from servers import Server
 
 from atomlimit import (
     Breaker,
+    ClientLimits,
     Concurrency,
+    DenyCache,
     Hit,
     InvalidInput,
     Limiter,
@@ -47,6 +53,7 @@ from atomlimit import (
     RequestIdReused,
     Spec,
     SpendCap,
+    Upstream,
 )
 from atomlimit._inputs import MAX_WINDOW
 from atomlimit._money import MAX_UNITS
@@ -392,6 +399,9 @@ def watch(client: redis.Redis) -> Watch:
 # Specs and the limiter
 # --------------------------------------------------------------------------
 
+NO_RETRY = Retry(NoBackoff(), 0)
+LOCAL_SHARES = [Fraction(1, 8), Fraction(1), Decimal("0.5"), "1/4", "0.25", 1, Fraction(1, 10**6)]
+
 KINDS: dict[type[Spec[Any]], dict[str, Any]] = {
     RateLimit: {"name": "n", "limit": 5, "window": "minute"},
     SpendCap: {"name": "n", "limit": Decimal("10.00"), "currency": "AUD", "window": "day"},
@@ -410,8 +420,12 @@ VALID_FIELDS: dict[str, st.SearchStrategy[Any]] = {
     "currency": st.sampled_from(["AUD", "usd", "tokens_1"]),
     "unit": st.sampled_from([Decimal("0.01"), Decimal(1), Decimal("1E-18"), Decimal("1.000")]),
     "lease": st.sampled_from([timedelta(milliseconds=1), timedelta(days=366)]),
-    # "allow" is refused by a SpendCap, "allow_unmetered_spend" by the others.
-    "on_backend_error": st.sampled_from(["raise", "deny", "allow", "allow_unmetered_spend"]),
+    # "allow" and "local" are refused by a SpendCap, "allow_unmetered_spend"
+    # and "local_spend" by the others; "local" needs a local_share.
+    "on_backend_error": st.sampled_from(
+        ["raise", "deny", "allow", "allow_unmetered_spend", "local", "local_spend"]
+    ),
+    "local_share": st.sampled_from(LOCAL_SHARES),
 }
 LIMIT_FIELDS = {
     RateLimit: st.integers(1, 100),
@@ -428,9 +442,19 @@ FIELDS_OF = {
         "max_log",
         "shadow",
         "on_backend_error",
+        "local_share",
     ),
-    SpendCap: ("name", "window", "tz", "currency", "unit", "shadow", "on_backend_error"),
-    Concurrency: ("name", "lease", "on_backend_error"),
+    SpendCap: (
+        "name",
+        "window",
+        "tz",
+        "currency",
+        "unit",
+        "shadow",
+        "on_backend_error",
+        "local_share",
+    ),
+    Concurrency: ("name", "lease", "on_backend_error", "local_share"),
 }
 
 
@@ -479,6 +503,53 @@ def test_specs_refuse_bad_fields_briefly_and_every_spec_built_can_be_used(
     build_and_use()
 
 
+def test_the_local_fallback_takes_any_share_and_subject_bound(watch: Watch) -> None:
+    """A server that is gone, limits decided in-process: only InvalidInput escapes."""
+
+    @fuzz(max_examples=150)
+    @given(
+        kind=st.sampled_from(list(KINDS)),
+        share=valid_or(st.sampled_from(LOCAL_SHARES)),
+        limit=valid_or(st.integers(1, 10**6)),
+        subjects=valid_or(st.integers(1, 3)),
+        subject=valid_or(st.sampled_from(["a", "b", "c", "d"])),
+        cost=valid_or(st.integers(0, 5)),
+    )
+    @example(kind=RateLimit, share=Decimal("1E+999999999"), limit=5, subjects=1, subject="a",
+             cost=1)  # fmt: skip
+    # Terms of 4,000 digits (more, and the example itself cannot be printed).
+    @example(kind=RateLimit, share=Fraction(10**4000 - 1, 10**4000), limit=5, subjects=1,
+             subject="a", cost=1)  # fmt: skip
+    @example(kind=RateLimit, share="9" * 10**5, limit=5, subjects=1, subject="a", cost=1)
+    @example(kind=Concurrency, share=1, limit=5, subjects=10**6 + 1, subject="a", cost=1)
+    def decide_locally(
+        kind: type[Spec[Any]], share: Any, limit: Any, subjects: Any, subject: Any, cost: Any
+    ) -> None:
+        policy = "local_spend" if kind is SpendCap else "local"
+        fields = {**KINDS[kind], "limit": limit, "on_backend_error": policy, "local_share": share}
+        if kind is RateLimit:
+            fields["algorithm"] = "gcra" if isinstance(limit, int) and limit % 2 else "sliding_log"
+            fields["window"] = timedelta(seconds=10)
+        spec = watch(lambda: kind(**fields))
+        dead = redis.Redis(host="127.0.0.1", port=1, retry=NO_RETRY)
+        limiter = watch(lambda: Limiter(dead, local_subjects=subjects))
+        if isinstance(spec, Refused) or isinstance(limiter, Refused):
+            return
+        for _ in range(3):
+            if isinstance(spec, Concurrency):
+                lease = watch(lambda: limiter.lease(spec, subject, raise_on_deny=False))
+                if not isinstance(lease, Refused):
+                    assert lease.decision.degraded
+            else:
+                decision = watch(lambda: limiter.hit(spec, subject, cost))
+                if not isinstance(decision, Refused):
+                    assert decision.degraded
+                    assert decision.remaining <= decision.limit
+        dead.close()
+
+    decide_locally()
+
+
 class Quiet(Observer):
     """An observer that inherits the protocol's methods, which do nothing."""
 
@@ -495,6 +566,14 @@ def test_limiter_options_are_refused_or_give_a_working_limiter(
         breaker=valid_or(st.sampled_from([Breaker(), None, Breaker(failures=1000)])),
         observers=valid_or(st.sampled_from([(), [Quiet()], (Quiet(),) * 16])),
         strict=valid_or(st.booleans()),
+        local_subjects=valid_or(st.sampled_from([1, 10_000, 1_000_000])),
+        deny_cache=valid_or(
+            st.one_of(
+                st.none(),
+                st.sampled_from([1, 1_000_000]),
+                st.builds(DenyCache, st.integers(1, 1_000_000)),
+            )
+        ),
     )
     def configure(
         prefix: Any,
@@ -504,6 +583,8 @@ def test_limiter_options_are_refused_or_give_a_working_limiter(
         breaker: Any,
         observers: Any,
         strict: Any,
+        local_subjects: Any,
+        deny_cache: Any,
     ) -> None:
         client.flushall()
         limiter = watch(
@@ -516,6 +597,8 @@ def test_limiter_options_are_refused_or_give_a_working_limiter(
                 breaker=breaker,
                 observers=observers,
                 strict=strict,
+                local_subjects=local_subjects,
+                deny_cache=deny_cache,
             )
         )
         if not isinstance(limiter, Refused):
@@ -553,6 +636,27 @@ def test_hit_takes_anything_and_refuses_what_it_cannot_charge(
         client.flushall()
         spec, cost = limit_and_cost
         watch(lambda: limiter.hit(spec, subject, cost, request_id=request_id, partial=partial))
+
+    hit()
+
+
+def test_a_cached_denial_refuses_what_the_server_path_refuses(
+    client: redis.Redis, watch: Watch
+) -> None:
+    limiter = Limiter(client, deny_cache=DenyCache(max_entries=64))
+
+    @fuzz(max_examples=100)
+    @given(
+        limit_and_cost=with_cost(limits),
+        subject=subjects,
+        partial=valid_or(st.booleans()),
+    )
+    def hit(limit_and_cost: tuple[Any, Any], subject: Any, partial: Any) -> None:
+        spec, cost = limit_and_cost
+        if isinstance(spec, RateLimit | SpendCap) and isinstance(subject, str):
+            # Deny the subject outright first, so the call below meets its cached denial.
+            watch(lambda: limiter.hit(spec, subject, spec.limit + 1))
+        watch(lambda: limiter.hit(spec, subject, cost, partial=partial))
 
     hit()
 
@@ -694,6 +798,146 @@ def test_wait_takes_anything_and_charges_only_what_fits(client: redis.Redis, wat
             assert client.dbsize() == 0  # a cost that can never fit charged nothing
 
     wait()
+
+
+# --------------------------------------------------------------------------
+# Budgeted model calls
+# --------------------------------------------------------------------------
+
+
+def role_specs() -> st.SearchStrategy[object]:
+    """What one field of an Upstream or ClientLimits takes: a spec, a list, or not."""
+    one = st.sampled_from(RATES + CAPS + SLOTS)
+    return valid_or(st.one_of(st.just(()), one, st.lists(one, max_size=3)))
+
+
+def roles() -> st.SearchStrategy[dict[str, object]]:
+    return st.fixed_dictionaries(
+        {},
+        optional={
+            role: role_specs() for role in ("requests", "tokens", "spend", "in_flight", "extra")
+        },
+    )
+
+
+UPSTREAMS = (
+    Upstream("openai:gpt", requests=RATES[0], tokens=RATES[5], spend=CAPS[0], in_flight=SLOTS[0]),
+    Upstream("{s}:a", tokens=[RATES[0], RATES[3]]),
+)
+CLIENTS = (ClientLimits(), ClientLimits(tokens=RATES[0], spend=CAPS[1], in_flight=SLOTS[1]))
+
+
+def test_upstream_and_client_limits_take_anything() -> None:
+    @fuzz(max_examples=200)
+    @given(name=valid_or(st.sampled_from(["openai", "x" * 300, "{a}"])), fields=roles())
+    @example(name="u", fields={"tokens": RATES[4]})  # a sliding log cannot hold
+    @example(name="u", fields={"requests": [RATES[0]] * 9})
+    @example(name="u", fields={})
+    def build(name: Any, fields: dict[str, Any]) -> None:
+        for make in (lambda: Upstream(name, **fields), lambda: ClientLimits(**fields)):
+            try:
+                made = make()
+            except InvalidInput as err:
+                message = str(err)
+            except TypeError:
+                assert "extra" in fields  # not a field: Python's own refusal
+                continue
+            else:
+                assert all(isinstance(spec, Spec) for _, spec in made.limits())
+                continue
+            assert len(message) <= LONGEST_MESSAGE
+
+    build()
+
+
+def test_call_takes_anything_and_charges_all_or_nothing(client: redis.Redis, watch: Watch) -> None:
+    limiter = Limiter(client)
+
+    def block(call: Any, tokens: Any, headers: Any) -> list[Any]:
+        with call as entered:
+            entered.observe(headers)
+            with contextlib.suppress(InvalidInput):  # refused in the block: its end still runs
+                entered.settle(tokens=tokens)
+        return entered.settlements
+
+    @fuzz(max_examples=150)
+    @given(
+        upstream=valid_or(st.sampled_from(UPSTREAMS)),
+        who=subjects,
+        tokens=valid_or(st.integers(0, 10)),
+        cost=amounts,
+        limits=valid_or(st.one_of(st.none(), st.sampled_from(CLIENTS))),
+        timeout=valid_or(st.sampled_from([timedelta(seconds=1), timedelta(minutes=5)])),
+        wait=valid_or(st.booleans()),
+        wait_timeout=timeouts,
+        actual=valid_or(st.one_of(st.none(), st.integers(0, 10**6))),
+        headers=valid_or(
+            st.dictionaries(st.sampled_from(["retry-after", "x-ratelimit-remaining-tokens"]), texts)
+        ),
+    )
+    @example(
+        upstream=UPSTREAMS[0],
+        who="c",
+        tokens=10**30,
+        cost=Decimal(0),
+        limits=None,
+        timeout=timedelta(minutes=5),
+        wait=True,
+        wait_timeout=None,
+        actual=None,
+        headers={},
+    )
+    def call(
+        upstream: Any,
+        who: Any,
+        tokens: Any,
+        cost: Any,
+        limits: Any,
+        timeout: Any,
+        wait: Any,
+        wait_timeout: Any,
+        actual: Any,
+        headers: Any,
+    ) -> None:
+        client.flushall()
+
+        def run() -> Any:
+            made = limiter.call(
+                upstream,
+                client=who,
+                tokens=tokens,
+                cost=cost,
+                limits=limits,
+                timeout=timeout,
+                wait=wait,
+                wait_timeout=wait_timeout,
+            )
+            return block(made, actual, headers)
+
+        watch(exceeded_or(run))
+
+    call()
+
+
+def test_pause_takes_anything(client: redis.Redis, watch: Watch) -> None:
+    limiter = Limiter(client)
+
+    @fuzz(max_examples=100)
+    @given(
+        upstream=valid_or(st.sampled_from(UPSTREAMS)),
+        length=valid_or(st.sampled_from([1, 0.5, 3600, timedelta(seconds=2), timedelta(hours=1)])),
+        quota=valid_or(st.sampled_from([None, "requests", "tokens"])),
+        forget=valid_or(st.booleans()),
+    )
+    @example(upstream=UPSTREAMS[0], length=3600.000001, quota=None, forget=False)
+    @example(upstream=UPSTREAMS[0], length=float("inf"), quota=None, forget=False)
+    @example(upstream=UPSTREAMS[0], length=timedelta.max, quota="spend", forget=False)
+    def pause(upstream: Any, length: Any, quota: Any, forget: Any) -> None:
+        client.flushall()
+        watch(lambda: limiter.pause(upstream, length, quota=quota))
+        watch(lambda: limiter.clear_pause(upstream, forget=forget))
+
+    pause()
 
 
 def test_limited_takes_anything_when_it_decorates_and_when_called(
@@ -1327,6 +1571,8 @@ def test_any_text_or_bytes_in_a_policy_file_gives_invalid_input_at_most(tmp_path
         check_policies(lambda: load(path))
 
     load_it()
+
+
 def test_the_django_decorator_takes_anything_when_it_decorates(watch: Watch) -> None:
     from atomlimit.django import limit
 
@@ -1348,3 +1594,30 @@ def test_the_django_decorator_takes_anything_when_it_decorates(watch: Watch) -> 
         assert isinstance(view, Refused) or callable(view)
 
     decorate()
+
+
+def test_celery_limited_takes_anything_when_it_decorates(client: redis.Redis, watch: Watch) -> None:
+    from atomlimit.celery import TaskLimiter
+
+    limits = TaskLimiter(lambda: Limiter(client))
+    specs = st.lists(st.sampled_from(RATES + CAPS + SLOTS), min_size=1, max_size=3)
+
+    @fuzz(max_examples=100)
+    @given(
+        chosen=mostly(specs, st.lists(anything(), max_size=3)),
+        subject=valid_or(st.sampled_from([None, "s", lambda *args: "s"])),
+        cost=valid_or(st.sampled_from([1, 2, lambda *args: 1])),
+        estimate=valid_or(st.sampled_from([None, Decimal("0.50"), 1])),
+        hold=valid_or(st.just(timedelta(minutes=5))),
+        max_countdown=valid_or(st.one_of(st.none(), durations)),
+        lease_retry=valid_or(durations),
+        denials_use_retries=valid_or(st.booleans()),
+    )
+    def limited(chosen: list[Any], **options: Any) -> None:
+        made = watch(lambda: limits.limited(*chosen, **options))
+        if isinstance(made, Refused):
+            return
+        assert made.limits == tuple(chosen)
+        assert callable(made(lambda task: None))
+
+    limited()

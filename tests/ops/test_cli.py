@@ -26,8 +26,10 @@ from atomlimit import (
     Concurrency,
     Hit,
     Limiter,
+    LimitExceeded,
     RateLimit,
     SpendCap,
+    Upstream,
     __version__,
 )
 from atomlimit._scripts import all_names, script
@@ -585,6 +587,116 @@ def test_reset_needs_a_name_and_a_subject(capsys: pytest.CaptureFixture[str]) ->
 
     assert exited.value.code == 2
     assert "--subject" in capsys.readouterr().err
+
+
+# --------------------------------------------------------------------------
+# pause clear
+# --------------------------------------------------------------------------
+
+RPM = RateLimit(name="gpt-rpm", limit=100, window="minute")
+TPM = RateLimit(name="gpt-tpm", limit=1600, window="minute")
+GPT = Upstream("openai:gpt", requests=RPM, tokens=TPM)
+
+
+def paused_and_learned(client: Any) -> Limiter:
+    """GPT paused for a minute, its tokens limit having learned 500 outside units."""
+    limiter = Limiter(client)
+    with limiter.call(GPT, tokens=100) as call:
+        call.observe({"x-ratelimit-limit-tokens": "1600", "x-ratelimit-remaining-tokens": "1000"})
+        call.backoff(60)
+    return limiter
+
+
+def is_paused(limiter: Limiter, upstream: Upstream = GPT) -> bool:
+    try:
+        with limiter.call(upstream, tokens=1):
+            return False
+    except LimitExceeded:
+        return True
+
+
+def learned_by(capsys: pytest.CaptureFixture[str], url: str) -> list[str]:
+    """The outside use each of GPT's limits learned, as the listing shows it."""
+    _, out, _ = run_cli(capsys, "pause", "clear", "--url", url, "--upstream", GPT.name)
+    return re.findall(r"learned (\d+)", out)
+
+
+def test_pause_clear_without_yes_lists_and_clears_nothing(
+    target: Target, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with target.sync_client() as client:
+        limiter = paused_and_learned(client)
+        code, out, _ = run_cli(
+            capsys, "pause", "clear", "--url", target.url, "--upstream", GPT.name
+        )
+        still = is_paused(limiter)
+
+    assert code == 0
+    assert "gpt-rpm (fixed_window): paused until " in out
+    assert "gpt-tpm (fixed_window): paused until " in out
+    assert "learned 500" in out
+    assert "nothing cleared: run again with --yes to clear these 2 limits" in out
+    assert still
+
+
+@pytest.mark.parametrize(("forget", "learned"), [(False, 500), (True, 0)])
+def test_pause_clear_with_yes_ends_the_pause_for_every_worker(
+    target: Target, capsys: pytest.CaptureFixture[str], forget: bool, learned: int
+) -> None:
+    with target.sync_client() as client:
+        limiter = paused_and_learned(client)
+        argv = ["pause", "clear", "--url", target.url, "--upstream", GPT.name, "--yes"]
+        code, out, _ = run_cli(capsys, *argv, *(["--forget"] if forget else []))
+        paused = is_paused(limiter)
+        kept = learned_by(capsys, target.url)
+
+    assert code == 0
+    assert "cleared the pause" in out
+    assert not paused
+    assert kept == ["0", str(learned)]  # requests, then tokens
+
+
+def test_pause_clear_of_one_limit_leaves_the_others_paused(
+    server: Server, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with server.client() as client:
+        limiter = paused_and_learned(client)
+        run_cli(
+            capsys,
+            "pause",
+            "clear",
+            "--url",
+            server.url,
+            "--upstream",
+            GPT.name,
+            "--name",
+            "gpt-tpm",
+            "--yes",
+        )
+        tokens = is_paused(limiter, Upstream(GPT.name, tokens=TPM))
+        requests = is_paused(limiter, Upstream(GPT.name, requests=RPM))
+
+    assert not tokens
+    assert requests
+
+
+def test_pause_clear_of_an_upstream_never_paused_says_so(
+    server: Server, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, out, _ = run_cli(
+        capsys, "pause", "clear", "--url", server.url, "--upstream", "quiet", "--yes"
+    )
+
+    assert code == 0
+    assert out.strip() == f"{server.url}: no pause or learned use kept for upstream 'quiet'"
+
+
+def test_pause_clear_needs_an_upstream(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exited:
+        main(["pause", "clear", "--url", "redis://127.0.0.1:1/0"])
+
+    assert exited.value.code == 2
+    assert "--upstream" in capsys.readouterr().err
 
 
 # --------------------------------------------------------------------------

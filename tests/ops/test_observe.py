@@ -304,6 +304,79 @@ def test_opentelemetry_counts_the_same_things(server: Server) -> None:
 
 
 # --------------------------------------------------------------------------
+# Cached denials
+# --------------------------------------------------------------------------
+
+
+def test_cached_denials_are_reported_as_denials_of_their_operation(server: Server) -> None:
+    seen = Recorder()
+    cached: list[bool] = []
+
+    class Cached(Observer):
+        def on_decision(self, decision: Any, operation: Any, seconds: float) -> None:
+            cached.append(decision.cached)
+
+    with server.client() as client:
+        limiter = Limiter(client, observers=[seen, Cached()], deny_cache=100)
+        for _ in range(4):
+            limiter.hit(DAILY, "s")
+        limiter.hit_many([Hit(DAILY, "s"), Hit(DAILY, "t")])
+
+    assert [(op, allowed) for op, _, allowed, _ in seen.decisions] == [
+        ("hit", True),
+        ("hit", True),
+        ("hit", False),
+        ("hit", False),
+        ("hit_many", False),
+        ("hit_many", True),
+    ]
+    assert cached == [False, False, False, True, True, False]
+    assert seen.errors == []
+
+
+def test_prometheus_counts_cached_denials_beside_every_denial(server: Server) -> None:
+    registry = CollectorRegistry()
+    with server.client() as client:
+        limiter = Limiter(client, observers=[PrometheusObserver(registry)], deny_cache=100)
+        for _ in range(5):
+            limiter.hit(DAILY, "client-42")
+
+    where = {"limit": "enrichment", "kind": "fixed_window", "operation": "hit"}
+    denied = registry.get_sample_value("atomlimit_decisions_total", {**where, "outcome": "denied"})
+    assert denied == 3
+    assert registry.get_sample_value("atomlimit_cached_denials_total", where) == 2
+
+
+def test_opentelemetry_counts_cached_denials(server: Server) -> None:
+    from opentelemetry.sdk.metrics import MeterProvider
+    from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+
+    reader = InMemoryMetricReader()
+    meter = MeterProvider(metric_readers=[reader]).get_meter("test")
+    with server.client() as client:
+        limiter = Limiter(client, observers=[OpenTelemetryObserver(meter)], deny_cache=100)
+        for _ in range(5):
+            limiter.hit(DAILY, "client-42")
+
+    data = reader.get_metrics_data()
+    assert data is not None
+    (metric,) = [
+        metric
+        for resource in data.resource_metrics
+        for scope in resource.scope_metrics
+        for metric in scope.metrics
+        if metric.name == "atomlimit.cached_denials"
+    ]
+    (point,) = metric.data.data_points
+    assert point.value == 2
+    assert dict(point.attributes) == {
+        "limit": "enrichment",
+        "kind": "fixed_window",
+        "operation": "hit",
+    }
+
+
+# --------------------------------------------------------------------------
 # Imports
 # --------------------------------------------------------------------------
 

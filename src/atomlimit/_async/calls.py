@@ -24,6 +24,8 @@ from atomlimit.decision import Decision, Settlement
 from atomlimit.errors import InvalidInput, LimitExceeded
 
 if TYPE_CHECKING:
+    from collections.abc import Sequence
+
     from atomlimit._async_runner import AsyncRunner
     from atomlimit._engine import Engine, Item
     from atomlimit._runner_steps import Call
@@ -38,6 +40,8 @@ class _Shell(Protocol):
     async def _take(self, planned: Planned) -> Acquisition: ...
 
     async def _finish(self, calls: list[Call]) -> list[Any]: ...
+
+    def _forgotten(self, items: Sequence[Item]) -> None: ...
 
 
 class AsyncModelCall:
@@ -184,5 +188,6 @@ class AsyncModelCall:
         # unasync: sync
         # results = limiter._finish(calls)
         # unasync: end
+        limiter._forgotten(self._items)
         self.settlements = [r for r in results if isinstance(r, Settlement)]
         self.corrections = [r for r in results if isinstance(r, Decision)]

@@ -17,6 +17,8 @@ from atomlimit._guard import Guard, operation_of
 
 if TYPE_CHECKING:
     from atomlimit._async_runner import AsyncRunner
+    from atomlimit._deny_cache import DenyCache
+    from atomlimit._engine import Item
     from atomlimit._runner_steps import Call
     from atomlimit.observe import Operation
     from atomlimit.specs import Spec
@@ -69,22 +71,35 @@ class AsyncGuard(Guard):
         cost: object,
         send: Callable[[Any], Awaitable[Any]],
         step: Any,
+        subject: str | None = None,
+        partial: bool = False,
     ) -> Any:
-        """`run` for a call that returns one Decision of ``spec``."""
-        return await self.run(operation, send, step, self._policy(spec, cost, operation == "hit"))
+        """`run` for a call that returns one Decision of ``spec`` for
+        ``subject`` (which a ``"local"`` policy decides by)."""
+        policy = self._policy(spec, cost, operation, subject, partial)
+        return await self.run(operation, send, step, policy)
 
 
 class AsyncGuardedRunner:
     """A runner as a lease or reservation handle sees it: every call guarded."""
 
-    __slots__ = ("_guard", "_runner")
+    __slots__ = ("_deny", "_guard", "_runner")
 
-    def __init__(self, guard: AsyncGuard, runner: AsyncRunner) -> None:
+    def __init__(
+        self, guard: AsyncGuard, runner: AsyncRunner, deny: DenyCache | None = None
+    ) -> None:
         self._guard = guard
         self._runner = runner
+        self._deny = deny
 
     def now(self) -> int:
         return self._runner.now()
 
     async def run(self, call: Call) -> Any:
         return await self._guard.run(operation_of(call), self._runner.run, call)
+
+    def forget(self, item: Item) -> None:
+        """Drop the deny cache's denials of ``item``: a settle or release
+        through this limiter changed what it holds."""
+        if self._deny is not None:
+            self._deny.forget(item.spec, item.subject)

@@ -50,7 +50,10 @@ class AsyncReservation(_Reservable):
             self._item.codec.units(actual)  # bad input is refused all the same
             return self._nothing_held()
         call, repeat = self._settling(actual)
-        return self._remember(await self._runner.run(call), repeat)
+        try:
+            return self._remember(await self._runner.run(call), repeat)
+        finally:
+            self._runner.forget(self._item)
 
     async def release(self) -> Settlement[Any]:
         """Drop the hold and charge nothing."""
@@ -58,7 +61,10 @@ class AsyncReservation(_Reservable):
             return self._nothing_held()
         repeat = self._repeat(settling=False)
         call = self._engine.release(self._item, self.id, self._runner.now())
-        return self._remember(await self._runner.run(call), repeat)
+        try:
+            return self._remember(await self._runner.run(call), repeat)
+        finally:
+            self._runner.forget(self._item)
 
     async def __aenter__(self) -> Self:
         return self

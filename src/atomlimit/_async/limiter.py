@@ -29,6 +29,7 @@ from atomlimit._async.holds import AsyncLease, AsyncReservation
 from atomlimit._async.overrides import AsyncOverrides
 from atomlimit._async_runner import AsyncRunner
 from atomlimit._clock import clock_reader
+from atomlimit._deny_cache import DenyCache, deny_cache_of
 from atomlimit._engine import (
     DEFAULT_HOLD,
     DEFAULT_REQUEST_TTL,
@@ -39,6 +40,7 @@ from atomlimit._engine import (
 )
 from atomlimit._inputs import check_deadline, check_flag
 from atomlimit._limited import check_function, configure
+from atomlimit._local_limits import DEFAULT_LOCAL_SUBJECTS
 from atomlimit._model_call import Planned, pause_items, pause_length, plan
 from atomlimit._money import Amount
 from atomlimit._redis import check_client
@@ -63,6 +65,7 @@ from atomlimit.specs import Concurrency, Hit, RateLimit, Spec, SpendCap
 from atomlimit.upstream import ClientLimits, Upstream
 
 _US = timedelta(microseconds=1)
+_YIELD_EVERY = 16  # unasync: async
 P = ParamSpec("P")
 R = TypeVar("R")
 
@@ -110,6 +113,13 @@ class AsyncLimiter:
     #         every call tries the server. See docs/failure-policy.md.
     #     observers: objects told of every decision and backend failure
     #         ([`atomlimit.observe.Observer`][atomlimit.observe.Observer]), at most 16.
+    #     local_subjects: most (limit, subject) pairs whose usage the limiter
+    #         keeps in-process for limits with ``on_backend_error="local"``,
+    #         1 to 1,000,000; the least recently used is forgotten first. See
+    #         docs/failure-policy.md.
+    #     deny_cache: a [`DenyCache`][atomlimit.DenyCache] (or its size, 1 to
+    #         1,000,000 entries) to answer repeated denied hits without the
+    #         server; None (default) asks the server every time. See docs/local.md.
     #
     # A call waits for the server at most as long as the client allows: its
     # ``socket_connect_timeout`` and ``socket_timeout`` (redis-py waits
@@ -131,6 +141,8 @@ class AsyncLimiter:
         breaker: Breaker | None = DEFAULT_BREAKER,
         observers: Sequence[Observer] = (),
         deadline: timedelta | None = None,  # unasync: async
+        local_subjects: int = DEFAULT_LOCAL_SUBJECTS,
+        deny_cache: DenyCache | int | None = None,
     ) -> None:
         self._engine = Engine(
             prefix=prefix, time_source=time_source, request_ttl=request_ttl, retry_ttl=retry_ttl
@@ -150,8 +162,11 @@ class AsyncLimiter:
             observers,
             now,
             check_deadline(deadline),  # unasync: async
+            local_subjects=local_subjects,
         )
-        self._handles = AsyncGuardedRunner(self._guard, self._runner)
+        self._deny = deny_cache_of(deny_cache)
+        self._answered = 0  # unasync: async
+        self._handles = AsyncGuardedRunner(self._guard, self._runner, self._deny)
         # One script may name several subjects' keys unless a cluster spreads them.
         self.overrides = AsyncOverrides(self)
         """Per-subject limits kept on the server (docs/overrides.md)."""
@@ -173,8 +188,10 @@ class AsyncLimiter:
         breaker: Breaker | None = DEFAULT_BREAKER,
         observers: Sequence[Observer] = (),
         deadline: timedelta | None = None,  # unasync: async
+        local_subjects: int = DEFAULT_LOCAL_SUBJECTS,
         max_connections: int = DEFAULT_MAX_CONNECTIONS,  # unasync: async
         pool_timeout: float | None = DEFAULT_POOL_TIMEOUT,  # unasync: async
+        deny_cache: DenyCache | int | None = None,
         **redis_options: Any,
     ) -> Self:
         # unasync: async
@@ -207,6 +224,8 @@ class AsyncLimiter:
             breaker=breaker,
             observers=observers,
             deadline=deadline,  # unasync: async
+            local_subjects=local_subjects,
+            deny_cache=deny_cache,
         )
         limiter._owns_client = True
         limiter._runner.keep_connections = True  # unasync: async
@@ -226,10 +245,35 @@ class AsyncLimiter:
         One atomic script run. With ``request_id``, a repeat of a charged
         request returns the original decision and charges nothing. With
         ``partial``, as much of ``cost`` as fits is granted (``granted``).
+        With a deny cache, a denial it holds answers without the server
+        (``Decision.cached``); calls with a ``request_id`` always ask.
         """
         runner = self._open()
-        call = self._engine.hit(limit, subject, cost, request_id, partial, runner.now())
-        result: Decision[Amount] = await self._guard.decide("hit", limit, cost, runner.run, call)
+        local = runner.now()
+        deny = self._deny if request_id is None else None
+        if deny is not None:
+            started = time.perf_counter()
+            known = deny.check(limit, subject, cost, partial, False, self._engine.planned(local)[0])
+            if known is not None:
+                self._guard.answered("hit", (known,), started)
+                # unasync: async
+                # Answering from memory must still suspend now and then: a
+                # task that hits in a loop would otherwise never let the
+                # event loop run anything else. Every time would cost more
+                # than the answer itself.
+                self._answered += 1
+                if not self._answered % _YIELD_EVERY:
+                    await asyncio.sleep(0)
+                # unasync: end
+                return known
+        call = self._engine.hit(limit, subject, cost, request_id, partial, local)
+        result: Decision[Amount] = await self._guard.decide(
+            "hit", limit, cost, runner.run, call, subject, partial
+        )
+        if deny is not None and not result.allowed and not partial:
+            # Planned at `local`, decided at the server's time then: the skew
+            # this reply taught puts `local` on the server's clock.
+            deny.learn(limit, subject, cost, False, result, self._engine.planned(local)[0])
         return result
 
     async def hit_many(self, hits: Sequence[Hit[Any]]) -> list[Decision[Any]]:
@@ -240,11 +284,42 @@ class AsyncLimiter:
         [`acquire`][atomlimit.AsyncLimiter.acquire].
         """
         runner = self._open()
-        calls = hit_calls(self._engine, hits, runner.now())
+        local = runner.now()
+        calls = hit_calls(self._engine, hits, local)
+        if self._deny is not None:
+            return await self._hit_many_cached(hits, calls, local)
         results: list[Decision[Any]] = await self._guard.run(
             "hit_many", runner.run_many, calls, self._guard.many(hits)
         )
         return results
+
+    async def _hit_many_cached(
+        self, hits: Sequence[Hit[Any]], calls: list[Call], local: int
+    ) -> list[Decision[Any]]:
+        """``hit_many`` with a deny cache: only the hits it cannot answer are sent."""
+        deny = self._deny
+        assert deny is not None
+        started = time.perf_counter()
+        now = self._engine.planned(local)[0]
+        found = [deny.check(h.limit, h.subject, h.cost, False, False, now) for h in hits]
+        known = [d for d in found if d is not None]
+        if known:
+            self._guard.answered("hit_many", known, started)
+        asked = [n for n, d in enumerate(found) if d is None]
+        # unasync: async
+        if not asked:
+            await asyncio.sleep(0)  # as a cached hit does: let other tasks run
+        # unasync: end
+        if asked:
+            sent = [hits[n] for n in asked]
+            results: list[Decision[Any]] = await self._guard.run(
+                "hit_many", self._runner.run_many, [calls[n] for n in asked], self._guard.many(sent)
+            )
+            now = self._engine.planned(local)[0]
+            for n, hit, decision in zip(asked, sent, results, strict=True):
+                found[n] = decision
+                deny.learn(hit.limit, hit.subject, hit.cost, False, decision, now)
+        return found  # type: ignore[return-value]
 
     async def peek(
         self, limit: Spec[Amount], subject: str, cost: Amount | int = 1
@@ -252,7 +327,9 @@ class AsyncLimiter:
         """Would a hit of ``cost`` pass now? Charges nothing."""
         runner = self._open()
         call = self._engine.peek(limit, subject, cost, runner.now())
-        result: Decision[Amount] = await self._guard.decide("peek", limit, cost, runner.run, call)
+        result: Decision[Amount] = await self._guard.decide(
+            "peek", limit, cost, runner.run, call, subject
+        )
         return result
 
     async def refund(
@@ -269,15 +346,22 @@ class AsyncLimiter:
         """
         runner = self._open()
         call = self._engine.refund(limit, subject, amount, request_id, runner.now())
-        result: Decision[Amount] = await self._guard.decide(
-            "refund", limit, amount, runner.run, call
-        )
+        try:
+            result: Decision[Amount] = await self._guard.decide(
+                "refund", limit, amount, runner.run, call, subject
+            )
+        finally:
+            self._forget(limit, subject)
         return result
 
     async def reset(self, limit: Spec[Any], subject: str) -> None:
         """Forget ``subject``'s usage of ``limit``; a backend failure always raises."""
         runner = self._open()
-        await self._guard.run("reset", runner.run, self._engine.reset(limit, subject, runner.now()))
+        call = self._engine.reset(limit, subject, runner.now())
+        try:
+            await self._guard.run("reset", runner.run, call)
+        finally:
+            self._forget(limit, subject)
 
     async def acquire(
         self, hits: Sequence[Hit[Any]], *, request_id: str | None = None
@@ -318,7 +402,11 @@ class AsyncLimiter:
         # """
         # unasync: end
         runner = self._open()
-        undone: bool = await runner.drive(undo(self._engine, hits, request_id))
+        try:
+            undone: bool = await runner.drive(undo(self._engine, hits, request_id))
+        finally:
+            for hit in hits if isinstance(hits, list | tuple) else ():
+                self._forget(getattr(hit, "limit", None), getattr(hit, "subject", None))
         return undone
 
     async def reserve(
@@ -342,7 +430,9 @@ class AsyncLimiter:
         spec = reserved_limit(limit, cap)
         runner = self._open()
         held = self._engine.reserve(spec, subject, estimate, ttl, request_id, runner.now())  # type: ignore[arg-type]
-        decision = await self._guard.decide("reserve", spec, estimate, runner.run, held.call)
+        decision = await self._guard.decide(
+            "reserve", spec, estimate, runner.run, held.call, held.item.subject
+        )
         return AsyncReservation(self._engine, self._handles, decision, held.item, held.request_id)
 
     def reservation(
@@ -391,7 +481,7 @@ class AsyncLimiter:
         async def take() -> AsyncLease:
             runner = self._open()
             held = self._engine.lease(limit, subject, request_id, runner.now())
-            decision = await self._guard.decide("lease", limit, 1, runner.run, held.call)
+            decision = await self._guard.decide("lease", limit, 1, runner.run, held.call, subject)
             return AsyncLease(self._engine, self._handles, decision, held.item, held.request_id)
 
         return Pending(take, raise_on_deny)
@@ -470,9 +560,12 @@ class AsyncLimiter:
         runner = self._open()
         items = pause_items(self._engine, upstream, None)
         action = "forget" if check_flag(forget, "forget") else "clear"
-        await self._guard.run(
-            "reset", runner.run, self._engine.pause(items, action, 0, runner.now())
-        )
+        try:
+            await self._guard.run(
+                "reset", runner.run, self._engine.pause(items, action, 0, runner.now())
+            )
+        finally:
+            self._forgotten(items)
 
     async def _take(self, planned: Planned) -> Acquisition:
         """A call's acquire, guarded as any acquire is."""
@@ -519,7 +612,7 @@ class AsyncLimiter:
 
     def limited(
         self,
-        limit: Spec[Any],
+        limit: Spec[Any] | Callable[[], Spec[Any]],
         *,
         subject: str | Callable[..., str],
         cost: Any = 1,
@@ -529,7 +622,10 @@ class AsyncLimiter:
         # unasync: async
         """Decorate an ``async def`` function so that each call is charged to ``limit`` first.
 
-        ``subject`` and ``cost`` are values, or callables taking the
+        ``limit`` is a spec, or a callable returning the limit in force, such
+        as a policy file's [`limit`][atomlimit.policies.Policies.limit]: each
+        call charges the limit as the last reload left it. ``subject`` and
+        ``cost`` are values, or callables taking the
         function's own arguments. A denied call raises
         [`LimitExceeded`][atomlimit.errors.LimitExceeded] without running the function, or
         with ``wait=True`` waits as [`wait`][atomlimit.AsyncLimiter.wait] does, up to ``timeout``.
@@ -538,7 +634,10 @@ class AsyncLimiter:
         # unasync: sync
         # """Decorate a function so that each call is charged to ``limit`` first.
         #
-        # ``subject`` and ``cost`` are values, or callables taking the
+        # ``limit`` is a spec, or a callable returning the limit in force, such
+        # as a policy file's [`limit`][atomlimit.policies.Policies.limit]: each
+        # call charges the limit as the last reload left it. ``subject`` and
+        # ``cost`` are values, or callables taking the
         # function's own arguments. A denied call raises
         # [`LimitExceeded`][atomlimit.errors.LimitExceeded] without running the function, or
         # with ``wait=True`` waits as [`wait`][atomlimit.AsyncLimiter.wait] does, up to ``timeout``.
@@ -553,12 +652,13 @@ class AsyncLimiter:
             @functools.wraps(func)
             async def charged(*args: P.args, **kwargs: P.kwargs) -> R:
                 who, amount = config.arguments(args, kwargs)
+                spec = config.limit  # the limit in force now, for a policy file's
                 if config.wait:
-                    await self.wait(config.limit, who, amount, timeout=config.timeout)
+                    await self.wait(spec, who, amount, timeout=config.timeout)
                 else:
-                    decision = await self.hit(config.limit, who, amount)
+                    decision = await self.hit(spec, who, amount)
                     if not decision.allowed:
-                        raise LimitExceeded(decision, limit=config.limit, subject=who)
+                        raise LimitExceeded(decision, limit=spec, subject=who)
                 return await func(*args, **kwargs)
 
             return charged
@@ -594,6 +694,17 @@ class AsyncLimiter:
         self, kind: type[BaseException] | None, err: BaseException | None, tb: TracebackType | None
     ) -> None:
         await self.aclose()
+
+    def _forget(self, limit: Any, subject: Any) -> None:
+        """Drop the deny cache's denials of ``subject`` under ``limit``: this
+        process just gave room back, or changed what a limit counts."""
+        if self._deny is not None and type(subject) is str:
+            self._deny.forget(limit, subject)
+
+    def _forgotten(self, items: Sequence[Item]) -> None:
+        """`_forget` for each item: a call's end settled or released them."""
+        for item in items:
+            self._forget(item.spec, item.subject)
 
     def _open(self) -> AsyncRunner:
         if self._runner.closed:

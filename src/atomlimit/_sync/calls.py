@@ -23,6 +23,8 @@ from atomlimit.decision import Decision, Settlement
 from atomlimit.errors import InvalidInput, LimitExceeded
 
 if TYPE_CHECKING:
+    from collections.abc import Sequence
+
     from atomlimit._engine import Engine, Item
     from atomlimit._runner_steps import Call
     from atomlimit._sync_runner import SyncRunner
@@ -37,6 +39,8 @@ class _Shell(Protocol):
     def _take(self, planned: Planned) -> Acquisition: ...
 
     def _finish(self, calls: list[Call]) -> list[Any]: ...
+
+    def _forgotten(self, items: Sequence[Item]) -> None: ...
 
 
 class ModelCall:
@@ -165,5 +169,6 @@ class ModelCall:
             limiter._runner.now(),
         )
         results = limiter._finish(calls)
+        limiter._forgotten(self._items)
         self.settlements = [r for r in results if isinstance(r, Settlement)]
         self.corrections = [r for r in results if isinstance(r, Decision)]

@@ -16,6 +16,8 @@ from atomlimit._errors import BackendError, BreakerOpen
 from atomlimit._guard import Guard, operation_of
 
 if TYPE_CHECKING:
+    from atomlimit._deny_cache import DenyCache
+    from atomlimit._engine import Item
     from atomlimit._runner_steps import Call
     from atomlimit._sync_runner import SyncRunner
     from atomlimit.observe import Operation
@@ -56,22 +58,33 @@ class SyncGuard(Guard):
         cost: object,
         send: Callable[[Any], Any],
         step: Any,
+        subject: str | None = None,
+        partial: bool = False,
     ) -> Any:
-        """`run` for a call that returns one Decision of ``spec``."""
-        return self.run(operation, send, step, self._policy(spec, cost, operation == "hit"))
+        """`run` for a call that returns one Decision of ``spec`` for
+        ``subject`` (which a ``"local"`` policy decides by)."""
+        policy = self._policy(spec, cost, operation, subject, partial)
+        return self.run(operation, send, step, policy)
 
 
 class GuardedRunner:
     """A runner as a lease or reservation handle sees it: every call guarded."""
 
-    __slots__ = ("_guard", "_runner")
+    __slots__ = ("_deny", "_guard", "_runner")
 
-    def __init__(self, guard: SyncGuard, runner: SyncRunner) -> None:
+    def __init__(self, guard: SyncGuard, runner: SyncRunner, deny: DenyCache | None = None) -> None:
         self._guard = guard
         self._runner = runner
+        self._deny = deny
 
     def now(self) -> int:
         return self._runner.now()
 
     def run(self, call: Call) -> Any:
         return self._guard.run(operation_of(call), self._runner.run, call)
+
+    def forget(self, item: Item) -> None:
+        """Drop the deny cache's denials of ``item``: a settle or release
+        through this limiter changed what it holds."""
+        if self._deny is not None:
+            self._deny.forget(item.spec, item.subject)

@@ -46,7 +46,10 @@ class Reservation(_Reservable):
             self._item.codec.units(actual)  # bad input is refused all the same
             return self._nothing_held()
         call, repeat = self._settling(actual)
-        return self._remember(self._runner.run(call), repeat)
+        try:
+            return self._remember(self._runner.run(call), repeat)
+        finally:
+            self._runner.forget(self._item)
 
     def release(self) -> Settlement[Any]:
         """Drop the hold and charge nothing."""
@@ -54,7 +57,10 @@ class Reservation(_Reservable):
             return self._nothing_held()
         repeat = self._repeat(settling=False)
         call = self._engine.release(self._item, self.id, self._runner.now())
-        return self._remember(self._runner.run(call), repeat)
+        try:
+            return self._remember(self._runner.run(call), repeat)
+        finally:
+            self._runner.forget(self._item)
 
     def __enter__(self) -> Self:
         return self

@@ -23,6 +23,7 @@ from redis.cluster import RedisCluster
 
 from atomlimit._acquire import Acquisition, acquire, checked_items, undo
 from atomlimit._clock import clock_reader
+from atomlimit._deny_cache import DenyCache, deny_cache_of
 from atomlimit._engine import (
     DEFAULT_HOLD,
     DEFAULT_REQUEST_TTL,
@@ -33,6 +34,7 @@ from atomlimit._engine import (
 )
 from atomlimit._inputs import check_flag
 from atomlimit._limited import check_function, configure
+from atomlimit._local_limits import DEFAULT_LOCAL_SUBJECTS
 from atomlimit._model_call import Planned, pause_items, pause_length, plan
 from atomlimit._money import Amount
 from atomlimit._redis import check_client
@@ -89,6 +91,13 @@ class Limiter:
             every call tries the server. See docs/failure-policy.md.
         observers: objects told of every decision and backend failure
             ([`atomlimit.observe.Observer`][atomlimit.observe.Observer]), at most 16.
+        local_subjects: most (limit, subject) pairs whose usage the limiter
+            keeps in-process for limits with ``on_backend_error="local"``,
+            1 to 1,000,000; the least recently used is forgotten first. See
+            docs/failure-policy.md.
+        deny_cache: a [`DenyCache`][atomlimit.DenyCache] (or its size, 1 to
+            1,000,000 entries) to answer repeated denied hits without the
+            server; None (default) asks the server every time. See docs/local.md.
 
     A call waits for the server at most as long as the client allows: its
     ``socket_connect_timeout`` and ``socket_timeout`` (redis-py waits
@@ -107,6 +116,8 @@ class Limiter:
         strict: bool = False,
         breaker: Breaker | None = DEFAULT_BREAKER,
         observers: Sequence[Observer] = (),
+        local_subjects: int = DEFAULT_LOCAL_SUBJECTS,
+        deny_cache: DenyCache | int | None = None,
     ) -> None:
         self._engine = Engine(
             prefix=prefix, time_source=time_source, request_ttl=request_ttl, retry_ttl=retry_ttl
@@ -115,8 +126,14 @@ class Limiter:
         client = check_client(client, (redis.Redis, RedisCluster))
         strict = check_flag(strict, "strict")
         self._runner = SyncRunner(client, now, strict=strict)
-        self._guard = SyncGuard(breaker, observers, now)
-        self._handles = GuardedRunner(self._guard, self._runner)
+        self._guard = SyncGuard(
+            breaker,
+            observers,
+            now,
+            local_subjects=local_subjects,
+        )
+        self._deny = deny_cache_of(deny_cache)
+        self._handles = GuardedRunner(self._guard, self._runner, self._deny)
         # One script may name several subjects' keys unless a cluster spreads them.
         self.overrides = Overrides(self)
         """Per-subject limits kept on the server (docs/overrides.md)."""
@@ -136,6 +153,8 @@ class Limiter:
         strict: bool = False,
         breaker: Breaker | None = DEFAULT_BREAKER,
         observers: Sequence[Observer] = (),
+        local_subjects: int = DEFAULT_LOCAL_SUBJECTS,
+        deny_cache: DenyCache | int | None = None,
         **redis_options: Any,
     ) -> Self:
         """Connect to ``url``; ``redis_options`` go to ``redis.Redis.from_url``.
@@ -153,6 +172,8 @@ class Limiter:
             strict=strict,
             breaker=breaker,
             observers=observers,
+            local_subjects=local_subjects,
+            deny_cache=deny_cache,
         )
         limiter._owns_client = True
         return limiter
@@ -171,10 +192,26 @@ class Limiter:
         One atomic script run. With ``request_id``, a repeat of a charged
         request returns the original decision and charges nothing. With
         ``partial``, as much of ``cost`` as fits is granted (``granted``).
+        With a deny cache, a denial it holds answers without the server
+        (``Decision.cached``); calls with a ``request_id`` always ask.
         """
         runner = self._open()
-        call = self._engine.hit(limit, subject, cost, request_id, partial, runner.now())
-        result: Decision[Amount] = self._guard.decide("hit", limit, cost, runner.run, call)
+        local = runner.now()
+        deny = self._deny if request_id is None else None
+        if deny is not None:
+            started = time.perf_counter()
+            known = deny.check(limit, subject, cost, partial, False, self._engine.planned(local)[0])
+            if known is not None:
+                self._guard.answered("hit", (known,), started)
+                return known
+        call = self._engine.hit(limit, subject, cost, request_id, partial, local)
+        result: Decision[Amount] = self._guard.decide(
+            "hit", limit, cost, runner.run, call, subject, partial
+        )
+        if deny is not None and not result.allowed and not partial:
+            # Planned at `local`, decided at the server's time then: the skew
+            # this reply taught puts `local` on the server's clock.
+            deny.learn(limit, subject, cost, False, result, self._engine.planned(local)[0])
         return result
 
     def hit_many(self, hits: Sequence[Hit[Any]]) -> list[Decision[Any]]:
@@ -185,17 +222,46 @@ class Limiter:
         [`acquire`][atomlimit.Limiter.acquire].
         """
         runner = self._open()
-        calls = hit_calls(self._engine, hits, runner.now())
+        local = runner.now()
+        calls = hit_calls(self._engine, hits, local)
+        if self._deny is not None:
+            return self._hit_many_cached(hits, calls, local)
         results: list[Decision[Any]] = self._guard.run(
             "hit_many", runner.run_many, calls, self._guard.many(hits)
         )
         return results
 
+    def _hit_many_cached(
+        self, hits: Sequence[Hit[Any]], calls: list[Call], local: int
+    ) -> list[Decision[Any]]:
+        """``hit_many`` with a deny cache: only the hits it cannot answer are sent."""
+        deny = self._deny
+        assert deny is not None
+        started = time.perf_counter()
+        now = self._engine.planned(local)[0]
+        found = [deny.check(h.limit, h.subject, h.cost, False, False, now) for h in hits]
+        known = [d for d in found if d is not None]
+        if known:
+            self._guard.answered("hit_many", known, started)
+        asked = [n for n, d in enumerate(found) if d is None]
+        if asked:
+            sent = [hits[n] for n in asked]
+            results: list[Decision[Any]] = self._guard.run(
+                "hit_many", self._runner.run_many, [calls[n] for n in asked], self._guard.many(sent)
+            )
+            now = self._engine.planned(local)[0]
+            for n, hit, decision in zip(asked, sent, results, strict=True):
+                found[n] = decision
+                deny.learn(hit.limit, hit.subject, hit.cost, False, decision, now)
+        return found  # type: ignore[return-value]
+
     def peek(self, limit: Spec[Amount], subject: str, cost: Amount | int = 1) -> Decision[Amount]:
         """Would a hit of ``cost`` pass now? Charges nothing."""
         runner = self._open()
         call = self._engine.peek(limit, subject, cost, runner.now())
-        result: Decision[Amount] = self._guard.decide("peek", limit, cost, runner.run, call)
+        result: Decision[Amount] = self._guard.decide(
+            "peek", limit, cost, runner.run, call, subject
+        )
         return result
 
     def refund(
@@ -212,13 +278,22 @@ class Limiter:
         """
         runner = self._open()
         call = self._engine.refund(limit, subject, amount, request_id, runner.now())
-        result: Decision[Amount] = self._guard.decide("refund", limit, amount, runner.run, call)
+        try:
+            result: Decision[Amount] = self._guard.decide(
+                "refund", limit, amount, runner.run, call, subject
+            )
+        finally:
+            self._forget(limit, subject)
         return result
 
     def reset(self, limit: Spec[Any], subject: str) -> None:
         """Forget ``subject``'s usage of ``limit``; a backend failure always raises."""
         runner = self._open()
-        self._guard.run("reset", runner.run, self._engine.reset(limit, subject, runner.now()))
+        call = self._engine.reset(limit, subject, runner.now())
+        try:
+            self._guard.run("reset", runner.run, call)
+        finally:
+            self._forget(limit, subject)
 
     def acquire(
         self, hits: Sequence[Hit[Any]], *, request_id: str | None = None
@@ -244,7 +319,11 @@ class Limiter:
         Sending it again changes nothing. See docs/acquire.md.
         """
         runner = self._open()
-        undone: bool = runner.drive(undo(self._engine, hits, request_id))
+        try:
+            undone: bool = runner.drive(undo(self._engine, hits, request_id))
+        finally:
+            for hit in hits if isinstance(hits, list | tuple) else ():
+                self._forget(getattr(hit, "limit", None), getattr(hit, "subject", None))
         return undone
 
     def reserve(
@@ -268,7 +347,9 @@ class Limiter:
         spec = reserved_limit(limit, cap)
         runner = self._open()
         held = self._engine.reserve(spec, subject, estimate, ttl, request_id, runner.now())  # type: ignore[arg-type]
-        decision = self._guard.decide("reserve", spec, estimate, runner.run, held.call)
+        decision = self._guard.decide(
+            "reserve", spec, estimate, runner.run, held.call, held.item.subject
+        )
         return Reservation(self._engine, self._handles, decision, held.item, held.request_id)
 
     def reservation(
@@ -309,7 +390,7 @@ class Limiter:
         def take() -> Lease:
             runner = self._open()
             held = self._engine.lease(limit, subject, request_id, runner.now())
-            decision = self._guard.decide("lease", limit, 1, runner.run, held.call)
+            decision = self._guard.decide("lease", limit, 1, runner.run, held.call, subject)
             return Lease(self._engine, self._handles, decision, held.item, held.request_id)
 
         return taken(take, raise_on_deny)
@@ -374,7 +455,10 @@ class Limiter:
         runner = self._open()
         items = pause_items(self._engine, upstream, None)
         action = "forget" if check_flag(forget, "forget") else "clear"
-        self._guard.run("reset", runner.run, self._engine.pause(items, action, 0, runner.now()))
+        try:
+            self._guard.run("reset", runner.run, self._engine.pause(items, action, 0, runner.now()))
+        finally:
+            self._forgotten(items)
 
     def _take(self, planned: Planned) -> Acquisition:
         """A call's acquire, guarded as any acquire is."""
@@ -417,7 +501,7 @@ class Limiter:
 
     def limited(
         self,
-        limit: Spec[Any],
+        limit: Spec[Any] | Callable[[], Spec[Any]],
         *,
         subject: str | Callable[..., str],
         cost: Any = 1,
@@ -426,7 +510,10 @@ class Limiter:
     ) -> Callable[[Callable[P, R]], Callable[P, R]]:
         """Decorate a function so that each call is charged to ``limit`` first.
 
-        ``subject`` and ``cost`` are values, or callables taking the
+        ``limit`` is a spec, or a callable returning the limit in force, such
+        as a policy file's [`limit`][atomlimit.policies.Policies.limit]: each
+        call charges the limit as the last reload left it. ``subject`` and
+        ``cost`` are values, or callables taking the
         function's own arguments. A denied call raises
         [`LimitExceeded`][atomlimit.errors.LimitExceeded] without running the function, or
         with ``wait=True`` waits as [`wait`][atomlimit.AsyncLimiter.wait] does, up to ``timeout``.
@@ -440,12 +527,13 @@ class Limiter:
             @functools.wraps(func)
             def charged(*args: P.args, **kwargs: P.kwargs) -> R:
                 who, amount = config.arguments(args, kwargs)
+                spec = config.limit  # the limit in force now, for a policy file's
                 if config.wait:
-                    self.wait(config.limit, who, amount, timeout=config.timeout)
+                    self.wait(spec, who, amount, timeout=config.timeout)
                 else:
-                    decision = self.hit(config.limit, who, amount)
+                    decision = self.hit(spec, who, amount)
                     if not decision.allowed:
-                        raise LimitExceeded(decision, limit=config.limit, subject=who)
+                        raise LimitExceeded(decision, limit=spec, subject=who)
                 return func(*args, **kwargs)
 
             return charged
@@ -470,6 +558,17 @@ class Limiter:
         self, kind: type[BaseException] | None, err: BaseException | None, tb: TracebackType | None
     ) -> None:
         self.close()
+
+    def _forget(self, limit: Any, subject: Any) -> None:
+        """Drop the deny cache's denials of ``subject`` under ``limit``: this
+        process just gave room back, or changed what a limit counts."""
+        if self._deny is not None and type(subject) is str:
+            self._deny.forget(limit, subject)
+
+    def _forgotten(self, items: Sequence[Item]) -> None:
+        """`_forget` for each item: a call's end settled or released them."""
+        for item in items:
+            self._forget(item.spec, item.subject)
 
     def _open(self) -> SyncRunner:
         if self._runner.closed:

@@ -16,10 +16,19 @@ from typing import NoReturn
 import redis
 
 from atomlimit import __version__
-from atomlimit.cli import demo, doctor, inspect, policy, reset, scripts, version
+from atomlimit.cli import demo, doctor, inspect, pause, policy, reset, scripts, version
 from atomlimit.cli._exit import FAILED, UNREACHABLE, CommandError, one_line
 
-COMMANDS: tuple[ModuleType, ...] = (version, doctor, scripts, inspect, reset, policy, demo)
+COMMANDS: tuple[ModuleType, ...] = (
+    version,
+    doctor,
+    scripts,
+    inspect,
+    reset,
+    pause,
+    policy,
+    demo,
+)
 
 _EPILOG = """\
 examples:
@@ -27,6 +36,7 @@ examples:
   atomlimit scripts load --url redis://limiter-admin:secret@cache:6380/0
   atomlimit inspect --url redis://127.0.0.1:6380/0 --subject client-42
   atomlimit reset --url redis://127.0.0.1:6380/0 --name ai --subject client-42 --yes
+  atomlimit pause clear --url redis://127.0.0.1:6380/0 --upstream openai:gpt-4.1 --yes
   atomlimit policy check policies.toml
   atomlimit demo
 

@@ -109,8 +109,8 @@ def parse(key: str, prefix: str) -> Key | None:
         return None
     kind, stored_name, rest = parts[0], parts[1], parts[2:]
     extra: dict[str, Any] = {
-        "subject": _decode(stored_subject),
-        "name": _decode(stored_name),
+        "subject": decode(stored_subject),
+        "name": decode(stored_name),
         "stored_subject": stored_subject,
         "stored_name": stored_name,
     }
@@ -260,7 +260,7 @@ def _ms(ms: int | None) -> str:
     return f"{moment:%Y-%m-%d %H:%M:%S}Z"
 
 
-def _decode(part: str) -> str:
+def decode(part: str) -> str:
     # A part too long for a key was hashed: its readable head is shown with
     # the digest, since the rest cannot be recovered.
     return unquote(part, errors="backslashreplace")

@@ -1,0 +1,97 @@
+"""A budgeted model call's own cost: its acquire and its settle, against one hit.
+
+64 asyncio tasks on one server run back to back, in one process, each row
+in turn and then again in reverse order (so neither always goes first):
+
+- ``hit``: one fixed-window hit per decision, the library's cheapest call;
+- ``call``: ``limiter.call`` over an upstream's requests and tokens,
+  settled with an actual: one acquire script, then one settle;
+- ``call+client``: the same with a client's daily tokens and spend too:
+  one acquire script over both subjects, then one round trip of three
+  settles.
+
+It prints decisions per second for each and the call's share of the hit's.
+A real model call takes hundreds of milliseconds, so this is headroom, not
+the bottleneck: the goal is a share of at least 25 %.
+
+    python bench/call_throughput.py --seconds 5 --rounds 3
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import statistics
+from collections.abc import Awaitable, Callable
+from decimal import Decimal
+
+from load import closed_loop
+from server import redis_server
+
+from atomlimit import AsyncLimiter, ClientLimits, RateLimit, SpendCap, Upstream
+
+TASKS = 64
+ROWS = ("hit", "call", "call+client")
+HUGE = 10**12
+HIT = RateLimit(name="bench-hit", limit=HUGE, window="day")
+UPSTREAM = Upstream(
+    "bench:model",
+    requests=RateLimit(name="bench-rpm", limit=HUGE, window="minute"),
+    tokens=RateLimit(name="bench-tpm", limit=HUGE, window="minute"),
+)
+PER_CLIENT = ClientLimits(
+    tokens=RateLimit(name="bench-client-tokens", limit=HUGE, window="day"),
+    spend=SpendCap(name="bench-spend", limit=Decimal("1000000000"), currency="USD", window="day"),
+)
+
+
+def rows(limiter: AsyncLimiter) -> dict[str, Callable[[str], Awaitable[bool]]]:
+    async def hit(subject: str) -> bool:
+        return (await limiter.hit(HIT, subject)).allowed
+
+    async def call(subject: str) -> bool:
+        async with limiter.call(UPSTREAM, tokens=1200) as budgeted:
+            budgeted.settle(tokens=950)
+        return True
+
+    async def client_call(subject: str) -> bool:
+        async with limiter.call(
+            UPSTREAM, client=subject, tokens=1200, cost=Decimal("0.024"), limits=PER_CLIENT
+        ) as budgeted:
+            budgeted.settle(tokens=950, cost=Decimal("0.019"))
+        return True
+
+    return {"hit": hit, "call": call, "call+client": client_call}
+
+
+async def measure(url: str, seconds: float, rounds: int) -> dict[str, list[float]]:
+    rates: dict[str, list[float]] = {name: [] for name in ROWS}
+    async with AsyncLimiter.from_url(url) as limiter:
+        decide = rows(limiter)
+        for round_ in range(rounds):
+            order = list(ROWS) if round_ % 2 == 0 else list(reversed(ROWS))
+            for name in order:
+                loop = await closed_loop(decide[name], TASKS, seconds, warmup=0.5)
+                if loop.errors.count:
+                    raise RuntimeError(f"{name}: {loop.errors.count} errors, {loop.errors.first}")
+                rates[name].append(loop.rate)
+    return rates
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
+    parser.add_argument("--seconds", type=float, default=5.0)
+    parser.add_argument("--rounds", type=int, default=3)
+    args = parser.parse_args()
+    with redis_server() as url:
+        rates = asyncio.run(measure(url, args.seconds, args.rounds))
+    hit = statistics.median(rates["hit"])
+    print(f"{TASKS} tasks, one server, median of {args.rounds} rounds of {args.seconds:g} s")
+    print(f"{'row':<12} {'per second':>12} {'share of hit':>13}")
+    for name in ROWS:
+        rate = statistics.median(rates[name])
+        print(f"{name:<12} {rate:12,.0f} {rate / hit:13.3f}")
+
+
+if __name__ == "__main__":
+    main()
