@@ -143,3 +143,30 @@ def test_bad_overrides_are_refused_before_anything_is_sent(
         with pytest.raises(InvalidInput):
             limiter.overrides.set(RATES[0], "bad", limit=limit, burst=burst, expires=expires)
         assert client.keys("*bad*") == []
+
+
+def test_setting_an_override_forgets_that_subjects_cached_denials_only(server: Server) -> None:
+    spec = RateLimit(name="o-cache-set", limit=1, window="hour")
+    with server.client() as client:
+        limiter = Limiter(client, deny_cache=16)
+        for subject in ("raised", "other"):
+            assert limiter.hit(spec, subject).allowed
+            assert not limiter.hit(spec, subject).allowed
+            assert limiter.hit(spec, subject).cached
+        limiter.overrides.set(spec, "raised", limit=3)
+        after = limiter.hit(spec, "raised")
+        assert after.allowed and not after.cached and after.limit_source == "override"
+        assert limiter.hit(spec, "other").cached  # another subject's denial still holds
+
+
+def test_deleting_an_override_forgets_that_subjects_cached_denials(server: Server) -> None:
+    spec = RateLimit(name="o-cache-del", limit=3, window="hour")
+    with server.client() as client:
+        limiter = Limiter(client, deny_cache=16)
+        limiter.overrides.set(spec, "lowered", limit=1)
+        assert limiter.hit(spec, "lowered").allowed
+        assert not limiter.hit(spec, "lowered").allowed
+        assert limiter.hit(spec, "lowered").cached
+        assert limiter.overrides.delete(spec, "lowered") is True
+        after = limiter.hit(spec, "lowered")
+        assert after.allowed and not after.cached and after.limit_source == "spec"

@@ -168,7 +168,7 @@ class AsyncLimiter:
         self._answered = 0  # unasync: async
         self._handles = AsyncGuardedRunner(self._guard, self._runner, self._deny)
         # One script may name several subjects' keys unless a cluster spreads them.
-        self.overrides = AsyncOverrides(self)
+        self.overrides = AsyncOverrides(self._engine, self._open, self._forget)
         """Per-subject limits kept on the server (docs/overrides.md)."""
         self._engine.together = not isinstance(client, AsyncRedisCluster)
         self._owns_client = False

@@ -9,6 +9,7 @@ seen by every worker at its next decision that reaches the server.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any
@@ -17,17 +18,28 @@ from urllib.parse import unquote
 from atomlimit._override_plan import Override, check_count, subject_of
 
 if TYPE_CHECKING:
-    from atomlimit._async.limiter import AsyncLimiter
+    from atomlimit._async_runner import AsyncRunner
+    from atomlimit._engine import Engine
     from atomlimit.specs import Spec
 
 
 class AsyncOverrides:
     """Set, read, delete and list one limiter's per-subject overrides."""
 
-    __slots__ = ("_limiter",)
+    __slots__ = ("_engine", "_forget", "_open")
 
-    def __init__(self, limiter: AsyncLimiter) -> None:
-        self._limiter = limiter
+    def __init__(
+        self,
+        engine: Engine,
+        open_runner: Callable[[], AsyncRunner],
+        forget: Callable[[Spec[Any], str], None],
+    ) -> None:
+        # The limiter's parts, not the limiter: this module sits below it.
+        # ``forget`` drops the deny cache's denials of a subject whose limit
+        # this process just changed, so its next call asks the server.
+        self._engine = engine
+        self._open = open_runner
+        self._forget = forget
 
     async def set(
         self,
@@ -42,33 +54,39 @@ class AsyncOverrides:
         ``subject`` under ``spec``, until ``expires`` (an aware datetime, or a
         timedelta from now; None: until deleted). ``burst`` is a gcra
         limit's, and defaults to ``limit``."""
-        runner = self._limiter._open()
-        call = self._limiter._engine.override_set(spec, subject, limit, burst, expires, runner.now())
-        await runner.run(call)
+        runner = self._open()
+        call = self._engine.override_set(spec, subject, limit, burst, expires, runner.now())
+        try:
+            await runner.run(call)
+        finally:
+            # Even a call that failed may have been applied.
+            self._forget(spec, subject)
 
     async def get(self, spec: Spec[Any], subject: str) -> Override | None:
         """``subject``'s override of ``spec`` in force now, or None."""
-        runner = self._limiter._open()
+        runner = self._open()
         found: Override | None = await runner.run(
-            self._limiter._engine.override_get(spec, subject, runner.now())
+            self._engine.override_get(spec, subject, runner.now())
         )
         return found
 
     async def delete(self, spec: Spec[Any], subject: str) -> bool:
         """Delete ``subject``'s override: ``spec``'s own limit applies again.
         Returns whether one was in force."""
-        runner = self._limiter._open()
-        deleted: bool = await runner.run(
-            self._limiter._engine.override_delete(spec, subject, runner.now())
-        )
+        runner = self._open()
+        call = self._engine.override_delete(spec, subject, runner.now())
+        try:
+            deleted: bool = await runner.run(call)
+        finally:
+            self._forget(spec, subject)
         return deleted
 
     async def list(self, spec: Spec[Any], *, count: int = 100) -> list[str]:
         """Up to ``count`` subjects (at most 10,000) with an override of
         ``spec``, found by SCAN over every primary, in no particular order."""
         most = check_count(count)
-        match = self._limiter._engine.override_match(spec)
-        runner = self._limiter._open()
+        match = self._engine.override_match(spec)
+        runner = self._open()
         found: list[str] = []
         async for key in runner.client.scan_iter(match=match, count=1000):
             text = key.decode() if isinstance(key, bytes) else str(key)

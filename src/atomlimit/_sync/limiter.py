@@ -135,7 +135,7 @@ class Limiter:
         self._deny = deny_cache_of(deny_cache)
         self._handles = GuardedRunner(self._guard, self._runner, self._deny)
         # One script may name several subjects' keys unless a cluster spreads them.
-        self.overrides = Overrides(self)
+        self.overrides = Overrides(self._engine, self._open, self._forget)
         """Per-subject limits kept on the server (docs/overrides.md)."""
         self._engine.together = not isinstance(client, RedisCluster)
         self._owns_client = False

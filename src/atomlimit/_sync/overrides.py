@@ -10,6 +10,7 @@ seen by every worker at its next decision that reaches the server.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any
@@ -18,17 +19,28 @@ from urllib.parse import unquote
 from atomlimit._override_plan import Override, check_count, subject_of
 
 if TYPE_CHECKING:
-    from atomlimit._sync.limiter import Limiter
+    from atomlimit._engine import Engine
+    from atomlimit._sync_runner import SyncRunner
     from atomlimit.specs import Spec
 
 
 class Overrides:
     """Set, read, delete and list one limiter's per-subject overrides."""
 
-    __slots__ = ("_limiter",)
+    __slots__ = ("_engine", "_forget", "_open")
 
-    def __init__(self, limiter: Limiter) -> None:
-        self._limiter = limiter
+    def __init__(
+        self,
+        engine: Engine,
+        open_runner: Callable[[], SyncRunner],
+        forget: Callable[[Spec[Any], str], None],
+    ) -> None:
+        # The limiter's parts, not the limiter: this module sits below it.
+        # ``forget`` drops the deny cache's denials of a subject whose limit
+        # this process just changed, so its next call asks the server.
+        self._engine = engine
+        self._open = open_runner
+        self._forget = forget
 
     def set(
         self,
@@ -43,35 +55,37 @@ class Overrides:
         ``subject`` under ``spec``, until ``expires`` (an aware datetime, or a
         timedelta from now; None: until deleted). ``burst`` is a gcra
         limit's, and defaults to ``limit``."""
-        runner = self._limiter._open()
-        call = self._limiter._engine.override_set(
-            spec, subject, limit, burst, expires, runner.now()
-        )
-        runner.run(call)
+        runner = self._open()
+        call = self._engine.override_set(spec, subject, limit, burst, expires, runner.now())
+        try:
+            runner.run(call)
+        finally:
+            # Even a call that failed may have been applied.
+            self._forget(spec, subject)
 
     def get(self, spec: Spec[Any], subject: str) -> Override | None:
         """``subject``'s override of ``spec`` in force now, or None."""
-        runner = self._limiter._open()
-        found: Override | None = runner.run(
-            self._limiter._engine.override_get(spec, subject, runner.now())
-        )
+        runner = self._open()
+        found: Override | None = runner.run(self._engine.override_get(spec, subject, runner.now()))
         return found
 
     def delete(self, spec: Spec[Any], subject: str) -> bool:
         """Delete ``subject``'s override: ``spec``'s own limit applies again.
         Returns whether one was in force."""
-        runner = self._limiter._open()
-        deleted: bool = runner.run(
-            self._limiter._engine.override_delete(spec, subject, runner.now())
-        )
+        runner = self._open()
+        call = self._engine.override_delete(spec, subject, runner.now())
+        try:
+            deleted: bool = runner.run(call)
+        finally:
+            self._forget(spec, subject)
         return deleted
 
     def list(self, spec: Spec[Any], *, count: int = 100) -> list[str]:
         """Up to ``count`` subjects (at most 10,000) with an override of
         ``spec``, found by SCAN over every primary, in no particular order."""
         most = check_count(count)
-        match = self._limiter._engine.override_match(spec)
-        runner = self._limiter._open()
+        match = self._engine.override_match(spec)
+        runner = self._open()
         found: list[str] = []
         for key in runner.client.scan_iter(match=match, count=1000):
             text = key.decode() if isinstance(key, bytes) else str(key)
