@@ -108,9 +108,7 @@ def plan_get(spec: Spec[Any], base: str, client_now: int | str) -> Call:
     def read(reply: Sequence[Any]) -> Override | None:
         if not reply:
             return None
-        limit, burst, _, expires = (
-            (v.decode() if isinstance(v, bytes) else str(v)) for v in reply
-        )
+        limit, burst, _, expires = ((v.decode() if isinstance(v, bytes) else str(v)) for v in reply)
         return Override(
             codec.amount(int(limit)),
             int(burst) if burst and isinstance(codec, Gcra) else None,

@@ -31,6 +31,7 @@ _FIELDS = (
 )
 _COMPARED = tuple(i for i, name in enumerate(_FIELDS) if name != "cause")
 
+
 class Decision(Generic[Amount]):
     """What a limit decided, and where the subject stands after it.
 

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 from servers import Server
 
-from atomlimit import Concurrency, InvalidInput, LimitExceeded, Limiter, RateLimit, SpendCap
+from atomlimit import Concurrency, InvalidInput, Limiter, LimitExceeded, RateLimit, SpendCap
 
 RATES = [
     RateLimit(name="o-fw", limit=3, window="hour"),
@@ -32,7 +32,8 @@ def test_override_raises_the_limit_and_another_limiter_sees_it(
         assert _admitted(a, spec, "raised", 2) == 2  # the window is open before the change
         a.overrides.set(spec, "raised", limit=6)
         decision = b.hit(spec, "raised")
-        assert decision.allowed and decision.limit == 6
+        assert decision.allowed
+        assert decision.limit == 6
         assert decision.limit_source == "override"
         # gcra measured the earlier hits in time at the old rate: 2400 s
         # ahead, which the new interval of 600 s reads as four units.
@@ -51,11 +52,14 @@ def test_override_lowers_the_limit_and_delete_restores_the_spec(
         limiter.overrides.set(spec, "lowered", limit=1)
         assert _admitted(limiter, spec, "lowered") == 1
         denied = limiter.hit(spec, "lowered")
-        assert not denied.allowed and denied.limit == 1 and denied.limit_source == "override"
+        assert not denied.allowed
+        assert denied.limit == 1
+        assert denied.limit_source == "override"
         assert limiter.peek(spec, "lowered").limit == 1
         assert limiter.overrides.delete(spec, "lowered") is True
         after = limiter.hit(spec, "lowered")
-        assert after.limit == 3 and after.limit_source == "spec"
+        assert after.limit == 3
+        assert after.limit_source == "spec"
         assert limiter.overrides.get(spec, "lowered") is None
 
 
@@ -89,7 +93,9 @@ def test_override_reads_back_with_its_expiry(server: Server) -> None:
         limiter = Limiter(client)
         limiter.overrides.set(spec, "kept", limit=10, burst=4, expires=timedelta(hours=1))
         got = limiter.overrides.get(spec, "kept")
-        assert got is not None and got.limit == 10 and got.burst == 4
+        assert got is not None
+        assert got.limit == 10
+        assert got.burst == 4
         assert got.expires is not None
         assert limiter.hit(spec, "kept").limit == 4  # gcra reports its burst
         assert limiter.overrides.list(spec) == ["kept"]
@@ -102,7 +108,8 @@ def test_spend_cap_override_is_a_decimal_in_its_currency(server: Server) -> None
         assert limiter.hit(cap, "buyer", Decimal("0.60"))
         limiter.overrides.set(cap, "buyer", limit=Decimal("2.50"))
         decision = limiter.hit(cap, "buyer", Decimal("1.50"))
-        assert decision.allowed and decision.limit == Decimal("2.50")
+        assert decision.allowed
+        assert decision.limit == Decimal("2.50")
         assert decision.remaining == Decimal("0.40")
         assert not limiter.hit(cap, "buyer", Decimal("0.50"))
         with pytest.raises(InvalidInput):
@@ -115,8 +122,10 @@ def test_concurrency_override_changes_the_leases_in_flight(server: Server) -> No
         limiter = Limiter(client)
         limiter.overrides.set(spec, "busy", limit=2)
         first, second = limiter.lease(spec, "busy"), limiter.lease(spec, "busy")
-        assert first.decision.allowed and second.decision.allowed
-        assert second.decision.limit == 2 and second.decision.limit_source == "override"
+        assert first.decision.allowed
+        assert second.decision.allowed
+        assert second.decision.limit == 2
+        assert second.decision.limit_source == "override"
         with pytest.raises(LimitExceeded):
             limiter.lease(spec, "busy")
 
@@ -132,8 +141,15 @@ def test_headers_quote_the_override_as_the_quota(server: Server) -> None:
 
 @pytest.mark.parametrize(
     ("limit", "burst", "expires"),
-    [(0, None, None), (-1, None, None), (2**53, None, None), ("3", None, None),
-     (3, 2, None), (3, None, timedelta(0)), (3, None, "tomorrow")],
+    [
+        (0, None, None),
+        (-1, None, None),
+        (2**53, None, None),
+        ("3", None, None),
+        (3, 2, None),
+        (3, None, timedelta(0)),
+        (3, None, "tomorrow"),
+    ],
 )
 def test_bad_overrides_are_refused_before_anything_is_sent(
     server: Server, limit: Any, burst: Any, expires: Any
@@ -155,7 +171,9 @@ def test_setting_an_override_forgets_that_subjects_cached_denials_only(server: S
             assert limiter.hit(spec, subject).cached
         limiter.overrides.set(spec, "raised", limit=3)
         after = limiter.hit(spec, "raised")
-        assert after.allowed and not after.cached and after.limit_source == "override"
+        assert after.allowed
+        assert not after.cached
+        assert after.limit_source == "override"
         assert limiter.hit(spec, "other").cached  # another subject's denial still holds
 
 
@@ -169,4 +187,6 @@ def test_deleting_an_override_forgets_that_subjects_cached_denials(server: Serve
         assert limiter.hit(spec, "lowered").cached
         assert limiter.overrides.delete(spec, "lowered") is True
         after = limiter.hit(spec, "lowered")
-        assert after.allowed and not after.cached and after.limit_source == "spec"
+        assert after.allowed
+        assert not after.cached
+        assert after.limit_source == "spec"

@@ -189,7 +189,8 @@ def test_asks_and_moves_outside_a_migration_stay_bounded() -> None:
     for redirect in (ask, moved):
         attempt = Attempt(call, resends=0)
         steps = [attempt.after(redirect, now=0.0) for _ in range(REDIRECTS + 1)]
-        assert steps[-1] is None and None not in steps[:-1]
+        assert steps[-1] is None
+        assert None not in steps[:-1]
 
 
 def test_a_moved_slot_is_learned_again_not_followed_as_an_ask() -> None:
@@ -206,7 +207,8 @@ def test_moves_while_waiting_out_a_migration_stay_bounded() -> None:
 
     assert attempt.after(tryagain, now=0.0) is Next.WAIT
     steps = [attempt.after(moved, now=0.0) for _ in range(REDIRECTS + 1)]
-    assert steps[-1] is None and None not in steps[:-1]
+    assert steps[-1] is None
+    assert None not in steps[:-1]
 
 
 def test_a_loading_server_is_waited_out_not_reported_as_unknown(

@@ -837,7 +837,8 @@ def test_override_set_without_yes_says_what_it_would_do_and_changes_nothing(
     assert code == 0
     assert "no override; the spec's limit 5 applies" in out
     assert "nothing changed: run again with --yes to set limit 20" in out
-    assert decision.limit == 5 and decision.limit_source == "spec"
+    assert decision.limit == 5
+    assert decision.limit_source == "spec"
 
 
 def test_override_set_with_yes_is_seen_by_the_application_and_rm_restores_the_spec(
@@ -846,7 +847,8 @@ def test_override_set_with_yes_is_seen_by_the_application_and_rm_restores_the_sp
     scope = ("--name", "api", "--subject", "c-2")
     set_ = _override(target.url, policy_file, "set", *scope, "--limit", "20", "--expires", "8h")
     code, out, _ = run_cli(capsys, *set_, "--yes")
-    assert code == 0 and "set limit 20, for 8:00:00" in out
+    assert code == 0
+    assert "set limit 20, for 8:00:00" in out
     with target.sync_client() as client:
         limiter = Limiter(client)
         raised = limiter.hit(API, "c-2")
@@ -858,12 +860,16 @@ def test_override_set_with_yes_is_seen_by_the_application_and_rm_restores_the_sp
         )
         restored = limiter.hit(API, "c-2")
 
-    assert raised.limit == 20 and raised.limit_source == "override"
-    assert "override limit 20, until " in got and "(the spec's limit: 5)" in got
+    assert raised.limit == 20
+    assert raised.limit_source == "override"
+    assert "override limit 20, until " in got
+    assert "(the spec's limit: 5)" in got
     assert "nothing removed: run again with --yes to remove it" in kept
     assert still.limit == 20
-    assert code == 0 and removed.splitlines()[-1] == "removed"
-    assert restored.limit == 5 and restored.limit_source == "spec"
+    assert code == 0
+    assert removed.splitlines()[-1] == "removed"
+    assert restored.limit == 5
+    assert restored.limit_source == "spec"
 
 
 def test_override_of_a_tier_sets_that_tiers_kind_of_the_limit(
@@ -878,7 +884,8 @@ def test_override_of_a_tier_sets_that_tiers_kind_of_the_limit(
         tiered, plain = limiter.hit(pro, "c-3"), limiter.hit(API, "c-3")
 
     assert code == 0
-    assert tiered.limit == 7 and tiered.limit_source == "override"
+    assert tiered.limit == 7
+    assert tiered.limit_source == "override"
     assert plain.limit_source == "spec"
 
 
@@ -947,9 +954,12 @@ def test_reset_keeps_an_override_and_inspect_says_the_window_is_under_it(
         )
         after = limiter.hit(API, "c-5")
 
-    assert "1 used since" in inspected and "under an override" in inspected
+    assert "1 used since" in inspected
+    assert "under an override" in inspected
     assert code == 0
-    assert after.used == 1 and after.limit == 9 and after.limit_source == "override"
+    assert after.used == 1
+    assert after.limit == 9
+    assert after.limit_source == "override"
 
 
 HELP_COMMANDS = [
