@@ -684,10 +684,17 @@ class Engine:
             if code == REPLAN:
                 return self._outcome(name, item, rid, args, statuses, local)
             status, used, held, stop, retry_at, grant = item_reply(reply, 0)
-            decision = codec.decision(status, used, held, stop, retry_at, grant, now)
+            limit = replayed_limit(reply, 0, 1)  # an override's, while one is in force
+            decision = codec.decision(
+                status, used, held, stop, retry_at, grant, now, limit, limit is not None
+            )
             return Settlement(statuses[code - 1], decision.granted, decision)
 
-        keys = (*codec.state_keys(item.base, t), _keys.outcome_key(item.base, rid))
+        keys = (
+            *codec.state_keys(item.base, t),
+            _keys.outcome_key(item.base, rid),
+            _keys.override_key(item.base),
+        )
         return Call(script(name), keys, args(t, client_now), read, True)
 
     def _hold_outcome(

@@ -190,3 +190,22 @@ def test_deleting_an_override_forgets_that_subjects_cached_denials(server: Serve
         assert after.allowed
         assert not after.cached
         assert after.limit_source == "spec"
+
+
+@pytest.mark.parametrize("end", ["settle", "release"])
+def test_settle_and_release_report_against_the_override_in_force(server: Server, end: str) -> None:
+    cap = SpendCap(name="o-cap-end", limit=Decimal("10"), currency="USD", window="day")
+    with server.client() as client:
+        limiter = Limiter(client)
+        limiter.overrides.set(cap, "raised", limit=Decimal("50"))
+        reservation = limiter.reserve(cap, "raised", Decimal("20"))
+        ended = reservation.settle(Decimal("15")) if end == "settle" else reservation.release()
+        plain = limiter.reserve(cap, "plain", Decimal("2"))
+        other = plain.settle(Decimal("1")) if end == "settle" else plain.release()
+
+    assert ended.decision.limit == Decimal("50")
+    assert ended.decision.limit_source == "override"
+    used = Decimal("15") if end == "settle" else Decimal("0")
+    assert ended.decision.remaining == Decimal("50") - used
+    assert other.decision.limit == Decimal("10")
+    assert other.decision.limit_source == "spec"
