@@ -355,7 +355,11 @@ class Spend(_Windowed[Decimal]):
     def amount(self, units: int) -> Decimal:
         return from_units(units, self._exponent, self._places)
 
-    def fitted(self, used: int, grant: int, stop: int) -> Decision[Decimal]:
+    def fitted(
+        self, used: int, grant: int, stop: int, limit: int | None = None
+    ) -> Decision[Decimal]:
+        if limit is not None:
+            return self.decision(FITS, used, 0, stop, 0, grant, 0, limit, True)
         # Making Decimals was most of what a spend hit cost over a count's:
         # a grant is a cost, which repeats, so the last few are kept, and
         # what remains is the limit less what is used, one subtraction.

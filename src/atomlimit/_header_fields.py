@@ -125,7 +125,7 @@ def _now_us(now: object) -> int:
 
 def _policy_params(spec: Spec[Any], decision: Decided) -> str:
     # The quota is the limit in force: a subject's override when one applied.
-    limit = decision.limit if decision.limit_source == "override" else spec.limit
+    limit = decision.limit if decision.limit_source == "override" else _spec_limit(spec)
     if isinstance(spec, SpendCap):
         scale = _quota_scale(limit, spec.unit)
         quota = _integer(_count(limit, scale))
@@ -139,6 +139,11 @@ def _policy_params(spec: Spec[Any], decision: Decided) -> str:
     # A RateLimit counts requests (the draft's default unit) unless the
     # caller charges another cost, which the limit cannot know.
     return f";q={_integer(limit)};w={_window(spec, decision)}"
+
+
+def _spec_limit(spec: Spec[Any]) -> Any:
+    assert isinstance(spec, RateLimit | SpendCap | Concurrency)
+    return spec.limit
 
 
 def _limit_params(spec: Spec[Any], decision: Decided, now_us: int) -> str:

@@ -68,7 +68,7 @@ class Decision(Generic[Amount]):
     """The limit in force (for gcra: the burst, what can pass at once)."""
     limit_source: Literal["spec", "override"]
     """Where ``limit`` came from: the spec, or a per-subject override kept on
-    the server ([`overrides`][atomlimit.Limiter.overrides])."""
+    the server ([`Overrides`][atomlimit.Overrides])."""
     used: Amount
     """Used in the current window: after this hit if allowed, unchanged if denied."""
     remaining: Amount

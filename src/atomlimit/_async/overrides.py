@@ -24,7 +24,8 @@ if TYPE_CHECKING:
 
 
 class AsyncOverrides:
-    """Set, read, delete and list one limiter's per-subject overrides."""
+    """Set, read, delete and list one limiter's per-subject overrides: a
+    limiter's ``overrides`` attribute (docs/overrides.md)."""
 
     __slots__ = ("_engine", "_forget", "_open")
 

@@ -18,6 +18,7 @@ from decimal import Decimal, InvalidOperation
 from typing import Any
 
 from atomlimit import InvalidInput, Limiter, Spec, SpendCap
+from atomlimit._codecs import codec_of
 from atomlimit._override_plan import MAX_LISTED, Override, plan_set
 from atomlimit._rates import parse_rate
 from atomlimit._windows import UNIT_LENGTHS
@@ -166,12 +167,12 @@ _ACTIONS = {"get": _get, "set": _set, "rm": _rm, "list": _list}
 
 def _now_line(spec: Spec[Any], subject: str, found: Override | None) -> str:
     if found is None:
-        return f"{spec.name!r} for {subject!r}: no override; the spec's limit {spec.limit} applies"
+        return f"{spec.name!r} for {subject!r}: no override; the spec's limit {codec_of(spec).limit_value} applies"
     burst = "" if found.burst is None else f", burst {found.burst}"
     until = "never expires" if found.expires is None else f"until {found.expires.isoformat()}"
     return (
         f"{spec.name!r} for {subject!r}: override limit {found.limit}{burst}, {until}"
-        f" (the spec's limit: {spec.limit})"
+        f" (the spec's limit: {codec_of(spec).limit_value})"
     )
 
 
