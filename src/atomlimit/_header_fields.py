@@ -74,12 +74,14 @@ def header_fields(decisions: Iterable[Decided], now_us: int) -> dict[str, str]:
     retry: int | None = None
     for decision in decisions:
         spec: Any = decision.spec
-        kept = _POLICIES.get(id(spec))
+        # An override's quota is the subject's own: never kept for the spec.
+        own = decision.limit_source == "override"
+        kept = None if own else _POLICIES.get(id(spec))
         if kept is not None and kept[0] is spec:
             policy = kept[1]
         else:
             policy = _string(spec.name) + _policy_params(spec, decision)
-            if _fixed_policy(spec):
+            if not own and _fixed_policy(spec):
                 if len(_POLICIES) >= _POLICIES_KEPT:
                     _POLICIES.clear()
                 _POLICIES[id(spec)] = (spec, policy)

@@ -209,3 +209,16 @@ def test_settle_and_release_report_against_the_override_in_force(server: Server,
     assert ended.decision.remaining == Decimal("50") - used
     assert other.decision.limit == Decimal("10")
     assert other.decision.limit_source == "spec"
+
+
+def test_headers_of_one_spec_quote_each_subjects_own_quota_in_any_order(server: Server) -> None:
+    spec = RateLimit(name="o-quota-order", limit=3, window="hour")
+    with server.client() as client:
+        limiter = Limiter(client)
+        limiter.overrides.set(spec, "raised", limit=7)
+        quotas = [
+            limiter.hit(spec, subject).headers()["RateLimit-Policy"]
+            for subject in ("plain", "raised", "plain", "raised")
+        ]
+
+    assert quotas == ['"o-quota-order";q=3;w=3600', '"o-quota-order";q=7;w=3600'] * 2
