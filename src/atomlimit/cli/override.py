@@ -167,7 +167,8 @@ _ACTIONS = {"get": _get, "set": _set, "rm": _rm, "list": _list}
 
 def _now_line(spec: Spec[Any], subject: str, found: Override | None) -> str:
     if found is None:
-        return f"{spec.name!r} for {subject!r}: no override; the spec's limit {codec_of(spec).limit_value} applies"
+        own = codec_of(spec).limit_value
+        return f"{spec.name!r} for {subject!r}: no override; the spec's limit {own} applies"
     burst = "" if found.burst is None else f", burst {found.burst}"
     until = "never expires" if found.expires is None else f"until {found.expires.isoformat()}"
     return (
