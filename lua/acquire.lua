@@ -35,7 +35,7 @@ for _ = 1, tonumber(ARGV[4]) do
       return {-4, run.now}
     end
   end
-  group.items, k, a = parse_items(k, a + 1)
+  group.items, k, a = parse_items(k, a + 1, run.now)
   for _, item in ipairs(group.items) do
     all_items[#all_items + 1] = item
   end
@@ -47,7 +47,7 @@ if not checked then
   return {-1, run.now}
 end
 if not all then
-  return checked_reply({0, run.now}, checked)
+  return limits_reply(checked_reply({0, run.now}, checked), all_items)
 end
 local reply, n = {1, run.now}, 0
 for _, group in ipairs(groups) do
@@ -65,4 +65,4 @@ for _, group in ipairs(groups) do
     replay_remember(group.record, kept, group.fingerprint, own, group.items)
   end
 end
-return reply
+return limits_reply(reply, all_items)

@@ -36,13 +36,13 @@ if ARGV[2] ~= '' then
   end
 end
 
-local items = parse_items(first_key, 5)
+local items = parse_items(first_key, 5, run.now)
 local checked, all = check_items(items, run)
 if not checked then
   return {-1, run.now}
 end
 if not all then
-  return checked_reply({0, run.now}, checked)
+  return limits_reply(checked_reply({0, run.now}, checked), items)
 end
 local reply = {1, run.now}
 for _, it in ipairs(checked) do
@@ -52,4 +52,4 @@ end
 if record then
   replay_remember(record, tonumber(ARGV[2]), fingerprint, reply, items)
 end
-return reply
+return limits_reply(reply, items)

@@ -1,6 +1,7 @@
 -- hit_gcra.lua: charge a GCRA limit if the cost fits.
 --
 -- KEYS[1]  the theoretical arrival time
+-- KEYS[2]  the override's hash (lib/override.lua): burst b and interval i
 -- ARGV[1]  client time in microseconds, or '' to read the server's TIME
 -- ARGV[2]  cost, in units
 -- ARGV[3]  burst, in units
@@ -9,9 +10,10 @@
 -- Reply    {used, stop} when all of the cost fitted; otherwise {status,
 --          now, used, 0, stop, retry_at, grant}: status 1 a partial grant,
 --          0 denied (nothing charged), 3 over the limit but charged in
---          shadow mode
+--          shadow mode; while an override is in force, its burst follows,
+--          last, in either shape
 -- Clock    server TIME, or ARGV[1] when the caller chose client time
--- Cost     O(1): a GET and a SET; the SET sets the expiry only when the TAT
+-- Cost     O(1): a GET, an HMGET and a SET; the SET sets the expiry only when the TAT
 --          enters a later second
 --
 -- The algorithm is lib/gcra.lua's (its notes explain the base, the slack
@@ -35,6 +37,13 @@ else
   now = t[1] * 1000000 + t[2]
 end
 local cost, burst, interval = tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[5])
+-- lib/override.lua's ovr_read(), written out.
+local o = redis.call('HMGET', KEYS[2], 'b', 'i', 'e')
+if o[1] and not (tonumber(o[3]) and tonumber(o[3]) <= now) then
+  burst, interval = tonumber(o[1]), tonumber(o[2])
+else
+  o = nil
+end
 
 -- How far the stored TAT is ahead of now, and the units that fit.
 local stored = tonumber(redis.call('GET', key))
@@ -53,6 +62,9 @@ if cost > room then
     local retry = 0
     if cost <= burst then
       retry = now + math.max(math.ceil(ahead + (cost - burst) * interval - GC_SLACK), 0)
+    end
+    if o then
+      return {0, now, burst - room, 0, now + math.ceil(ahead), retry, 0, burst}
     end
     return {0, now, burst - room, 0, now + math.ceil(ahead), retry, 0}
   else
@@ -76,7 +88,13 @@ if grant > 0 then
 end
 local used, stop = burst - math.floor((burst * interval - ahead + GC_SLACK) / interval),
   now + math.ceil(ahead)
+local reply
 if status == 1 and grant == cost then
-  return {used, stop}
+  reply = {used, stop}
+else
+  reply = {status, now, used, 0, stop, 0, grant}
 end
-return {status, now, used, 0, stop, 0, grant}
+if o then
+  reply[#reply + 1] = burst
+end
+return reply

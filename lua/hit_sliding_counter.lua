@@ -1,6 +1,7 @@
 -- hit_sliding_counter.lua: charge a sliding-counter limit if the cost fits.
 --
 -- KEYS[1]  the limit's state for the subject
+-- KEYS[2]  the override's hash (lib/override.lua)
 -- ARGV[1]  client time in microseconds, or '' to read the server's TIME
 -- ARGV[2]  cost, in units
 -- ARGV[3]  limit, in units
@@ -15,6 +16,7 @@
 -- include: lib/clock.lua
 -- include: lib/reply.lua
 -- include: lib/sliding_counter.lua
+-- include: lib/override.lua
 -- include: lib/single.lua
 
-return single(sw_kind(), '', true)
+return single(sw_kind(), 'sw', '', true)

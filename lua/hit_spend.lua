@@ -1,6 +1,7 @@
 -- hit_spend.lua: charge a spend cap if the cost fits, reading one key.
 --
 -- KEYS[1]  the cap's spend in the planned window (lib/spend.lua)
+-- KEYS[2]  the override's hash (lib/override.lua)
 -- ARGV[1]  client time in microseconds, or '' to read the server's TIME
 -- ARGV[2]  cost, in units
 -- ARGV[3]  limit, in units
@@ -12,7 +13,9 @@
 --          retry_at, grant}: status 1 charged (grant may be partial), 0
 --          denied (nothing charged), 3 over the cap but charged in shadow
 --          mode, -1 now outside the window (re-plan), -3 nothing done: the
---          holds must be read (charge.lua, with the holds' keys)
+--          holds must be read (charge.lua, with the holds' keys); while
+--          an override is in force the reply is always a list, the limit
+--          in force last
 -- Clock    none while the window's spend exists and nothing is held (on the
 --          server's clock it expires with its window); server TIME
 --          otherwise; ARGV[1] when the caller chose client time
@@ -46,7 +49,19 @@ if held > 0 then
   end
 end
 local cost, limit = tonumber(ARGV[2]), tonumber(ARGV[3])
-if held == 0 and committed + cost <= limit then
+-- lib/override.lua's ovr_read(), reading the clock only if one exists.
+local o = redis.call('HMGET', KEYS[2], 'l', 'e')
+if o[1] then
+  now = now or clock_now('')
+  if tonumber(o[2]) and tonumber(o[2]) <= now then
+    o = nil
+  else
+    limit = tonumber(o[1])
+  end
+else
+  o = nil
+end
+if held == 0 and committed + cost <= limit and not o then
   return redis.call('INCRBY', key, cost)
 end
 now = now or clock_now('')
@@ -55,8 +70,8 @@ if status == DENIED then
   if held > 0 then
     return {-3}
   end
-  return {DENIED, now, committed, 0, stop, cost <= limit and stop or 0, 0}
+  return {DENIED, now, committed, 0, stop, cost <= limit and stop or 0, 0, o and limit or nil}
 end
 committed = committed + grant
 redis.call('SET', key, spend_text(committed, held, earliest), 'KEEPTTL')
-return {status, now, committed, held, stop, 0, grant}
+return {status, now, committed, held, stop, 0, grant, o and limit or nil}

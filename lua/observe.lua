@@ -21,7 +21,7 @@
 -- include: lib/items.lua
 
 local run = {now = clock_now(ARGV[1]), client = ARGV[1], id = ''}
-local item = parse_items(1, 3)[1]
+local item = parse_items(1, 3, run.now)[1]
 local checked = check_items({item}, run)
 if not checked then
   return {-1, run.now}
@@ -61,4 +61,4 @@ if windowed then
 end
 local reply = {code, run.now}
 item_reply(reply, FITS, used, it.held, stop, 0, grant)
-return reply
+return limits_reply(reply, {item})

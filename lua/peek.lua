@@ -12,8 +12,9 @@
 -- include: lib/items.lua
 
 local run = {now = clock_now(ARGV[1]), client = ARGV[1], id = ''}
-local checked, all = check_items(parse_items(1, 2), run)
+local items = parse_items(1, 2, run.now)
+local checked, all = check_items(items, run)
 if not checked then
   return {-1, run.now}
 end
-return checked_reply({all and 1 or 0, run.now}, checked)
+return limits_reply(checked_reply({all and 1 or 0, run.now}, checked), items)

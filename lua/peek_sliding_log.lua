@@ -1,6 +1,7 @@
 -- peek_sliding_log.lua: would a sliding-log hit of this cost fit now?
 --
 -- KEYS[1]  the limit's state for the subject
+-- KEYS[2]  the override's hash (lib/override.lua)
 -- ARGV[1]  client time in microseconds, or '' to read the server's TIME
 -- ARGV[2]  cost, in units
 -- ARGV[3]  limit, in units
@@ -14,6 +15,7 @@
 -- include: lib/clock.lua
 -- include: lib/reply.lua
 -- include: lib/sliding_log.lua
+-- include: lib/override.lua
 -- include: lib/single.lua
 
-return single(sl_kind(), '', false)
+return single(sl_kind(), 'sl', '', false)

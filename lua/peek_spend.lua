@@ -1,6 +1,7 @@
 -- peek_spend.lua: would a spend-cap hit of this cost fit now? One key.
 --
 -- KEYS[1]  the cap's spend in the planned window (lib/spend.lua)
+-- KEYS[2]  the override's hash (lib/override.lua)
 -- ARGV[1]  client time in microseconds, or '' to read the server's TIME
 -- ARGV[2]  cost, in units
 -- ARGV[3]  limit, in units
@@ -15,6 +16,7 @@
 -- include: lib/clock.lua
 -- include: lib/reply.lua
 -- include: lib/spend.lua
+-- include: lib/override.lua
 
 local client_now = ARGV[1]
 local now, stop = clock_now(client_now), tonumber(ARGV[6])
@@ -31,6 +33,10 @@ if held > 0 and earliest <= now then
   return {-3}
 end
 local cost, limit = tonumber(ARGV[2]), tonumber(ARGV[3])
+local o = ovr_read(KEYS[2], now)
+if o then
+  limit = tonumber(o[1])
+end
 local status, grant = decide(cost, limit - committed - held, tonumber(ARGV[4]))
 if status == DENIED and held > 0 then
   return {-3}
@@ -39,4 +45,4 @@ local retry = 0
 if status == DENIED and cost <= limit then
   retry = stop
 end
-return {status, now, committed, held, stop, retry, grant}
+return {status, now, committed, held, stop, retry, grant, o and limit or nil}

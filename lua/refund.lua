@@ -34,7 +34,7 @@ if ARGV[3] ~= '' then
     return replayed
   end
 end
-local item = parse_items(first_key, 5)[1]
+local item = parse_items(first_key, 5, run.now)[1]
 -- Check first: it confirms the planned window before anything changes.
 if not check_items({item}, run) then
   return {-1, run.now}
@@ -47,4 +47,4 @@ local reply = checked_reply({1, run.now}, check_items({item}, run))
 if record then
   replay_remember(record, tonumber(ARGV[3]), fingerprint, reply, {item})
 end
-return reply
+return limits_reply(reply, {item})

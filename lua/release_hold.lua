@@ -21,7 +21,7 @@
 
 local run = {now = clock_now(ARGV[1]), client = ARGV[1], id = ARGV[2]}
 local outcome, call = KEYS[1], ARGV[4]
-local item = parse_items(2, 5)[1]
+local item = parse_items(2, 5, run.now)[1]
 local kind = KINDS[item.kind]
 local it = kind.check(item.keys, item.args, run)
 if not it then
@@ -40,4 +40,4 @@ elseif not before then
 end
 local reply = {code, run.now}
 item_reply(reply, FITS, it.used, it.held, it.stop, 0, 0)
-return reply
+return limits_reply(reply, {item})

@@ -26,7 +26,7 @@
 
 local run = {now = clock_now(ARGV[1]), client = ARGV[1], id = ARGV[2]}
 local outcome, actual, call = KEYS[1], tonumber(ARGV[3]), ARGV[5]
-local item = parse_items(2, 6)[1]
+local item = parse_items(2, 6, run.now)[1]
 local kind = KINDS[item.kind]
 local it = kind.check(item.keys, item.args, run)
 if not it then
@@ -52,4 +52,4 @@ elseif before ~= 'settled' then
 end
 local reply = {code, run.now}
 item_reply(reply, FITS, it.used, it.held, it.stop, 0, grant)
-return reply
+return limits_reply(reply, {item})

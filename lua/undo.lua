@@ -23,7 +23,7 @@
 
 local run = {now = clock_now(ARGV[1]), client = ARGV[1], id = ARGV[2]}
 local record = KEYS[1]
-local items = parse_items(2, 3)
+local items = parse_items(2, 3, run.now)
 local charged = replay_items(record, #items)
 local code = 0
 if charged then
@@ -39,4 +39,4 @@ if not checked then
   -- undo and only reports the state.
   return {-1, run.now, code}
 end
-return checked_reply({code, run.now}, checked)
+return limits_reply(checked_reply({code, run.now}, checked), items)

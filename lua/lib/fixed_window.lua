@@ -11,6 +11,38 @@
 -- with no TIME. An integer string is the cheapest state Redis keeps.
 --
 -- Item arguments: limit, cost, flags, start, stop (the planned window).
+--
+-- While an override (lib/override.lua) is in force, the counter holds its
+-- units followed by OVR_MARK: a reader that finds a bare integer knows no
+-- override is in force without reading the override's hash, and one that
+-- finds the mark (or no counter: a window opening) reads it. Setting or
+-- deleting an override rewrites the open windows' counters (override.lua).
+-- A mark whose override has lapsed only sends readers to the hash, which
+-- answers "none"; the next write drops it.
+
+local OVR_MARK = '|o'
+
+-- The counter's units, whether it carries the mark, and whether it exists.
+local function fw_read(key)
+  local stored = redis.call('GET', key)
+  if not stored then
+    return 0, false, false
+  end
+  local used = tonumber(stored)
+  if used then
+    return used, false, true
+  end
+  return tonumber(string.match(stored, '^(%d+)')), true, true
+end
+
+-- Sets the counter to `used`, marked or not; a new counter ends with its window.
+local function fw_put(key, used, marked, existed, now, stop, client_now)
+  redis.call('SET', key, int_text(used) .. (marked and OVR_MARK or ''), 'KEEPTTL')
+  if not existed then
+    expire_with_window(key, now, stop, client_now)
+  end
+  return used
+end
 
 -- Adds `grant` to the counter; a new counter ends with its window.
 local function fw_add(key, grant, now, stop, client_now)
@@ -23,12 +55,25 @@ local function fw_add(key, grant, now, stop, client_now)
   return used
 end
 
+-- Adds `grant` to a counter that may carry the mark, marked as `marked`.
+local function fw_write(key, grant, marked, now, stop, client_now)
+  local used, was, existed = fw_read(key)
+  if not was and not marked then
+    return fw_add(key, grant, now, stop, client_now)
+  end
+  return fw_put(key, used + grant, marked, existed, now, stop, client_now)
+end
+
 -- Lowers the counter by up to `amount`, never below zero; a counter that is
 -- gone (its window closed) owes nothing back.
 local function fw_lower(key, amount)
-  local used = tonumber(redis.call('GET', key))
-  if used and amount > 0 then
-    redis.call('DECRBY', key, math.min(used, amount))
+  local used, marked, existed = fw_read(key)
+  if existed and amount > 0 then
+    if marked then
+      redis.call('SET', key, int_text(used - math.min(used, amount)) .. OVR_MARK, 'KEEPTTL')
+    else
+      redis.call('DECRBY', key, math.min(used, amount))
+    end
   end
 end
 
@@ -40,10 +85,16 @@ local function fw_kind()
     if run.now < start or run.now >= stop then
       return nil
     end
-    local used = tonumber(redis.call('GET', key) or '0')
+    local used = fw_read(key)
+    -- The items' scripts read the override's hash (lib/items.lua) and mark
+    -- the counter while one is in force, so the kind's own hit sees it.
+    local marked = args.overridden == true
     local it = {room = limit - used, used = used, held = 0, stop = stop}
+    function it.add(grant)
+      return fw_write(key, grant, marked, run.now, stop, run.client)
+    end
     function it.apply(grant)
-      return fw_add(key, grant, run.now, stop, run.client), stop
+      return it.add(grant), stop
     end
     function it.retry(cost)
       -- The whole limit is free again when this window ends.

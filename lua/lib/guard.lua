@@ -66,7 +66,7 @@ local function guard_open(key, counter, args, it, run)
       u = math.ceil(tonumber(args[1]) / 2)
     end
     if x + u > 0 then
-      fw_add(counter, x + u, run.now, stop, run.client)
+      it.add(x + u)
       it.room, it.used = it.room - x - u, it.used + x + u
     end
     redis.call('HSET', key, 'x', x, 'c', x, 'w', stop, 'u', u)

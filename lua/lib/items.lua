@@ -13,11 +13,15 @@
 -- include: lib/concurrency.lua
 -- include: lib/rate_hold.lua
 -- include: lib/guard.lua
+-- include: lib/override.lua
 --
 -- A call carries one or more items, each a limit of one subject. ARGV holds,
 -- per item: its kind, its number of keys, its number of arguments, then the
 -- arguments (limit, cost, flags, then kind-specific ones); KEYS holds each
--- item's keys in the same order. All keys of a call share one hash slot.
+-- item's keys in the same order, the first its override's hash
+-- (lib/override.lua), which is read here for every item, so each kind sees
+-- the limit in force as its first argument. All keys of a call share one
+-- hash slot.
 --
 -- Each kind's check(keys, args, run) reads the item's state at run.now and
 -- returns a table: room (how many units fit now), used, held, stop (when
@@ -47,23 +51,46 @@ local KINDS = setmetatable({}, {__index = function(made, kind)
   return functions
 end})
 
--- Items parsed from KEYS[first_key..] and ARGV[first_arg..], and the
--- first key and argument after them.
-local function parse_items(first_key, first_arg)
+-- Items parsed from KEYS[first_key..] and ARGV[first_arg..], with any
+-- override in force at `now` applied, and the first key and argument after
+-- them. An item with an override applied has `overridden` set, as do its
+-- arguments (which the fixed window's check reads).
+local function parse_items(first_key, first_arg, now)
   local items, k, a = {}, first_key, first_arg + 1
   for _ = 1, tonumber(ARGV[first_arg]) do
     local kind, nkeys, nargs = ARGV[a], tonumber(ARGV[a + 1]), tonumber(ARGV[a + 2])
     local keys, args = {}, {}
-    for i = 1, nkeys do
-      keys[i] = KEYS[k + i - 1]
+    for i = 2, nkeys do
+      keys[i - 1] = KEYS[k + i - 1]
     end
     for i = 1, nargs do
       args[i] = ARGV[a + 2 + i]
     end
-    items[#items + 1] = {kind = kind, keys = keys, args = args}
+    local item = {kind = kind, keys = keys, args = args}
+    local o = ovr_read(KEYS[k], now)
+    if o then
+      item.overridden = ovr_apply(kind, args, o)
+      args.overridden = true
+    end
+    items[#items + 1] = item
     k, a = k + nkeys, a + 3 + nargs
   end
   return items, k, a
+end
+
+-- Each item's limit in force when any item's override applied, after the
+-- items' six integers: -1 for an item under its spec's own limit.
+local function limits_reply(reply, items)
+  local any = false
+  for _, item in ipairs(items) do
+    any = any or item.overridden
+  end
+  if any then
+    for _, item in ipairs(items) do
+      reply[#reply + 1] = item.overridden and tonumber(item.args[1]) or -1
+    end
+  end
+  return reply
 end
 
 -- Check every item; nil if the clock is outside a planned window.

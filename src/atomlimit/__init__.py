@@ -11,7 +11,10 @@ True
 >>> limiter.close()
 """
 
+from atomlimit._async.overrides import AsyncOverrides
 from atomlimit._deny_cache import DenyCache
+from atomlimit._override_plan import Override
+from atomlimit._sync.overrides import Overrides
 from atomlimit._version import __version__ as __version__
 from atomlimit.breaker import Breaker
 from atomlimit.decision import Decision
@@ -41,6 +44,7 @@ __all__ = [
     "AsyncLease",
     "AsyncLimiter",
     "AsyncModelCall",
+    "AsyncOverrides",
     "AsyncReservation",
     "AtomlimitError",
     "BackendError",
@@ -56,6 +60,8 @@ __all__ = [
     "LimitExceeded",
     "Limiter",
     "ModelCall",
+    "Override",
+    "Overrides",
     "ProviderReport",
     "RateLimit",
     "RequestIdReused",

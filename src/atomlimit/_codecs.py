@@ -127,8 +127,18 @@ class Codec(Generic[Amount]):
         return (base,)
 
     def single_keys(self, base: str, t: int) -> tuple[str, ...]:
-        """The keys of the kind's own hit and peek scripts."""
-        return self.state_keys(base, t)
+        """The keys of the kind's own hit and peek scripts: the state, then
+        the override's hash."""
+        return (*self.state_keys(base, t), _keys.override_key(base))
+
+    def marked_keys(self, base: str, t: int) -> tuple[str, ...]:
+        """Keys an override's change rewrites besides its hash (fixed windows'
+        open counters carry its mark, ``lua/lib/fixed_window.lua``)."""
+        return ()
+
+    def override_args(self, limit: int, burst: int | None) -> tuple[Arg, ...]:
+        """The limit, burst and interval an override stores, in units."""
+        return (limit, "", "")
 
     def hold_keys(self, base: str, t: int) -> tuple[str, ...]:
         """The keys of a hold on the kind: its state, then the holds' record."""
@@ -177,11 +187,13 @@ class Codec(Generic[Amount]):
         grant: int,
         now: int,
         limit: int | None = None,
+        overridden: bool = False,
     ) -> Decision[Amount]:
         """The Decision of one item's reply; ``grant`` is what this call charged.
 
         ``limit``, in units, is the limit a replayed charge was decided
-        under, which the spec may since have changed; None: the spec's.
+        under, which the spec may since have changed, or the override's
+        (``overridden``); None: the spec's.
         """
         amount = self.amount
         retry = max(retry_at - now, 1) if status == DENIED and retry_at else None
@@ -200,10 +212,16 @@ class Codec(Generic[Amount]):
             amount(held),
             status == SHADOWED,
             self.spec,
+            "override" if overridden else "spec",
         )
 
-    def fitted(self, used: int, grant: int, stop: int) -> Decision[Amount]:
-        """The Decision of a whole cost that fitted, answered as a bare integer."""
+    def fitted(
+        self, used: int, grant: int, stop: int, limit: int | None = None
+    ) -> Decision[Amount]:
+        """The Decision of a whole cost that fitted, answered as a bare integer;
+        ``limit`` is an override's, in units, when one was in force."""
+        if limit is not None:
+            return self.decision(FITS, used, 0, stop, 0, grant, 0, limit, True)
         amount = self.amount
         return decided(
             True,
@@ -255,6 +273,10 @@ class _Windowed(Codec[Amount]):
 
     def state_keys(self, base: str, t: int) -> tuple[str, ...]:
         return (self.window_key(base, t),)
+
+    def marked_keys(self, base: str, t: int) -> tuple[str, ...]:
+        first, start, stop, _ = self._plan.bounds(t)
+        return tuple(_keys.window_key(base, at) for at in (first, start, stop))
 
     def reset_keys(self, base: str, t: int) -> tuple[str, ...]:
         # The windows before and after too: the server's clock may sit in
@@ -333,7 +355,11 @@ class Spend(_Windowed[Decimal]):
     def amount(self, units: int) -> Decimal:
         return from_units(units, self._exponent, self._places)
 
-    def fitted(self, used: int, grant: int, stop: int) -> Decision[Decimal]:
+    def fitted(
+        self, used: int, grant: int, stop: int, limit: int | None = None
+    ) -> Decision[Decimal]:
+        if limit is not None:
+            return self.decision(FITS, used, 0, stop, 0, grant, 0, limit, True)
         # Making Decimals was most of what a spend hit cost over a count's:
         # a grant is a cost, which repeats, so the last few are kept, and
         # what remains is the limit less what is used, one subtraction.
@@ -374,7 +400,10 @@ class Spend(_Windowed[Decimal]):
         return ()  # in the state keys already
 
     def single_keys(self, base: str, t: int) -> tuple[str, ...]:
-        return (self.window_key(base, t),)
+        return (self.window_key(base, t), _keys.override_key(base))
+
+    def marked_keys(self, base: str, t: int) -> tuple[str, ...]:
+        return ()  # a cap's scripts read the override's hash on every call
 
 
 class WaitingSpend(Spend):
@@ -413,6 +442,10 @@ class Gcra(Codec[int]):
 
     def extras(self, t: int) -> tuple[Arg, ...]:
         return (self._interval,)
+
+    def override_args(self, limit: int, burst: int | None) -> tuple[Arg, ...]:
+        # A burst defaults to the limit, as a spec's does.
+        return (limit, burst or limit, repr(_length_us(self.spec) / limit))
 
     def single_args(
         self, client_now: int | str, units: int, flags: int, t: int, call_id: str
@@ -529,11 +562,15 @@ def item_reply(reply: Sequence[Any], index: int) -> Sequence[Any]:
 
 def replayed_limit(reply: Sequence[Any], index: int, count: int) -> int | None:
     """The limit item ``index`` of ``count`` was charged under, from a replay's
-    reply, or None when its record is older than the limits it now keeps."""
+    reply, or None when its record is older than the limits it now keeps.
+
+    Outside a replay, the same trailing limits say which items an override
+    applied to: -1 for an item under its spec's limit (``limits_reply`` in
+    ``lua/lib/items.lua``)."""
     if len(reply) != 2 + 7 * count:
         return None
     limit: int = reply[2 + 6 * count + index]
-    return limit
+    return None if limit < 0 else limit
 
 
 def _length_us(spec: Any) -> int:

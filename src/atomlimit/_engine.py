@@ -17,7 +17,7 @@ from collections.abc import Callable, Sequence
 from datetime import timedelta
 from typing import Any, Literal, NamedTuple
 
-from atomlimit import _keys
+from atomlimit import _keys, _override_plan
 from atomlimit._codecs import (
     CONCURRENCY,
     GENERATED,
@@ -114,12 +114,14 @@ class Item(NamedTuple):
         return bool(self.hold) or isinstance(self.codec, LeaseSet)
 
     def keys(self, t: int) -> tuple[str, ...]:
+        """The item's keys for the scripts of several items: its override's
+        hash first (``lua/lib/items.lua``), then its state."""
         keys = (
             self.codec.hold_keys(self.base, t) if self.hold else self.codec.state_keys(self.base, t)
         )
         if self.flags & GUARD:
-            return (*keys, _keys.guard_key(self.base))
-        return keys
+            return (_keys.override_key(self.base), *keys, _keys.guard_key(self.base))
+        return (_keys.override_key(self.base), *keys)
 
     def encoded(self, t: int) -> tuple[Arg, ...]:
         """``kind, #keys, #args, args...`` as the scripts parse it, at ``t``."""
@@ -336,8 +338,11 @@ class Engine:
                         f"request_id was already used for another refund of {spec.name!r}"
                     )
                 status, used, held, stop, retry_at, _ = item_reply(reply, 0)
-                limit = replayed_limit(reply, 0, 1) if code == _REPLAYED else None
-                return item.codec.decision(status, used, held, stop, retry_at, 0, now, limit)
+                limit = replayed_limit(reply, 0, 1)
+                overridden = limit is not None and code != _REPLAYED
+                return item.codec.decision(
+                    status, used, held, stop, retry_at, 0, now, limit, overridden
+                )
 
             replay = request_id if record else None
             return Call(
@@ -352,6 +357,38 @@ class Engine:
         t, _ = self.planned(local)
         keys = codec_of(spec).reset_keys(base, t)
         return Call(script("reset"), keys, (), _discard)
+
+    # -- per-subject overrides (atomlimit._override_plan) -------------------------
+
+    def override_set(
+        self,
+        spec: Spec[Any],
+        subject: str,
+        limit: object,
+        burst: object,
+        expires: object,
+        local: int,
+    ) -> Call:
+        """Plan storing ``subject``'s override of ``spec``."""
+        _, base = self._locate(spec, subject)
+        t, client_now = self.planned(local)
+        return _override_plan.plan_set(spec, base, limit, burst, expires, t, client_now)
+
+    def override_get(self, spec: Spec[Any], subject: str, local: int) -> Call:
+        """Plan reading ``subject``'s override of ``spec``: an Override or None."""
+        _, base = self._locate(spec, subject)
+        return _override_plan.plan_get(spec, base, self.planned(local)[1])
+
+    def override_delete(self, spec: Spec[Any], subject: str, local: int) -> Call:
+        """Plan deleting ``subject``'s override of ``spec``: whether one was in force."""
+        _, base = self._locate(spec, subject)
+        t, client_now = self.planned(local)
+        return _override_plan.plan_delete(spec, base, t, client_now)
+
+    def override_match(self, spec: Spec[Any]) -> str:
+        """The SCAN MATCH pattern of every subject's override of ``spec``."""
+        self._locate(spec, "")
+        return f"{self._ns}{_keys.SUBJECT_TAG}*}}{codec_of(spec).tail}:{_keys.OVERRIDE}"
 
     def settle(self, item: Item, request_id: str, actual: object, local: int) -> Call:
         """Plan charging a reservation's actual cost: reads as a Settlement."""
@@ -384,13 +421,18 @@ class Engine:
         """Plan extending a lease: reads as True if it was still held."""
         _, client_now = self.planned(local)
         args = (client_now, request_id, *item.codec.extras(0))
-        return Call(script("lease_renew"), item.keys(0), args, self._held(local), True)
+        keys = item.codec.state_keys(item.base, 0)
+        return Call(script("lease_renew"), keys, args, self._held(local), True)
 
     def drop_lease(self, item: Item, request_id: str, local: int) -> Call:
         """Plan giving a lease back: reads as True if it was still held."""
         _, client_now = self.planned(local)
         return Call(
-            script("lease_release"), item.keys(0), (client_now, request_id), self._held(local), True
+            script("lease_release"),
+            item.codec.state_keys(item.base, 0),
+            (client_now, request_id),
+            self._held(local),
+            True,
         )
 
     # -- calls over several items of one subject --------------------------------
@@ -486,8 +528,7 @@ class Engine:
             self.observe(now, local)
             if code == REPLAN:
                 return self.correct(item, remaining, local)
-            status, used, held, stop, retry_at, grant = item_reply(reply, 0)
-            return item.codec.decision(status, used, held, stop, retry_at, grant, now)
+            return _decisions([item], reply, now, True)[0]
 
         args = (client_now, remaining, 1, *item.encoded(t))
         # Sending it again charges nothing more: the correction is measured
@@ -589,9 +630,10 @@ class Engine:
         def read(reply: Any) -> Any:
             if type(reply) is int:
                 return codec.fitted(reply, units, codec.window(t)[1])
-            if len(reply) == 2 and reply[0] >= 0:
-                # {used, stop}: all of the cost fitted (kinds with no window).
-                return codec.fitted(reply[0], units, reply[1])
+            if len(reply) <= 3 and reply[0] >= 0:
+                # {used, stop}: all of the cost fitted (kinds with no window),
+                # and the override's limit when one was in force.
+                return codec.fitted(reply[0], units, reply[1], *reply[2:])
             status = reply[0]
             if status == READ_HOLDS:
                 # The spend cap holds something the kind's script cannot
@@ -604,7 +646,11 @@ class Engine:
             if status == REPLAN:
                 return self._single(item, local, charge)
             used, held, stop, retry_at, grant = reply[2:7]
-            return codec.decision(status, used, held, stop, retry_at, grant if charge else 0, now)
+            limit = reply[7] if len(reply) > 7 else None
+            granted = grant if charge else 0
+            return codec.decision(
+                status, used, held, stop, retry_at, granted, now, limit, limit is not None
+            )
 
         return Call(lua, codec.single_keys(item.base, t), args, read)
 
@@ -638,10 +684,17 @@ class Engine:
             if code == REPLAN:
                 return self._outcome(name, item, rid, args, statuses, local)
             status, used, held, stop, retry_at, grant = item_reply(reply, 0)
-            decision = codec.decision(status, used, held, stop, retry_at, grant, now)
+            limit = replayed_limit(reply, 0, 1)  # an override's, while one is in force
+            decision = codec.decision(
+                status, used, held, stop, retry_at, grant, now, limit, limit is not None
+            )
             return Settlement(statuses[code - 1], decision.granted, decision)
 
-        keys = (*codec.state_keys(item.base, t), _keys.outcome_key(item.base, rid))
+        keys = (
+            *codec.state_keys(item.base, t),
+            _keys.outcome_key(item.base, rid),
+            _keys.override_key(item.base),
+        )
         return Call(script(name), keys, args(t, client_now), read, True)
 
     def _hold_outcome(
@@ -663,8 +716,7 @@ class Engine:
             self.observe(now, local)
             if code == REPLAN:
                 return self._hold_outcome(name, item, rid, actual, call, local)
-            status, used, held, stop, retry_at, grant = item_reply(reply, 0)
-            decision = item.codec.decision(status, used, held, stop, retry_at, grant, now)
+            decision = _decisions([item], reply, now, True)[0]
             return Settlement(statuses[code - 1], decision.granted, decision)
 
         keys = (_keys.outcome_key(item.base, rid), *item.keys(t))
@@ -755,10 +807,12 @@ def _decisions(
         status, used, held, stop, retry_at, grant = item_reply(reply, n)
         # A replay is the first decision: under the limit it was made with,
         # though the spec's limit may have changed since.
-        limit = replayed_limit(reply, n, len(items)) if replayed else None
+        # Outside a replay, a trailing limit is an override's.
+        limit = replayed_limit(reply, n, len(items))
+        overridden = limit is not None and not replayed
         decisions.append(
             item.codec.decision(
-                status, used, held, stop, retry_at, grant if charged else 0, now, limit
+                status, used, held, stop, retry_at, grant if charged else 0, now, limit, overridden
             )
         )
     return decisions

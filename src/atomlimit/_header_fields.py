@@ -40,6 +40,10 @@ class Decided(Protocol):
     @property
     def remaining(self) -> Any: ...
     @property
+    def limit(self) -> Any: ...
+    @property
+    def limit_source(self) -> str: ...
+    @property
     def spec(self) -> Spec[Any] | None: ...
     @property
     def reset_at(self) -> datetime: ...
@@ -70,12 +74,14 @@ def header_fields(decisions: Iterable[Decided], now_us: int) -> dict[str, str]:
     retry: int | None = None
     for decision in decisions:
         spec: Any = decision.spec
-        kept = _POLICIES.get(id(spec))
+        # An override's quota is the subject's own: never kept for the spec.
+        own = decision.limit_source == "override"
+        kept = None if own else _POLICIES.get(id(spec))
         if kept is not None and kept[0] is spec:
             policy = kept[1]
         else:
             policy = _string(spec.name) + _policy_params(spec, decision)
-            if _fixed_policy(spec):
+            if not own and _fixed_policy(spec):
                 if len(_POLICIES) >= _POLICIES_KEPT:
                     _POLICIES.clear()
                 _POLICIES[id(spec)] = (spec, policy)
@@ -120,24 +126,32 @@ def _now_us(now: object) -> int:
 
 
 def _policy_params(spec: Spec[Any], decision: Decided) -> str:
+    # The quota is the limit in force: a subject's override when one applied.
+    limit = decision.limit if decision.limit_source == "override" else _spec_limit(spec)
     if isinstance(spec, SpendCap):
-        scale = _quota_scale(spec.limit, spec.unit)
-        quota = _integer(_count(spec.limit, scale))
+        scale = _quota_scale(limit, spec.unit)
+        quota = _integer(_count(limit, scale))
         return (
             f";q={quota};qu={_string(_unit_name(scale, spec.currency))};w={_window(spec, decision)}"
         )
     if isinstance(spec, Concurrency):
         # In flight at once: no window, and a unit the draft registers.
-        return f';q={_integer(spec.limit)};qu="concurrent-requests"'
+        return f';q={_integer(limit)};qu="concurrent-requests"'
     assert isinstance(spec, RateLimit)
     # A RateLimit counts requests (the draft's default unit) unless the
     # caller charges another cost, which the limit cannot know.
-    return f";q={_integer(spec.limit)};w={_window(spec, decision)}"
+    return f";q={_integer(limit)};w={_window(spec, decision)}"
+
+
+def _spec_limit(spec: Spec[Any]) -> Any:
+    assert isinstance(spec, RateLimit | SpendCap | Concurrency)
+    return spec.limit
 
 
 def _limit_params(spec: Spec[Any], decision: Decided, now_us: int) -> str:
     if isinstance(spec, SpendCap):
-        left = _integer(_count(decision.remaining, _quota_scale(spec.limit, spec.unit)))
+        limit = decision.limit if decision.limit_source == "override" else spec.limit
+        left = _integer(_count(decision.remaining, _quota_scale(limit, spec.unit)))
     else:
         left = _integer(decision.remaining)
     retry = decision.retry_after

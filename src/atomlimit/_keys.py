@@ -43,6 +43,8 @@ HOLDS, HELD = "holds", "held"
 """A limit's open reservations, and their amounts."""
 GUARD = "guard"
 """An upstream's guard on one of its limits: a pause, and what was learned."""
+OVERRIDE = "ovr"
+"""A per-subject override of a limit (``lua/lib/override.lua``)."""
 MAX_ENCODED_PART = 128
 """Longest encoded part a key holds whole; a longer one is hashed."""
 _HEAD = 64
@@ -109,6 +111,11 @@ def hold_keys(base: str) -> tuple[str, str]:
 def guard_key(base: str) -> str:
     """The guard an upstream keeps on one of its limits (``lua/lib/guard.lua``)."""
     return f"{base}:{GUARD}"
+
+
+def override_key(base: str) -> str:
+    """The override of a limit for one subject, in the subject's slot."""
+    return f"{base}:{OVERRIDE}"
 
 
 def request_record(base: str, request_id: str) -> str:

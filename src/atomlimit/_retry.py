@@ -16,7 +16,9 @@ Replies that mean "nothing ran" are handled transparently:
   CLUSTERDOWN (a slot migrating, a failover): wait a little, send again,
   for at most `SETTLE_FOR` seconds.
 - MOVED (learn the cluster's layout again) and ASK (send to the importing
-  node after ``ASKING``).
+  node after ``ASKING``), `REDIRECTS` of them at most; but an ASK met while
+  a call waits out TRYAGAIN or CLUSTERDOWN belongs to the migration being
+  waited out, and is followed until `SETTLE_FOR` has passed.
 
 A call whose reply was lost after it was written is sent again only when a
 record on the server makes the second send a replay (``Call.replayable``),
@@ -47,7 +49,9 @@ REPLANS = 3
 """A reply outside the planned windows re-plans around the server's clock;
 one re-plan always suffices unless the clock jumps again in between."""
 REDIRECTS = 5
-"""MOVED and ASK replies followed for one call before giving up."""
+"""MOVED and ASK replies followed for one call before giving up; ASKs met
+while waiting out a migration (after a TRYAGAIN or CLUSTERDOWN) count
+against `SETTLE_FOR` instead."""
 SETTLE_FOR = 10.0
 """Seconds a call keeps waiting out LOADING, TRYAGAIN and CLUSTERDOWN (a
 restart, a slot migrating, a failover) before it fails."""
@@ -85,10 +89,12 @@ def classify(outcome: Any) -> Next:
         return Next.LOST
     if isinstance(outcome, NoScriptError):
         return Next.LOAD
-    if isinstance(outcome, AskError):
-        return Next.ASK
+    # redis-py's MovedError is a kind of AskError: asked first, a MOVED
+    # would be followed as an ASK, and the slot map never learned again.
     if isinstance(outcome, MovedError):
         return Next.MOVED
+    if isinstance(outcome, AskError):
+        return Next.ASK
     if isinstance(outcome, TryAgainError | ClusterDownError | BusyLoadingError):
         return Next.WAIT
     return Next.FAILED
@@ -205,9 +211,19 @@ class Attempt:
             self.deadline = self.deadline or now + SETTLE_FOR
             return step if now < self.deadline else None
         if step in (Next.ASK, Next.MOVED):
-            self.redirects += 1
-            if self.redirects > REDIRECTS:
-                return None
+            if step is Next.ASK and self.deadline is not None:
+                # Waiting out a migration: a call that names a key the
+                # source no longer has (a missing override's hash, say)
+                # meets ASK from the source and TRYAGAIN from the importing
+                # node, by turns, until the slot has moved. That cycle is
+                # the migration itself, so it is bounded by the settling
+                # time the TRYAGAIN started, not by REDIRECTS.
+                if now >= self.deadline:
+                    return None
+            else:
+                self.redirects += 1
+                if self.redirects > REDIRECTS:
+                    return None
             if step is Next.ASK:
                 self.asking = (outcome.host, outcome.port)
                 self.replies += 1

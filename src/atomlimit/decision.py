@@ -27,6 +27,7 @@ _FIELDS = (
     "degraded",
     "cause",
     "cached",
+    "limit_source",
 )
 _COMPARED = tuple(i for i, name in enumerate(_FIELDS) if name != "cause")
 
@@ -52,6 +53,7 @@ class Decision(Generic[Amount]):
         "granted",
         "held",
         "limit",
+        "limit_source",
         "remaining",
         "shadow_denied",
         "spec",
@@ -64,6 +66,9 @@ class Decision(Generic[Amount]):
     """Whether the request was admitted (for ``peek``: would be)."""
     limit: Amount
     """The limit in force (for gcra: the burst, what can pass at once)."""
+    limit_source: Literal["spec", "override"]
+    """Where ``limit`` came from: the spec, or a per-subject override kept on
+    the server ([`Overrides`][atomlimit.Overrides])."""
     used: Amount
     """Used in the current window: after this hit if allowed, unchanged if denied."""
     remaining: Amount
@@ -101,8 +106,10 @@ class Decision(Generic[Amount]):
         degraded: bool = False,
         cause: BaseException | None = None,
         cached: bool = False,
+        limit_source: Literal["spec", "override"] = "spec",
     ) -> None:
         _init(self, allowed, limit, used, remaining, reset_at, retry_after, granted, held)
+        _LIMIT_SOURCE(self, limit_source)
         _SHADOW(self, shadow_denied)
         _SPEC(self, spec)
         _DEGRADED(self, degraded)
@@ -206,6 +213,7 @@ class Decision(Generic[Amount]):
             "degraded": self.degraded,
             "cause": None if self.cause is None else type(self.cause).__name__,
             "cached": self.cached,
+            "limit_source": self.limit_source,
         }
 
 
@@ -251,13 +259,15 @@ def decided(
     held: Any,
     shadow_denied: bool,
     spec: Spec[Any],
+    limit_source: Literal["spec", "override"] = "spec",
     cached: bool = False,
 ) -> Decision[Any]:
     """A Decision from the integers a reply carries, built without checks.
 
     Times are epoch microseconds (``reset_us``) and a microsecond count
     (``retry_us``); they turn into a datetime and a timedelta when read.
-    ``cached``: answered from the deny cache.
+    ``limit_source``: whose limit is in force; ``cached``: answered from the
+    deny cache.
     """
     decision: Decision[Any] = object.__new__(Decision)
     _init(decision, allowed, limit, used, remaining, reset_us, retry_us, granted, held)
@@ -265,6 +275,7 @@ def decided(
     _SPEC(decision, spec)
     _DEGRADED(decision, False)
     _CAUSE(decision, None)
+    _LIMIT_SOURCE(decision, limit_source)
     _CACHED(decision, cached)
     return decision
 
@@ -274,6 +285,7 @@ def decided(
 _SLOTS = vars(Decision)
 _ALLOWED = _SLOTS["allowed"].__set__
 _LIMIT = _SLOTS["limit"].__set__
+_LIMIT_SOURCE = _SLOTS["limit_source"].__set__
 _USED = _SLOTS["used"].__set__
 _REMAINING = _SLOTS["remaining"].__set__
 _RESET = _SLOTS["_reset"].__set__

@@ -60,6 +60,7 @@ LAYERS = {
         "_stored_values",
         "_cache_plan",
         "_deny_cache",
+        "_override_plan",
         "_session_plan",
         "_waiting",
         "_limited",

@@ -18,8 +18,8 @@ from servers import Server, start_server, wait_until
 from atomlimit import AsyncLimiter, BackendError, InvalidInput, Limiter, RateLimit
 from atomlimit._batch import Lost
 from atomlimit._engine import Engine
-from atomlimit._redis import BusyLoadingError
-from atomlimit._retry import Attempt, Next, failure
+from atomlimit._redis import AskError, BusyLoadingError, MovedError, TryAgainError
+from atomlimit._retry import REDIRECTS, SETTLE_FOR, Attempt, Next, classify, failure
 
 RATE = RateLimit(name="conn", limit=10**9, window="day")
 
@@ -146,6 +146,69 @@ def test_loading_means_nothing_ran_and_is_waited_out() -> None:
     assert attempt.after(loading, now=100.0) is None  # past the settling time
     assert attempt.result().applied == "no"
     assert failure("hit", Lost(loading, written=True)).applied == "unknown"
+
+
+def _migrating_slot() -> tuple[AskError, TryAgainError]:
+    ask = AskError("12182 127.0.0.1:7001")
+    return ask, TryAgainError("Multiple keys request during rehashing of slot")
+
+
+def test_ask_and_tryagain_by_turns_are_followed_for_the_settling_time() -> None:
+    # A slot migrating: the source asks the call to go to the importing
+    # node, which answers TRYAGAIN while only some of the call's keys have
+    # moved; the next send starts from the source again.
+    call = Engine().hit(RATE, "s", 1, None, False, 1_700_000_000_000_000)
+    attempt = Attempt(call, resends=0)
+    ask, tryagain = _migrating_slot()
+
+    assert attempt.after(ask, now=0.0) is Next.ASK
+    assert attempt.after(tryagain, now=0.0) is Next.WAIT
+    for step in range(1, 4 * REDIRECTS):
+        assert attempt.after(ask, now=step * 0.1) is Next.ASK
+        assert attempt.asking == ("127.0.0.1", 7001)
+        assert attempt.after(tryagain, now=step * 0.1) is Next.WAIT
+    assert attempt.after(b"done", now=3.0) is None
+    assert attempt.result() == b"done"
+
+
+def test_asks_while_waiting_out_a_migration_end_with_the_settling_time() -> None:
+    call = Engine().hit(RATE, "s", 1, None, False, 1_700_000_000_000_000)
+    attempt = Attempt(call, resends=0)
+    ask, tryagain = _migrating_slot()
+
+    assert attempt.after(tryagain, now=0.0) is Next.WAIT
+    assert attempt.after(ask, now=SETTLE_FOR - 0.01) is Next.ASK
+    assert attempt.after(ask, now=SETTLE_FOR) is None
+    assert isinstance(attempt.result().__cause__, AskError)
+
+
+def test_asks_and_moves_outside_a_migration_stay_bounded() -> None:
+    call = Engine().hit(RATE, "s", 1, None, False, 1_700_000_000_000_000)
+    ask, _ = _migrating_slot()
+    moved = MovedError("12182 127.0.0.1:7001")
+    for redirect in (ask, moved):
+        attempt = Attempt(call, resends=0)
+        steps = [attempt.after(redirect, now=0.0) for _ in range(REDIRECTS + 1)]
+        assert steps[-1] is None
+        assert None not in steps[:-1]
+
+
+def test_a_moved_slot_is_learned_again_not_followed_as_an_ask() -> None:
+    # redis-py's MovedError subclasses its AskError.
+    assert classify(MovedError("12182 127.0.0.1:7001")) is Next.MOVED
+    assert classify(_migrating_slot()[0]) is Next.ASK
+
+
+def test_moves_while_waiting_out_a_migration_stay_bounded() -> None:
+    call = Engine().hit(RATE, "s", 1, None, False, 1_700_000_000_000_000)
+    attempt = Attempt(call, resends=0)
+    _, tryagain = _migrating_slot()
+    moved = MovedError("12182 127.0.0.1:7001")
+
+    assert attempt.after(tryagain, now=0.0) is Next.WAIT
+    steps = [attempt.after(moved, now=0.0) for _ in range(REDIRECTS + 1)]
+    assert steps[-1] is None
+    assert None not in steps[:-1]
 
 
 def test_a_loading_server_is_waited_out_not_reported_as_unknown(

@@ -3,11 +3,13 @@
 While a slot moves, the source node answers a call naming a key it no
 longer has with ASK (go to the importing node, after ASKING), and a call
 naming several keys of which only some are still there with TRYAGAIN. A
-hit names one key, its window's counter, so it always finds a node that
-can run it: the runner follows ASK, then MOVED once the slot is handed
-over. The control names a second, never-existing key in every call, as
-the request-id record of every charge once did: it fails until the
-migration ends.
+hit names two keys, its window's counter and its subject's override hash,
+which usually does not exist; so while the slot moves, the source answers
+ASK and the importing node TRYAGAIN, by turns. The runner follows each ASK
+and waits out each TRYAGAIN, within SETTLE_FOR (atomlimit._retry), then
+follows MOVED once the slot is handed over. The control runs a bare script
+naming a second, never-existing key in every call, with redis-py's own
+retries: it fails until the migration ends.
 """
 
 from __future__ import annotations

@@ -342,8 +342,12 @@ class Watch:
     def __init__(self, client: redis.Redis) -> None:
         self.client = client
 
-    def __call__(self, call: Callable[[], Any]) -> Any:
-        """The call's result, or Refused; any other exception fails the test."""
+    def __call__(self, call: Callable[[], Any], *, lasting: bytes | None = None) -> Any:
+        """The call's result, or Refused; any other exception fails the test.
+
+        ``lasting``: keys ending so may be kept without an expiry (an
+        override set until it is deleted).
+        """
         before = self.client.dbsize()
         try:
             result = call()
@@ -355,15 +359,19 @@ class Watch:
         except InvalidInput as err:
             refused = Refused(err)
         else:
-            self.every_key_expires()
+            self.every_key_expires(lasting)
             return result
         message = str(refused.error)
         assert len(message) <= LONGEST_MESSAGE, f"a {len(message)}-character message"
         assert self.client.dbsize() == before, f"refused, yet written: {message}"
         return refused
 
-    def every_key_expires(self) -> None:
-        keys = list(self.client.scan_iter(count=1_000))
+    def every_key_expires(self, lasting: bytes | None = None) -> None:
+        keys = [
+            key
+            for key in self.client.scan_iter(count=1_000)
+            if lasting is None or not key.endswith(lasting)
+        ]
         with self.client.pipeline(transaction=False) as pipe:
             for key in keys:
                 pipe.pttl(key)
@@ -970,6 +978,100 @@ def test_limited_takes_anything_when_it_decorates_and_when_called(
         assert isinstance(outcome, Refused | LimitExceeded) or outcome == func()
 
     limited()
+
+
+# --------------------------------------------------------------------------
+# Per-subject overrides
+# --------------------------------------------------------------------------
+
+OVERRIDE_KEY = b":ovr"
+"""How an override's key ends: the one key kept without an expiry, while it
+is set with none."""
+
+
+def override_limits_for(spec: object) -> st.SearchStrategy[object]:
+    if isinstance(spec, SpendCap):
+        return mostly(
+            st.decimals(min_value=0, max_value=100, places=2), st.one_of(decimals, anything())
+        )
+    return valid_or(st.integers(0, 50))
+
+
+expiries = valid_or(
+    st.one_of(
+        st.none(),
+        st.timedeltas(min_value=timedelta(seconds=-5), max_value=timedelta(days=4000)),
+        st.datetimes(timezones=st.sampled_from([UTC, timezone(timedelta(hours=-11))])),
+        st.datetimes(),  # naive
+        durations,
+    )
+)
+
+
+def test_override_set_takes_anything_and_writes_nothing_when_refusing(
+    client: redis.Redis, watch: Watch
+) -> None:
+    limiter = Limiter(client)
+
+    @fuzz(max_examples=150)
+    @given(
+        spec_and_limit=limits.flatmap(
+            lambda spec: st.tuples(st.just(spec), override_limits_for(spec))
+        ),
+        subject=subjects,
+        burst=valid_or(st.one_of(st.none(), st.integers(0, 10))),
+        expires=expiries,
+    )
+    # A limit of one unit a microsecond too fine for gcra's interval.
+    @example(spec_and_limit=(RATES[3], 10**9), subject="s", burst=None, expires=None)
+    # A sliding log past its entries' bound.
+    @example(spec_and_limit=(RATES[4], 10**5), subject="s", burst=None, expires=None)
+    # A Decimal past a cap's places.
+    @example(spec_and_limit=(CAPS[1], Decimal("0.001")), subject="s", burst=None, expires=None)
+    @example(
+        spec_and_limit=(RATES[0], 5),
+        subject="s",
+        burst=None,
+        expires=datetime(2000, 1, 1, tzinfo=UTC),
+    )
+    def set_override(
+        spec_and_limit: tuple[Any, Any], subject: Any, burst: Any, expires: Any
+    ) -> None:
+        client.flushall()
+        spec, limit = spec_and_limit
+        watch(lambda: limiter.hit(RATES[0], "s"))  # a marked counter is rewritten in place
+        watch(
+            lambda: limiter.overrides.set(spec, subject, limit=limit, burst=burst, expires=expires),
+            lasting=OVERRIDE_KEY,
+        )
+        # Whatever was set, every kind still decides under it.
+        if isinstance(spec, Spec) and type(subject) is str:
+            watch(lambda: limiter.peek(spec, subject), lasting=OVERRIDE_KEY)
+
+    set_override()
+
+
+def test_override_get_delete_and_list_take_anything(client: redis.Redis, watch: Watch) -> None:
+    limiter = Limiter(client)
+
+    @fuzz(max_examples=80)
+    @given(
+        spec=limits,
+        subject=subjects,
+        count=valid_or(st.integers(1, 10_000)),
+        action=st.sampled_from(["get", "delete", "list"]),
+    )
+    def read_or_delete(spec: Any, subject: Any, count: Any, action: str) -> None:
+        client.flushall()
+        watch(lambda: limiter.overrides.set(RATES[0], "s", limit=9), lasting=OVERRIDE_KEY)
+        if action == "get":
+            watch(lambda: limiter.overrides.get(spec, subject), lasting=OVERRIDE_KEY)
+        elif action == "delete":
+            watch(lambda: limiter.overrides.delete(spec, subject), lasting=OVERRIDE_KEY)
+        else:
+            watch(lambda: limiter.overrides.list(spec, count=count), lasting=OVERRIDE_KEY)
+
+    read_or_delete()
 
 
 def test_reserve_settle_and_release_take_anything(client: redis.Redis, watch: Watch) -> None:

@@ -794,11 +794,183 @@ def test_policy_check_runs_as_a_module_with_the_same_exit_codes(tmp_path: Path) 
     assert "[limits.api] limit: must be at least 1" in failed.stderr
 
 
+# --------------------------------------------------------------------------
+# override
+
+
+OVERRIDE_POLICIES = """
+[limits.api]
+rate = "5/hour"
+
+[limits.ai]
+kind = "spend_cap"
+limit = "10.00"
+currency = "USD"
+window = "day"
+
+[tiers.pro.api]
+rate = "50/hour"
+algorithm = "gcra"
+"""
+API = RateLimit(name="api", limit=5, window="hour")
+
+
+@pytest.fixture
+def policy_file(tmp_path: Path) -> str:
+    path = tmp_path / "policies.toml"
+    path.write_text(OVERRIDE_POLICIES)
+    return str(path)
+
+
+def _override(url: str, policies: str, action: str, *argv: str) -> list[str]:
+    return ["override", action, "--url", url, "--policies", policies, *argv]
+
+
+def test_override_set_without_yes_says_what_it_would_do_and_changes_nothing(
+    target: Target, policy_file: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    argv = _override(target.url, policy_file, "set", "--name", "api", "--subject", "c-1")
+    code, out, _ = run_cli(capsys, *argv, "--limit", "20")
+    with target.sync_client() as client:
+        decision = Limiter(client).hit(API, "c-1")
+
+    assert code == 0
+    assert "no override; the spec's limit 5 applies" in out
+    assert "nothing changed: run again with --yes to set limit 20" in out
+    assert decision.limit == 5
+    assert decision.limit_source == "spec"
+
+
+def test_override_set_with_yes_is_seen_by_the_application_and_rm_restores_the_spec(
+    target: Target, policy_file: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    scope = ("--name", "api", "--subject", "c-2")
+    set_ = _override(target.url, policy_file, "set", *scope, "--limit", "20", "--expires", "8h")
+    code, out, _ = run_cli(capsys, *set_, "--yes")
+    assert code == 0
+    assert "set limit 20, for 8:00:00" in out
+    with target.sync_client() as client:
+        limiter = Limiter(client)
+        raised = limiter.hit(API, "c-2")
+        _, got, _ = run_cli(capsys, *_override(target.url, policy_file, "get", *scope))
+        _, kept, _ = run_cli(capsys, *_override(target.url, policy_file, "rm", *scope))
+        still = limiter.hit(API, "c-2")
+        code, removed, _ = run_cli(
+            capsys, *_override(target.url, policy_file, "rm", *scope), "--yes"
+        )
+        restored = limiter.hit(API, "c-2")
+
+    assert raised.limit == 20
+    assert raised.limit_source == "override"
+    assert "override limit 20, until " in got
+    assert "(the spec's limit: 5)" in got
+    assert "nothing removed: run again with --yes to remove it" in kept
+    assert still.limit == 20
+    assert code == 0
+    assert removed.splitlines()[-1] == "removed"
+    assert restored.limit == 5
+    assert restored.limit_source == "spec"
+
+
+def test_override_of_a_tier_sets_that_tiers_kind_of_the_limit(
+    server: Server, policy_file: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    pro = RateLimit(name="api", limit=50, window="hour", algorithm="gcra")
+    scope = ("--name", "api", "--subject", "c-3", "--tier", "pro")
+    argv = _override(server.url, policy_file, "set", *scope, "--limit", "60", "--burst", "7")
+    code, _, _ = run_cli(capsys, *argv, "--yes")
+    with server.client() as client:
+        limiter = Limiter(client)
+        tiered, plain = limiter.hit(pro, "c-3"), limiter.hit(API, "c-3")
+
+    assert code == 0
+    assert tiered.limit == 7
+    assert tiered.limit_source == "override"
+    assert plain.limit_source == "spec"
+
+
+def test_override_list_names_each_subject_with_an_override(
+    server: Server, policy_file: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with server.client() as client:
+        limiter = Limiter(client)
+        for subject in ("b", "a c", "d"):
+            limiter.overrides.set(API, subject, limit=9)
+        limiter.hit(API, "plain")
+    code, out, _ = run_cli(capsys, *_override(server.url, policy_file, "list", "--name", "api"))
+
+    assert code == 0
+    assert out.splitlines() == [
+        f"{server.url}: 3 subjects with an override of 'api'",
+        "  a c",
+        "  b",
+        "  d",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--name", "api", "--limit", "0"], "limit"),
+        (["--name", "api", "--limit", "lots"], "--limit must be a number"),
+        (["--name", "api", "--limit", "5", "--burst", "3"], "burst"),
+        (["--name", "ai", "--limit", "-1"], "limit"),
+        (["--name", "ai", "--limit", "1e400"], "limit"),
+        (["--name", "api", "--limit", "5", "--expires", "2020-01-01T00:00:00+00:00"], "expires"),
+        (["--name", "api", "--limit", "5", "--expires", "2030-01-01T00:00:00"], "offset"),
+        (["--name", "api", "--limit", "5", "--expires", "soon"], "--expires must be"),
+        (["--name", "nope", "--limit", "5"], "declares no limit named 'nope'"),
+        (["--name", "api", "--limit", "5", "--tier", "gold"], "gold"),
+    ],
+)
+def test_override_set_refuses_bad_values_and_writes_nothing(
+    server: Server,
+    policy_file: str,
+    capsys: pytest.CaptureFixture[str],
+    argv: list[str],
+    message: str,
+) -> None:
+    server.flush()
+    base = _override(server.url, policy_file, "set", "--subject", "c-4", *argv)
+    code, out, err = run_cli(capsys, *base, "--yes")
+    with server.client() as client:
+        stored = client.dbsize()
+
+    assert code == 1, out
+    assert message in err
+    assert stored == 0
+
+
+def test_reset_keeps_an_override_and_inspect_says_the_window_is_under_it(
+    server: Server, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with server.client() as client:
+        limiter = Limiter(client)
+        limiter.overrides.set(API, "c-5", limit=9)
+        limiter.hit(API, "c-5")
+        _, inspected, _ = run_cli(capsys, "inspect", "--url", server.url, "--subject", "c-5")
+        code, _, _ = run_cli(
+            capsys, "reset", "--url", server.url, "--name", "api", "--subject", "c-5", "--yes"
+        )
+        after = limiter.hit(API, "c-5")
+
+    assert "1 used since" in inspected
+    assert "under an override" in inspected
+    assert code == 0
+    assert after.used == 1
+    assert after.limit == 9
+    assert after.limit_source == "override"
+
+
 HELP_COMMANDS = [
     [],
     *([module.__name__.rsplit(".", 1)[1]] for module in COMMANDS),
     ["scripts", "load"],
     ["policy", "check"],
+    ["override", "set"],
+    ["override", "get"],
+    ["override", "rm"],
+    ["override", "list"],
 ]
 
 

@@ -26,6 +26,7 @@ from atomlimit._acquire import Acquisition, acquire, checked_items, undo
 from atomlimit._async.calls import AsyncModelCall
 from atomlimit._async.guard import AsyncGuard, AsyncGuardedRunner
 from atomlimit._async.holds import AsyncLease, AsyncReservation
+from atomlimit._async.overrides import AsyncOverrides
 from atomlimit._async_runner import AsyncRunner
 from atomlimit._clock import clock_reader
 from atomlimit._deny_cache import DenyCache, deny_cache_of
@@ -167,6 +168,8 @@ class AsyncLimiter:
         self._answered = 0  # unasync: async
         self._handles = AsyncGuardedRunner(self._guard, self._runner, self._deny)
         # One script may name several subjects' keys unless a cluster spreads them.
+        self.overrides = AsyncOverrides(self._engine, self._open, self._forget)
+        """Per-subject limits kept on the server (docs/overrides.md)."""
         self._engine.together = not isinstance(client, AsyncRedisCluster)
         self._owns_client = False
 

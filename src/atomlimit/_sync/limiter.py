@@ -50,6 +50,7 @@ from atomlimit._shell import (
 from atomlimit._sync.calls import ModelCall
 from atomlimit._sync.guard import GuardedRunner, SyncGuard
 from atomlimit._sync.holds import Lease, Reservation
+from atomlimit._sync.overrides import Overrides
 from atomlimit._sync_runner import SyncRunner
 from atomlimit._waiting import deadline_after, pause
 from atomlimit.breaker import Breaker
@@ -134,6 +135,8 @@ class Limiter:
         self._deny = deny_cache_of(deny_cache)
         self._handles = GuardedRunner(self._guard, self._runner, self._deny)
         # One script may name several subjects' keys unless a cluster spreads them.
+        self.overrides = Overrides(self._engine, self._open, self._forget)
+        """Per-subject limits kept on the server (docs/overrides.md)."""
         self._engine.together = not isinstance(client, RedisCluster)
         self._owns_client = False
 

@@ -16,7 +16,7 @@ from typing import NoReturn
 import redis
 
 from atomlimit import __version__
-from atomlimit.cli import demo, doctor, inspect, pause, policy, reset, scripts, version
+from atomlimit.cli import demo, doctor, inspect, override, pause, policy, reset, scripts, version
 from atomlimit.cli._exit import FAILED, UNREACHABLE, CommandError, one_line
 
 COMMANDS: tuple[ModuleType, ...] = (
@@ -25,6 +25,7 @@ COMMANDS: tuple[ModuleType, ...] = (
     scripts,
     inspect,
     reset,
+    override,
     pause,
     policy,
     demo,
@@ -36,6 +37,8 @@ examples:
   atomlimit scripts load --url redis://limiter-admin:secret@cache:6380/0
   atomlimit inspect --url redis://127.0.0.1:6380/0 --subject client-42
   atomlimit reset --url redis://127.0.0.1:6380/0 --name ai --subject client-42 --yes
+  atomlimit override set --url redis://127.0.0.1:6380/0 --policies policies.toml \\
+      --name api --subject client-42 --limit 2000 --yes
   atomlimit pause clear --url redis://127.0.0.1:6380/0 --upstream openai:gpt-4.1 --yes
   atomlimit policy check policies.toml
   atomlimit demo

@@ -213,7 +213,10 @@ def _usage(key: Key, value: Any, now: int) -> str:
     if key.part not in ("state", "window", "holds", "held"):
         return "-"
     if key.kind == FIXED_WINDOW:
-        return f"{value} used since {_ms(key.window_ms)}"
+        # A counter reads "<used>|o" while an override is in force (lua/lib/fixed_window.lua).
+        used, mark, _ = str(value).partition("|")
+        under = ", under an override" if mark else ""
+        return f"{used} used since {_ms(key.window_ms)}{under}"
     if key.kind == SPEND:
         return _spend(key, value)
     if key.kind == GCRA:
