@@ -10,8 +10,8 @@ row's ratio to the baseline's hit.
 
 Rows:
 
-- ``baseline``: ``lua/hit_fixed_window.lua`` as ``--baseline`` (a git
-  ref, default ``main``) has it, naming its one key;
+- ``baseline``: ``lua/hit_fixed_window.lua`` as the git ref ``--baseline``
+  has it (default: the last commit before overrides), naming its one key;
 - ``no override``: this tree's script, naming the counter and the
   subject's (missing) override hash; the counter holds a bare integer, so
   the hash is never read;
@@ -45,6 +45,8 @@ INCLUDE = re.compile(r"^-- include: (lib/[a-z_]+\.lua)$", re.MULTILINE)
 SPEC = RateLimit(name="bench-override", limit=10**12, window="day")
 DAY_US = 86_400_000_000
 ROWS = ("baseline", "no override", "override")
+BEFORE_OVERRIDES = "a32cde4"
+"""The last commit whose fixed-window hit knew nothing of overrides."""
 
 
 def source_at(ref: str, name: str) -> str:
@@ -88,7 +90,9 @@ def measure(client: redis.Redis, sha: str, keys: tuple[str, ...], calls: int) ->
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
-    parser.add_argument("--baseline", default="main", help="git ref of the baseline script")
+    parser.add_argument(
+        "--baseline", default=BEFORE_OVERRIDES, help="git ref of the baseline script"
+    )
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--calls", type=int, default=20_000)
     args = parser.parse_args()
