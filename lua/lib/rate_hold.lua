@@ -32,7 +32,8 @@ local function rh_take(keys, id)
   return tonumber(units), tonumber(stop)
 end
 
--- Gives back every hold past its expiry. O(log n + expired).
+-- Gives back every hold past its expiry; whether there was one. O(log n +
+-- expired).
 local function rh_prune(base, keys, args, run)
   local expired = redis.call('ZRANGEBYSCORE', keys[2], '-inf', run.now)
   for _, id in ipairs(expired) do
@@ -41,6 +42,7 @@ local function rh_prune(base, keys, args, run)
       base.undo({keys[1]}, args, run, units, stop)
     end
   end
+  return #expired > 0
 end
 
 -- The hold sets live until their last hold ends.
@@ -58,11 +60,13 @@ local function rh_kind(base)
 
   local function rh_check(keys, args, run)
     -- The planned window is confirmed before anything changes.
-    if not base.check({keys[1]}, args, run) then
+    local it = base.check({keys[1]}, args, run)
+    if not it then
       return nil
     end
-    rh_prune(base, keys, args, run)
-    local it = base.check({keys[1]}, args, run)
+    if rh_prune(base, keys, args, run) then
+      it = base.check({keys[1]}, args, run)
+    end
     local apply = it.apply
     function it.apply(grant)
       local used, stop = apply(grant)
@@ -92,8 +96,8 @@ local function rh_kind(base)
     end
     local it = base.check({keys[1]}, args, run)
     if actual and actual > 0 then
-      it.apply(actual)
-      it = base.check({keys[1]}, args, run)
+      -- What apply reports is the state after it: no second read.
+      it.used, it.stop = it.apply(actual)
     end
     return units ~= nil, it
   end

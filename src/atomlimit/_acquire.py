@@ -47,6 +47,7 @@ def acquire(
     hits: Sequence[Hit[Any]],
     request_id: str | None,
     guards: Sequence[int] = (),
+    checked: tuple[list[Item], list[list[int]]] | None = None,
 ) -> Flow:
     """All the hits or none of them: yields calls, returns an Acquisition.
 
@@ -55,10 +56,11 @@ def acquire(
     On a server that holds every key (``engine.together``), several subjects
     are charged by one script; a server that refuses a script across hash
     slots (a cluster behind one address) turns that off for the engine, and
-    the acquire goes subject by subject. A backend failure part-way undoes
-    what this send charged, then re-raises.
+    the acquire goes subject by subject. ``checked`` is what `checked_items`
+    made of the hits already, for a caller that checked them in advance. A
+    backend failure part-way undoes what this send charged, then re-raises.
     """
-    items, groups = checked_items(engine, hits, guards)
+    items, groups = checked if checked is not None else checked_items(engine, hits, guards)
     if len(groups) > 1 or request_id is not None or any(i.codec.wait for i in items):
         # Several subjects are undone from records; a caller's id is
         # remembered so that sending the acquire again replays it; a charge

@@ -37,7 +37,9 @@ class _Shell(Protocol):
     _engine: Engine
     _runner: AsyncRunner
 
-    async def _take(self, planned: Planned) -> Acquisition: ...
+    async def _take(
+        self, planned: Planned, checked: tuple[list[Item], list[list[int]]]
+    ) -> Acquisition: ...
 
     async def _finish(self, calls: list[Call]) -> list[Any]: ...
 
@@ -63,10 +65,10 @@ class AsyncModelCall:
     # unasync: end
 
     __slots__ = (
+        "_checked",
         "_deadline",
         "_ending",
         "_found",
-        "_items",
         "_limiter",
         "_planned",
         "_report",
@@ -80,13 +82,13 @@ class AsyncModelCall:
         self,
         limiter: _Shell,
         planned: Planned,
-        items: list[Item],
+        checked: tuple[list[Item], list[list[int]]],
         wait: bool,
         deadline: float | None,
     ) -> None:
         self._limiter = limiter
         self._planned = planned
-        self._items = items
+        self._checked = checked
         self._wait = wait
         self._deadline = deadline
         self._ending = Ending()
@@ -141,7 +143,7 @@ class AsyncModelCall:
         if self._found is not None:
             raise InvalidInput("a call's block runs once; make a new call")
         while True:
-            found = await self._limiter._take(self._planned)
+            found = await self._limiter._take(self._planned, self._checked)
             if found.allowed:
                 break
             decision = denied(found)
@@ -168,7 +170,7 @@ class AsyncModelCall:
         calls = ending_calls(
             limiter._engine,
             found,
-            self._items,
+            self._checked[0],
             self._planned.roles,
             self._ending,
             kind is None,
@@ -188,6 +190,6 @@ class AsyncModelCall:
         # unasync: sync
         # results = limiter._finish(calls)
         # unasync: end
-        limiter._forgotten(self._items)
+        limiter._forgotten(self._checked[0])
         self.settlements = [r for r in results if isinstance(r, Settlement)]
         self.corrections = [r for r in results if isinstance(r, Decision)]

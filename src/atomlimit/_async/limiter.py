@@ -531,9 +531,9 @@ class AsyncLimiter:
         check_flag(wait, "wait")
         planned = plan(upstream, client, tokens, cost, limits, timeout)
         # Every refusal of the input is made now, before the block opens.
-        items, _ = checked_items(self._engine, planned.hits, planned.guards)
+        checked = checked_items(self._engine, planned.hits, planned.guards)
         deadline = deadline_after(wait_timeout, time.monotonic())
-        return AsyncModelCall(self, planned, items, wait, deadline)
+        return AsyncModelCall(self, planned, checked, wait, deadline)
 
     async def pause(
         self,
@@ -567,10 +567,13 @@ class AsyncLimiter:
         finally:
             self._forgotten(items)
 
-    async def _take(self, planned: Planned) -> Acquisition:
-        """A call's acquire, guarded as any acquire is."""
+    async def _take(
+        self, planned: Planned, checked: tuple[list[Item], list[list[int]]]
+    ) -> Acquisition:
+        """A call's acquire, guarded as any acquire is; ``checked`` is what
+        `checked_items` made of its hits when the call was made."""
         self._open()
-        flow = acquire(self._engine, planned.hits, None, planned.guards)
+        flow = acquire(self._engine, planned.hits, None, planned.guards, checked)
         fallback = self._guard.acquisition(self._engine, planned.hits)
         found: Acquisition = await self._guard.run("acquire", self._whole, flow, fallback)
         return found

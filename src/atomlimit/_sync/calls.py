@@ -36,7 +36,9 @@ class _Shell(Protocol):
     _engine: Engine
     _runner: SyncRunner
 
-    def _take(self, planned: Planned) -> Acquisition: ...
+    def _take(
+        self, planned: Planned, checked: tuple[list[Item], list[list[int]]]
+    ) -> Acquisition: ...
 
     def _finish(self, calls: list[Call]) -> list[Any]: ...
 
@@ -57,10 +59,10 @@ class ModelCall:
     """
 
     __slots__ = (
+        "_checked",
         "_deadline",
         "_ending",
         "_found",
-        "_items",
         "_limiter",
         "_planned",
         "_report",
@@ -74,13 +76,13 @@ class ModelCall:
         self,
         limiter: _Shell,
         planned: Planned,
-        items: list[Item],
+        checked: tuple[list[Item], list[list[int]]],
         wait: bool,
         deadline: float | None,
     ) -> None:
         self._limiter = limiter
         self._planned = planned
-        self._items = items
+        self._checked = checked
         self._wait = wait
         self._deadline = deadline
         self._ending = Ending()
@@ -135,7 +137,7 @@ class ModelCall:
         if self._found is not None:
             raise InvalidInput("a call's block runs once; make a new call")
         while True:
-            found = self._limiter._take(self._planned)
+            found = self._limiter._take(self._planned, self._checked)
             if found.allowed:
                 break
             decision = denied(found)
@@ -162,13 +164,13 @@ class ModelCall:
         calls = ending_calls(
             limiter._engine,
             found,
-            self._items,
+            self._checked[0],
             self._planned.roles,
             self._ending,
             kind is None,
             limiter._runner.now(),
         )
         results = limiter._finish(calls)
-        limiter._forgotten(self._items)
+        limiter._forgotten(self._checked[0])
         self.settlements = [r for r in results if isinstance(r, Settlement)]
         self.corrections = [r for r in results if isinstance(r, Decision)]

@@ -426,9 +426,9 @@ class Limiter:
         check_flag(wait, "wait")
         planned = plan(upstream, client, tokens, cost, limits, timeout)
         # Every refusal of the input is made now, before the block opens.
-        items, _ = checked_items(self._engine, planned.hits, planned.guards)
+        checked = checked_items(self._engine, planned.hits, planned.guards)
         deadline = deadline_after(wait_timeout, time.monotonic())
-        return ModelCall(self, planned, items, wait, deadline)
+        return ModelCall(self, planned, checked, wait, deadline)
 
     def pause(
         self,
@@ -460,10 +460,11 @@ class Limiter:
         finally:
             self._forgotten(items)
 
-    def _take(self, planned: Planned) -> Acquisition:
-        """A call's acquire, guarded as any acquire is."""
+    def _take(self, planned: Planned, checked: tuple[list[Item], list[list[int]]]) -> Acquisition:
+        """A call's acquire, guarded as any acquire is; ``checked`` is what
+        `checked_items` made of its hits when the call was made."""
         self._open()
-        flow = acquire(self._engine, planned.hits, None, planned.guards)
+        flow = acquire(self._engine, planned.hits, None, planned.guards, checked)
         fallback = self._guard.acquisition(self._engine, planned.hits)
         found: Acquisition = self._guard.run("acquire", self._whole, flow, fallback)
         return found
