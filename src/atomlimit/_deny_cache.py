@@ -189,7 +189,17 @@ class DenyCache:
         else:
             until = entry.any_until if units else 0
         if now < until:
-            return _cached(entry, until - now)
+            left = until - now  # at least 1 us: now < until, both integers
+            return denied_again(
+                entry.limit,
+                entry.used,
+                entry.remaining,
+                entry.reset_us,
+                left if entry.retries else None,
+                entry.granted,
+                entry.held,
+                entry.spec,
+            )
         if now >= entry.until and now >= entry.any_until:
             with self._lock:
                 if entries.get((entry.spec.name, subject, guarded)) is entry:
@@ -271,19 +281,6 @@ def _any_until(spec: Spec[Any], units: int, until: int, decision: Decision[Any])
     # GCRA and the sliding kinds give units back one by one: a smaller cost
     # may pass before the denied one could.
     return 0
-
-
-def _cached(entry: _Denial, left: int) -> Decision[Any]:
-    return denied_again(
-        entry.limit,
-        entry.used,
-        entry.remaining,
-        entry.reset_us,
-        (left if left > 1 else 1) if entry.retries else None,
-        entry.granted,
-        entry.held,
-        entry.spec,
-    )
 
 
 def _micros(instant: datetime) -> int:
