@@ -124,6 +124,11 @@ class Guard:
         Kept when the server is back, never sent to it: a later outage in the
         same window goes on counting against the same share."""
 
+    @property
+    def observed(self) -> bool:
+        """Whether any observer is told of this limiter's decisions."""
+        return bool(self._observers)
+
     def _admit(self) -> int | BreakerOpen:
         """The breaker's ticket for a call, or its refusal."""
         circuit = self._circuit

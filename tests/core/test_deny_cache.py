@@ -7,13 +7,14 @@ and server work is counted with EVALSHA runs: a cached denial runs none.
 from __future__ import annotations
 
 import itertools
-from datetime import timedelta
+import pickle
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
 import pytest
 import redis
-from helpers import START, Clock, evalsha_runs
+from helpers import START, Clock, evalsha_runs, seconds_at
 from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule, run_state_machine_as_test
@@ -25,6 +26,7 @@ from atomlimit import (
     AsyncLimiter,
     Breaker,
     BreakerOpen,
+    Decision,
     DenyCache,
     Hit,
     InvalidInput,
@@ -40,6 +42,7 @@ SLIDING = RateLimit(
 )
 CAP = SpendCap(name="budget", limit=Decimal("1.00"), currency="USD", window="day")
 _prefixes = itertools.count()
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 def limiter_on(client: redis.Redis, clock: Clock, cache: Any = 100, **options: Any) -> Limiter:
@@ -167,6 +170,49 @@ def test_a_spend_cap_is_answered_locally_until_its_window_ends(server: Server) -
     assert not smaller.cached
 
 
+def test_a_cached_denial_repeats_the_server_denial_but_for_its_wait(server: Server) -> None:
+    clock = at_window_start()
+    with server.client() as client:
+        limiter = limiter_on(client, clock)
+        limiter.hit(MINUTE, "s", 3)
+        first = limiter.hit(MINUTE, "s")
+        ends = (first.reset_at - EPOCH) // timedelta(microseconds=1)
+        clock.now = seconds_at(ends - 1)  # the last microsecond the denial stands
+        last = limiter.hit(MINUTE, "s")
+
+    expected = Decision(
+        False,
+        first.limit,
+        first.used,
+        first.remaining,
+        first.reset_at,
+        timedelta(microseconds=1),
+        first.granted,
+        first.held,
+        spec=MINUTE,
+        cached=True,
+    )
+    assert type(last) is Decision
+    assert last == expected
+    assert repr(last) == repr(expected)
+    assert pickle.loads(pickle.dumps(last)) == expected
+    with pytest.raises(AttributeError):
+        last.allowed = True  # type: ignore[misc]
+
+
+def test_an_int_cost_on_a_spend_cap_is_whole_currency_when_cached(server: Server) -> None:
+    clock = Clock()
+    with server.client() as client:
+        limiter = limiter_on(client, clock)
+        limiter.hit(CAP, "s", Decimal("0.90"))
+        denied = limiter.hit(CAP, "s", Decimal("0.20"))  # 0.10 remains
+        one_dollar = limiter.hit(CAP, "s", 1)  # 100 cents, not 1
+
+    assert denied.remaining == Decimal("0.10")
+    assert one_dollar.cached
+    assert not one_dollar.allowed
+
+
 # --------------------------------------------------------------------------
 # Which calls a cached denial decides
 # --------------------------------------------------------------------------
@@ -236,6 +282,12 @@ def test_bad_input_is_refused_even_when_a_denial_is_cached(server: Server) -> No
             limiter.hit(MINUTE, "s", -1)
         with pytest.raises(InvalidInput):
             limiter.hit(MINUTE, "s", 1, partial="yes")  # type: ignore[arg-type]
+        # Values the common call's shortcut must not take for an int or False.
+        for cost in (True, 2**53, 1.0):
+            with pytest.raises(InvalidInput):
+                limiter.hit(MINUTE, "s", cost)  # type: ignore[arg-type]
+        with pytest.raises(InvalidInput):
+            limiter.hit(MINUTE, "s", 1, partial=0)  # type: ignore[arg-type]
 
 
 def test_another_limit_of_the_same_name_is_not_decided_by_its_denial(server: Server) -> None:

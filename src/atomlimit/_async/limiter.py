@@ -165,6 +165,9 @@ class AsyncLimiter:
             local_subjects=local_subjects,
         )
         self._deny = deny_cache_of(deny_cache)
+        # Fixed for the limiter's life: without observers a cached answer
+        # skips timing itself, which no one would be told of.
+        self._observed = self._guard.observed
         self._answered = 0  # unasync: async
         self._handles = AsyncGuardedRunner(self._guard, self._runner, self._deny)
         # One script may name several subjects' keys unless a cluster spreads them.
@@ -252,10 +255,12 @@ class AsyncLimiter:
         local = runner.now()
         deny = self._deny if request_id is None else None
         if deny is not None:
-            started = time.perf_counter()
+            observed = self._observed
+            started = time.perf_counter() if observed else 0.0
             known = deny.check(limit, subject, cost, partial, False, self._engine.planned(local)[0])
             if known is not None:
-                self._guard.answered("hit", (known,), started)
+                if observed:
+                    self._guard.answered("hit", (known,), started)
                 # unasync: async
                 # Answering from memory must still suspend now and then: a
                 # task that hits in a loop would otherwise never let the
@@ -299,12 +304,13 @@ class AsyncLimiter:
         """``hit_many`` with a deny cache: only the hits it cannot answer are sent."""
         deny = self._deny
         assert deny is not None
-        started = time.perf_counter()
+        started = time.perf_counter() if self._observed else 0.0
         now = self._engine.planned(local)[0]
         found = [deny.check(h.limit, h.subject, h.cost, False, False, now) for h in hits]
-        known = [d for d in found if d is not None]
-        if known:
-            self._guard.answered("hit_many", known, started)
+        if self._observed:
+            known = [d for d in found if d is not None]
+            if known:
+                self._guard.answered("hit_many", known, started)
         asked = [n for n, d in enumerate(found) if d is None]
         # unasync: async
         if not asked:
