@@ -49,6 +49,7 @@ class _Denial:
         "granted",
         "held",
         "limit",
+        "limit_source",
         "plain",
         "remaining",
         "reset_us",
@@ -85,6 +86,7 @@ class _Denial:
         """Whether the server said when the cost could pass (``retry_after``)."""
         # The server's denial, kept as the values a cached answer repeats.
         self.limit = decision.limit
+        self.limit_source = decision.limit_source
         self.used = decision.used
         self.remaining = decision.remaining
         self.granted = decision.granted
@@ -199,6 +201,7 @@ class DenyCache:
                 entry.granted,
                 entry.held,
                 entry.spec,
+                entry.limit_source,
             )
         if now >= entry.until and now >= entry.any_until:
             with self._lock:

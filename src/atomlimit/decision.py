@@ -301,10 +301,13 @@ def denied_again(
     granted: Any,
     held: Any,
     spec: Spec[Any],
+    limit_source: Literal["spec", "override"] = "spec",
 ) -> Decision[Any]:
     """A denial answered from the deny cache: what ``decided(False, limit,
     used, remaining, reset_us, retry_us, granted, held, False, spec,
-    cached=True)`` builds, for less."""
+    limit_source, cached=True)`` builds, for less: a plain object of the
+    same slots, filled, then made a Decision (the two share their layout),
+    which skips the checks of building one field by field."""
     d: Any = _Open()
     d.allowed = False
     d.limit = limit
@@ -318,7 +321,7 @@ def denied_again(
     d.spec = spec
     d.degraded = False
     d.cause = None
-    d.limit_source = "spec"
+    d.limit_source = limit_source
     d.cached = True
     d.__class__ = Decision
     return d  # type: ignore[no-any-return]

@@ -192,6 +192,21 @@ def test_deleting_an_override_forgets_that_subjects_cached_denials(server: Serve
         assert after.limit_source == "spec"
 
 
+def test_a_cached_denial_under_an_override_says_the_override_denied(server: Server) -> None:
+    spec = RateLimit(name="o-cache-source", limit=5, window="hour")
+    with server.client() as client:
+        limiter = Limiter(client, deny_cache=16)
+        limiter.overrides.set(spec, "lowered", limit=1)
+        limiter.hit(spec, "lowered")
+        first = limiter.hit(spec, "lowered")
+        cached = limiter.hit(spec, "lowered")
+
+    assert not first.cached
+    assert cached.cached
+    assert (cached.limit, cached.limit_source) == (1, "override")
+    assert cached.limit_source == first.limit_source
+
+
 @pytest.mark.parametrize("end", ["settle", "release"])
 def test_settle_and_release_report_against_the_override_in_force(server: Server, end: str) -> None:
     cap = SpendCap(name="o-cap-end", limit=Decimal("10"), currency="USD", window="day")
