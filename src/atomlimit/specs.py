@@ -22,6 +22,7 @@ from pydantic import (
     StrictBool,
     StrictInt,
     ValidationError,
+    field_serializer,
     field_validator,
     model_validator,
 )
@@ -62,7 +63,9 @@ class Spec(BaseModel, Generic[Amount]):
     Generic in the amount type its decisions carry: ``int`` or ``Decimal``.
     """
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    # Fraction (local_share) has a schema of its own only from pydantic 2.10;
+    # its validator below does all the checking on every version.
+    model_config = ConfigDict(frozen=True, extra="forbid", arbitrary_types_allowed=True)
 
     name: Annotated[str, Field(min_length=1, max_length=MAX_NAME)]
     """Names the limit in keys; two specs with one name and kind share state."""
@@ -92,6 +95,11 @@ class Spec(BaseModel, Generic[Amount]):
             super().__init__(**data)
         except ValidationError as err:
             raise InvalidInput(_describe(type(self).__name__, err)) from err
+
+    @field_serializer("local_share")
+    def _share_text(self, share: Fraction | None) -> str | None:
+        # As text, "1/8", the way a policy file writes it, on every pydantic.
+        return None if share is None else str(share)
 
     @field_validator("name", mode="before")
     @classmethod
