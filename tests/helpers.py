@@ -85,3 +85,19 @@ def process_race(
                 pool.apply_async(worker, (url, start, name, rounds)) for _ in range(processes)
             ]
             return combine(result.get(timeout=120) for result in pending)
+
+
+def require_tool(name: str) -> None:
+    """Skip for want of a command-line tool (``hey``, say), except where the
+    servers are required (CI, ``ATOMLIMIT_REQUIRE_SERVERS``): there the test
+    must run, so a missing tool fails it instead."""
+    import os
+    import shutil
+
+    import pytest
+
+    if shutil.which(name) is not None:
+        return
+    if os.environ.get("ATOMLIMIT_REQUIRE_SERVERS"):
+        pytest.fail(f"{name} is not installed, and ATOMLIMIT_REQUIRE_SERVERS is set")
+    pytest.skip(f"{name} is not installed (apt-get install {name})")

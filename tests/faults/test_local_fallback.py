@@ -480,8 +480,10 @@ def _outage_worker(url: str, index: int, counts: Any, stop: Any, out: Any) -> No
 
 
 def _wait_for(counts: Any, which: int, at_least: int, give_up: float) -> None:
+    # A guard against a hung fleet, not a measure of speed: the counts decide.
     while any(counts[n * 3 + which] < at_least for n in range(PROCESSES)):
-        assert time.monotonic() < give_up, list(counts)
+        if time.monotonic() >= give_up:
+            pytest.fail(f"the fleet stopped deciding: {list(counts)}")
         time.sleep(0.01)
 
 

@@ -28,6 +28,7 @@ import pytest
 from asgiref.sync import async_to_sync
 from django.http import HttpRequest, HttpResponse
 from django.test import AsyncClient, Client, override_settings
+from helpers import require_tool
 from servers import Server
 
 # Set only for the setup: left in os.environ, it would reach every process
@@ -465,10 +466,10 @@ def hey(url: str, requests: int, concurrency: int) -> dict[int, int]:
 
 @pytest.mark.slow
 @pytest.mark.one_server_kind  # the race is in the application's check, not the server
-@pytest.mark.skipif(shutil.which("hey") is None, reason="needs hey (apt-get install hey)")
 def test_a_flood_of_gunicorn_workers_admits_exactly_the_limit_and_the_naive_view_more(
     server: Server,
 ) -> None:
+    require_tool("hey")
     server.flush()
     env = {"ATOMLIMIT_DECORATED_LIMIT": "500", "ATOMLIMIT_MIDDLEWARE": "0"}
     with serving(gunicorn(workers=4, threads=4), server, **env) as base:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 import socket
 import subprocess
 import sys
@@ -24,6 +23,7 @@ from pathlib import Path
 import httpx
 import pytest
 from flood_app import LIMIT, MODE_ENV, NAIVE_KEY, SPEC, URL_ENV
+from helpers import require_tool
 from servers import Server
 
 from atomlimit import Limiter
@@ -37,8 +37,12 @@ pytestmark = [
     # Once per run: what races is the WSGI side (workers, threads, the
     # shells), which does the same work whichever server kind answers.
     pytest.mark.one_server_kind,
-    pytest.mark.skipif(shutil.which("hey") is None, reason="hey is not installed"),
 ]
+
+
+@pytest.fixture(autouse=True)
+def _hey() -> None:
+    require_tool("hey")
 
 
 def free_port() -> int:
