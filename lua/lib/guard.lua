@@ -12,8 +12,6 @@
 --      figures revealed it;
 --   s  the least room the provider reported beyond the fleet's own count in
 --      window w, over every observation (absent: none observed);
---   x  what window w opened with: the outside use learned from earlier
---      windows;
 --   u  what the first window holds back until the provider first reports
 --      (slow start, below), while it has not reported.
 -- On a fixed window, a window's first guarded call opens it with the
@@ -36,7 +34,7 @@ end
 -- stored: what window w learned (c, less the spare room it showed), less
 -- one step for each window between w and this one that had no guarded call.
 local function guard_carried(g, limit, start, stop)
-  local c, w, s = tonumber(g[3]) or 0, tonumber(g[4]), tonumber(g[5])
+  local c, w, s = tonumber(g[2]) or 0, tonumber(g[3]), tonumber(g[4])
   if not w then
     return 0
   end
@@ -50,11 +48,11 @@ local function guard_carried(g, limit, start, stop)
 end
 
 -- Opens a fixed window's guard: charges the learned outside use into it.
--- `it` is the kind's checked item; returns the guard's fields.
+-- `it` is the kind's checked item; returns when the guard is paused until.
 local function guard_open(key, counter, args, it, run)
-  local g = redis.call('HMGET', key, 'p', 'x', 'c', 'w', 's')
+  local g = redis.call('HMGET', key, 'p', 'c', 'w', 's')
   local start, stop = tonumber(args[4]), tonumber(args[5])
-  if tonumber(g[4]) ~= stop then
+  if tonumber(g[3]) ~= stop then
     local x = guard_carried(g, tonumber(args[1]), start, stop)
     -- Slow start (the SLOW_START flag, Upstream's slow_start): before the
     -- provider has reported anything, the first window holds back half of
@@ -62,32 +60,31 @@ local function guard_open(key, counter, args, it, run)
     -- not meet outside use it cannot yet know of; the first observation
     -- gives the half back (observe.lua). Only the first window does this.
     local u = 0
-    if not g[4] and math.floor(tonumber(args[3]) / SLOW_START) % 2 == 1 then
+    if not g[3] and math.floor(tonumber(args[3]) / SLOW_START) % 2 == 1 then
       u = math.ceil(tonumber(args[1]) / 2)
     end
     if x + u > 0 then
       it.add(x + u)
       it.room, it.used = it.room - x - u, it.used + x + u
     end
-    redis.call('HSET', key, 'x', x, 'c', x, 'w', stop, 'u', u)
+    redis.call('HSET', key, 'c', x, 'w', stop, 'u', u)
     redis.call('HDEL', key, 's')
     redis.call('PEXPIRE', key, GUARD_KEPT_MS)
-    g[2], g[3], g[4], g[5] = x, x, stop, false
   end
-  return g
+  return g[1]
 end
 
 -- Applies the guard to a checked item of kind `kind`: a pause denies it,
 -- and a fixed window opens with the outside use learned.
 local function guard_apply(item, it, run)
   local key = item.keys[#item.keys]
-  local g
+  local paused
   if item.kind == 'fw' or item.kind == 'hfw' then
-    g = guard_open(key, item.keys[1], item.args, it, run)
+    paused = guard_open(key, item.keys[1], item.args, it, run)
   else
-    g = redis.call('HMGET', key, 'p')
+    paused = redis.call('HGET', key, 'p')
   end
-  local paused = tonumber(g[1])
+  paused = tonumber(paused)
   if paused and paused > run.now then
     -- The kind's retry assumes the cost did not fit; when it did, only the
     -- pause stands in the way, and its end is when to try again (a window's

@@ -435,7 +435,7 @@ class Gcra(Codec[int]):
         super().__init__(spec, spec.burst or spec.limit, spec.burst or spec.limit)
         # The emission interval, in microseconds: each unit of cost moves the
         # theoretical arrival time on by this much.
-        self._interval = repr(_length_us(spec) / spec.limit)
+        self._interval = repr(length_us(spec) / spec.limit)
         # Burst, flags and interval follow the cost, the same on every call
         # with the spec's own flags, so they are encoded once.
         self._packed = Packed((self.limit, self.flags, self._interval))
@@ -445,7 +445,7 @@ class Gcra(Codec[int]):
 
     def override_args(self, limit: int, burst: int | None) -> tuple[Arg, ...]:
         # A burst defaults to the limit, as a spec's does.
-        return (limit, burst or limit, repr(_length_us(self.spec) / limit))
+        return (limit, burst or limit, repr(length_us(self.spec) / limit))
 
     def single_args(
         self, client_now: int | str, units: int, flags: int, t: int, call_id: str
@@ -465,7 +465,7 @@ class SlidingLog(Codec[int]):
 
     def __init__(self, spec: Any) -> None:
         super().__init__(spec, spec.limit, spec.limit)
-        self._length = _length_us(spec)
+        self._length = length_us(spec)
 
     def extras(self, t: int) -> tuple[Arg, ...]:
         return (self._length,)
@@ -488,7 +488,7 @@ class SlidingCounter(Codec[int]):
 
     def __init__(self, spec: Any) -> None:
         super().__init__(spec, spec.limit, spec.limit)
-        self._length = _length_us(spec)
+        self._length = length_us(spec)
 
     def extras(self, t: int) -> tuple[Arg, ...]:
         return (self._length,)
@@ -573,6 +573,7 @@ def replayed_limit(reply: Sequence[Any], index: int, count: int) -> int | None:
     return None if limit < 0 else limit
 
 
-def _length_us(spec: Any) -> int:
+def length_us(spec: Any) -> int:
+    """A sliding or GCRA limit's window, or a calendar unit's fixed length, in microseconds."""
     length = spec.window if isinstance(spec.window, timedelta) else UNIT_LENGTHS[spec.window]
     return length // _US

@@ -18,17 +18,17 @@ would, never admit more: every allowed call went to the server.
 from __future__ import annotations
 
 import threading
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from typing import Any
 
 from atomlimit._codecs import Codec, LeaseSet, codec_of
 from atomlimit._errors import InvalidInput
 from atomlimit._inputs import check_flag, show
 from atomlimit._money import MAX_UNITS
+from atomlimit._windows import to_us
 from atomlimit.decision import Decision, denied_again
 from atomlimit.specs import RateLimit, Spec, SpendCap
 
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _US = timedelta(microseconds=1)
 MAX_ENTRIES = 1_000_000
 """The most denials one cache keeps (about 200 bytes each)."""
@@ -225,7 +225,7 @@ class DenyCache:
         if isinstance(codec, LeaseSet):
             return  # a lease is taken with lease(), which never reads the cache
         units = codec.units(cost)
-        reset_us = _micros(decision.reset_at)
+        reset_us = to_us(decision.reset_at)
         retry = decision.retry_after
         until = now + _span(retry) if retry is not None else reset_us
         if until <= now:
@@ -284,10 +284,6 @@ def _any_until(spec: Spec[Any], units: int, until: int, decision: Decision[Any])
     # GCRA and the sliding kinds give units back one by one: a smaller cost
     # may pass before the denied one could.
     return 0
-
-
-def _micros(instant: datetime) -> int:
-    return (instant - _EPOCH) // _US
 
 
 def _span(length: timedelta) -> int:

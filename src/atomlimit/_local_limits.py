@@ -28,7 +28,7 @@ from __future__ import annotations
 import threading
 from collections import OrderedDict, deque
 from collections.abc import Sequence
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from typing import Any, Final
 
 from atomlimit._codecs import (
@@ -41,10 +41,11 @@ from atomlimit._codecs import (
     SLIDING_LOG,
     SPEND,
     Codec,
+    length_us,
 )
 from atomlimit._errors import InvalidInput
 from atomlimit._inputs import show
-from atomlimit._windows import UNIT_LENGTHS
+from atomlimit._windows import from_us
 from atomlimit.decision import Decision
 from atomlimit.specs import local_part
 
@@ -55,7 +56,6 @@ DEFAULT_LOCAL_SUBJECTS: Final = 10_000
 MAX_LOCAL_SUBJECTS: Final = 1_000_000
 """Most subjects one limiter may keep local state for."""
 
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _US = timedelta(microseconds=1)
 LOCAL_POLICIES: Final = ("local", "local_spend")
 """Policies decided by the in-process limiter."""
@@ -280,8 +280,7 @@ def _new_state(codec: Codec[Any], limit: int) -> _State:
         return _Window(codec, limit)
     if kind == CONCURRENCY:
         return _Leases(limit, spec.lease // _US)
-    window = spec.window
-    length = (window if isinstance(window, timedelta) else UNIT_LENGTHS[window]) // _US
+    length = length_us(spec)
     if kind == GCRA:
         assert spec.local_share is not None
         return _Gcra(local_part(spec.limit, spec.local_share), limit, length)
@@ -405,7 +404,7 @@ class LocalLimits:
             limit=amount(limit),
             used=amount(used),
             remaining=amount(max(limit - used, 0)),
-            reset_at=_EPOCH + _US * stop,
+            reset_at=from_us(stop),
             retry_after=retry,
             granted=amount(grant),
             held=codec.zero,

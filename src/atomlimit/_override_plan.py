@@ -10,22 +10,21 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
 from atomlimit import _keys
-from atomlimit._codecs import Codec, Gcra, codec_of
+from atomlimit._codecs import Codec, Gcra, codec_of, length_us
 from atomlimit._errors import InvalidInput
 from atomlimit._inputs import MAX_TTL, check_int, show
 from atomlimit._money import MAX_UNITS, to_units
 from atomlimit._runner_steps import Call
 from atomlimit._scripts import script
-from atomlimit._windows import UNIT_LENGTHS
+from atomlimit._windows import from_us, to_us
 from atomlimit.specs import RateLimit, Spec, SpendCap
 
 _US = timedelta(microseconds=1)
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 MAX_LISTED = 10_000
 """Most overrides one ``list`` call returns."""
 
@@ -63,7 +62,7 @@ def _expires_us(expires: object, now_us: int) -> str:
     if isinstance(expires, datetime):
         if expires.tzinfo is None:
             raise InvalidInput("expires must be an aware datetime")
-        at = (expires - _EPOCH) // _US
+        at = to_us(expires)
         if not now_us < at <= now_us + MAX_TTL // _US:
             raise InvalidInput(
                 f"expires must be in the future and within {MAX_TTL.days} days, got {expires}"
@@ -92,7 +91,7 @@ def plan_set(
     if isinstance(spec, RateLimit) and spec.algorithm == "sliding_log" and units > spec.max_log:
         raise InvalidInput(f"limit: a sliding_log keeps one entry per unit; at most {spec.max_log}")
     if isinstance(codec, Gcra):
-        length = _length(spec)
+        length = length_us(spec)
         if length // units < 1:
             raise InvalidInput("limit: gcra spaces requests at least 1 us apart")
     args = (client_now, "set", *codec.override_args(units, burst_units), _expires_us(expires, t))
@@ -112,7 +111,7 @@ def plan_get(spec: Spec[Any], base: str, client_now: int | str) -> Call:
         return Override(
             codec.amount(int(limit)),
             int(burst) if burst and isinstance(codec, Gcra) else None,
-            _instant(int(expires)) if expires else None,
+            from_us(int(expires)) if expires else None,
         )
 
     return Call(script("override"), (_keys.override_key(base),), args, read)
@@ -134,15 +133,6 @@ def subject_of(key: str) -> str:
     """The subject's encoded part of an override's key."""
     start = key.index(_keys.SUBJECT_TAG) + len(_keys.SUBJECT_TAG)
     return key[start : key.index("}", start)]
-
-
-def _length(spec: Any) -> int:
-    length = spec.window if isinstance(spec.window, timedelta) else UNIT_LENGTHS[spec.window]
-    return int(length // _US)
-
-
-def _instant(us: int) -> datetime:
-    return _EPOCH + timedelta(microseconds=us)
 
 
 def _done(reply: object) -> None:

@@ -14,7 +14,7 @@ import functools
 import random
 import time
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from decimal import Decimal
 from types import TracebackType
 from typing import Any, ParamSpec, Self, TypeVar
@@ -56,6 +56,7 @@ from atomlimit._shell import (
     reserved_limit,
 )
 from atomlimit._waiting import deadline_after, pause
+from atomlimit._windows import from_us
 from atomlimit.breaker import Breaker
 from atomlimit.decision import Decision
 from atomlimit.errors import InvalidInput, LimitExceeded
@@ -558,7 +559,7 @@ class AsyncLimiter:
         items = pause_items(self._engine, upstream, quota)
         call = self._engine.pause(items, "pause", pause_length(length) // _US, runner.now())
         until: list[int] = await self._guard.run("settle", runner.run, call)
-        return _instant(max(until))
+        return from_us(max(until))
 
     async def clear_pause(self, upstream: Upstream, *, forget: bool = False) -> None:
         """End ``upstream``'s pause now; with ``forget``, also what the provider's
@@ -747,8 +748,3 @@ class AsyncLimiter:
         # found: Acquisition = self._runner.drive(flow)
         # return found
         # unasync: end
-
-
-def _instant(microseconds: int) -> datetime:
-    """A server instant in microseconds since the epoch, as an aware datetime."""
-    return datetime.fromtimestamp(0, UTC) + timedelta(microseconds=microseconds)

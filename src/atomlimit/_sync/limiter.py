@@ -13,7 +13,7 @@ import functools
 import random
 import time
 from collections.abc import Callable, Sequence
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from decimal import Decimal
 from types import TracebackType
 from typing import Any, ParamSpec, Self, TypeVar
@@ -53,6 +53,7 @@ from atomlimit._sync.holds import Lease, Reservation
 from atomlimit._sync.overrides import Overrides
 from atomlimit._sync_runner import SyncRunner
 from atomlimit._waiting import deadline_after, pause
+from atomlimit._windows import from_us
 from atomlimit.breaker import Breaker
 from atomlimit.decision import Decision
 from atomlimit.errors import InvalidInput, LimitExceeded
@@ -453,7 +454,7 @@ class Limiter:
         items = pause_items(self._engine, upstream, quota)
         call = self._engine.pause(items, "pause", pause_length(length) // _US, runner.now())
         until: list[int] = self._guard.run("settle", runner.run, call)
-        return _instant(max(until))
+        return from_us(max(until))
 
     def clear_pause(self, upstream: Upstream, *, forget: bool = False) -> None:
         """End ``upstream``'s pause now; with ``forget``, also what the provider's
@@ -592,8 +593,3 @@ class Limiter:
         """Drive an acquire to its end: all charged, or what was charged undone."""
         found: Acquisition = self._runner.drive(flow)
         return found
-
-
-def _instant(microseconds: int) -> datetime:
-    """A server instant in microseconds since the epoch, as an aware datetime."""
-    return datetime.fromtimestamp(0, UTC) + timedelta(microseconds=microseconds)

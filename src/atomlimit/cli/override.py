@@ -21,14 +21,13 @@ from atomlimit import InvalidInput, Limiter, Spec, SpendCap
 from atomlimit._codecs import codec_of
 from atomlimit._override_plan import MAX_LISTED, Override, plan_set
 from atomlimit._rates import parse_rate
-from atomlimit._windows import UNIT_LENGTHS
+from atomlimit._windows import UNIT_LENGTHS, to_us
 from atomlimit.cli._commands import Commands
 from atomlimit.cli._connect import add_url_argument, connect, parse_url, reported
 from atomlimit.cli._exit import OK, CommandError
 from atomlimit.cli.inspect import add_scope_arguments
 from atomlimit.policies import load
 
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _EPILOG = """\
 The limit is read from the policy file the application loads: an override
 is kept per limit kind and name, so --tier picks the plan's version of the
@@ -212,4 +211,4 @@ def _length(text: str) -> timedelta:
 
 
 def _now_us() -> int:
-    return (datetime.now(UTC) - _EPOCH) // timedelta(microseconds=1)
+    return to_us(datetime.now(UTC))

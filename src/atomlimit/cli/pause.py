@@ -14,11 +14,12 @@ from __future__ import annotations
 
 import argparse
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime
 
 import redis
 
 from atomlimit import _keys
+from atomlimit._windows import from_us
 from atomlimit.cli import _stored
 from atomlimit.cli._commands import Commands
 from atomlimit.cli._connect import add_url_argument, connect, parse_url, primaries, reported
@@ -29,7 +30,6 @@ from atomlimit.cli.inspect import _name, _subject
 MAX_GUARDS = 1_000
 """Guards one command touches at most: an upstream has a handful."""
 
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _EPILOG = """\
 An upstream's name is the subject its limits are kept under: the name given
 to Upstream(...). --name narrows it to one limit of that upstream. Each
@@ -162,7 +162,7 @@ def _read(node: redis.Redis, keys: list[str]) -> list[Guard]:
                 key,
                 _stored.KINDS[kind],
                 _stored.decode(stored_name),
-                _EPOCH + timedelta(microseconds=until) if until > now else None,
+                from_us(until) if until > now else None,
                 int(learned or 0),
             )
         )
