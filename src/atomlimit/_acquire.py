@@ -96,15 +96,9 @@ def acquire(
             engine.together = False
             whole = None
         if whole is not None:
-            order = [i for group in groups for i in group]
             found: list[Decision[Any] | None] = [None] * len(items)
-            _fill(found, order, whole)
-            done = [d for d in found if d is not None]
-            if whole.allowed:
-                held = [(item, done[i]) for i, item in enumerate(items) if item.holds]
-                return Acquisition(True, done, None, held, request_part(rid))
-            denied = next(i for i, d in enumerate(done) if not d.allowed)
-            return Acquisition(False, done, denied, [], request_part(rid))
+            _fill(found, [i for group in groups for i in group], whole)
+            return _ended(items, found, whole.allowed, rid)
     decisions: list[Decision[Any] | None] = [None] * len(items)
     charged: list[tuple[list[int], int]] = []
     replayed: list[list[int]] = []
@@ -131,9 +125,7 @@ def acquire(
             _for_the_acquire(err, visible, "unknown" if replayed else err.applied)
         raise
     if len(charged) == len(groups):
-        done = [d for d in decisions if d is not None]
-        held = [(item, done[i]) for i, item in enumerate(items) if item.holds]
-        return Acquisition(True, done, None, held, request_part(rid))
+        return _ended(items, decisions, True, rid)
     # Denied: a replayed charge here was stranded by an earlier send that
     # never finished (its later subjects have no record), so it goes too.
     yield from _undo_all(engine, items, charged, rid, decisions, visible)
@@ -145,9 +137,20 @@ def acquire(
         # Every charge is already taken back: only the report is missing.
         _for_the_acquire(err, visible, "no")
         raise
-    final = [d for d in decisions if d is not None]
-    denied_at = next(i for i, d in enumerate(final) if not d.allowed)
-    return Acquisition(False, final, denied_at, [], request_part(rid))
+    return _ended(items, decisions, False, rid)
+
+
+def _ended(
+    items: list[Item], decisions: list[Decision[Any] | None], allowed: bool, rid: str
+) -> Acquisition:
+    """The Acquisition of every item decided: what it holds if allowed, else
+    the first hit that said no."""
+    done = [d for d in decisions if d is not None]
+    if allowed:
+        held = [(item, done[i]) for i, item in enumerate(items) if item.holds]
+        return Acquisition(True, done, None, held, request_part(rid))
+    denied_at = next(i for i, d in enumerate(done) if not d.allowed)
+    return Acquisition(False, done, denied_at, [], request_part(rid))
 
 
 def undo(engine: Engine, hits: Sequence[Hit[Any]], request_id: str) -> Flow:

@@ -99,6 +99,8 @@ class Ending:
     tokens: int | None = None
     cost: Decimal | int | None = None
     reports: list[ProviderReport] | None = None
+    last: ProviderReport | None = None
+    """The report observed last, which a backoff reads."""
     pause: timedelta | None = None
     paused: tuple[Role, ...] = ()
 
@@ -115,14 +117,15 @@ class Ending:
             self.cost = cost
 
     def observe(self, headers: object) -> ProviderReport:
-        report = read_headers(headers)
+        report = self.last = read_headers(headers)
         if self.reports is None:
             self.reports = []
         if len(self.reports) < _MAX_REPORTS:
             self.reports.append(report)
         return report
 
-    def backoff(self, retry_after: object, report: ProviderReport | None) -> None:
+    def backoff(self, retry_after: object) -> None:
+        report = self.last
         if retry_after is None:
             retry_after = report.retry_after if report is not None else None
             if retry_after is None:

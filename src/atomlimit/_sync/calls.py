@@ -65,7 +65,6 @@ class ModelCall:
         "_found",
         "_limiter",
         "_planned",
-        "_report",
         "_wait",
         "corrections",
         "decisions",
@@ -87,7 +86,6 @@ class ModelCall:
         self._deadline = deadline
         self._ending = Ending()
         self._found: Acquisition | None = None
-        self._report: ProviderReport | None = None
         self.decisions: list[Decision[Any]] = []
         """Every limit's Decision when the call was admitted, upstream's first."""
         self.settlements: list[Settlement[Any]] = []
@@ -119,9 +117,7 @@ class ModelCall:
         brought down to what the provider reports. Malformed or unknown
         headers are ignored, never raised. Returns what was read.
         """
-        report = self._ending.observe(headers)
-        self._report = report
-        return report
+        return self._ending.observe(headers)
 
     def backoff(self, retry_after: timedelta | float | None = None) -> None:
         """Pause the upstream for every worker: the block's end sends the pause.
@@ -131,7 +127,7 @@ class ModelCall:
         observed headers' ``Retry-After``. When the observed headers show
         which quota ran out (requests or tokens), only that one pauses.
         """
-        self._ending.backoff(retry_after, self._report)
+        self._ending.backoff(retry_after)
 
     def __enter__(self) -> Self:
         if self._found is not None:
