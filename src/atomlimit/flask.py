@@ -34,12 +34,12 @@ from werkzeug.exceptions import TooManyRequests
 
 from atomlimit._errors import InvalidInput
 from atomlimit._inputs import check_flag, show
-from atomlimit._web import Verdict, checked_hops, checked_limits, client_subject
+from atomlimit._web import Verdict, checked_hops, checked_limits
 from atomlimit.decision import Decision
 from atomlimit.holds import Lease
 from atomlimit.limiter import Limiter
 from atomlimit.specs import Concurrency, Hit, RateLimit
-from atomlimit.wsgi import charge
+from atomlimit.wsgi import charge, client_address
 
 __all__ = ["RateLimited", "RateLimits"]
 
@@ -226,10 +226,10 @@ def _state() -> _AppState:
 
 
 def _client_address(hops: int) -> Key:
+    of_environ = client_address(hops)  # the WSGI middleware's key, on Flask's request
+
     def key() -> str:
-        environ = request.environ
-        forwarded = environ.get("HTTP_X_FORWARDED_FOR") if hops else None
-        return client_subject(environ.get("REMOTE_ADDR"), forwarded, hops)
+        return of_environ(request.environ)
 
     return key
 
