@@ -310,7 +310,9 @@ async def test_async_concurrent_reads_all_slide_one_session(server: Server) -> N
     async with server.async_client() as client:
         store = AsyncSessionStore(client, ttl=timedelta(seconds=2), model=SessionData)
         session_id = await store.create(ALICE)
-        await client.pexpire(f"session:{session_id}", 300)
+        # Well short of the 2 s TTL, so a slid session shows above 1.9 s, and
+        # long enough that a loaded machine's 50 reads all find it.
+        await client.pexpire(f"session:{session_id}", 1_500)
         results = await asyncio.gather(*(store.get(session_id) for _ in range(50)))
         assert results == [ALICE] * 50
         assert await client.pttl(f"session:{session_id}") > 1_900
