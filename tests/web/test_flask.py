@@ -17,7 +17,7 @@ from typing import Any
 
 import http_sfv
 import pytest
-from flask import Flask, Response, g, request, stream_with_context
+from flask import Flask, Response, g, has_request_context, request, stream_with_context
 from servers import Server
 
 from atomlimit import Concurrency, InvalidInput, Limiter, RateLimit
@@ -25,6 +25,18 @@ from atomlimit.asgi import QUOTA_EXCEEDED
 from atomlimit.flask import RateLimited, RateLimits
 
 PEER = {"REMOTE_ADDR": "203.0.113.7"}
+
+
+@pytest.fixture(autouse=True)
+def no_request_context_outlives_its_test() -> Iterator[None]:
+    """A streamed response left open keeps its request context pushed.
+
+    The garbage collector then pops it at some later point, inside another
+    test's request, and that request fails with "Working outside of
+    request context": every test here closes what it streams.
+    """
+    yield
+    assert not has_request_context(), "a streamed response was left open"
 
 
 def items(field: str) -> list[tuple[str, dict[str, Any]]]:
@@ -185,17 +197,24 @@ def test_a_concurrency_lease_is_held_until_the_streamed_response_closes(server: 
         return Response(stream_with_context(lines()))
 
     client = app.test_client()
-    first = client.get("/report", environ_base=PEER, buffered=False)
+    # The test client reads a streamed body's first chunk before it returns,
+    # which enters stream_with_context's request context. Every response is
+    # closed here: one left open is finalized by the garbage collector at
+    # some later point, in another test's request, and pops that request's
+    # context instead of its own.
+    first = client.get("/report", environ_base=PEER)
     sent = b"".join(first.response)  # fully sent, not yet closed
-    while_open = client.get("/report", environ_base=PEER)
+    with client.get("/report", environ_base=PEER) as while_open:
+        refusal = json.loads(while_open.get_data())
     first.close()  # as a WSGI server does once the body is sent
-    after = client.get("/report", environ_base=PEER)
-    after.close()
-    again = client.get("/report", environ_base=PEER)
+    with client.get("/report", environ_base=PEER) as after:
+        pass
+    with client.get("/report", environ_base=PEER) as again:
+        pass
 
     assert sent == b"a\nb\n"
     assert while_open.status_code == 429
-    assert json.loads(while_open.data)["violated-policies"] == ["reports"]
+    assert refusal["violated-policies"] == ["reports"]
     assert [after.status_code, again.status_code] == [200, 200]
 
 
