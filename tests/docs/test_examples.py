@@ -17,6 +17,7 @@ from pathlib import Path
 import http_sfv
 import httpx
 import pytest
+import redis
 from provider import ProviderConfig, RunningProvider
 from servers import Server
 
@@ -43,6 +44,7 @@ def serving(script: str, server: Server, *args: str) -> Iterator[httpx.Client]:
     try:
         with httpx.Client(base_url=f"http://127.0.0.1:{port}") as client:
             wait_until_up(client, process)
+            clear_of_a_minute_edge(server)
             yield client
     finally:
         process.terminate()
@@ -61,6 +63,21 @@ def wait_until_up(client: httpx.Client, process: subprocess.Popen[str]) -> None:
         except httpx.TransportError:
             time.sleep(0.1)
     pytest.fail("the example did not start answering")
+
+
+def clear_of_a_minute_edge(server: Server) -> None:
+    """Start a test's requests at least 15 s before the server's minute turns.
+
+    The example applications count per minute, in fixed windows that the
+    server's clock opens; a test whose requests straddle the turn of a
+    minute would see its counts start again part-way. This waits, by the
+    server's TIME, for the next minute when the current one is nearly over.
+    """
+    with redis.Redis.from_url(server.url) as client:
+        seconds, micros = client.time()
+    into_minute = seconds % 60 + micros / 1e6
+    if into_minute > 45:
+        time.sleep(60 - into_minute + 0.1)
 
 
 def run(script: str, server: Server) -> str:
