@@ -289,15 +289,18 @@ def test_wrong_type_at_a_limit_key_is_a_backend_error(server: Server) -> None:
 LOAD = RateLimit(name="load", limit=10**9, window="day")
 
 
-@pytest.mark.parametrize("persistence", ["none", "aof-everysec"])
+@pytest.mark.parametrize("persistence", ["none", "aof-always"])
 def test_what_a_killed_server_forgets(
     server_kind: str, server_pool: ServerPool, persistence: str
 ) -> None:
     # Without persistence a restart forgets every count: limits start
-    # again from zero. With AOF every reply follows the write to the file,
-    # so a killed process loses nothing (a machine crash can lose the last
-    # second, which no test here can cause).
-    config = {"appendonly": "yes", "appendfsync": "everysec"} if persistence != "none" else {}
+    # again from zero. With `appendfsync always` every reply follows the
+    # write to the file, so a killed process loses nothing. With `everysec`
+    # a reply usually follows the write too, but while a background fsync
+    # runs late the server postpones writing for up to 2 s and replies all
+    # the same: a loaded CI run lost 22 of 2,000 so. That is no fixed
+    # figure to assert, and docs/failure-modes.md says it.
+    config = {"appendonly": "yes", "appendfsync": "always"} if persistence != "none" else {}
     with (
         start_server(server_pool.binary(server_kind), extra_config=config) as srv,
         srv.client() as client,
