@@ -5,13 +5,6 @@
 -- include: lib/clock.lua
 -- include: lib/reply.lua
 -- include: lib/item_reply.lua
--- include: lib/fixed_window.lua
--- include: lib/spend.lua
--- include: lib/gcra.lua
--- include: lib/sliding_log.lua
--- include: lib/sliding_counter.lua
--- include: lib/concurrency.lua
--- include: lib/rate_hold.lua
 -- include: lib/guard.lua
 -- include: lib/override.lua
 --
@@ -31,21 +24,54 @@
 -- client (the client time sent, or ''), id (the request id, naming leases,
 -- holds and log entries)}.
 
+-- Each kind's functions, made when a run first asks for that kind (KINDS).
+-- A kind's library is included lazily, inside its builder, so that a call
+-- makes the functions of the kinds it names and no others.
+local KINDS
 local BUILD = {
-  fw = fw_kind,
-  sc = sc_kind,
-  rs = rs_kind,
-  gc = gc_kind,
-  sl = sl_kind,
-  sw = sw_kind,
-  cc = cc_kind,
-  hfw = hfw_kind,
-  hgc = hgc_kind,
-  hsw = hsw_kind,
+  fw = function()
+    -- lazy: lib/fixed_window.lua
+    return fw_kind()
+  end,
+  sc = function()
+    -- lazy: lib/spend.lua
+    return sc_kind()
+  end,
+  rs = function()
+    -- lazy: lib/spend.lua
+    return rs_kind()
+  end,
+  gc = function()
+    -- lazy: lib/gcra.lua
+    return gc_kind()
+  end,
+  sl = function()
+    -- lazy: lib/sliding_log.lua
+    return sl_kind()
+  end,
+  sw = function()
+    -- lazy: lib/sliding_counter.lua
+    return sw_kind()
+  end,
+  cc = function()
+    -- lazy: lib/concurrency.lua
+    return cc_kind()
+  end,
+  hfw = function()
+    -- lazy: lib/rate_hold.lua
+    return rh_kind(KINDS.fw)
+  end,
+  hgc = function()
+    -- lazy: lib/rate_hold.lua
+    return rh_kind(KINDS.gc)
+  end,
+  hsw = function()
+    -- lazy: lib/rate_hold.lua
+    return rh_kind(KINDS.sw)
+  end,
 }
 
--- Each kind's functions, made when a run first asks for that kind.
-local KINDS = setmetatable({}, {__index = function(made, kind)
+KINDS = setmetatable({}, {__index = function(made, kind)
   local functions = BUILD[kind]()
   made[kind] = functions
   return functions

@@ -1,5 +1,6 @@
 -- lib/rate_hold.lua: kinds "hfw", "hgc" and "hsw", a hold on a rate limit.
--- Included by lib/items.lua after the kinds it wraps; defines locals only.
+-- Included lazily by lib/items.lua, which hands rh_kind the kind it wraps;
+-- defines locals only.
 --
 -- A hold on a rate limit (a token estimate on a fixed window, a GCRA or a
 -- sliding counter) is charged into the limit's own state when it is taken,
@@ -105,15 +106,3 @@ local function rh_kind(base)
   return {check = rh_check, undo = rh_undo, finish = rh_end}
 end
 
--- Made on first use in a run, each over a kind of its own.
-local function hfw_kind()
-  return rh_kind(fw_kind())
-end
-
-local function hgc_kind()
-  return rh_kind(gc_kind())
-end
-
-local function hsw_kind()
-  return rh_kind(sw_kind())
-end

@@ -29,6 +29,7 @@ def test_includes_are_expanded_and_the_sha_matches_the_source(name: str) -> None
     loaded = script(name)
 
     assert b"-- include:" not in loaded.source
+    assert b"-- lazy:" not in loaded.source
     assert loaded.sha == hashlib.sha1(loaded.source).hexdigest()
 
 
@@ -67,3 +68,31 @@ def _shipped() -> set[Path]:
     import atomlimit
 
     return {Path(atomlimit.__file__).resolve().parent / "lua"}
+
+
+def test_a_lazy_library_sits_inside_its_function_and_needs_its_own_includes_first(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "lib").mkdir()
+    (tmp_path / "lib" / "base.lua").write_text("local function base() return 1 end\n")
+    (tmp_path / "lib" / "kind.lua").write_text(
+        "-- include: lib/base.lua\nlocal function kind() return base() end\n"
+    )
+    (tmp_path / "ok.lua").write_text(
+        "-- include: lib/base.lua\nlocal make = function()\n  -- lazy: lib/kind.lua\n"
+        "  return kind\nend\n"
+    )
+    (tmp_path / "bad.lua").write_text("local make = function()\n  -- lazy: lib/kind.lua\nend\n")
+    monkeypatch.setattr("atomlimit._scripts._lua_dir", lambda: tmp_path)
+    script.cache_clear()
+    try:
+        source = script("ok").source.decode()
+        with pytest.raises(ValueError, match=r"lib/base\.lua, which lib/kind\.lua includes"):
+            script("bad")
+    finally:
+        script.cache_clear()
+
+    # The kind's function is made inside `make`, after the base it needs.
+    assert source.index("local function base()") < source.index("local make = function()")
+    assert source.index("local make = function()") < source.index("local function kind()")
+    assert source.count("local function base()") == 1

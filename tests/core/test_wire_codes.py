@@ -46,21 +46,39 @@ def _numbers(text: str) -> dict[str, float]:
     return found
 
 
-def _build_table() -> dict[str, str]:
-    """``lua/lib/items.lua``'s BUILD table: kind code -> the function that makes it."""
+_BUILDER = re.compile(
+    r"^  (\w+) = function\(\)\n"
+    r"    -- lazy: (lib/\w+\.lua)\n"
+    r"    return (\w+)\((?:KINDS\.(\w+))?\)\n"
+    r"  end,$",
+    re.MULTILINE,
+)
+
+
+def _build_table() -> dict[str, tuple[str, str, str]]:
+    """``lua/lib/items.lua``'s BUILD table: kind code -> the library its
+    builder includes lazily, the function it calls, and the kind that
+    function wraps ('' for none)."""
     body = re.search(r"^local BUILD = \{\n(.*?)^\}", _lua("lib/items.lua"), re.M | re.S)
     assert body is not None, "items.lua has no BUILD table"
-    return dict(re.findall(r"^\s*(\w+) = (\w+),$", body.group(1), re.MULTILINE))
+    builders = _BUILDER.findall(body.group(1))
+    assert len(builders) == body.group(1).count("= function()"), "a builder of another shape"
+    return {code: (lib, function, wrapped) for code, lib, function, wrapped in builders}
 
 
 def test_the_scripts_build_exactly_the_kinds_the_client_encodes() -> None:
     build = _build_table()
 
     assert set(build) == set(KIND_NAMES)
-    library = "".join(path.read_text() for path in (LUA / "lib").glob("*.lua"))
-    for code, function in build.items():
-        assert function == f"{code}_kind"
-        assert f"local function {function}()" in library, f"{function} is not defined"
+    for code, (lib, function, wrapped) in build.items():
+        # Each builder makes its kind from the one library it includes.
+        assert f"local function {function}(" in _lua(lib), f"{lib} defines no {function}"
+        if wrapped:
+            assert function == "rh_kind", code
+            assert code == f"h{wrapped}", code
+            assert wrapped in build, wrapped
+        else:
+            assert function == f"{code}_kind"
 
 
 def test_every_codec_sends_a_kind_of_the_table() -> None:
