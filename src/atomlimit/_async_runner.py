@@ -16,7 +16,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 from atomlimit import _redis, _wire
-from atomlimit._batch import Lane
+from atomlimit._batch import Lane, Lost
 from atomlimit._clock import clock_reader
 from atomlimit._errors import BackendError, InvalidInput
 from atomlimit._redis import AsyncClient, AsyncRedisCluster, RedisClusterException
@@ -95,7 +95,7 @@ class AsyncRunner:
 
     async def run_many(self, calls: Sequence[Call]) -> list[Any]:
         """Send ``calls`` together; return their results, in order."""
-        outcomes = await asyncio.gather(*(self._send(call, raising=False) for call in calls))
+        outcomes = await self._send_many(calls)
         results = []
         for call, outcome in zip(calls, outcomes, strict=True):
             if isinstance(outcome, BackendError):
@@ -164,6 +164,30 @@ class AsyncRunner:
         else:
             lane, outcome = None, None
         return await self._recover(call, lane, outcome, raising)
+
+    async def _send_many(self, calls: Sequence[Call]) -> list[Any]:
+        """The replies to ``calls``, sent together: errors as BackendError values."""
+        lane = self._single_lane
+        if (
+            lane is None
+            or asyncio.get_running_loop() is not self._loop
+            or any(call.wait is not None for call in calls)
+        ):
+            return await asyncio.gather(*(self._send(call, raising=False) for call in calls))
+        # One server: the calls queued on its lane as one entry, so they leave
+        # in one write, with no task per call and no second pump woken for
+        # them; only a failed one goes through the bookkeeping of redirects
+        # and retries.
+        wire = b"".join(_wire.evalsha(c.script.sha_bytes, c.keys, c.args) for c in calls)
+        replies = await lane.submit(wire, len(calls))
+        if len(calls) == 1 or isinstance(replies, Lost):
+            replies = [replies] * len(calls)
+        outcomes = []
+        for call, outcome in zip(calls, replies, strict=True):
+            if isinstance(outcome, FAILED):
+                outcome = await self._recover(call, lane, outcome, False)
+            outcomes.append(outcome)
+        return outcomes
 
     async def _recover(self, call: Call, lane: Lane | None, outcome: Any, raising: bool) -> Any:
         """Send ``call`` until its reply is final; ``outcome`` is a first send's

@@ -125,10 +125,15 @@ class Item(NamedTuple):
 
     def encoded(self, t: int) -> tuple[Arg, ...]:
         """``kind, #keys, #args, args...`` as the scripts parse it, at ``t``."""
+        return self.wire(t)[1]
+
+    def wire(self, t: int) -> tuple[tuple[str, ...], tuple[Arg, ...]]:
+        """The item's `keys` and its `encoded` arguments at ``t``, the keys made once."""
+        keys = self.keys(t)
         args = self.codec.item_args(self.units, self.flags, t)
         if self.hold:
             args = (*args, self.hold)
-        return (self.kind, len(self.keys(t)), len(args), *args)
+        return keys, (self.kind, len(keys), len(args), *args)
 
 
 class Charged(NamedTuple):
@@ -455,7 +460,15 @@ class Engine:
         t, client_now = self.planned(local)
         record = (self._record(items, rid),) if record_ttl else ()
         fingerprint = ";".join(f"{i.kind}:{i.units}:{i.flags}" for i in items) if record else ""
-        args = (client_now, record_ttl or "", rid, fingerprint, len(items), *_encode(items, t))
+        wires = [item.wire(t) for item in items]
+        args = (
+            client_now,
+            record_ttl or "",
+            rid,
+            fingerprint,
+            len(items),
+            *(arg for _, encoded in wires for arg in encoded),
+        )
         replay = request_id if record else None
         wait = _wait(items)
         # A waited charge can fail after it was made: only a record makes
@@ -480,7 +493,7 @@ class Engine:
                 return decisions[0]
             return Charged(charged, decisions, rid, t, code == _REPLAYED)
 
-        keys = (*record, *(key for item in items for key in item.keys(t)))
+        keys = (*record, *(key for item_keys, _ in wires for key in item_keys))
         return Call(script("charge"), keys, args, read, bool(record), replay, wait)
 
     def charge_groups(
@@ -500,10 +513,12 @@ class Engine:
         args: list[Arg] = [client_now, record_ttl, rid, len(groups)]
         for group in groups:
             keys.append(self._record(group, rid))
-            keys.extend(key for item in group for key in item.keys(t))
             args.append(";".join(f"{i.kind}:{i.units}:{i.flags}" for i in group))
             args.append(len(group))
-            args.extend(_encode(group, t))
+            for item in group:
+                item_keys, encoded = item.wire(t)
+                keys.extend(item_keys)
+                args.extend(encoded)
 
         def read(reply: Sequence[Any]) -> Any:
             code, now = reply[0], reply[1]
@@ -709,7 +724,8 @@ class Engine:
         """A settle or release of a hold on a rate limit (``lua/settle_hold.lua``)."""
         t, client_now = self.planned(local)
         statuses = _SETTLED if actual else _RELEASED
-        args = (client_now, rid, *actual, self._outcome_ttl(rid), call, 1, *item.encoded(t))
+        item_keys, encoded = item.wire(t)
+        args = (client_now, rid, *actual, self._outcome_ttl(rid), call, 1, *encoded)
 
         def read(reply: Sequence[Any]) -> Any:
             code, now = reply[0], reply[1]
@@ -719,7 +735,7 @@ class Engine:
             decision = _decisions([item], reply, now, True)[0]
             return Settlement(statuses[code - 1], decision.granted, decision)
 
-        keys = (_keys.outcome_key(item.base, rid), *item.keys(t))
+        keys = (_keys.outcome_key(item.base, rid), *item_keys)
         return Call(script(name), keys, args, read, True)
 
     def _outcome_ttl(self, request_id: str) -> int:
