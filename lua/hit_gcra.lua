@@ -13,8 +13,9 @@
 --          shadow mode; while an override is in force, its burst follows,
 --          last, in either shape
 -- Clock    server TIME, or ARGV[1] when the caller chose client time
--- Cost     O(1): a GET, an HMGET and a SET; the SET sets the expiry only when the TAT
---          enters a later second
+-- Cost     O(1): a GET and a SET, and an HMGET of the override's hash only
+--          when the TAT is marked or missing (lib/gcra.lua); the SET sets
+--          the expiry only when the TAT enters a later second
 --
 -- The algorithm is lib/gcra.lua's (its notes explain the base, the slack
 -- and the expiry), written out here without a function: every `local
@@ -24,6 +25,7 @@
 -- include: lib/time_refused.lua
 
 local GC_BASE, GC_SLACK, GC_SECOND, GRACE_MS = 1735689600000000, 0.1, 1000000, 5000
+local GC_MARK = '|o'  -- lib/gcra.lua's
 
 local key, client_now = KEYS[1], ARGV[1]
 local now
@@ -37,16 +39,25 @@ else
   now = t[1] * 1000000 + t[2]
 end
 local cost, burst, interval = tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[5])
--- lib/override.lua's ovr_read(), written out.
-local o = redis.call('HMGET', KEYS[2], 'b', 'i', 'e')
-if o[1] and not (tonumber(o[3]) and tonumber(o[3]) <= now) then
-  burst, interval = tonumber(o[1]), tonumber(o[2])
-else
-  o = nil
+local text = redis.call('GET', key)
+local stored, marked = tonumber(text), false
+if text and not stored then
+  stored, marked = tonumber(string.match(text, '^([^|]+)')), true
+end
+-- An unmarked TAT says that no override is in force (lib/gcra.lua): only a
+-- marked or missing one leaves the override's hash to read, with
+-- lib/override.lua's ovr_read() written out.
+local o = nil
+if marked or not text then
+  o = redis.call('HMGET', KEYS[2], 'b', 'i', 'e')
+  if o[1] and not (tonumber(o[3]) and tonumber(o[3]) <= now) then
+    burst, interval = tonumber(o[1]), tonumber(o[2])
+  else
+    o = nil
+  end
 end
 
 -- How far the stored TAT is ahead of now, and the units that fit.
-local stored = tonumber(redis.call('GET', key))
 local ahead = 0
 if stored and stored > now - GC_BASE then
   ahead = stored - (now - GC_BASE)
@@ -76,13 +87,19 @@ ahead = ahead + grant * interval
 -- A grant of nothing (a cost of 0) leaves the state as it is.
 if grant > 0 then
   local tat = now - GC_BASE + ahead
+  -- Marked while an override is in force; a mark whose override has
+  -- expired goes with this write.
+  local value = tat
+  if o then
+    value = string.format('%.17g', tat) .. GC_MARK
+  end
   if client_now ~= '' then
-    redis.call('SET', key, tat, 'PX', math.max(1, math.ceil(ahead / 1000)) + GRACE_MS)
+    redis.call('SET', key, value, 'PX', math.max(1, math.ceil(ahead / 1000)) + GRACE_MS)
   elseif stored and math.floor(tat / GC_SECOND) <= math.floor(stored / GC_SECOND) then
     -- The key's expiry is at least gc_expiry(stored), which is gc_expiry(tat).
-    redis.call('SET', key, tat, 'KEEPTTL')
+    redis.call('SET', key, value, 'KEEPTTL')
   else
-    redis.call('SET', key, tat, 'PXAT',
+    redis.call('SET', key, value, 'PXAT',
       (GC_BASE + (math.floor(tat / GC_SECOND) + 1) * GC_SECOND) / 1000 + GRACE_MS)
   end
 end

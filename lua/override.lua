@@ -1,9 +1,11 @@
 -- override.lua: set, read or delete a per-subject override of a limit.
 --
 -- KEYS[1]  the override's hash (lib/override.lua)
--- KEYS[2..] a fixed window's counters that may be open (the planned window
---          and its neighbours), rewritten so its hit script sees the change
---          (lib/fixed_window.lua); none for other kinds
+-- KEYS[2..] the state that carries the override's mark, rewritten so the
+--          kind's hit script sees the change: a fixed window's counters
+--          that may be open (the planned window and its neighbours,
+--          lib/fixed_window.lua), a GCRA's TAT (lib/gcra.lua); none for
+--          other kinds
 -- ARGV[1]  client time in microseconds, or '' to read the server's TIME
 -- ARGV[2]  'set', 'get' or 'del'
 -- ARGV[3]  for 'set': the limit, in units
@@ -27,8 +29,8 @@ local function remark(marked)
   for i = 2, #KEYS do
     local stored = redis.call('GET', KEYS[i])
     if stored then
-      local used = string.match(stored, '^(%d+)')
-      redis.call('SET', KEYS[i], used .. (marked and '|o' or ''), 'KEEPTTL')
+      local state = string.match(stored, '^([^|]+)')
+      redis.call('SET', KEYS[i], state .. (marked and '|o' or ''), 'KEEPTTL')
     end
   end
 end

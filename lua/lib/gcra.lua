@@ -16,18 +16,48 @@
 -- allow SLACK (0.1 us) for that rounding; T is at least 1 us (the client
 -- refuses faster rates), so the slack is under a tenth of a unit.
 --
+-- While an override of the limit is in force, the TAT is stored with a
+-- mark, "<TAT>|o", as a fixed window's counter is (lib/fixed_window.lua):
+-- every script that writes the TAT knows whether one is in force, and
+-- lua/override.lua marks or unmarks the stored TAT when one is set or
+-- deleted. So the hit's own script (lua/hit_gcra.lua) reads the override's
+-- hash only when the TAT is marked or missing.
+--
 -- Item arguments: burst, cost, flags, T (microseconds, possibly fractional).
 
 local GC_BASE = 1735689600000000
 local GC_SLACK = 0.1
+local GC_MARK = '|o'
+
+-- The stored TAT (nil if none), and whether it carries the mark.
+local function gc_read(key)
+  local stored = redis.call('GET', key)
+  if not stored then
+    return nil, false
+  end
+  local tat = tonumber(stored)
+  if tat then
+    return tat, false
+  end
+  return tonumber(string.match(stored, '^([^|]+)')), true
+end
 
 -- How far the stored TAT is ahead of now, in microseconds; 0 when behind.
 local function gc_ahead(key, now)
-  local stored = tonumber(redis.call('GET', key))
+  local stored = gc_read(key)
   if not stored then
     return 0
   end
   return math.max(stored - (now - GC_BASE), 0)
+end
+
+-- The TAT as stored: a number, or with the mark as text that reads back
+-- exactly (17 significant digits hold every double).
+local function gc_value(tat, marked)
+  if marked then
+    return string.format('%.17g', tat) .. GC_MARK
+  end
+  return tat
 end
 
 -- Units that fit with the TAT `ahead` of now.
@@ -53,14 +83,15 @@ end
 -- Stores a TAT `ahead` microseconds after now; a TAT not ahead is no state.
 -- It lives at least GRACE_MS past the TAT; with client time the expiry is
 -- relative, since the server's clock may disagree with the one deciding.
-local function gc_store(key, now, ahead, client_now)
+local function gc_store(key, now, ahead, client_now, marked)
   if ahead <= 0 then
     redis.call('DEL', key)
   elseif client_now == '' then
     local tat = now - GC_BASE + ahead
-    redis.call('SET', key, tat, 'PXAT', gc_expiry(tat))
+    redis.call('SET', key, gc_value(tat, marked), 'PXAT', gc_expiry(tat))
   else
-    redis.call('SET', key, now - GC_BASE + ahead, 'PX', ms_kept(now + ahead, now))
+    local tat = now - GC_BASE + ahead
+    redis.call('SET', key, gc_value(tat, marked), 'PX', ms_kept(now + ahead, now))
   end
 end
 
@@ -82,7 +113,7 @@ local function gc_kind()
     local it = {room = room, used = burst - room, held = 0, stop = now + math.ceil(ahead)}
     function it.apply(grant)
       local after = ahead + grant * interval
-      gc_store(key, now, after, run.client)
+      gc_store(key, now, after, run.client, args.overridden == true)
       return burst - gc_room(burst, interval, after), now + math.ceil(after)
     end
     function it.retry(cost)
@@ -93,7 +124,8 @@ local function gc_kind()
 
   local function gc_undo(keys, args, run, grant)
     local key = keys[1]
-    gc_store(key, run.now, gc_ahead(key, run.now) - grant * tonumber(args[4]), run.client)
+    local ahead = gc_ahead(key, run.now) - grant * tonumber(args[4])
+    gc_store(key, run.now, ahead, run.client, args.overridden == true)
   end
 
   return {check = gc_check, undo = gc_undo, refund = gc_undo}

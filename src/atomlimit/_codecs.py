@@ -132,8 +132,9 @@ class Codec(Generic[Amount]):
         return (*self.state_keys(base, t), _keys.override_key(base))
 
     def marked_keys(self, base: str, t: int) -> tuple[str, ...]:
-        """Keys an override's change rewrites besides its hash (fixed windows'
-        open counters carry its mark, ``lua/lib/fixed_window.lua``)."""
+        """Keys an override's change rewrites besides its hash: the state
+        that carries its mark (a fixed window's open counters,
+        ``lua/lib/fixed_window.lua``; a GCRA's TAT, ``lua/lib/gcra.lua``)."""
         return ()
 
     def override_args(self, limit: int, burst: int | None) -> tuple[Arg, ...]:
@@ -446,6 +447,10 @@ class Gcra(Codec[int]):
     def override_args(self, limit: int, burst: int | None) -> tuple[Arg, ...]:
         # A burst defaults to the limit, as a spec's does.
         return (limit, burst or limit, repr(length_us(self.spec) / limit))
+
+    def marked_keys(self, base: str, t: int) -> tuple[str, ...]:
+        # The TAT carries the override's mark (lua/lib/gcra.lua).
+        return self.state_keys(base, t)
 
     def single_args(
         self, client_now: int | str, units: int, flags: int, t: int, call_id: str

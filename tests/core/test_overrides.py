@@ -9,7 +9,15 @@ from typing import Any
 import pytest
 from servers import Server
 
-from atomlimit import Concurrency, InvalidInput, Limiter, LimitExceeded, RateLimit, SpendCap
+from atomlimit import (
+    Concurrency,
+    Hit,
+    InvalidInput,
+    Limiter,
+    LimitExceeded,
+    RateLimit,
+    SpendCap,
+)
 
 RATES = [
     RateLimit(name="o-fw", limit=3, window="hour"),
@@ -75,6 +83,56 @@ def test_fixed_window_counter_set_mid_window_is_marked_and_unmarked(server: Serv
         limiter.overrides.set(spec, "mid", limit=4)
         limiter.reset(spec, "mid")  # reset forgets usage, not the override
         assert _admitted(limiter, spec, "mid") == 4
+
+
+def _stored_tat(client: Any, spec: RateLimit, subject: str) -> str:
+    """The raw value of ``subject``'s GCRA state: the TAT, marked or not."""
+    (key,) = client.scan_iter(match=f"*{{s:{subject}}}:gc:{spec.name}")
+    value: bytes = client.get(key)
+    return value.decode()
+
+
+def test_a_gcra_tat_keeps_the_override_mark_through_every_writer(server: Server) -> None:
+    # The hit's own script reads the override's hash only when the TAT is
+    # marked or missing, so a writer that dropped the mark would make the
+    # next hit decide by the spec's burst of 3.
+    spec = RATES[1]
+    with server.client() as client:
+        limiter = Limiter(client)
+        assert limiter.hit(spec, "kept-mark")  # unmarked: no override yet
+        assert not _stored_tat(client, spec, "kept-mark").endswith("|o")
+        limiter.overrides.set(spec, "kept-mark", limit=30)  # marks the stored TAT
+        assert _stored_tat(client, spec, "kept-mark").endswith("|o")
+        writers = {
+            "acquire": lambda: limiter.acquire(
+                [Hit(spec, "kept-mark"), Hit(RATES[0], "kept-mark")]
+            ),
+            "reserve": lambda: limiter.reserve(spec, "kept-mark", 2, ttl=timedelta(minutes=1)),
+            "refund": lambda: limiter.refund(spec, "kept-mark", 1),
+        }
+        for writer, write in writers.items():
+            write()
+            assert _stored_tat(client, spec, "kept-mark").endswith("|o"), writer
+        held_again = limiter.reserve(spec, "kept-mark", 2, ttl=timedelta(minutes=1))
+        held_again.settle(1)
+        assert _stored_tat(client, spec, "kept-mark").endswith("|o"), "settle"
+        decision = limiter.hit(spec, "kept-mark")
+        assert (decision.limit, decision.limit_source) == (30, "override")
+        limiter.overrides.delete(spec, "kept-mark")  # unmarks it
+        assert not _stored_tat(client, spec, "kept-mark").endswith("|o")
+        assert limiter.hit(spec, "kept-mark").limit_source == "spec"
+
+
+def test_a_gcra_hit_drops_the_mark_of_an_override_past_its_expiry(server: Server) -> None:
+    spec = RATES[1]
+    with server.client() as client:
+        limiter = Limiter(client, time_source="client")
+        assert limiter.hit(spec, "lapsed-mark")
+        limiter.overrides.set(spec, "lapsed-mark", limit=30, expires=timedelta(microseconds=1))
+        assert _stored_tat(client, spec, "lapsed-mark").endswith("|o")
+        decision = limiter.hit(spec, "lapsed-mark")
+        assert (decision.limit, decision.limit_source) == (3, "spec")
+        assert not _stored_tat(client, spec, "lapsed-mark").endswith("|o")
 
 
 def test_an_override_past_its_expiry_no_longer_applies(server: Server) -> None:

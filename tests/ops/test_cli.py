@@ -1007,3 +1007,21 @@ def _wait_for_replicas(primary: Server, count: int) -> None:
             if time.monotonic() > deadline:
                 raise AssertionError(f"{count} replica(s) never connected to {primary}")
             time.sleep(0.05)
+
+
+def test_inspect_shows_a_gcra_state_under_an_override_and_a_plain_one_without(
+    server: Server, capsys: pytest.CaptureFixture[str]
+) -> None:
+    smooth = RateLimit(name="smooth", limit=10, window="minute", algorithm="gcra")
+    with server.client() as client:
+        limiter = Limiter(client)
+        limiter.hit(smooth, "c-6")
+        limiter.hit(smooth, "c-7")
+        limiter.overrides.set(smooth, "c-6", limit=20)
+    _, raised, _ = run_cli(capsys, "inspect", "--url", server.url, "--subject", "c-6")
+    _, plain, _ = run_cli(capsys, "inspect", "--url", server.url, "--subject", "c-7")
+
+    assert "busy for" in raised
+    assert "under an override" in raised
+    assert "busy for" in plain
+    assert "under an override" not in plain

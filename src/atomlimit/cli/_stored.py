@@ -220,8 +220,11 @@ def _usage(key: Key, value: Any, now: int) -> str:
     if key.kind == SPEND:
         return _spend(key, value)
     if key.kind == GCRA:
-        ahead = float(value) - (now - GCRA_BASE)
-        return f"busy for {ahead / 1e6:.3f} s more" if ahead > 0 else "idle"
+        # "<TAT>|o" while an override is in force (lua/lib/gcra.lua).
+        tat, mark, _ = str(value).partition("|")
+        ahead = float(tat) - (now - GCRA_BASE)
+        under = ", under an override" if mark else ""
+        return (f"busy for {ahead / 1e6:.3f} s more" if ahead > 0 else "idle") + under
     if key.kind == SLIDING_COUNTER:
         start, count, previous = value
         since = _EPOCH + timedelta(microseconds=int(start or 0))
