@@ -85,12 +85,19 @@ local function fw_kind()
     if run.now < start or run.now >= stop then
       return nil
     end
-    local used = fw_read(key)
+    local used, was = fw_read(key)
     -- The items' scripts read the override's hash (lib/items.lua) and mark
     -- the counter while one is in force, so the kind's own hit sees it.
     local marked = args.overridden == true
     local it = {room = limit - used, used = used, held = 0, stop = stop}
     function it.add(grant)
+      -- The read above says whether the counter carries a mark, which only
+      -- this function changes in a run: an unmarked counter that stays so
+      -- is added to without reading it again.
+      if not was and not marked then
+        return fw_add(key, grant, run.now, stop, run.client)
+      end
+      was = marked
       return fw_write(key, grant, marked, run.now, stop, run.client)
     end
     function it.apply(grant)

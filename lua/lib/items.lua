@@ -89,8 +89,11 @@ local function parse_items(first_key, first_arg, now)
     for i = 2, nkeys do
       keys[i - 1] = KEYS[k + i - 1]
     end
+    -- Numbers once, here: every kind reads its arguments with tonumber(),
+    -- which then costs nothing, where each read of a string parses it again.
     for i = 1, nargs do
-      args[i] = ARGV[a + 2 + i]
+      local arg = ARGV[a + 2 + i]
+      args[i] = tonumber(arg) or arg
     end
     local item = {kind = kind, keys = keys, args = args}
     local o = ovr_read(KEYS[k], now)
