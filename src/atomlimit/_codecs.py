@@ -85,10 +85,14 @@ GCRA_BASE = 1_735_689_600_000_000
 here (``lua/lib/gcra.lua``), so a float holds it to the microsecond."""
 
 
+_MAX_PACKS = 64
+"""Encoded runs of item arguments one codec keeps (`Codec.packed`)."""
+
+
 class Codec(Generic[Amount]):
     """One spec's view of its kind: the spec's constants, encoded once."""
 
-    __slots__ = ("flags", "limit", "limit_value", "spec", "tail", "zero")
+    __slots__ = ("_packs", "flags", "limit", "limit_value", "spec", "tail", "zero")
 
     spec: Spec[Amount]
     limit: int
@@ -113,6 +117,7 @@ class Codec(Generic[Amount]):
         """``Decision.limit``."""
         self.flags = SHADOW if getattr(spec, "shadow", False) else 0
         self.zero = self.amount(0)
+        self._packs: dict[tuple[Arg, ...], Packed] = {}
 
     # -- what a call sends ---------------------------------------------------
 
@@ -165,6 +170,20 @@ class Codec(Generic[Amount]):
     def item_args(self, units: int, flags: int, t: int) -> tuple[Arg, ...]:
         """The item's arguments for the scripts of several items."""
         return (self.limit, units, flags, *self.extras(t))
+
+    def packed(self, args: tuple[Arg, ...]) -> Packed:
+        """``args`` encoded, once per run of arguments that recurs.
+
+        An item's arguments but its cost are the same on every call of the
+        spec in a window (kind, counts, limit; flags, the window, the
+        hold), and encoding them was most of a call's planning.
+        """
+        packed = self._packs.get(args)
+        if packed is None:
+            if len(self._packs) >= _MAX_PACKS:
+                self._packs.clear()  # windows past: a few entries per window
+            packed = self._packs[args] = Packed(args)
+        return packed
 
     def single_args(
         self, client_now: int | str, units: int, flags: int, t: int, call_id: str

@@ -48,7 +48,7 @@ from atomlimit._inputs import (
 from atomlimit._inputs import hold_us as check_hold
 from atomlimit._runner_steps import Acked, Call, Wait
 from atomlimit._scripts import script
-from atomlimit._wire import Arg
+from atomlimit._wire import Arg, Packed
 from atomlimit.decision import Decision, Settlement, SettleStatus
 from atomlimit.specs import Concurrency, RateLimit, Spec
 
@@ -123,17 +123,24 @@ class Item(NamedTuple):
             return (_keys.override_key(self.base), *keys, _keys.guard_key(self.base))
         return (_keys.override_key(self.base), *keys)
 
-    def encoded(self, t: int) -> tuple[Arg, ...]:
+    def encoded(self, t: int) -> tuple[Arg | Packed, ...]:
         """``kind, #keys, #args, args...`` as the scripts parse it, at ``t``."""
         return self.wire(t)[1]
 
-    def wire(self, t: int) -> tuple[tuple[str, ...], tuple[Arg, ...]]:
-        """The item's `keys` and its `encoded` arguments at ``t``, the keys made once."""
+    def wire(self, t: int) -> tuple[tuple[str, ...], tuple[Arg | Packed, ...]]:
+        """The item's `keys` and its `encoded` arguments at ``t``, the keys made once.
+
+        The arguments are sent as two encoded runs around the cost: what
+        precedes it (kind, counts, limit) and what follows it (flags, the
+        kind's own, the hold), each encoded once by the codec.
+        """
         keys = self.keys(t)
-        args = self.codec.item_args(self.units, self.flags, t)
+        codec = self.codec
+        args = codec.item_args(self.units, self.flags, t)
         if self.hold:
             args = (*args, self.hold)
-        return keys, (self.kind, len(keys), len(args), *args)
+        head = codec.packed((self.kind, len(keys), len(args), args[0]))
+        return keys, (head, args[1], codec.packed(args[2:]))
 
 
 class Charged(NamedTuple):
