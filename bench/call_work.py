@@ -1,0 +1,291 @@
+"""A model call's work in instructions, which a busy machine does not move.
+
+bench/call_throughput.py measures a call's rate against a hit's; on a
+shared machine that share moves between runs by more than most changes to
+the call. Instructions counted by valgrind's callgrind do not, so this
+counts them, on both sides of the wire:
+
+- client: each row of bench/call_throughput.py (``hit``, ``call``,
+  ``call+client``) run by 8 asyncio tasks in a Python process under
+  callgrind, counting only the measured calls (instrumentation is switched
+  on after a warm-up);
+- server: one call's acquire and settle, as the client wrote them, sent
+  ``--replays`` times to a redis-server under callgrind, each with request
+  and settle ids of its own, and one hit's script likewise.
+
+Each row prints instructions per call and its multiple of a hit's. With
+``--src`` the client and the scripts are another checkout's, for a before
+and after on one machine (the command lines it writes are this tree's):
+
+    python bench/call_work.py
+    python bench/call_work.py --src ../other-checkout/src
+
+It needs valgrind (Debian's package) and redis-server on PATH.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+ROWS = ("hit", "call", "call+client")
+TASKS = 8
+_ID = re.compile(rb"@[0-9a-f]{24}")
+_TOTALS = re.compile(r"([\d,]+) \(100\.0%\)\s+PROGRAM TOTALS|([\d,]+)\s+PROGRAM TOTALS")
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+def _instructions(out: Path) -> int:
+    """The total a callgrind output file counted."""
+    shown = subprocess.run(["callgrind_annotate", str(out)], capture_output=True, text=True)
+    match = _TOTALS.search(shown.stdout)
+    if match is None:
+        raise SystemExit(f"callgrind_annotate printed no total for {out}")
+    return int((match[1] or match[2]).replace(",", ""))
+
+
+def _switch(pid: int, on: bool) -> None:
+    subprocess.run(
+        ["callgrind_control", "-i", "on" if on else "off", str(pid)],
+        check=True,
+        capture_output=True,
+    )
+
+
+def _serve(port: int, *wrapper: str) -> subprocess.Popen[bytes]:
+    binary = shutil.which("redis-server")
+    if binary is None:
+        raise SystemExit("redis-server is not on PATH")
+    argv = [*wrapper, binary, "--port", str(port), "--bind", "127.0.0.1"]
+    argv += ["--save", "", "--appendonly", "no"]
+    process = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 60  # a server under valgrind starts slowly
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1) as probe:
+                probe.sendall(b"PING\r\n")
+                if probe.recv(16).startswith(b"+PONG"):
+                    return process
+        except OSError:
+            time.sleep(0.2)
+    process.kill()
+    raise SystemExit("redis-server did not start")
+
+
+def _stop(port: int, process: subprocess.Popen[bytes]) -> None:
+    with socket.create_connection(("127.0.0.1", port)) as conn:
+        conn.sendall(b"SHUTDOWN NOSAVE\r\n")
+    process.wait(timeout=120)
+
+
+# -- inside the measured client process ------------------------------------------
+
+
+def _client_inner(url: str, row: str, calls: int) -> None:
+    import call_throughput
+
+    from atomlimit import AsyncLimiter
+
+    async def main() -> None:
+        async with AsyncLimiter.from_url(url) as limiter:
+            decide = call_throughput.rows(limiter)[row]
+            for _ in range(30):
+                await decide("warm")
+
+            async def worker() -> None:
+                for _ in range(calls // TASKS):
+                    await decide("subject")
+
+            _switch(os.getpid(), True)
+            await asyncio.gather(*(worker() for _ in range(TASKS)))
+            _switch(os.getpid(), False)
+
+    asyncio.run(main())
+
+
+def _captured(url: str, row: str) -> list[bytes]:
+    """What one call of ``row`` writes, after a warm-up: its EVALSHA wires."""
+    import call_throughput
+
+    from atomlimit import AsyncLimiter, _wire
+
+    wires: list[bytes] = []
+    evalsha = _wire.evalsha
+
+    def spy(*args: object) -> bytes:
+        wire = evalsha(*args)  # type: ignore[arg-type]
+        wires.append(wire)
+        return wire
+
+    async def main() -> None:
+        async with AsyncLimiter.from_url(url) as limiter:
+            decide = call_throughput.rows(limiter)[row]
+            await decide("subject")
+            wires.clear()
+            _wire.evalsha = spy  # type: ignore[assignment]
+            try:
+                await decide("subject")
+            finally:
+                _wire.evalsha = evalsha
+
+    asyncio.run(main())
+    return wires
+
+
+# -- the rows --------------------------------------------------------------------
+
+
+def client_rows(src: Path, calls: int) -> dict[str, int]:
+    found = {}
+    port = _free_port()
+    server = _serve(port)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(src), str(ROOT / "bench")])}
+    try:
+        with tempfile.TemporaryDirectory(prefix="atomlimit-callgrind-") as work:
+            for row in ROWS:
+                out = Path(work) / f"client.{row}"
+                subprocess.run(
+                    [
+                        "valgrind",
+                        "--tool=callgrind",
+                        "--instr-atstart=no",
+                        f"--callgrind-out-file={out}",
+                        sys.executable,
+                        __file__,
+                        "--client-row",
+                        row,
+                        "--url",
+                        f"redis://127.0.0.1:{port}/0",
+                        "--calls",
+                        str(calls),
+                    ],
+                    check=True,
+                    env=env,
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.DEVNULL,
+                )
+                found[row] = _instructions(out) // calls
+    finally:
+        _stop(port, server)
+    return found
+
+
+def server_rows(src: Path, replays: int) -> dict[str, int]:
+    sys.path[:0] = [str(src), str(ROOT / "bench")]
+    from atomlimit._scripts import all_names, script
+
+    found = {}
+    with tempfile.TemporaryDirectory(prefix="atomlimit-callgrind-") as work:
+        for row in ("hit", "call"):
+            out = Path(work) / f"server.{row}"
+            port = _free_port()
+            server = _serve(
+                port, "valgrind", "--tool=callgrind", "--instr-atstart=no",
+                f"--callgrind-out-file={out}",
+            )  # fmt: skip
+            try:
+                with socket.create_connection(("127.0.0.1", port)) as conn:
+                    for name in all_names():
+                        _exchange(conn, _command(b"SCRIPT", b"LOAD", script(name).source))
+                    wires = _captured(f"redis://127.0.0.1:{port}/0", row)
+                    sends = _replays(wires, replays)
+                    _switch(server.pid, True)
+                    for wire in sends:
+                        reply = _exchange(conn, wire)
+                        if reply.startswith((b"-", b"*2\r\n:-1\r\n")):
+                            raise SystemExit(f"{row}: the server answered {reply[:80]!r}")
+                    _switch(server.pid, False)
+            finally:
+                _stop(port, server)
+            found[row] = _instructions(out) // replays
+    return found
+
+
+def _replays(wires: list[bytes], count: int) -> list[bytes]:
+    """``wires`` sent ``count`` times, each time with ids of its own."""
+    ids = list(dict.fromkeys(_ID.findall(b"".join(wires))))
+    sends = []
+    for n in range(count):
+        fresh = {old: b"@%024x" % (n * len(ids) + i + 1) for i, old in enumerate(ids)}
+        sends.extend(_renamed(wire, fresh) for wire in wires)
+    return sends
+
+
+def _renamed(wire: bytes, fresh: dict[bytes, bytes]) -> bytes:
+    return _ID.sub(lambda m: fresh[m[0]], wire)
+
+
+def _command(*args: bytes) -> bytes:
+    return b"*%d\r\n" % len(args) + b"".join(b"$%d\r\n%b\r\n" % (len(a), a) for a in args)
+
+
+def _exchange(conn: socket.socket, wire: bytes) -> bytes:
+    """Send one command and read its whole reply (replies here are small)."""
+    conn.sendall(wire)
+    reply = b""
+    while not _whole(reply):
+        reply += conn.recv(1 << 16)
+    return reply
+
+
+def _whole(reply: bytes) -> bool:
+    """Whether ``reply`` is one complete RESP reply (flat arrays, integers,
+    simple and bulk strings: what these scripts answer)."""
+    if not reply.endswith(b"\r\n"):
+        return False
+    lines = reply.split(b"\r\n")[:-1]
+    head = lines[0]
+    if head[:1] in (b"+", b"-", b":"):
+        return True
+    if head[:1] == b"$":
+        return len(lines) >= 2
+    count = int(head[1:])
+    seen, i = 0, 1
+    while i < len(lines) and seen < count:
+        i += 2 if lines[i][:1] == b"$" else 1
+        seen += 1
+    return seen == count and i <= len(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
+    parser.add_argument("--src", type=Path, default=ROOT / "src", help="the atomlimit to measure")
+    parser.add_argument("--calls", type=int, default=400, help="client calls per row")
+    parser.add_argument("--replays", type=int, default=200, help="server replays per row")
+    parser.add_argument("--client-row", choices=ROWS, help=argparse.SUPPRESS)
+    parser.add_argument("--url", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.client_row:
+        _client_inner(args.url, args.client_row, args.calls)
+        return
+    if shutil.which("valgrind") is None:
+        raise SystemExit("valgrind is not on PATH (Debian's package valgrind)")
+    src = args.src.resolve()
+    client = client_rows(src, args.calls)
+    server = server_rows(src, args.replays)
+    print(f"instructions per call, {src}")
+    print(f"{'row':<12} {'client':>10} {'x hit':>6} {'server':>10} {'x hit':>6}")
+    for row in ROWS:
+        on_server = server.get(row)
+        shown = f"{on_server:>10,} {on_server / server['hit']:6.1f}" if on_server else ""
+        print(f"{row:<12} {client[row]:>10,} {client[row] / client['hit']:6.1f} {shown}")
+
+
+if __name__ == "__main__":
+    main()
