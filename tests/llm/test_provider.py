@@ -290,6 +290,9 @@ async def test_the_openai_sdk_reads_answers_usage_and_headers(provider: RunningP
 async def test_the_openai_sdk_reads_a_streamed_answer_and_its_last_usage_chunk(
     provider: RunningProvider,
 ) -> None:
+    # One window for both requests, so its count is theirs: a 2 s window
+    # could turn between them on a loaded machine.
+    provider.reset(ProviderConfig(window_ms=LONG_WINDOW))
     messages = _messages(200)
     client = openai.AsyncOpenAI(base_url=provider.base_url, api_key=KEY, max_retries=0)
     async with client:
