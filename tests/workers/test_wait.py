@@ -222,8 +222,10 @@ async def test_two_hundred_waiters_admit_exactly_the_limit_per_window(server: Se
 
     per_window, tries = await _admitted_per_window(server, waiter)
 
-    first = min(per_window)
-    assert per_window[first] == WINDOW.limit
+    # No window admits more than the limit, and the waiters fill windows to
+    # it exactly. Which windows those are is the clock's: on a loaded run
+    # the first 200 tries can straddle a 250 ms window's end, leaving the
+    # first window only part full (5 of 20, once).
     assert max(per_window.values()) == WINDOW.limit
     assert sum(per_window.values()) == WAITERS
     # No spinning: about one try per waiter per window waited through.
