@@ -8,7 +8,9 @@ queue up and go out together in the next write, on this pump or on a second
 one. Under load a batch holds as many calls as arrived in one round trip, so
 the round trips, syscalls and wake-ups per decision shrink with the load,
 and no call waits behind more than the batches already written: the queue
-is first in, first out, and every pump empties it.
+is first in, first out, and every pump empties it. A pump hands a batch's
+replies out a part at a time (HANDOUT), so the next batch is written while
+the rest of this one is answered, and server and client work side by side.
 
 A pump whose queue empties waits a while (LINGER) for more calls: a
 caller that comes back within it wakes the pump, where a new pump would pay
@@ -44,6 +46,12 @@ PUMPS = 2
 MOST = 512
 """Calls per write at most, so one huge burst cannot make the first caller
 in it wait for the last one's reply."""
+HANDOUT = 16
+"""Replies a pump hands out before it lets their callers run. Handed out
+all at once, a batch's callers would all come back at once, into one next
+batch: the server would wait while the client works and the client while the
+server does, each batch in turn. Handed out a part at a time, the first
+callers' next calls are written while the rest are still being answered."""
 RESTED = 0.001
 """Seconds unused after which a connection is checked before a write."""
 LINGER = 2.0
@@ -303,7 +311,7 @@ class Lane:
 
     async def _exchange(self, connection: Any, batch: list[_Entry]) -> bool:
         """Write ``batch`` and hand out its replies; False if the connection broke."""
-        done = 0
+        done = answered = 0
         try:
             # One timeout for the whole batch, the write included: redis-py's
             # own, per reply, cost more than the I/O itself.
@@ -320,6 +328,16 @@ class Lane:
                     if not entry.future.done():
                         entry.future.set_result(reply)
                     done += 1
+                    # Error replies do not count: the callers a flushed
+                    # script cache failed together load it once, together.
+                    answered += not isinstance(reply, Exception)
+                    if answered == HANDOUT and done < len(batch):
+                        # The callers answered so far run now, and their
+                        # next calls go out on the other pump while this one
+                        # answers the rest: the server works while the
+                        # client does.
+                        answered = 0
+                        await asyncio.sleep(0)
             self._known[connection] = self._loop.time()
         except (Exception, asyncio.CancelledError) as err:
             # Whatever broke the exchange, every caller still waiting gets an

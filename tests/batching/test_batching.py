@@ -21,7 +21,17 @@ from helpers import evalsha_runs
 from proxy import StallingProxy
 from servers import Server
 
-from atomlimit import AsyncLimiter, BackendError, Hit, InvalidInput, Limiter, RateLimit, SpendCap
+from atomlimit import (
+    AsyncLimiter,
+    BackendError,
+    Hit,
+    InvalidInput,
+    Limiter,
+    RateLimit,
+    SpendCap,
+    _batch,
+)
+from atomlimit._batch import Lane
 from atomlimit.cli.demo import SeedPattern, _race
 
 LIMIT = 100
@@ -303,3 +313,56 @@ async def test_fifty_thousand_hits_leave_one_key_per_limit_and_subject(server: S
             keys = probe.dbsize()
 
     assert keys <= 500 + 1  # one counter per subject, nothing per hit
+
+
+async def _exchanges_begun_beside_another(
+    server: Server, monkeypatch: pytest.MonkeyPatch
+) -> tuple[int, int]:
+    """Closed-loop hits by 64 tasks, after a warm-up: how many batches were
+    written, and how many of them while another was still being answered."""
+    in_flight, begun, beside = 0, 0, 0
+    exchange = Lane._exchange
+
+    async def counted(lane: Lane, connection: object, batch: list[object]) -> bool:
+        nonlocal in_flight, begun, beside
+        begun += 1
+        beside += in_flight > 0
+        in_flight += 1
+        try:
+            return await exchange(lane, connection, batch)  # type: ignore[arg-type]
+        finally:
+            in_flight -= 1
+
+    async with AsyncLimiter.from_url(server.url) as limiter:
+
+        async def loop(rounds: int) -> None:
+            for _ in range(rounds):
+                await limiter.hit(MANY, "looping")
+
+        await asyncio.gather(*(loop(5) for _ in range(64)))
+        monkeypatch.setattr(Lane, "_exchange", counted)
+        await asyncio.gather(*(loop(20) for _ in range(64)))
+        used = (await limiter.peek(MANY, "looping")).used
+    assert used == 64 * 25
+    return begun, beside
+
+
+async def test_a_batch_is_answered_in_parts_so_the_next_is_written_meanwhile(
+    server: Server, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # 64 tasks calling in a loop: the first callers answered call again,
+    # and their calls are written on the second pump while the first still
+    # answers the rest, so the server is not left waiting for every caller
+    # of a batch to have run.
+    begun, beside = await _exchanges_begun_beside_another(server, monkeypatch)
+    assert beside >= begun // 2
+
+
+async def test_a_batch_answered_whole_leaves_one_exchange_at_a_time(
+    server: Server, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The control: handed out all at once, every caller comes back into one
+    # next batch, and the two pumps take turns.
+    monkeypatch.setattr(_batch, "HANDOUT", 10**9)
+    begun, beside = await _exchanges_begun_beside_another(server, monkeypatch)
+    assert beside < begun // 2
