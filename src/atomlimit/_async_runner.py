@@ -34,6 +34,8 @@ from atomlimit._retry import (
 )
 from atomlimit._runner_steps import Call, Command, Flow, Plan, Produce, Sleep, Step
 from atomlimit._scripts import Script
+from atomlimit._steadfast import STEADFAST as _STEADFAST
+from atomlimit._steadfast import kept_reply as _kept_reply
 
 
 async def _no_factory() -> Any:
@@ -142,50 +144,73 @@ class AsyncRunner:
             flow.close()
 
     async def _perform(self, step: Step, factory: Callable[[], Awaitable[Any]]) -> Any:
+        if isinstance(step, Plan):
+            return await self.run(step.make(self.now()))
+        if isinstance(step, Call):
+            return await self.run(step)
+        kept = _STEADFAST.get()
+        if kept is not None:
+            return await kept.outlast(self._perform_other(step, factory))
+        return await self._perform_other(step, factory)
+
+    async def _perform_other(
+        self, step: Command | Sleep | Produce, factory: Callable[[], Awaitable[Any]]
+    ) -> Any:
+        """A step that is not a script: a plain command, a sleep, the factory."""
         if isinstance(step, Produce):
             return await factory()
         if isinstance(step, Sleep):
             await asyncio.sleep(step.seconds)
             return None
-        if isinstance(step, Plan):
-            return await self.run(step.make(self.now()))
         return await self.send(step)
 
     async def _send(self, call: Call, raising: bool = True) -> Any:
         """The reply to ``call``, after whatever the server asked for first."""
         lane = self._single_lane
+        kept = _STEADFAST.get()
         if lane is not None and call.wait is None and asyncio.get_running_loop() is self._loop:
             # One server and the loop already checked: the common case, with
             # none of the bookkeeping that redirects and retries need.
             wire = _wire.evalsha(call.script.sha_bytes, call.keys, call.args)
-            outcome = await lane.submit(wire, 1)
+            if kept is None:
+                outcome = await lane.submit(wire, 1)
+            else:
+                outcome = await _kept_reply(kept, lane.submit(wire, 1, kept=True))
             if not isinstance(outcome, FAILED):
                 return outcome
         else:
             lane, outcome = None, None
+        if kept is not None:
+            return await kept.outlast(self._recover(call, lane, outcome, raising))
         return await self._recover(call, lane, outcome, raising)
 
     async def _send_many(self, calls: Sequence[Call]) -> list[Any]:
         """The replies to ``calls``, sent together: errors as BackendError values."""
         lane = self._single_lane
+        kept = _STEADFAST.get()
         if (
             lane is None
             or asyncio.get_running_loop() is not self._loop
             or any(call.wait is not None for call in calls)
         ):
-            return await asyncio.gather(*(self._send(call, raising=False) for call in calls))
+            sent = asyncio.gather(*(self._send(call, raising=False) for call in calls))
+            return await (sent if kept is None else kept.outlast(sent))
         # One server: the calls queued on its lane as one entry, so they leave
         # in one write, with no task per call and no second pump woken for
         # them; only a failed one goes through the bookkeeping of redirects
         # and retries.
         wire = b"".join(_wire.evalsha(c.script.sha_bytes, c.keys, c.args) for c in calls)
-        replies = await lane.submit(wire, len(calls))
+        if kept is None:
+            replies = await lane.submit(wire, len(calls))
+        else:
+            replies = await _kept_reply(kept, lane.submit(wire, len(calls), kept=True))
         if len(calls) == 1 or isinstance(replies, Lost):
             replies = [replies] * len(calls)
         outcomes = []
         for call, outcome in zip(calls, replies, strict=True):
             if isinstance(outcome, FAILED):
-                outcome = await self._recover(call, lane, outcome, False)
+                recovered = self._recover(call, lane, outcome, False)
+                outcome = await (recovered if kept is None else kept.outlast(recovered))
             outcomes.append(outcome)
         return outcomes
 

@@ -72,6 +72,18 @@ class Replies(list[Any]):
     WAIT), in order, each error reply as its exception object."""
 
 
+class _Kept(asyncio.Future[Any]):
+    """A lane future that cannot be cancelled.
+
+    A task cancelled while it awaits one is not woken at once: asyncio
+    marks it, and throws CancelledError into it when the reply has come, so
+    the task can still read the reply from the future and act on it.
+    """
+
+    def cancel(self, msg: Any | None = None) -> bool:
+        return False
+
+
 class _Entry(NamedTuple):
     wire: bytes
     replies: int
@@ -145,11 +157,16 @@ class Lane:
         self.recheck: Callable[[], None] | None = None
         """Called when the server must be checked again."""
 
-    def submit(self, wire: bytes, replies: int = 1) -> asyncio.Future[Any]:
+    def submit(self, wire: bytes, replies: int = 1, kept: bool = False) -> asyncio.Future[Any]:
         """Queue ``wire`` (a whole command, or ``replies`` of them); the future
         resolves to its reply (`Replies` for several), an error reply
-        as its exception object, or a `Lost`."""
-        future: asyncio.Future[Any] = self._loop.create_future()
+        as its exception object, or a `Lost`.
+
+        A ``kept`` call's future refuses cancellation: the call is written
+        and answered whatever becomes of its caller, who reads the reply
+        when its own cancellation reaches it (`_Kept`).
+        """
+        future: asyncio.Future[Any] = _Kept(loop=self._loop) if kept else self._loop.create_future()
         self._pending.append(_Entry(wire, replies, future))
         idle = self._idle
         while idle:

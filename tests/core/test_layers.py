@@ -76,6 +76,7 @@ LAYERS = {
         "_sync_runner",
         "_async_runner",
         "_batch",
+        "_steadfast",
     ],
     SHELLS: [
         "",

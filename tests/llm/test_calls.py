@@ -40,6 +40,9 @@ from atomlimit import (
     SpendCap,
     Upstream,
 )
+from atomlimit._async import calls as async_calls
+from atomlimit._async import limiter as async_limiter
+from atomlimit._steadfast import STEADFAST, Steadfast
 
 RPM = RateLimit(name="rpm", limit=3, window="minute")
 TPM = RateLimit(name="tpm", limit=1600, window="minute")
@@ -889,3 +892,78 @@ def test_slow_start_is_the_first_window_only(target: Target) -> None:
         second = _slow(limiter, upstream)
 
     assert second.decisions[1].used == 100
+
+
+SWEPT_RPM = RateLimit(name="swept-rpm", limit=10**6, window="day")
+SWEPT_TPM = RateLimit(name="swept-tpm", limit=10**9, window="day")
+SWEPT_FLIGHT = Concurrency(name="swept-flight", limit=1000)
+SWEPT = Upstream("swept:model", requests=SWEPT_RPM, tokens=SWEPT_TPM, in_flight=SWEPT_FLIGHT)
+
+
+TURNS = 20
+
+
+async def _cancelled_at_every_turn(limiter: AsyncLimiter) -> tuple[int, int, int]:
+    """Calls cancelled after 0, 1, 2, ... turns of the event loop: first
+    from their start (while the acquire is queued, on the wire, or in the
+    block, which waits), then from the end of their block (while the end is
+    queued or on the wire). Returns (tokens used, tokens held, leases out)
+    once all are done."""
+
+    async def waits() -> None:
+        async with limiter.call(SWEPT, tokens=1000):
+            await asyncio.Event().wait()  # cancelled here: its hold is released
+
+    async def ends(ended: asyncio.Event) -> None:
+        async with limiter.call(SWEPT, tokens=1000) as call:
+            call.settle(tokens=700)
+            ended.set()
+
+    for turns in range(TURNS):
+        task = asyncio.ensure_future(waits())
+        for _ in range(turns):
+            await asyncio.sleep(0)
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+    for turns in range(TURNS):
+        ended = asyncio.Event()
+        task = asyncio.ensure_future(ends(ended))
+        await ended.wait()
+        for _ in range(turns):
+            await asyncio.sleep(0)
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+    tokens = await limiter.peek(SWEPT_TPM, SWEPT.name, 0)
+    leases = (await limiter.peek(SWEPT_FLIGHT, SWEPT.name, 1)).used
+    return tokens.used, tokens.held, leases
+
+
+async def test_async_a_call_cancelled_at_any_point_leaves_nothing_held(server: Server) -> None:
+    # Whenever the cancellation lands, the call either never reached the
+    # server or ran to its end: an acquire on the wire finishes and gives
+    # its hold and lease back; an end on its way is still sent. So no hold
+    # and no lease is left for its TTL to clear, and exactly the calls
+    # whose block ended are charged their 700.
+    async with AsyncLimiter.from_url(server.url) as limiter:
+        await limiter.hit(SWEPT_RPM, "warm-up")
+        used, held, leases = await _cancelled_at_every_turn(limiter)
+
+    assert (held, leases) == (0, 0)
+    assert used == 700 * TURNS  # every call whose block ended settled; no other did
+
+
+async def test_async_without_holding_cancellation_back_a_cancelled_call_leaves_holds(
+    server: Server, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The control: the same calls, with the runner told nothing, so a
+    # cancellation gives up the call's reply or its unsent end at once.
+    def careless() -> tuple[Steadfast, Any]:
+        return Steadfast(), STEADFAST.set(None)
+
+    monkeypatch.setattr(async_limiter, "steadfast", careless)
+    monkeypatch.setattr(async_calls, "steadfast", careless)
+    async with AsyncLimiter.from_url(server.url) as limiter:
+        await limiter.hit(SWEPT_RPM, "warm-up")
+        _, held, leases = await _cancelled_at_every_turn(limiter)
+
+    assert (held, leases) != (0, 0)

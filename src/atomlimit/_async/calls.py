@@ -8,7 +8,6 @@ closes, through the limiter's guard.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import random
 import time
 from datetime import timedelta
@@ -19,6 +18,7 @@ from typing import TYPE_CHECKING, Any, Protocol, Self
 from atomlimit._acquire import Acquisition
 from atomlimit._model_call import Ending, Planned, denied, ending_calls
 from atomlimit._provider_headers import ProviderReport
+from atomlimit._steadfast import end_steadfast, steadfast  # unasync: async
 from atomlimit._waiting import pause
 from atomlimit.decision import Decision, Settlement
 from atomlimit.errors import InvalidInput, LimitExceeded
@@ -176,13 +176,17 @@ class AsyncModelCall:
         # The end is sent even when the task is cancelled in the block or
         # while the end is on its way: its holds are settled or released and
         # its leases returned before the cancellation goes through.
-        sending = asyncio.ensure_future(limiter._finish(calls))
+        kept, token = steadfast()
         try:
-            results = await asyncio.shield(sending)
-        except asyncio.CancelledError:
-            with contextlib.suppress(Exception):
-                await sending
+            results = await limiter._finish(calls)
+        except Exception:
+            if kept.cancelled:
+                raise asyncio.CancelledError from None
             raise
+        finally:
+            end_steadfast(token)
+        if kept.cancelled:
+            raise asyncio.CancelledError
         # unasync: sync
         # results = limiter._finish(calls)
         # unasync: end

@@ -55,6 +55,7 @@ from atomlimit._shell import (
     hit_calls,
     reserved_limit,
 )
+from atomlimit._steadfast import end_steadfast, steadfast  # unasync: async
 from atomlimit._waiting import deadline_after, pause
 from atomlimit._windows import from_us
 from atomlimit.breaker import Breaker
@@ -734,16 +735,22 @@ class AsyncLimiter:
         # still finishes before the cancellation goes through, so no partial
         # charge survives; leases and holds it took are then released, since
         # nobody holds their handles.
-        done = asyncio.ensure_future(self._runner.drive(flow))
+        kept, token = steadfast()
         try:
-            return await asyncio.shield(done)
-        except asyncio.CancelledError:
+            found: Acquisition = await self._runner.drive(flow)
+        except Exception:
+            if kept.cancelled:
+                raise asyncio.CancelledError from None
+            raise
+        finally:
+            end_steadfast(token)
+        if kept.cancelled:
             with contextlib.suppress(Exception):
-                found = await done
                 for item, decision in found.held:
                     handle = self._reservation_of if item.hold else self._lease_of
                     await handle(decision, item, found.request_id).release()
-            raise
+            raise asyncio.CancelledError
+        return found
         # unasync: sync
         # found: Acquisition = self._runner.drive(flow)
         # return found
