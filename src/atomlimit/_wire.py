@@ -56,14 +56,27 @@ def command(*args: Arg) -> bytes:
 
 
 _HEADS: dict[tuple[bytes, int, int], bytes] = {}
+_KEYS: dict[str, bytes] = {}
+"""Recent keys, encoded: a subject's keys recur on every call in a window,
+and a model call names a dozen."""
+_MAX_KEYS = 4096
 
 
 def evalsha(sha: bytes, keys: tuple[str, ...], args: tuple[Arg | Packed, ...]) -> bytes:
     """``EVALSHA sha len(keys) *keys *args``, with ``Packed`` runs of arguments kept whole."""
     parts = []
+    known = _KEYS
     for key in keys:
-        data = key.encode()
-        parts.append(b"$%d\r\n%b\r\n" % (len(data), data))
+        encoded = known.get(key)
+        if encoded is None:
+            data = key.encode()
+            encoded = b"$%d\r\n%b\r\n" % (len(data), data)
+            # A key named by a generated id ("@...") is one call's alone.
+            if "@" not in key:
+                if len(known) >= _MAX_KEYS:
+                    known.clear()
+                known[key] = encoded
+        parts.append(encoded)
     count = 3 + len(keys)
     for arg in args:
         if type(arg) is Packed:
