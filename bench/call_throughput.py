@@ -14,7 +14,12 @@ It prints decisions per second for each and the call's share of the hit's.
 A real model call takes hundreds of milliseconds, so this is headroom, not
 the bottleneck: the goal is a share of at least 25 %.
 
+With ``--whole-batches`` each row also runs with the lane handing a batch's
+replies out all at once (as before ``HANDOUT``, atomlimit/_batch.py), side
+by side, and prints each row's rate against that baseline.
+
     python bench/call_throughput.py --seconds 5 --rounds 3
+    python bench/call_throughput.py --seconds 5 --rounds 3 --whole-batches
 """
 
 from __future__ import annotations
@@ -28,7 +33,7 @@ from decimal import Decimal
 from load import closed_loop
 from server import redis_server
 
-from atomlimit import AsyncLimiter, ClientLimits, RateLimit, SpendCap, Upstream
+from atomlimit import AsyncLimiter, ClientLimits, RateLimit, SpendCap, Upstream, _batch
 
 TASKS = 64
 ROWS = ("hit", "call", "call+client")
@@ -64,17 +69,26 @@ def rows(limiter: AsyncLimiter) -> dict[str, Callable[[str], Awaitable[bool]]]:
     return {"hit": hit, "call": call, "call+client": client_call}
 
 
-async def measure(url: str, seconds: float, rounds: int) -> dict[str, list[float]]:
-    rates: dict[str, list[float]] = {name: [] for name in ROWS}
+WHOLE = " whole"
+"""The suffix of a row run with whole batches handed out at once."""
+
+
+async def measure(url: str, seconds: float, rounds: int, whole: bool) -> dict[str, list[float]]:
+    names = [*ROWS, *(name + WHOLE for name in ROWS)] if whole else list(ROWS)
+    rates: dict[str, list[float]] = {name: [] for name in names}
+    handout = _batch.HANDOUT
     async with AsyncLimiter.from_url(url) as limiter:
         decide = rows(limiter)
         for round_ in range(rounds):
-            order = list(ROWS) if round_ % 2 == 0 else list(reversed(ROWS))
+            order = names if round_ % 2 == 0 else list(reversed(names))
             for name in order:
-                loop = await closed_loop(decide[name], TASKS, seconds, warmup=0.5)
+                _batch.HANDOUT = 2**31 if name.endswith(WHOLE) else handout
+                row = name.removesuffix(WHOLE)
+                loop = await closed_loop(decide[row], TASKS, seconds, warmup=0.5)
                 if loop.errors.count:
                     raise RuntimeError(f"{name}: {loop.errors.count} errors, {loop.errors.first}")
                 rates[name].append(loop.rate)
+    _batch.HANDOUT = handout
     return rates
 
 
@@ -82,15 +96,24 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     parser.add_argument("--seconds", type=float, default=5.0)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument(
+        "--whole-batches",
+        action="store_true",
+        help="also run each row with batches handed out whole, as a baseline",
+    )
     args = parser.parse_args()
     with redis_server() as url:
-        rates = asyncio.run(measure(url, args.seconds, args.rounds))
-    hit = statistics.median(rates["hit"])
+        rates = asyncio.run(measure(url, args.seconds, args.rounds, args.whole_batches))
     print(f"{TASKS} tasks, one server, median of {args.rounds} rounds of {args.seconds:g} s")
-    print(f"{'row':<12} {'per second':>12} {'share of hit':>13}")
-    for name in ROWS:
-        rate = statistics.median(rates[name])
-        print(f"{name:<12} {rate:12,.0f} {rate / hit:13.3f}")
+    print(f"{'row':<18} {'per second':>12} {'share of hit':>13} {'x whole':>8}")
+    for suffix in ("", WHOLE) if args.whole_batches else ("",):
+        hit = statistics.median(rates["hit" + suffix])
+        for name in ROWS:
+            rate = statistics.median(rates[name + suffix])
+            against = ""
+            if args.whole_batches:
+                against = f"{rate / statistics.median(rates[name + WHOLE]):8.2f}"
+            print(f"{name + suffix:<18} {rate:12,.0f} {rate / hit:13.3f} {against}")
 
 
 if __name__ == "__main__":
