@@ -92,7 +92,7 @@ _MAX_PACKS = 64
 class Codec(Generic[Amount]):
     """One spec's view of its kind: the spec's constants, encoded once."""
 
-    __slots__ = ("_packs", "flags", "limit", "limit_value", "spec", "tail", "zero")
+    __slots__ = ("_packs", "flags", "limit", "limit_value", "spec", "tail", "wires", "zero")
 
     spec: Spec[Amount]
     limit: int
@@ -118,8 +118,16 @@ class Codec(Generic[Amount]):
         self.flags = SHADOW if getattr(spec, "shadow", False) else 0
         self.zero = self.amount(0)
         self._packs: dict[tuple[Arg, ...], Packed] = {}
+        self.wires: dict[tuple[Any, ...], tuple[tuple[str, ...], Packed, Packed]] = {}
+        """An item's keys and encoded arguments around its cost, by base key,
+        flags, hold and `era` (`atomlimit._engine.Item.wire`)."""
 
     # -- what a call sends ---------------------------------------------------
+
+    def era(self, t: int) -> int | None:
+        """What of the instant ``t`` the kind's keys and arguments depend on:
+        None for a kind whose keys and arguments are the same at any instant."""
+        return None
 
     def units(self, cost: object) -> int:
         """A cost in integer units, or InvalidInput."""
@@ -286,6 +294,10 @@ class _Windowed(Codec[Amount]):
     def window(self, t: int) -> tuple[int, int]:
         start, stop, _, _ = self._at(t)
         return start, stop
+
+    def era(self, t: int) -> int:
+        # The window's start names its key and is sent with its stop.
+        return self._at(t)[0]
 
     def window_key(self, base: str, t: int) -> str:
         """The key of the window at ``t``: the base key and the window's start in ms."""

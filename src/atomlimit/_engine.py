@@ -64,6 +64,8 @@ _TAGS: dict[str, str] = {}
 """Recent subjects' hash tags: encoding a subject costs more than a hit's
 other planning, and traffic keeps coming back to the same subjects."""
 _MAX_TAGS = 4096
+_MAX_WIRES = 1024
+"""Items' wires one codec keeps: a few per subject and window."""
 _CACHED_SUBJECT = 256
 """Longer subjects are encoded each time, so the cache stays under ~2 MB."""
 
@@ -134,13 +136,24 @@ class Item(NamedTuple):
         precedes it (kind, counts, limit) and what follows it (flags, the
         kind's own, the hold), each encoded once by the codec.
         """
-        keys = self.keys(t)
         codec = self.codec
-        args = codec.item_args(self.units, self.flags, t)
-        if self.hold:
-            args = (*args, self.hold)
-        head = codec.packed((self.kind, len(keys), len(args), args[0]))
-        return keys, (head, args[1], codec.packed(args[2:]))
+        known = codec.wires
+        shape = (self.base, self.flags, self.hold, codec.era(t))
+        made = known.get(shape)
+        if made is None:
+            # Everything but the cost is the same for every call of this
+            # limit and subject in a window: made once, then looked up.
+            keys = self.keys(t)
+            args = codec.item_args(self.units, self.flags, t)
+            if self.hold:
+                args = (*args, self.hold)
+            head = codec.packed((self.kind, len(keys), len(args), args[0]))
+            made = (keys, head, codec.packed(args[2:]))
+            if len(known) >= _MAX_WIRES:
+                known.clear()  # past windows and subjects gone quiet
+            known[shape] = made
+        keys, head, tail = made
+        return keys, (head, self.units, tail)
 
 
 class Charged(NamedTuple):
