@@ -45,11 +45,13 @@ from atomlimit import (
     SpendCap,
 )
 from atomlimit._acquire import Acquisition, acquire
+from atomlimit._async import limiter as async_limiter
 from atomlimit._clock import clock_reader
 from atomlimit._codecs import codec_of
 from atomlimit._engine import Engine
 from atomlimit._runner_steps import Flow, Plan
 from atomlimit._scripts import script
+from atomlimit._steadfast import STEADFAST, Steadfast
 from atomlimit._sync_runner import SyncRunner
 from atomlimit.cli.demo import _race
 
@@ -1437,3 +1439,63 @@ def test_one_limit_for_several_subjects_is_not_a_duplicate(target: Target) -> No
 
     assert result.allowed
     assert usage == [(1, 0), (2, 0), (3, 0)]
+
+
+SWEEP_RATE = RateLimit(name="sweep-rate", limit=10**6, window="day")
+SWEEP_TOKENS = RateLimit(name="sweep-tokens", limit=10**9, window="day")
+SWEEP_FLIGHT = Concurrency(name="sweep-flight", limit=1000)
+SWEEP = [
+    Hit(SWEEP_RATE, "sweep-a"),
+    Hit(SWEEP_TOKENS, "sweep-a", 100, hold=timedelta(minutes=5)),
+    Hit(SWEEP_FLIGHT, "sweep-b"),
+]
+
+
+async def _acquires_cancelled_at_every_turn(limiter: AsyncLimiter) -> tuple[int, int, int]:
+    """Acquires over two subjects cancelled after 0, 1, 2, ... turns of the
+    loop; those that ended first are released. Returns (tokens used, tokens
+    held, leases out)."""
+    for turns in range(30):
+        task = asyncio.ensure_future(limiter.acquire(SWEEP))
+        for _ in range(turns):
+            await asyncio.sleep(0)
+        task.cancel()
+        (found,) = await asyncio.gather(task, return_exceptions=True)
+        if isinstance(found, Acquired):
+            for handle in (*found.leases, *found.reservations):
+                await handle.release()
+    tokens = await limiter.peek(SWEEP_TOKENS, "sweep-a", 0)
+    leases = (await limiter.peek(SWEEP_FLIGHT, "sweep-b", 1)).used
+    return tokens.used, tokens.held, leases
+
+
+async def test_async_an_acquire_cancelled_at_any_point_leaves_nothing_held(
+    target: Target,
+) -> None:
+    # Cancelled while queued, nothing was sent; cancelled once sent (one
+    # script, or subject after subject on a cluster), the acquire runs to
+    # its end and then gives back what it took, before the cancellation
+    # goes through. Either way no hold or lease waits for its TTL.
+    async with target.async_client() as client:
+        limiter = AsyncLimiter(client)
+        await limiter.hit(SWEEP_RATE, "warm-up")
+        found = await _acquires_cancelled_at_every_turn(limiter)
+
+    assert found == (0, 0, 0)
+
+
+async def test_async_an_acquire_that_gives_up_at_a_cancellation_leaves_holds(
+    target: Target, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The control: the runner told nothing, a cancellation drops the
+    # acquire's reply (or its later subjects) at once.
+    def careless() -> tuple[Steadfast, Any]:
+        return Steadfast(), STEADFAST.set(None)
+
+    monkeypatch.setattr(async_limiter, "steadfast", careless)
+    async with target.async_client() as client:
+        limiter = AsyncLimiter(client)
+        await limiter.hit(SWEEP_RATE, "warm-up")
+        found = await _acquires_cancelled_at_every_turn(limiter)
+
+    assert found != (0, 0, 0)
