@@ -62,28 +62,32 @@ and a model call names a dozen."""
 _MAX_KEYS = 4096
 
 
+def _key(key: str) -> bytes:
+    """A key encoded, and kept for reuse unless a generated id ("@...")
+    names it, which makes it one call's alone."""
+    data = key.encode()
+    encoded = b"$%d\r\n%b\r\n" % (len(data), data)
+    if "@" not in key:
+        if len(_KEYS) >= _MAX_KEYS:
+            _KEYS.clear()
+        _KEYS[key] = encoded
+    return encoded
+
+
 def evalsha(sha: bytes, keys: tuple[str, ...], args: tuple[Arg | Packed, ...]) -> bytes:
     """``EVALSHA sha len(keys) *keys *args``, with ``Packed`` runs of arguments kept whole."""
-    parts = []
     known = _KEYS
-    for key in keys:
-        encoded = known.get(key)
-        if encoded is None:
-            data = key.encode()
-            encoded = b"$%d\r\n%b\r\n" % (len(data), data)
-            # A key named by a generated id ("@...") is one call's alone.
-            if "@" not in key:
-                if len(known) >= _MAX_KEYS:
-                    known.clear()
-                known[key] = encoded
-        parts.append(encoded)
+    parts = [known.get(key) or _key(key) for key in keys]
     count = 3 + len(keys)
+    common = _COMMON
     for arg in args:
         if type(arg) is Packed:
             parts.append(arg)
             count += arg.arity
         else:
-            parts.append(bulk(arg))
+            # No bytes value equals a str or an int, so the common
+            # encodings are only ever found for the value they encode.
+            parts.append(common.get(arg) or _encoded(arg))
             count += 1
     shape = (sha, len(keys), count)
     head = _HEADS.get(shape)
