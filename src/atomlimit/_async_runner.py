@@ -35,7 +35,6 @@ from atomlimit._retry import (
 from atomlimit._runner_steps import Call, Command, Flow, Plan, Produce, Sleep, Step
 from atomlimit._scripts import Script
 from atomlimit._steadfast import STEADFAST as _STEADFAST
-from atomlimit._steadfast import kept_reply as _kept_reply
 
 
 async def _no_factory() -> Any:
@@ -175,7 +174,14 @@ class AsyncRunner:
             if kept is None:
                 outcome = await lane.submit(wire, 1)
             else:
-                outcome = await _kept_reply(kept, lane.submit(wire, 1, kept=True))
+                sent = lane.submit(wire, 1, kept=True)
+                try:
+                    outcome = await sent
+                except asyncio.CancelledError:
+                    # The lane's future refused the cancellation (see
+                    # Steadfast): the reply is in, and is acted on.
+                    kept.cancelled = True
+                    outcome = sent.result()
             if not isinstance(outcome, FAILED):
                 return outcome
         else:
@@ -203,7 +209,12 @@ class AsyncRunner:
         if kept is None:
             replies = await lane.submit(wire, len(calls))
         else:
-            replies = await _kept_reply(kept, lane.submit(wire, len(calls), kept=True))
+            sent = lane.submit(wire, len(calls), kept=True)
+            try:
+                replies = await sent
+            except asyncio.CancelledError:
+                kept.cancelled = True
+                replies = sent.result()
         if len(calls) == 1 or isinstance(replies, Lost):
             replies = [replies] * len(calls)
         outcomes = []

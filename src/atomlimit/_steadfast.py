@@ -57,13 +57,3 @@ def steadfast() -> tuple[Steadfast, Any]:
 
 def end_steadfast(token: Any) -> None:
     STEADFAST.reset(token)
-
-
-async def kept_reply(kept: Steadfast, future: asyncio.Future[Any]) -> Any:
-    """The reply a lane gives ``future``, which refuses cancellation: a
-    cancellation of the waiting task surfaces here once the reply is in."""
-    try:
-        return await future
-    except asyncio.CancelledError:
-        kept.cancelled = True
-        return future.result()
