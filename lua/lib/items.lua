@@ -25,54 +25,47 @@
 -- holds and log entries)}.
 
 -- Each kind's functions, made when a run first asks for that kind (KINDS).
--- A kind's library is included lazily, inside its builder, so that a call
--- makes the functions of the kinds it names and no others.
+-- A kind's library is included lazily, inside its branch of build_kind, so
+-- that a call makes the functions of the kinds it names and no others. One
+-- function with a branch per kind, not a table of builders: each builder
+-- would be a closure made on every run.
 local KINDS
-local BUILD = {
-  fw = function()
+local function build_kind(kind)
+  if kind == 'fw' then
     -- lazy: lib/fixed_window.lua
     return fw_kind()
-  end,
-  sc = function()
-    -- lazy: lib/spend.lua
-    return sc_kind()
-  end,
-  rs = function()
-    -- lazy: lib/spend.lua
-    return rs_kind()
-  end,
-  gc = function()
-    -- lazy: lib/gcra.lua
-    return gc_kind()
-  end,
-  sl = function()
-    -- lazy: lib/sliding_log.lua
-    return sl_kind()
-  end,
-  sw = function()
-    -- lazy: lib/sliding_counter.lua
-    return sw_kind()
-  end,
-  cc = function()
-    -- lazy: lib/concurrency.lua
-    return cc_kind()
-  end,
-  hfw = function()
+  elseif kind == 'hfw' then
     -- lazy: lib/rate_hold.lua
     return rh_kind(KINDS.fw)
-  end,
-  hgc = function()
+  elseif kind == 'sc' then
+    -- lazy: lib/spend.lua
+    return sc_kind()
+  elseif kind == 'rs' then
+    -- lazy: lib/spend.lua
+    return rs_kind()
+  elseif kind == 'gc' then
+    -- lazy: lib/gcra.lua
+    return gc_kind()
+  elseif kind == 'sl' then
+    -- lazy: lib/sliding_log.lua
+    return sl_kind()
+  elseif kind == 'sw' then
+    -- lazy: lib/sliding_counter.lua
+    return sw_kind()
+  elseif kind == 'cc' then
+    -- lazy: lib/concurrency.lua
+    return cc_kind()
+  elseif kind == 'hgc' then
     -- lazy: lib/rate_hold.lua
     return rh_kind(KINDS.gc)
-  end,
-  hsw = function()
+  elseif kind == 'hsw' then
     -- lazy: lib/rate_hold.lua
     return rh_kind(KINDS.sw)
-  end,
-}
+  end
+end
 
 KINDS = setmetatable({}, {__index = function(made, kind)
-  local functions = BUILD[kind]()
+  local functions = build_kind(kind)
   made[kind] = functions
   return functions
 end})

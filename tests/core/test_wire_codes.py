@@ -47,22 +47,23 @@ def _numbers(text: str) -> dict[str, float]:
 
 
 _BUILDER = re.compile(
-    r"^  (\w+) = function\(\)\n"
+    r"^  (?:if|elseif) kind == '(\w+)' then\n"
     r"    -- lazy: (lib/\w+\.lua)\n"
-    r"    return (\w+)\((?:KINDS\.(\w+))?\)\n"
-    r"  end,$",
+    r"    return (\w+)\((?:KINDS\.(\w+))?\)\n",
     re.MULTILINE,
 )
 
 
 def _build_table() -> dict[str, tuple[str, str, str]]:
-    """``lua/lib/items.lua``'s BUILD table: kind code -> the library its
-    builder includes lazily, the function it calls, and the kind that
+    """``lua/lib/items.lua``'s build_kind: kind code -> the library its
+    branch includes lazily, the function it calls, and the kind that
     function wraps ('' for none)."""
-    body = re.search(r"^local BUILD = \{\n(.*?)^\}", _lua("lib/items.lua"), re.M | re.S)
-    assert body is not None, "items.lua has no BUILD table"
+    body = re.search(
+        r"^local function build_kind\(kind\)\n(.*?)^end", _lua("lib/items.lua"), re.M | re.S
+    )
+    assert body is not None, "items.lua has no build_kind"
     builders = _BUILDER.findall(body.group(1))
-    assert len(builders) == body.group(1).count("= function()"), "a builder of another shape"
+    assert len(builders) == body.group(1).count("kind == '"), "a branch of another shape"
     return {code: (lib, function, wrapped) for code, lib, function, wrapped in builders}
 
 
