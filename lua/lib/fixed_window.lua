@@ -22,9 +22,9 @@
 
 local OVR_MARK = '|o'
 
--- The counter's units, whether it carries the mark, and whether it exists.
-local function fw_read(key)
-  local stored = redis.call('GET', key)
+-- The units in a counter as stored (false: none), whether it carries the
+-- mark, and whether it exists.
+local function fw_parse(stored)
   if not stored then
     return 0, false, false
   end
@@ -33,6 +33,11 @@ local function fw_read(key)
     return used, false, true
   end
   return tonumber(string.match(stored, '^(%d+)')), true, true
+end
+
+-- The counter's units, whether it carries the mark, and whether it exists.
+local function fw_read(key)
+  return fw_parse(redis.call('GET', key))
 end
 
 -- Sets the counter to `used`, marked or not; a new counter ends with its window.
@@ -85,7 +90,15 @@ local function fw_kind()
     if run.now < start or run.now >= stop then
       return nil
     end
-    local used, was = fw_read(key)
+    local used, was
+    if args.stored ~= nil then
+      -- lib/items.lua read the counter just now; it is taken once, so a
+      -- second check in the same run (after a change) reads again.
+      used, was = fw_parse(args.stored)
+      args.stored = nil
+    else
+      used, was = fw_read(key)
+    end
     -- The items' scripts read the override's hash (lib/items.lua) and mark
     -- the counter while one is in force, so the kind's own hit sees it.
     local marked = args.overridden == true
@@ -111,6 +124,8 @@ local function fw_kind()
   end
 
   local function fw_undo(keys, args, run, grant, stop)
+    -- A counter read before this change (lib/items.lua) is stale after it.
+    args.stored = nil
     -- Only the window that was charged owes anything back.
     if stop == tonumber(args[5]) then
       fw_lower(keys[1], grant)
@@ -118,6 +133,7 @@ local function fw_kind()
   end
 
   local function fw_refund(keys, args, run, amount)
+    args.stored = nil
     fw_lower(keys[1], amount)
   end
 

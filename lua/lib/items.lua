@@ -12,9 +12,9 @@
 -- per item: its kind, its number of keys, its number of arguments, then the
 -- arguments (limit, cost, flags, then kind-specific ones); KEYS holds each
 -- item's keys in the same order, the first its override's hash
--- (lib/override.lua), which is read here for every item, so each kind sees
--- the limit in force as its first argument. All keys of a call share one
--- hash slot.
+-- (lib/override.lua), which is read here (for a fixed window, only when its
+-- counter says to), so each kind sees the limit in force as its first
+-- argument. All keys of a call share one hash slot.
 --
 -- Each kind's check(keys, args, run) reads the item's state at run.now and
 -- returns a table: room (how many units fit now), used, held, stop (when
@@ -70,26 +70,59 @@ KINDS = setmetatable({}, {__index = function(made, kind)
   return functions
 end})
 
+-- Kinds whose arguments are all numbers (the client sends integers), and
+-- whose state is one counter (keys[1]) carrying the override's mark
+-- (lib/fixed_window.lua).
+local COUNTED = {fw = true, hfw = true}
+-- The counters parse_items has read in this run: a second item on the same
+-- counter reads it at its own check, after the first item's writes.
+local counters_read = {}
+
 -- Items parsed from KEYS[first_key..] and ARGV[first_arg..], with any
 -- override in force at `now` applied, and the first key and argument after
 -- them. An item with an override applied has `overridden` set, as do its
 -- arguments (which the fixed window's check reads).
+--
+-- A fixed window's counter is read here, and its override's hash only when
+-- the counter is missing or marked, as its own hit does: a bare integer
+-- says no override is in force. The counter read is left in args.stored
+-- for the kind's check, which takes it instead of reading again; the only
+-- writes to a counter between here and its first item's check are its own
+-- kind's undo and refund, which drop it.
 local function parse_items(first_key, first_arg, now)
   local items, k, a = {}, first_key, first_arg + 1
-  for _ = 1, tonumber(ARGV[first_arg]) do
-    local kind, nkeys, nargs = ARGV[a], tonumber(ARGV[a + 1]), tonumber(ARGV[a + 2])
+  for _ = 1, ARGV[first_arg] + 0 do
+    local kind, nkeys, nargs = ARGV[a], ARGV[a + 1] + 0, ARGV[a + 2] + 0
     local keys, args = {}, {}
     for i = 2, nkeys do
       keys[i - 1] = KEYS[k + i - 1]
     end
     -- Numbers once, here: every kind reads its arguments with tonumber(),
     -- which then costs nothing, where each read of a string parses it again.
-    for i = 1, nargs do
-      local arg = ARGV[a + 2 + i]
-      args[i] = tonumber(arg) or arg
+    -- Arithmetic parses a numeric string once; tonumber() parses it twice.
+    local counted = COUNTED[kind]
+    if counted then
+      for i = 1, nargs do
+        args[i] = ARGV[a + 2 + i] + 0
+      end
+    else
+      for i = 1, nargs do
+        local arg = ARGV[a + 2 + i]
+        args[i] = tonumber(arg) or arg
+      end
     end
     local item = {kind = kind, keys = keys, args = args}
-    local o = ovr_read(KEYS[k], now)
+    local o
+    if counted and not counters_read[keys[1]] then
+      counters_read[keys[1]] = true
+      local stored = redis.call('GET', keys[1])
+      args.stored = stored
+      if not stored or not tonumber(stored) then
+        o = ovr_read(KEYS[k], now)
+      end
+    else
+      o = ovr_read(KEYS[k], now)
+    end
     if o then
       item.overridden = ovr_apply(kind, args, o)
       args.overridden = true
