@@ -137,5 +137,42 @@ local function fw_kind()
     fw_lower(keys[1], amount)
   end
 
-  return {check = fw_check, undo = fw_undo, refund = fw_refund}
+  -- A hold's end (lib/rate_hold.lua): gives back `units` charged in the
+  -- window that ends at `charged_stop` if it is still this one, then
+  -- charges `actual` (nil or 0: nothing), as fw_undo then apply would, in
+  -- one read and one write. The counter ends as those two would leave it,
+  -- its mark and expiry included. Returns the state after it.
+  local function fw_settle(keys, args, run, units, charged_stop, actual)
+    local key, stop = keys[1], tonumber(args[5])
+    args.stored = nil
+    local used, was, existed = fw_read(key)
+    local back = 0
+    if existed and units and units > 0 and charged_stop == stop then
+      back = math.min(used, units)
+    end
+    used = used - back
+    local marked = args.overridden == true
+    if actual and actual > 0 then
+      if not was and not marked then
+        -- The give-back, then the charge: a counter the give-back left at
+        -- zero gets its window's expiry again, as fw_add sets it.
+        used = redis.call('INCRBY', key, int_text(actual - back))
+        if used == actual then
+          expire_with_window(key, run.now, stop, run.client)
+        end
+      else
+        used = fw_put(key, used + actual, marked, existed, run.now, stop, run.client)
+      end
+    elseif back > 0 then
+      -- Only a give-back: the counter keeps its mark as it is.
+      if was then
+        redis.call('SET', key, int_text(used) .. OVR_MARK, 'KEEPTTL')
+      else
+        redis.call('DECRBY', key, int_text(back))
+      end
+    end
+    return {used = used, held = 0, stop = stop}
+  end
+
+  return {check = fw_check, undo = fw_undo, refund = fw_refund, settle = fw_settle}
 end

@@ -92,6 +92,10 @@ local function rh_kind(base)
   -- held, and the limit's state after it.
   local function rh_end(keys, args, run, id, actual)
     local units, stop = rh_take(keys, id)
+    if base.settle then
+      -- The kind does both in one read and one write.
+      return units ~= nil, base.settle({keys[1]}, args, run, units, stop, actual)
+    end
     if units and units > 0 then
       base.undo({keys[1]}, args, run, units, stop)
     end
