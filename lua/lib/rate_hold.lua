@@ -46,11 +46,19 @@ local function rh_prune(base, keys, args, run)
   return #expired > 0
 end
 
--- The hold sets live until their last hold ends.
-local function rh_keep(keys, now)
-  local last = redis.call('ZRANGE', keys[2], -1, -1, 'WITHSCORES')
-  if last[2] then
-    local ms = ms_kept(tonumber(last[2]), now)
+-- The hold sets live until their last hold ends. Their TTL only ever grows,
+-- so the TTL they have still covers every hold taken before; when it also
+-- covers the new hold's end (`expires`) nothing is written. Otherwise both
+-- get the new hold's end plus one more hold's `ttl`, so that a run of holds
+-- refreshes them once per TTL, not on every hold: one PTTL where reading
+-- the last hold and two PEXPIREs was every hold's cost. Both sets are
+-- always written together and emptied together, so the one's TTL is the
+-- other's. Sets kept past their last hold are harmless: every reader
+-- checks a hold's expiry first.
+local function rh_keep(keys, now, expires, ttl)
+  local needed = ms_kept(expires, now)
+  if redis.call('PTTL', keys[2]) < needed then
+    local ms = int_text(needed + math.ceil(ttl / 1000))
     redis.call('PEXPIRE', keys[2], ms)
     redis.call('PEXPIRE', keys[3], ms)
   end
@@ -71,9 +79,11 @@ local function rh_kind(base)
     local apply = it.apply
     function it.apply(grant)
       local used, stop = apply(grant)
-      redis.call('ZADD', keys[2], run.now + tonumber(args[#args]), run.id)
+      local ttl = tonumber(args[#args])
+      local expires = run.now + ttl
+      redis.call('ZADD', keys[2], int_text(expires), run.id)
       redis.call('HSET', keys[3], run.id, int_text(grant) .. ':' .. int_text(stop))
-      rh_keep(keys, run.now)
+      rh_keep(keys, run.now, expires, ttl)
       return used, stop
     end
     return it
