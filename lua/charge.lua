@@ -24,12 +24,21 @@
 -- request id, and spend-cap charges that must read the holds; a plain hit
 -- runs its kind's own script (hit_*.lua).
 -- include: lib/items.lua
--- include: lib/replay.lua
+
+-- The request id's functions, made only for a call that keeps a record:
+-- every `local function` at a script's top level is a closure made on each
+-- run, used or not.
+local function replay_functions()
+  -- lazy: lib/replay.lua
+  return replay_lookup, replay_remember
+end
 
 local run = {now = clock_now(ARGV[1]), client = ARGV[1], id = ARGV[3]}
 local record, fingerprint, first_key = nil, ARGV[4], 1
+local replay_lookup, replay_remember
 if ARGV[2] ~= '' then
   record, first_key = KEYS[1], 2
+  replay_lookup, replay_remember = replay_functions()
   local replayed = replay_lookup(record, fingerprint, run.now)
   if replayed then
     return replayed
