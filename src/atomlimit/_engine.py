@@ -314,6 +314,10 @@ class Engine:
         codec = codec_of(spec)
         if codec.held is None:
             raise InvalidInput(f"reserve: {_UNHELD[codec.kind]}")
+        # Checked here as well as by `item`, which takes None as no hold: a
+        # reservation without one would be charged as a plain hit, and its
+        # release would find no hold to give back.
+        check_hold(ttl, "ttl")
         return self._hold(self.item(spec, subject, estimate, hold=ttl), request_id, local)
 
     def lease(self, spec: Concurrency, subject: str, request_id: str | None, local: int) -> Held:

@@ -1163,6 +1163,16 @@ def test_reserve_on_rate_limits_takes_anything_and_writes_nothing_when_refusing(
         actual=1,
     )
     @example(
+        limit=RATES[0],
+        subject="s",
+        estimate=0,
+        ttl=None,
+        request_id=None,
+        through_acquire=False,
+        settle=False,
+        actual=0,
+    )
+    @example(
         limit=RATES[3],
         subject="s",
         estimate=1,
