@@ -21,6 +21,7 @@
 -- charge.lua would write for that group alone, so undo.lua and a replay
 -- group by group read it as theirs.
 -- include: lib/items.lua
+-- include: lib/check.lua
 -- include: lib/replay.lua
 
 local run = {now = clock_now(ARGV[1]), client = ARGV[1], id = ARGV[3]}

@@ -24,6 +24,7 @@
 -- request id, and spend-cap charges that must read the holds; a plain hit
 -- runs its kind's own script (hit_*.lua).
 -- include: lib/items.lua
+-- include: lib/check.lua
 
 -- The request id's functions, made only for a call that keeps a record:
 -- every `local function` at a script's top level is a closure made on each

@@ -19,6 +19,7 @@
 -- lets the next window open with a little less outside use (lib/guard.lua).
 -- The first report also ends the first window's slow start.
 -- include: lib/items.lua
+-- include: lib/check.lua
 -- include: lib/fixed_window.lua
 
 local run = {now = clock_now(ARGV[1]), client = ARGV[1], id = ''}

@@ -10,6 +10,7 @@
 -- Cost     as charge.lua without the writes; expired holds, leases and log
 --          entries are pruned, which changes no decision
 -- include: lib/items.lua
+-- include: lib/check.lua
 
 local run = {now = clock_now(ARGV[1]), client = ARGV[1], id = ''}
 local items = parse_items(1, 2, run.now)

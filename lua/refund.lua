@@ -23,6 +23,7 @@
 -- limit would later admit more than it allows; so it is recorded like a
 -- charge.
 -- include: lib/items.lua
+-- include: lib/check.lua
 -- include: lib/replay.lua
 
 local run = {now = clock_now(ARGV[1]), client = ARGV[1], id = ''}

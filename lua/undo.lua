@@ -19,6 +19,7 @@
 -- back. Deleting the record makes the undo idempotent and lets the same
 -- request id be evaluated afresh, as a denied request would be.
 -- include: lib/items.lua
+-- include: lib/check.lua
 -- include: lib/replay.lua
 
 local run = {now = clock_now(ARGV[1]), client = ARGV[1], id = ARGV[2]}

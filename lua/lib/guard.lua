@@ -1,5 +1,5 @@
 -- lib/guard.lua: an upstream's guard on one of its limits.
--- Included by lib/items.lua after the kinds; defines locals only.
+-- Included by lib/check.lua; defines locals only.
 --
 -- An item flagged GUARD (lib/reply.lua) is a limit an upstream (a model
 -- provider) shares with the rest of the world; its last key is one hash per
@@ -30,29 +30,29 @@ local function guarded(flags)
   return math.floor(flags / GUARD) % 2 == 1
 end
 
--- Outside use to open the window [start, stop) with, given the guard as
--- stored: what window w learned (c, less the spare room it showed), less
--- one step for each window between w and this one that had no guarded call.
-local function guard_carried(g, limit, start, stop)
-  local c, w, s = tonumber(g[2]) or 0, tonumber(g[3]), tonumber(g[4])
-  if not w then
-    return 0
-  end
-  local step = math.ceil(limit / 16)
-  local learned = c
-  if s then
-    learned = c - math.min(s, step)
-  end
-  local idle = math.max(math.floor((start - w) / (stop - start)), 0)
-  return math.max(learned - idle * step, 0)
-end
-
 -- Opens a fixed window's guard: charges the learned outside use into it.
 -- `it` is the kind's checked item; returns when the guard is paused until.
 local function guard_open(key, counter, args, it, run)
   local g = redis.call('HMGET', key, 'p', 'c', 'w', 's')
   local start, stop = tonumber(args[4]), tonumber(args[5])
   if tonumber(g[3]) ~= stop then
+    -- Outside use to open the window [start, stop) with, given the guard as
+    -- stored: what window w learned (c, less the spare room it showed), less
+    -- one step for each window between w and this one that had no guarded
+    -- call. Made here, where a window opens, not on every run.
+    local function guard_carried(g, limit, start, stop)
+      local c, w, s = tonumber(g[2]) or 0, tonumber(g[3]), tonumber(g[4])
+      if not w then
+        return 0
+      end
+      local step = math.ceil(limit / 16)
+      local learned = c
+      if s then
+        learned = c - math.min(s, step)
+      end
+      local idle = math.max(math.floor((start - w) / (stop - start)), 0)
+      return math.max(learned - idle * step, 0)
+    end
     local x = guard_carried(g, tonumber(args[1]), start, stop)
     -- Slow start (the SLOW_START flag, Upstream's slow_start): before the
     -- provider has reported anything, the first window holds back half of

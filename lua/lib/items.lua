@@ -1,11 +1,13 @@
--- lib/items.lua: the items of a call, and how each kind of limit is decided.
+-- lib/items.lua: the items of a call, and each kind of limit's functions.
 -- Included by the scripts that take several items of any kind (acquire,
 -- holds, refunds, undo); a single hit runs its kind's own script instead.
+-- Deciding the items (lib/check.lua) is included only by the scripts that
+-- decide: its functions are closures made on every run of a script that
+-- includes them, and settling or releasing a hold decides nothing.
 -- Defines locals only.
 -- include: lib/clock.lua
 -- include: lib/reply.lua
 -- include: lib/item_reply.lua
--- include: lib/guard.lua
 -- include: lib/override.lua
 --
 -- A call carries one or more items, each a limit of one subject. ARGV holds,
@@ -144,37 +146,6 @@ local function limits_reply(reply, items)
     for _, item in ipairs(items) do
       reply[#reply + 1] = item.overridden and tonumber(item.args[1]) or -1
     end
-  end
-  return reply
-end
-
--- Check every item; nil if the clock is outside a planned window.
-local function check_items(items, run)
-  local checked, all = {}, true
-  for i, item in ipairs(items) do
-    local it = KINDS[item.kind].check(item.keys, item.args, run)
-    if not it then
-      return nil
-    end
-    if guarded(tonumber(item.args[3])) then
-      guard_apply(item, it, run)
-    end
-    it.cost = tonumber(item.args[2])
-    it.status, it.grant = decide(it.cost, it.room, tonumber(item.args[3]))
-    all = all and it.status ~= DENIED
-    checked[i] = it
-  end
-  return checked, all
-end
-
--- The reply of a check that charges nothing.
-local function checked_reply(reply, checked)
-  for _, it in ipairs(checked) do
-    local retry = 0
-    if it.status == DENIED then
-      retry = it.retry(it.cost)
-    end
-    item_reply(reply, it.status, it.used, it.held, it.stop, retry, it.grant)
   end
   return reply
 end
