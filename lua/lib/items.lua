@@ -95,22 +95,21 @@ local function parse_items(first_key, first_arg, now)
   local items, k, a = {}, first_key, first_arg + 1
   for _ = 1, ARGV[first_arg] + 0 do
     local kind, nkeys, nargs = ARGV[a], ARGV[a + 1] + 0, ARGV[a + 2] + 0
-    local keys, args = {}, {}
-    for i = 2, nkeys do
-      keys[i - 1] = KEYS[k + i - 1]
-    end
+    -- Each table is made at its size in one step: one filled an entry at a
+    -- time is reallocated as it grows to 1, 2, 4 and 8 entries.
+    local keys = {unpack(KEYS, k + 1, k + nkeys - 1)}
+    local args = {unpack(ARGV, a + 3, a + 2 + nargs)}
     -- Numbers once, here: every kind reads its arguments with tonumber(),
     -- which then costs nothing, where each read of a string parses it again.
     -- Arithmetic parses a numeric string once; tonumber() parses it twice.
     local counted = COUNTED[kind]
     if counted then
       for i = 1, nargs do
-        args[i] = ARGV[a + 2 + i] + 0
+        args[i] = args[i] + 0
       end
     else
       for i = 1, nargs do
-        local arg = ARGV[a + 2 + i]
-        args[i] = tonumber(arg) or arg
+        args[i] = tonumber(args[i]) or args[i]
       end
     end
     local item = {kind = kind, keys = keys, args = args}
