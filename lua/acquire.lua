@@ -48,7 +48,7 @@ if not checked then
   return {-1, run.now}
 end
 if not all then
-  return limits_reply(checked_reply({0, run.now}, checked), all_items)
+  return limits_reply(checked_reply({0, run.now}, checked, all_items), all_items)
 end
 local reply, n = {1, run.now}, 0
 for _, group in ipairs(groups) do

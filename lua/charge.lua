@@ -52,7 +52,7 @@ if not checked then
   return {-1, run.now}
 end
 if not all then
-  return limits_reply(checked_reply({0, run.now}, checked), items)
+  return limits_reply(checked_reply({0, run.now}, checked, items), items)
 end
 local reply = {1, run.now}
 for _, it in ipairs(checked) do

@@ -18,4 +18,4 @@ local checked, all = check_items(items, run)
 if not checked then
   return {-1, run.now}
 end
-return limits_reply(checked_reply({all and 1 or 0, run.now}, checked), items)
+return limits_reply(checked_reply({all and 1 or 0, run.now}, checked, items), items)

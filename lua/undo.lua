@@ -40,4 +40,4 @@ if not checked then
   -- undo and only reports the state.
   return {-1, run.now, code}
 end
-return limits_reply(checked_reply({code, run.now}, checked), items)
+return limits_reply(checked_reply({code, run.now}, checked, items), items)

@@ -14,20 +14,19 @@ local function check_items(items, run)
     if guarded(tonumber(item.args[3])) then
       guard_apply(item, it, run)
     end
-    it.cost = tonumber(item.args[2])
-    it.status, it.grant = decide(it.cost, it.room, tonumber(item.args[3]))
+    it.status, it.grant = decide(tonumber(item.args[2]), it.room, tonumber(item.args[3]))
     all = all and it.status ~= DENIED
     checked[i] = it
   end
   return checked, all
 end
 
--- The reply of a check that charges nothing.
-local function checked_reply(reply, checked)
-  for _, it in ipairs(checked) do
+-- The reply of a check that charges nothing, for the items checked.
+local function checked_reply(reply, checked, items)
+  for i, it in ipairs(checked) do
     local retry = 0
     if it.status == DENIED then
-      retry = it.retry(it.cost)
+      retry = it.retry(tonumber(items[i].args[2]))
     end
     item_reply(reply, it.status, it.used, it.held, it.stop, retry, it.grant)
   end

@@ -102,25 +102,27 @@ local function fw_kind()
     -- The items' scripts read the override's hash (lib/items.lua) and mark
     -- the counter while one is in force, so the kind's own hit sees it.
     local marked = args.overridden == true
-    local it = {room = limit - used, used = used, held = 0, stop = stop}
-    function it.add(grant)
-      -- The read above says whether the counter carries a mark, which only
-      -- this function changes in a run: an unmarked counter that stays so
-      -- is added to without reading it again.
+    -- Adds `grant`; returns used and stop after it. The read above says
+    -- whether the counter carries a mark, which only this function changes
+    -- in a run: an unmarked counter that stays so is added to without
+    -- reading it again.
+    local function add(grant)
       if not was and not marked then
-        return fw_add(key, grant, run.now, stop, run.client)
+        return fw_add(key, grant, run.now, stop, run.client), stop
       end
       was = marked
-      return fw_write(key, grant, marked, run.now, stop, run.client)
+      return fw_write(key, grant, marked, run.now, stop, run.client), stop
     end
-    function it.apply(grant)
-      return it.add(grant), stop
-    end
-    function it.retry(cost)
-      -- The whole limit is free again when this window ends.
-      return cost <= limit and stop or 0
-    end
-    return it
+    -- Every field in one constructor: a table that outgrows the size its
+    -- constructor gave it is rebuilt. `add` is the charge a guard opening
+    -- the window makes (lib/guard.lua), which a hold's apply does not wrap.
+    return {
+      room = limit - used, used = used, held = 0, stop = stop, add = add, apply = add,
+      retry = function(cost)
+        -- The whole limit is free again when this window ends.
+        return cost <= limit and stop or 0
+      end,
+    }
   end
 
   local function fw_undo(keys, args, run, grant, stop)

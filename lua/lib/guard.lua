@@ -31,7 +31,8 @@ local function guarded(flags)
 end
 
 -- Opens a fixed window's guard: charges the learned outside use into it.
--- `it` is the kind's checked item; returns when the guard is paused until.
+-- `it` is the kind's checked item, whose add charges the counter with no
+-- hold (lib/fixed_window.lua); returns when the guard is paused until.
 local function guard_open(key, counter, args, it, run)
   local g = redis.call('HMGET', key, 'p', 'c', 'w', 's')
   local start, stop = tonumber(args[4]), tonumber(args[5])
