@@ -45,7 +45,7 @@ if before == 'released' and by == call then
   code = was  -- a re-send of this very release: its reply again
 elseif not before then
   code = holds_drop(keys, id, run.now) and 1 or 4
-  outcome_write(outcome, 'released', call, code, 0, tonumber(ARGV[3]))
+  outcome_write(outcome, 'released', call, code, 0, ARGV[3])
   it = spend_resync(keys, args, run)
 end
 local reply = {code, run.now}

@@ -34,9 +34,9 @@ if before == 'released' and by == call then
   code = was  -- a re-send of this very release: its reply again
 elseif not before then
   local held
-  held, it = kind.finish(item.keys, item.args, run, run.id, nil)
+  held, it = kind.finish(item.keys, item.args, run, run.id, nil, it)
   code = held and 1 or 4
-  outcome_write(outcome, 'released', call, code, 0, tonumber(ARGV[3]))
+  outcome_write(outcome, 'released', call, code, 0, ARGV[3])
 end
 local reply = {code, run.now}
 item_reply(reply, FITS, it.used, it.held, it.stop, 0, 0)

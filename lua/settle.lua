@@ -60,7 +60,7 @@ elseif before ~= 'settled' then
   local it = spend_state(keys, args, run)
   it.used = it.used + actual
   it.save()
-  outcome_write(outcome, 'settled', call, code, actual, tonumber(ARGV[4]))
+  outcome_write(outcome, 'settled', call, code, actual, ARGV[4])
   grant = actual
 end
 local it = spend_state(keys, args, run)

@@ -39,7 +39,7 @@ if before == 'settled' and by == call then
   code, grant = was, charged  -- a re-send of this very settle: its reply again
 elseif before ~= 'settled' then
   local held
-  held, it = kind.finish(item.keys, item.args, run, run.id, actual)
+  held, it = kind.finish(item.keys, item.args, run, run.id, actual, it)
   if held then
     code = 1
   elseif before == 'released' and was ~= 4 then
@@ -47,7 +47,7 @@ elseif before ~= 'settled' then
   else
     code = 4
   end
-  outcome_write(outcome, 'settled', call, code, actual, tonumber(ARGV[4]))
+  outcome_write(outcome, 'settled', call, code, actual, ARGV[4])
   grant = actual
 end
 local reply = {code, run.now}

@@ -49,9 +49,11 @@ local function fw_put(key, used, marked, existed, now, stop, client_now)
   return used
 end
 
--- Adds `grant` to the counter; a new counter ends with its window.
+-- Adds `grant` to the counter; a new counter ends with its window. The
+-- grant goes as text: a Lua number passed to redis.call is printed with
+-- '%.17g', which costs more than int_text.
 local function fw_add(key, grant, now, stop, client_now)
-  local used = redis.call('INCRBY', key, grant)
+  local used = redis.call('INCRBY', key, int_text(grant))
   if used == grant then
     -- Also taken when an existing counter was refunded to zero; setting
     -- the same expiry again is harmless.
@@ -90,15 +92,15 @@ local function fw_kind()
     if run.now < start or run.now >= stop then
       return nil
     end
-    local used, was
-    if args.stored ~= nil then
+    local stored = args.stored
+    if stored ~= nil then
       -- lib/items.lua read the counter just now; it is taken once, so a
       -- second check in the same run (after a change) reads again.
-      used, was = fw_parse(args.stored)
       args.stored = nil
     else
-      used, was = fw_read(key)
+      stored = redis.call('GET', key)
     end
+    local used, was = fw_parse(stored)
     -- The items' scripts read the override's hash (lib/items.lua) and mark
     -- the counter while one is in force, so the kind's own hit sees it.
     local marked = args.overridden == true
@@ -116,8 +118,11 @@ local function fw_kind()
     -- Every field in one constructor: a table that outgrows the size its
     -- constructor gave it is rebuilt. `add` is the charge a guard opening
     -- the window makes (lib/guard.lua), which a hold's apply does not wrap.
+    -- `stored` is the counter as read, which fw_settle takes instead of
+    -- reading it again when nothing has written it since.
     return {
       room = limit - used, used = used, held = 0, stop = stop, add = add, apply = add,
+      stored = stored,
       retry = function(cost)
         -- The whole limit is free again when this window ends.
         return cost <= limit and stop or 0
@@ -143,11 +148,18 @@ local function fw_kind()
   -- window that ends at `charged_stop` if it is still this one, then
   -- charges `actual` (nil or 0: nothing), as fw_undo then apply would, in
   -- one read and one write. The counter ends as those two would leave it,
-  -- its mark and expiry included. Returns the state after it.
-  local function fw_settle(keys, args, run, units, charged_stop, actual)
+  -- its mark and expiry included. `checked` (or nil) is this run's check of
+  -- the item, when nothing has written the counter since: its read stands
+  -- for the read here. Returns the state after it.
+  local function fw_settle(keys, args, run, units, charged_stop, actual, checked)
     local key, stop = keys[1], tonumber(args[5])
     args.stored = nil
-    local used, was, existed = fw_read(key)
+    local used, was, existed
+    if checked then
+      used, was, existed = fw_parse(checked.stored)
+    else
+      used, was, existed = fw_read(key)
+    end
     local back = 0
     if existed and units and units > 0 and charged_stop == stop then
       back = math.min(used, units)

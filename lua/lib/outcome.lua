@@ -14,6 +14,8 @@ local function outcome_read(key)
   return what, by, tonumber(code), tonumber(grant)
 end
 
+-- `ttl_ms` is the text the client sent: a Lua number passed to redis.call
+-- is printed again with '%.17g'.
 local function outcome_write(key, what, by, code, grant, ttl_ms)
   local text = what .. '|' .. by .. '|' .. code .. '|' .. int_text(grant)
   redis.call('SET', key, text, 'PX', ttl_ms)

@@ -33,9 +33,18 @@ local function rh_take(keys, id)
   return tonumber(units), tonumber(stop)
 end
 
--- Gives back every hold past its expiry; whether there was one. O(log n +
--- expired).
+-- Gives back every hold past its expiry. Returns whether there was one,
+-- and whether there were no holds at all (then neither set exists). The
+-- earliest hold answers both, so when none has expired, as is usual, it is
+-- the only one read. O(log n + expired).
 local function rh_prune(base, keys, args, run)
+  local first = redis.call('ZRANGE', keys[2], '0', '0', 'WITHSCORES')
+  if not first[2] then
+    return false, true
+  end
+  if tonumber(first[2]) > run.now then
+    return false, false
+  end
   local expired = redis.call('ZRANGEBYSCORE', keys[2], '-inf', run.now)
   for _, id in ipairs(expired) do
     local units, stop = rh_take(keys, id)
@@ -43,7 +52,7 @@ local function rh_prune(base, keys, args, run)
       base.undo({keys[1]}, args, run, units, stop)
     end
   end
-  return #expired > 0
+  return true, false
 end
 
 -- The hold sets live until their last hold ends. Their TTL only ever grows,
@@ -54,10 +63,11 @@ end
 -- the last hold and two PEXPIREs was every hold's cost. Both sets are
 -- always written together and emptied together, so the one's TTL is the
 -- other's. Sets kept past their last hold are harmless: every reader
--- checks a hold's expiry first.
-local function rh_keep(keys, now, expires, ttl)
+-- checks a hold's expiry first. `fresh` says the sets did not exist before
+-- this hold, so they have no TTL to read.
+local function rh_keep(keys, now, expires, ttl, fresh)
   local needed = ms_kept(expires, now)
-  if redis.call('PTTL', keys[2]) < needed then
+  if fresh or redis.call('PTTL', keys[2]) < needed then
     local ms = int_text(needed + math.ceil(ttl / 1000))
     redis.call('PEXPIRE', keys[2], ms)
     redis.call('PEXPIRE', keys[3], ms)
@@ -73,7 +83,8 @@ local function rh_kind(base)
     if not it then
       return nil
     end
-    if rh_prune(base, keys, args, run) then
+    local pruned, fresh = rh_prune(base, keys, args, run)
+    if pruned then
       it = base.check({keys[1]}, args, run)
     end
     local apply = it.apply
@@ -83,7 +94,7 @@ local function rh_kind(base)
       local expires = run.now + ttl
       redis.call('ZADD', keys[2], int_text(expires), run.id)
       redis.call('HSET', keys[3], run.id, int_text(grant) .. ':' .. int_text(stop))
-      rh_keep(keys, run.now, expires, ttl)
+      rh_keep(keys, run.now, expires, ttl, fresh)
       return used, stop
     end
     return it
@@ -98,13 +109,14 @@ local function rh_kind(base)
   end
 
   -- Ends the hold `id`: gives back its charge where it still counts, then
-  -- charges `actual` (nil: nothing). Returns whether the hold was still
-  -- held, and the limit's state after it.
-  local function rh_end(keys, args, run, id, actual)
+  -- charges `actual` (nil: nothing). `checked` is this run's check of the
+  -- item, when nothing has written the limit's state since, or nil.
+  -- Returns whether the hold was still held, and the limit's state after it.
+  local function rh_end(keys, args, run, id, actual, checked)
     local units, stop = rh_take(keys, id)
     if base.settle then
       -- The kind does both in one read and one write.
-      return units ~= nil, base.settle({keys[1]}, args, run, units, stop, actual)
+      return units ~= nil, base.settle({keys[1]}, args, run, units, stop, actual, checked)
     end
     if units and units > 0 then
       base.undo({keys[1]}, args, run, units, stop)
