@@ -34,18 +34,21 @@ end
 -- `it` is the kind's checked item, whose add charges the counter with no
 -- hold (lib/fixed_window.lua); returns when the guard is paused until.
 local function guard_open(key, counter, args, it, run)
-  local g = redis.call('HMGET', key, 'p', 'c', 'w', 's')
+  -- A window already open needs only the pause; one opening reads the rest.
+  local g = redis.call('HMGET', key, 'p', 'w')
   local start, stop = tonumber(args[4]), tonumber(args[5])
-  if tonumber(g[3]) ~= stop then
+  local w = tonumber(g[2])
+  if w ~= stop then
     -- Outside use to open the window [start, stop) with, given the guard as
     -- stored: what window w learned (c, less the spare room it showed), less
     -- one step for each window between w and this one that had no guarded
     -- call. Made here, where a window opens, not on every run.
-    local function guard_carried(g, limit, start, stop)
-      local c, w, s = tonumber(g[2]) or 0, tonumber(g[3]), tonumber(g[4])
+    local function guard_carried(limit, start, stop)
       if not w then
         return 0
       end
+      local seen = redis.call('HMGET', key, 'c', 's')
+      local c, s = tonumber(seen[1]) or 0, tonumber(seen[2])
       local step = math.ceil(limit / 16)
       local learned = c
       if s then
@@ -54,14 +57,14 @@ local function guard_open(key, counter, args, it, run)
       local idle = math.max(math.floor((start - w) / (stop - start)), 0)
       return math.max(learned - idle * step, 0)
     end
-    local x = guard_carried(g, tonumber(args[1]), start, stop)
+    local x = guard_carried(tonumber(args[1]), start, stop)
     -- Slow start (the SLOW_START flag, Upstream's slow_start): before the
     -- provider has reported anything, the first window holds back half of
     -- the limit, so a fleet's first burst does
     -- not meet outside use it cannot yet know of; the first observation
     -- gives the half back (observe.lua). Only the first window does this.
     local u = 0
-    if not g[3] and math.floor(tonumber(args[3]) / SLOW_START) % 2 == 1 then
+    if not g[2] and math.floor(tonumber(args[3]) / SLOW_START) % 2 == 1 then
       u = math.ceil(tonumber(args[1]) / 2)
     end
     if x + u > 0 then
