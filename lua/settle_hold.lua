@@ -26,7 +26,8 @@
 
 local run = {now = clock_now(ARGV[1]), client = ARGV[1], id = ARGV[2]}
 local outcome, actual, call = KEYS[1], tonumber(ARGV[3]), ARGV[5]
-local item = parse_items(2, 6, run.now)[1]
+local items = parse_items(2, 6, run.now)
+local item = items[1]
 local kind = KINDS[item.kind]
 local it = kind.check(item.keys, item.args, run)
 if not it then
@@ -50,6 +51,7 @@ elseif before ~= 'settled' then
   outcome_write(outcome, 'settled', call, code, actual, ARGV[4])
   grant = actual
 end
-local reply = {code, run.now}
-item_reply(reply, FITS, it.used, it.held, it.stop, 0, grant)
-return limits_reply(reply, {item})
+-- The item's six integers (lib/item_reply.lua) in the constructor: a table
+-- grown an entry at a time is reallocated at 4 and 8 entries.
+local reply = {code, run.now, FITS, it.used, it.held, it.stop, 0, grant}
+return limits_reply(reply, items)

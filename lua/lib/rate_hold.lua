@@ -19,7 +19,10 @@
 -- which can only deny more, never admit more.
 --
 -- Item arguments: the wrapped kind's own, then the hold's TTL in
--- microseconds.
+-- microseconds. Item keys: the wrapped kind's state, the holds, their
+-- charges (then the guard's, when flagged). The wrapped kinds read only
+-- their state, keys[1], so they are handed the hold's keys as they are,
+-- not a table made for each call.
 
 -- Removes a hold's record; returns its units and stop, or nil if none.
 local function rh_take(keys, id)
@@ -49,7 +52,7 @@ local function rh_prune(base, keys, args, run)
   for _, id in ipairs(expired) do
     local units, stop = rh_take(keys, id)
     if units and units > 0 then
-      base.undo({keys[1]}, args, run, units, stop)
+      base.undo(keys, args, run, units, stop)
     end
   end
   return true, false
@@ -79,13 +82,13 @@ local function rh_kind(base)
 
   local function rh_check(keys, args, run)
     -- The planned window is confirmed before anything changes.
-    local it = base.check({keys[1]}, args, run)
+    local it = base.check(keys, args, run)
     if not it then
       return nil
     end
     local pruned, fresh = rh_prune(base, keys, args, run)
     if pruned then
-      it = base.check({keys[1]}, args, run)
+      it = base.check(keys, args, run)
     end
     local apply = it.apply
     function it.apply(grant)
@@ -104,7 +107,7 @@ local function rh_kind(base)
   local function rh_undo(keys, args, run)
     local units, stop = rh_take(keys, run.id)
     if units and units > 0 then
-      base.undo({keys[1]}, args, run, units, stop)
+      base.undo(keys, args, run, units, stop)
     end
   end
 
@@ -116,12 +119,12 @@ local function rh_kind(base)
     local units, stop = rh_take(keys, id)
     if base.settle then
       -- The kind does both in one read and one write.
-      return units ~= nil, base.settle({keys[1]}, args, run, units, stop, actual, checked)
+      return units ~= nil, base.settle(keys, args, run, units, stop, actual, checked)
     end
     if units and units > 0 then
-      base.undo({keys[1]}, args, run, units, stop)
+      base.undo(keys, args, run, units, stop)
     end
-    local it = base.check({keys[1]}, args, run)
+    local it = base.check(keys, args, run)
     if actual and actual > 0 then
       -- What apply reports is the state after it: no second read.
       it.used, it.stop = it.apply(actual)
