@@ -26,20 +26,16 @@
 -- include: lib/items.lua
 -- include: lib/check.lua
 
--- The request id's functions, made only for a call that keeps a record:
--- every `local function` at a script's top level is a closure made on each
--- run, used or not.
-local function replay_functions()
-  -- lazy: lib/replay.lua
-  return replay_lookup, replay_remember
-end
-
 local run = {now = clock_now(ARGV[1]), client = ARGV[1], id = ARGV[3]}
 local record, fingerprint, first_key = nil, ARGV[4], 1
-local replay_lookup, replay_remember
+local remember
 if ARGV[2] ~= '' then
   record, first_key = KEYS[1], 2
-  replay_lookup, replay_remember = replay_functions()
+  -- The request id's functions, made only for a call that keeps a record:
+  -- every `local function` at a script's top level is a closure made on
+  -- each run, used or not.
+  -- lazy: lib/replay.lua
+  remember = replay_remember
   local replayed = replay_lookup(record, fingerprint, run.now)
   if replayed then
     return replayed
@@ -60,6 +56,6 @@ for _, it in ipairs(checked) do
   item_reply(reply, it.status, used, it.held, stop, 0, it.grant)
 end
 if record then
-  replay_remember(record, tonumber(ARGV[2]), fingerprint, reply, items)
+  remember(record, tonumber(ARGV[2]), fingerprint, reply, items)
 end
 return limits_reply(reply, items)

@@ -17,6 +17,7 @@
 -- The estimate charged when the hold was taken is given back where it still
 -- counts: in its window, or while GCRA's arrival time is still ahead.
 -- include: lib/items.lua
+-- include: lib/item_reply.lua
 -- include: lib/outcome.lua
 
 local run = {now = clock_now(ARGV[1]), client = ARGV[1], id = ARGV[2]}

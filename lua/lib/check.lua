@@ -1,6 +1,7 @@
 -- lib/check.lua: how the items of a call are decided.
 -- Included after lib/items.lua by the scripts that decide their items
 -- (acquire, charge, peek, observe, refund, undo); defines locals only.
+-- include: lib/item_reply.lua
 -- include: lib/guard.lua
 
 -- Check every item; nil if the clock is outside a planned window.
@@ -11,7 +12,7 @@ local function check_items(items, run)
     if not it then
       return nil
     end
-    if guarded(tonumber(item.args[3])) then
+    if math.floor(item.args[3] / GUARD) % 2 == 1 then  -- flagged GUARD
       guard_apply(item, it, run)
     end
     it.status, it.grant = decide(tonumber(item.args[2]), it.room, tonumber(item.args[3]))

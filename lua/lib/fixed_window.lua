@@ -35,11 +35,6 @@ local function fw_parse(stored)
   return tonumber(string.match(stored, '^(%d+)')), true, true
 end
 
--- The counter's units, whether it carries the mark, and whether it exists.
-local function fw_read(key)
-  return fw_parse(redis.call('GET', key))
-end
-
 -- Sets the counter to `used`, marked or not; a new counter ends with its window.
 local function fw_put(key, used, marked, existed, now, stop, client_now)
   redis.call('SET', key, int_text(used) .. (marked and OVR_MARK or ''), 'KEEPTTL')
@@ -64,7 +59,7 @@ end
 
 -- Adds `grant` to a counter that may carry the mark, marked as `marked`.
 local function fw_write(key, grant, marked, now, stop, client_now)
-  local used, was, existed = fw_read(key)
+  local used, was, existed = fw_parse(redis.call('GET', key))
   if not was and not marked then
     return fw_add(key, grant, now, stop, client_now)
   end
@@ -74,7 +69,7 @@ end
 -- Lowers the counter by up to `amount`, never below zero; a counter that is
 -- gone (its window closed) owes nothing back.
 local function fw_lower(key, amount)
-  local used, marked, existed = fw_read(key)
+  local used, marked, existed = fw_parse(redis.call('GET', key))
   if existed and amount > 0 then
     if marked then
       redis.call('SET', key, int_text(used - math.min(used, amount)) .. OVR_MARK, 'KEEPTTL')
@@ -158,7 +153,7 @@ local function fw_kind()
     if checked then
       used, was, existed = fw_parse(checked.stored)
     else
-      used, was, existed = fw_read(key)
+      used, was, existed = fw_parse(redis.call('GET', key))
     end
     local back = 0
     if existed and units and units > 0 and charged_stop == stop then

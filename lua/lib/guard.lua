@@ -26,65 +26,59 @@
 
 local GUARD_KEPT_MS = 86400000
 
-local function guarded(flags)
-  return math.floor(flags / GUARD) % 2 == 1
-end
-
--- Opens a fixed window's guard: charges the learned outside use into it.
--- `it` is the kind's checked item, whose add charges the counter with no
--- hold (lib/fixed_window.lua); returns when the guard is paused until.
-local function guard_open(key, counter, args, it, run)
-  -- A window already open needs only the pause; one opening reads the rest.
-  local g = redis.call('HMGET', key, 'p', 'w')
-  local start, stop = tonumber(args[4]), tonumber(args[5])
-  local w = tonumber(g[2])
-  if w ~= stop then
-    -- Outside use to open the window [start, stop) with, given the guard as
-    -- stored: what window w learned (c, less the spare room it showed), less
-    -- one step for each window between w and this one that had no guarded
-    -- call. Made here, where a window opens, not on every run.
-    local function guard_carried(limit, start, stop)
-      if not w then
-        return 0
-      end
-      local seen = redis.call('HMGET', key, 'c', 's')
-      local c, s = tonumber(seen[1]) or 0, tonumber(seen[2])
-      local step = math.ceil(limit / 16)
-      local learned = c
-      if s then
-        learned = c - math.min(s, step)
-      end
-      local idle = math.max(math.floor((start - w) / (stop - start)), 0)
-      return math.max(learned - idle * step, 0)
-    end
-    local x = guard_carried(tonumber(args[1]), start, stop)
-    -- Slow start (the SLOW_START flag, Upstream's slow_start): before the
-    -- provider has reported anything, the first window holds back half of
-    -- the limit, so a fleet's first burst does
-    -- not meet outside use it cannot yet know of; the first observation
-    -- gives the half back (observe.lua). Only the first window does this.
-    local u = 0
-    if not g[2] and math.floor(tonumber(args[3]) / SLOW_START) % 2 == 1 then
-      u = math.ceil(tonumber(args[1]) / 2)
-    end
-    if x + u > 0 then
-      it.add(x + u)
-      it.room, it.used = it.room - x - u, it.used + x + u
-    end
-    redis.call('HSET', key, 'c', x, 'w', stop, 'u', u)
-    redis.call('HDEL', key, 's')
-    redis.call('PEXPIRE', key, GUARD_KEPT_MS)
-  end
-  return g[1]
-end
-
--- Applies the guard to a checked item of kind `kind`: a pause denies it,
--- and a fixed window opens with the outside use learned.
+-- Applies the guard to a checked item: a pause denies it, and a fixed
+-- window opens with the outside use learned. `it` is the kind's checked
+-- item; a fixed window's add charges its counter with no hold
+-- (lib/fixed_window.lua).
 local function guard_apply(item, it, run)
   local key = item.keys[#item.keys]
   local paused
   if item.kind == 'fw' or item.kind == 'hfw' then
-    paused = guard_open(key, item.keys[1], item.args, it, run)
+    -- A fixed window's guard opens with the window: the learned outside use
+    -- is charged into it.
+    local args = item.args
+    -- A window already open needs only the pause; one opening reads the rest.
+    local g = redis.call('HMGET', key, 'p', 'w')
+    local start, stop = tonumber(args[4]), tonumber(args[5])
+    local w = tonumber(g[2])
+    if w ~= stop then
+      -- Outside use to open the window [start, stop) with, given the guard as
+      -- stored: what window w learned (c, less the spare room it showed), less
+      -- one step for each window between w and this one that had no guarded
+      -- call. Made here, where a window opens, not on every run.
+      local function guard_carried(limit, start, stop)
+        if not w then
+          return 0
+        end
+        local seen = redis.call('HMGET', key, 'c', 's')
+        local c, s = tonumber(seen[1]) or 0, tonumber(seen[2])
+        local step = math.ceil(limit / 16)
+        local learned = c
+        if s then
+          learned = c - math.min(s, step)
+        end
+        local idle = math.max(math.floor((start - w) / (stop - start)), 0)
+        return math.max(learned - idle * step, 0)
+      end
+      local x = guard_carried(tonumber(args[1]), start, stop)
+      -- Slow start (the SLOW_START flag, Upstream's slow_start): before the
+      -- provider has reported anything, the first window holds back half of
+      -- the limit, so a fleet's first burst does
+      -- not meet outside use it cannot yet know of; the first observation
+      -- gives the half back (observe.lua). Only the first window does this.
+      local u = 0
+      if not g[2] and math.floor(tonumber(args[3]) / SLOW_START) % 2 == 1 then
+        u = math.ceil(tonumber(args[1]) / 2)
+      end
+      if x + u > 0 then
+        it.add(x + u)
+        it.room, it.used = it.room - x - u, it.used + x + u
+      end
+      redis.call('HSET', key, 'c', x, 'w', stop, 'u', u)
+      redis.call('HDEL', key, 's')
+      redis.call('PEXPIRE', key, GUARD_KEPT_MS)
+    end
+    paused = g[1]
   else
     paused = redis.call('HGET', key, 'p')
   end

@@ -7,7 +7,6 @@
 -- Defines locals only.
 -- include: lib/clock.lua
 -- include: lib/reply.lua
--- include: lib/item_reply.lua
 -- include: lib/override.lua
 --
 -- A call carries one or more items, each a limit of one subject. ARGV holds,

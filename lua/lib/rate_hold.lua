@@ -36,58 +36,32 @@ local function rh_take(keys, id)
   return tonumber(units), tonumber(stop)
 end
 
--- Gives back every hold past its expiry. Returns whether there was one,
--- and whether there were no holds at all (then neither set exists). The
--- earliest hold answers both, so when none has expired, as is usual, it is
--- the only one read. O(log n + expired).
-local function rh_prune(base, keys, args, run)
-  local first = redis.call('ZRANGE', keys[2], '0', '0', 'WITHSCORES')
-  if not first[2] then
-    return false, true
-  end
-  if tonumber(first[2]) > run.now then
-    return false, false
-  end
-  local expired = redis.call('ZRANGEBYSCORE', keys[2], '-inf', run.now)
-  for _, id in ipairs(expired) do
-    local units, stop = rh_take(keys, id)
-    if units and units > 0 then
-      base.undo(keys, args, run, units, stop)
-    end
-  end
-  return true, false
-end
-
--- The hold sets live until their last hold ends. Their TTL only ever grows,
--- so the TTL they have still covers every hold taken before; when it also
--- covers the new hold's end (`expires`) nothing is written. Otherwise both
--- get the new hold's end plus one more hold's `ttl`, so that a run of holds
--- refreshes them once per TTL, not on every hold: one PTTL where reading
--- the last hold and two PEXPIREs was every hold's cost. Both sets are
--- always written together and emptied together, so the one's TTL is the
--- other's. Sets kept past their last hold are harmless: every reader
--- checks a hold's expiry first. `fresh` says the sets did not exist before
--- this hold, so they have no TTL to read.
-local function rh_keep(keys, now, expires, ttl, fresh)
-  local needed = ms_kept(expires, now)
-  if fresh or redis.call('PTTL', keys[2]) < needed then
-    local ms = int_text(needed + math.ceil(ttl / 1000))
-    redis.call('PEXPIRE', keys[2], ms)
-    redis.call('PEXPIRE', keys[3], ms)
-  end
-end
-
 -- The kind of a hold on the kind whose functions are `base`.
 local function rh_kind(base)
 
+  -- Pruning and keeping the hold sets are written out here, their only
+  -- use, not as functions of their own: every function a script defines is
+  -- a closure made on each run.
   local function rh_check(keys, args, run)
     -- The planned window is confirmed before anything changes.
     local it = base.check(keys, args, run)
     if not it then
       return nil
     end
-    local pruned, fresh = rh_prune(base, keys, args, run)
-    if pruned then
+    -- Every hold past its expiry is given back. The earliest hold says
+    -- whether there is one, and whether there are no holds at all (then
+    -- neither set exists: `fresh`), so when none has expired, as is usual,
+    -- it is the only one read. O(log n + expired).
+    local first = redis.call('ZRANGE', keys[2], '0', '0', 'WITHSCORES')
+    local fresh = not first[2]
+    if not fresh and tonumber(first[2]) <= run.now then
+      local expired = redis.call('ZRANGEBYSCORE', keys[2], '-inf', run.now)
+      for _, id in ipairs(expired) do
+        local units, stop = rh_take(keys, id)
+        if units and units > 0 then
+          base.undo(keys, args, run, units, stop)
+        end
+      end
       it = base.check(keys, args, run)
     end
     local apply = it.apply
@@ -97,7 +71,22 @@ local function rh_kind(base)
       local expires = run.now + ttl
       redis.call('ZADD', keys[2], int_text(expires), run.id)
       redis.call('HSET', keys[3], run.id, int_text(grant) .. ':' .. int_text(stop))
-      rh_keep(keys, run.now, expires, ttl, fresh)
+      -- The hold sets live until their last hold ends. Their TTL only ever
+      -- grows, so the TTL they have still covers every hold taken before;
+      -- when it also covers the new hold's end nothing is written.
+      -- Otherwise both get the new hold's end plus one more hold's `ttl`,
+      -- so that a run of holds refreshes them once per TTL, not on every
+      -- hold: one PTTL where reading the last hold and two PEXPIREs was
+      -- every hold's cost, and none when the sets are new. Both sets are
+      -- always written together and emptied together, so the one's TTL is
+      -- the other's. Sets kept past their last hold are harmless: every
+      -- reader checks a hold's expiry first.
+      local needed = ms_kept(expires, run.now)
+      if fresh or redis.call('PTTL', keys[2]) < needed then
+        local ms = int_text(needed + math.ceil(ttl / 1000))
+        redis.call('PEXPIRE', keys[2], ms)
+        redis.call('PEXPIRE', keys[3], ms)
+      end
       return used, stop
     end
     return it
