@@ -44,28 +44,6 @@ local function fw_put(key, used, marked, existed, now, stop, client_now)
   return used
 end
 
--- Adds `grant` to the counter; a new counter ends with its window. The
--- grant goes as text: a Lua number passed to redis.call is printed with
--- '%.17g', which costs more than int_text.
-local function fw_add(key, grant, now, stop, client_now)
-  local used = redis.call('INCRBY', key, int_text(grant))
-  if used == grant then
-    -- Also taken when an existing counter was refunded to zero; setting
-    -- the same expiry again is harmless.
-    expire_with_window(key, now, stop, client_now)
-  end
-  return used
-end
-
--- Adds `grant` to a counter that may carry the mark, marked as `marked`.
-local function fw_write(key, grant, marked, now, stop, client_now)
-  local used, was, existed = fw_parse(redis.call('GET', key))
-  if not was and not marked then
-    return fw_add(key, grant, now, stop, client_now)
-  end
-  return fw_put(key, used + grant, marked, existed, now, stop, client_now)
-end
-
 -- Lowers the counter by up to `amount`, never below zero; a counter that is
 -- gone (its window closed) owes nothing back.
 local function fw_lower(key, amount)
@@ -102,13 +80,26 @@ local function fw_kind()
     -- Adds `grant`; returns used and stop after it. The read above says
     -- whether the counter carries a mark, which only this function changes
     -- in a run: an unmarked counter that stays so is added to without
-    -- reading it again.
+    -- reading it again. The grant goes as text: a Lua number passed to
+    -- redis.call is printed with '%.17g', which costs more than int_text.
     local function add(grant)
-      if not was and not marked then
-        return fw_add(key, grant, run.now, stop, run.client), stop
+      if was or marked then
+        -- A counter that carries the mark, or is to: read again and, unless
+        -- neither it nor the item is marked now, written whole.
+        local used, now_marked, existed = fw_parse(redis.call('GET', key))
+        was = marked
+        if now_marked or marked then
+          return fw_put(key, used + grant, marked, existed, run.now, stop, run.client), stop
+        end
       end
-      was = marked
-      return fw_write(key, grant, marked, run.now, stop, run.client), stop
+      local used = redis.call('INCRBY', key, int_text(grant))
+      if used == grant then
+        -- A new counter ends with its window. Also taken when an existing
+        -- counter was refunded to zero; setting the same expiry again is
+        -- harmless.
+        expire_with_window(key, run.now, stop, run.client)
+      end
+      return used, stop
     end
     -- Every field in one constructor: a table that outgrows the size its
     -- constructor gave it is rebuilt. `add` is the charge a guard opening
@@ -164,7 +155,7 @@ local function fw_kind()
     if actual and actual > 0 then
       if not was and not marked then
         -- The give-back, then the charge: a counter the give-back left at
-        -- zero gets its window's expiry again, as fw_add sets it.
+        -- zero gets its window's expiry again, as add sets it.
         used = redis.call('INCRBY', key, int_text(actual - back))
         if used == actual then
           expire_with_window(key, run.now, stop, run.client)

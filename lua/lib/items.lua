@@ -124,8 +124,14 @@ local function parse_items(first_key, first_arg, now)
       o = ovr_read(KEYS[k], now)
     end
     if o then
-      item.overridden = ovr_apply(kind, args, o)
-      args.overridden = true
+      -- The override in force goes into the arguments: the limit first;
+      -- for gcra the burst, then the interval fourth.
+      if kind == 'gc' or kind == 'hgc' then
+        args[1], args[4] = o[2], o[3]
+      else
+        args[1] = o[1]
+      end
+      item.overridden, args.overridden = true, true
     end
     items[#items + 1] = item
     k, a = k + nkeys, a + 3 + nargs

@@ -24,14 +24,3 @@ local function ovr_read(key, now)
   end
   return o
 end
-
--- Puts the override in force into an item's arguments (limit first; for
--- gcra the burst, then the interval fourth). Returns whether one applied.
-local function ovr_apply(kind, args, o)
-  if kind == 'gc' or kind == 'hgc' then
-    args[1], args[4] = o[2], o[3]
-  else
-    args[1] = o[1]
-  end
-  return true
-end

@@ -9,6 +9,17 @@
 -- now is outside the planned window; while an override is in force, the
 -- limit in force follows, last, in every shape.
 
+-- Puts the override in force (lib/override.lua) into an item's arguments (limit first; for
+-- gcra the burst, then the interval fourth). Returns whether one applied.
+local function ovr_apply(kind, args, o)
+  if kind == 'gc' or kind == 'hgc' then
+    args[1], args[4] = o[2], o[3]
+  else
+    args[1] = o[1]
+  end
+  return true
+end
+
 -- The kind's arguments in the items' order: limit, cost, flags, extras.
 local function single_args()
   local args = {ARGV[3], ARGV[2], ARGV[4]}
