@@ -26,6 +26,7 @@
 -- the full script. Each is rare next to a plain charge.
 -- include: lib/clock.lua
 -- include: lib/reply.lua
+-- include: lib/decide.lua
 -- include: lib/spend.lua
 
 local key, client_now = KEYS[1], ARGV[1]

@@ -17,6 +17,7 @@
 -- Cost     O(1); writes nothing
 -- include: lib/clock.lua
 -- include: lib/reply.lua
+-- include: lib/decide.lua
 -- include: lib/override.lua
 
 local client_now = ARGV[1]

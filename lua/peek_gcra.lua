@@ -14,6 +14,7 @@
 -- Cost     O(1); writes nothing
 -- include: lib/clock.lua
 -- include: lib/reply.lua
+-- include: lib/decide.lua
 -- include: lib/gcra.lua
 -- include: lib/override.lua
 

@@ -15,6 +15,7 @@
 -- Cost     O(1); writes nothing
 -- include: lib/clock.lua
 -- include: lib/reply.lua
+-- include: lib/decide.lua
 -- include: lib/spend.lua
 -- include: lib/override.lua
 

@@ -43,7 +43,7 @@ end
 KINDS[item.kind].refund(item.keys, item.args, run, tonumber(ARGV[2]))
 -- The reply is the state after the refund, checked for a cost of zero: it
 -- is allowed whenever the limit is not over.
-item.args[2] = '0'
+item.args[2] = 0  -- a number, as parse_items leaves every argument
 local reply = checked_reply({1, run.now}, check_items({item}, run), {item})
 if record then
   replay_remember(record, tonumber(ARGV[3]), fingerprint, reply, {item})

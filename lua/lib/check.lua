@@ -1,6 +1,7 @@
 -- lib/check.lua: how the items of a call are decided.
 -- Included after lib/items.lua by the scripts that decide their items
 -- (acquire, charge, peek, observe, refund, undo); defines locals only.
+-- include: lib/decide.lua
 -- include: lib/item_reply.lua
 -- include: lib/guard.lua
 
@@ -8,14 +9,16 @@
 local function check_items(items, run)
   local checked, all = {}, true
   for i, item in ipairs(items) do
-    local it = KINDS[item.kind].check(item.keys, item.args, run)
+    -- Cost and flags are numbers already: parse_items made them so.
+    local args = item.args
+    local it = KINDS[item.kind].check(item.keys, args, run)
     if not it then
       return nil
     end
-    if math.floor(item.args[3] / GUARD) % 2 == 1 then  -- flagged GUARD
+    if math.floor(args[3] / GUARD) % 2 == 1 then  -- flagged GUARD
       guard_apply(item, it, run)
     end
-    it.status, it.grant = decide(tonumber(item.args[2]), it.room, tonumber(item.args[3]))
+    it.status, it.grant = decide(args[2], it.room, args[3])
     all = all and it.status ~= DENIED
     checked[i] = it
   end

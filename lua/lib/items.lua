@@ -28,53 +28,46 @@
 -- Each kind's functions, made when a run first asks for that kind (KINDS).
 -- A kind's library is included lazily, inside its branch of build_kind, so
 -- that a call makes the functions of the kinds it names and no others. One
--- function with a branch per kind, not a table of builders: each builder
--- would be a closure made on every run.
-local KINDS
-local function build_kind(kind)
+-- function with a branch per kind, the table's __index, not a table of
+-- builders: each builder would be a closure made on every run.
+local function build_kind(made, kind)
+  local functions
   if kind == 'fw' then
     -- lazy: lib/fixed_window.lua
-    return fw_kind()
+    functions = fw_kind()
   elseif kind == 'hfw' then
     -- lazy: lib/rate_hold.lua
-    return rh_kind(KINDS.fw)
+    functions = rh_kind(made.fw)
   elseif kind == 'sc' then
     -- lazy: lib/spend.lua
-    return sc_kind()
+    functions = sc_kind()
   elseif kind == 'rs' then
     -- lazy: lib/spend.lua
-    return rs_kind()
+    functions = rs_kind()
   elseif kind == 'gc' then
     -- lazy: lib/gcra.lua
-    return gc_kind()
+    functions = gc_kind()
   elseif kind == 'sl' then
     -- lazy: lib/sliding_log.lua
-    return sl_kind()
+    functions = sl_kind()
   elseif kind == 'sw' then
     -- lazy: lib/sliding_counter.lua
-    return sw_kind()
+    functions = sw_kind()
   elseif kind == 'cc' then
     -- lazy: lib/concurrency.lua
-    return cc_kind()
+    functions = cc_kind()
   elseif kind == 'hgc' then
     -- lazy: lib/rate_hold.lua
-    return rh_kind(KINDS.gc)
+    functions = rh_kind(made.gc)
   elseif kind == 'hsw' then
     -- lazy: lib/rate_hold.lua
-    return rh_kind(KINDS.sw)
+    functions = rh_kind(made.sw)
   end
-end
-
-KINDS = setmetatable({}, {__index = function(made, kind)
-  local functions = build_kind(kind)
   made[kind] = functions
   return functions
-end})
+end
+local KINDS = setmetatable({}, {__index = build_kind})
 
--- Kinds whose arguments are all numbers (the client sends integers), and
--- whose state is one counter (keys[1]) carrying the override's mark
--- (lib/fixed_window.lua).
-local COUNTED = {fw = true, hfw = true}
 -- The counters parse_items has read in this run: a second item on the same
 -- counter reads it at its own check, after the first item's writes.
 local counters_read = {}
@@ -101,7 +94,11 @@ local function parse_items(first_key, first_arg, now)
     -- Numbers once, here: every kind reads its arguments with tonumber(),
     -- which then costs nothing, where each read of a string parses it again.
     -- Arithmetic parses a numeric string once; tonumber() parses it twice.
-    local counted = COUNTED[kind]
+    -- Kinds whose arguments are all numbers (the client sends integers),
+    -- and whose state is one counter (keys[1]) carrying the override's
+    -- mark (lib/fixed_window.lua). Two comparisons of interned strings, not
+    -- a table made on every run.
+    local counted = kind == 'fw' or kind == 'hfw'
     if counted then
       for i = 1, nargs do
         args[i] = args[i] + 0

@@ -1,21 +1,7 @@
--- lib/reply.lua: how a cost is decided against the room left.
--- Included by operation scripts; defines locals only.
+-- lib/reply.lua: an item's statuses in a reply, and its flags.
+-- Included by operation scripts; defines locals only. How a cost is decided
+-- against the room left is lib/decide.lua's, apart so that the scripts that
+-- decide nothing (settling or releasing a hold) do not make its closure.
 
 local DENIED, FITS, SHADOWED = 0, 1, 3
 local PARTIAL, SHADOW, GUARD, SLOW_START = 1, 2, 4, 8
-
--- Status and grant of `cost` when `room` units fit, under the item's flags:
--- all of it; as much as fits with PARTIAL; all of it anyway with SHADOW
--- (counted and reported as over); or nothing.
-local function decide(cost, room, flags)
-  if cost <= room then
-    return FITS, cost
-  end
-  if flags % 2 == PARTIAL and room > 0 then
-    return FITS, room
-  end
-  if flags % 4 >= SHADOW then
-    return SHADOWED, cost
-  end
-  return DENIED, 0
-end

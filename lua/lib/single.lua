@@ -8,9 +8,11 @@
 -- else {status, now, used, held, stop, retry_at, grant}, or {-1, now} when
 -- now is outside the planned window; while an override is in force, the
 -- limit in force follows, last, in every shape.
+-- include: lib/decide.lua
 
--- Puts the override in force (lib/override.lua) into an item's arguments (limit first; for
--- gcra the burst, then the interval fourth). Returns whether one applied.
+-- Puts the override in force (lib/override.lua) into an item's arguments
+-- (limit first; for gcra the burst, then the interval fourth). Returns
+-- whether one applied.
 local function ovr_apply(kind, args, o)
   if kind == 'gc' or kind == 'hgc' then
     args[1], args[4] = o[2], o[3]

@@ -49,7 +49,7 @@ def _numbers(text: str) -> dict[str, float]:
 _BUILDER = re.compile(
     r"^  (?:if|elseif) kind == '(\w+)' then\n"
     r"    -- lazy: (lib/\w+\.lua)\n"
-    r"    return (\w+)\((?:KINDS\.(\w+))?\)\n",
+    r"    functions = (\w+)\((?:made\.(\w+))?\)\n",
     re.MULTILINE,
 )
 
@@ -59,7 +59,7 @@ def _build_table() -> dict[str, tuple[str, str, str]]:
     branch includes lazily, the function it calls, and the kind that
     function wraps ('' for none)."""
     body = re.search(
-        r"^local function build_kind\(kind\)\n(.*?)^end", _lua("lib/items.lua"), re.M | re.S
+        r"^local function build_kind\(made, kind\)\n(.*?)^end", _lua("lib/items.lua"), re.M | re.S
     )
     assert body is not None, "items.lua has no build_kind"
     builders = _BUILDER.findall(body.group(1))
