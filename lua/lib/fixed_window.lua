@@ -60,8 +60,9 @@ end
 -- Made on first use in a run: most runs use one kind.
 local function fw_kind()
   local function fw_check(keys, args, run)
-    local key, limit, start, stop = keys[1], tonumber(args[1]), tonumber(args[4]),
-      tonumber(args[5])
+    -- parse_items made every argument a number; only an override's limit
+    -- (args[1]) is text.
+    local key, limit, start, stop = keys[1], tonumber(args[1]), args[4], args[5]
     if run.now < start or run.now >= stop then
       return nil
     end
@@ -120,7 +121,7 @@ local function fw_kind()
     -- A counter read before this change (lib/items.lua) is stale after it.
     args.stored = nil
     -- Only the window that was charged owes anything back.
-    if stop == tonumber(args[5]) then
+    if stop == args[5] then
       fw_lower(keys[1], grant)
     end
   end
@@ -138,7 +139,7 @@ local function fw_kind()
   -- the item, when nothing has written the counter since: its read stands
   -- for the read here. Returns the state after it.
   local function fw_settle(keys, args, run, units, charged_stop, actual, checked)
-    local key, stop = keys[1], tonumber(args[5])
+    local key, stop = keys[1], args[5]
     args.stored = nil
     local used, was, existed
     if checked then

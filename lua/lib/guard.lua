@@ -39,7 +39,7 @@ local function guard_apply(item, it, run)
     local args = item.args
     -- A window already open needs only the pause; one opening reads the rest.
     local g = redis.call('HMGET', key, 'p', 'w')
-    local start, stop = tonumber(args[4]), tonumber(args[5])
+    local start, stop = args[4], args[5]  -- numbers (parse_items)
     local w = tonumber(g[2])
     if w ~= stop then
       -- Outside use to open the window [start, stop) with, given the guard as
