@@ -40,7 +40,8 @@ local function guard_apply(item, it, run)
     -- A window already open needs only the pause; one opening reads the rest.
     local g = redis.call('HMGET', key, 'p', 'w')
     local start, stop = args[4], args[5]  -- numbers (parse_items)
-    local w = tonumber(g[2])
+    -- Arithmetic parses the text once; tonumber() parses it twice.
+    local w = g[2] and g[2] + 0
     if w ~= stop then
       -- Outside use to open the window [start, stop) with, given the guard as
       -- stored: what window w learned (c, less the spare room it showed), less

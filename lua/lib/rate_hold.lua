@@ -33,7 +33,10 @@ local function rh_take(keys, id)
   redis.call('HDEL', keys[3], id)
   redis.call('ZREM', keys[2], id)
   local units, stop = string.match(stored, '^(%d+):(%d+)$')
-  return tonumber(units), tonumber(stop)
+  if units then
+    -- Arithmetic parses each number once; tonumber() parses it twice.
+    return units + 0, stop + 0
+  end
 end
 
 -- The kind of a hold on the kind whose functions are `base`.
@@ -54,7 +57,7 @@ local function rh_kind(base)
     -- it is the only one read. O(log n + expired).
     local first = redis.call('ZRANGE', keys[2], '0', '0', 'WITHSCORES')
     local fresh = not first[2]
-    if not fresh and tonumber(first[2]) <= run.now then
+    if not fresh and first[2] + 0 <= run.now then
       local expired = redis.call('ZRANGEBYSCORE', keys[2], '-inf', run.now)
       for _, id in ipairs(expired) do
         local units, stop = rh_take(keys, id)
