@@ -77,17 +77,19 @@ async def measure(url: str, seconds: float, rounds: int, whole: bool) -> dict[st
     names = [*ROWS, *(name + WHOLE for name in ROWS)] if whole else list(ROWS)
     rates: dict[str, list[float]] = {name: [] for name in names}
     handout = _batch.HANDOUT
-    async with AsyncLimiter.from_url(url) as limiter:
-        decide = rows(limiter)
-        for round_ in range(rounds):
-            order = names if round_ % 2 == 0 else list(reversed(names))
-            for name in order:
-                _batch.HANDOUT = 2**31 if name.endswith(WHOLE) else handout
-                row = name.removesuffix(WHOLE)
-                loop = await closed_loop(decide[row], TASKS, seconds, warmup=0.5)
-                if loop.errors.count:
-                    raise RuntimeError(f"{name}: {loop.errors.count} errors, {loop.errors.first}")
-                rates[name].append(loop.rate)
+    for round_ in range(rounds):
+        order = names if round_ % 2 == 0 else list(reversed(names))
+        for name in order:
+            _batch.HANDOUT = 2**31 if name.endswith(WHOLE) else handout
+            # A limiter of its own for each run: once batches are split, the
+            # two pumps go on taking turns, so a lane that ran the other way
+            # before would carry its rhythm into this run.
+            async with AsyncLimiter.from_url(url) as limiter:
+                decide = rows(limiter)[name.removesuffix(WHOLE)]
+                loop = await closed_loop(decide, TASKS, seconds, warmup=0.5)
+            if loop.errors.count:
+                raise RuntimeError(f"{name}: {loop.errors.count} errors, {loop.errors.first}")
+            rates[name].append(loop.rate)
     _batch.HANDOUT = handout
     return rates
 
