@@ -47,11 +47,14 @@ MOST = 512
 """Calls per write at most, so one huge burst cannot make the first caller
 in it wait for the last one's reply."""
 HANDOUT = 16
-"""Replies a pump hands out before it lets their callers run. Handed out
-all at once, a batch's callers would all come back at once, into one next
-batch: the server would wait while the client works and the client while the
-server does, each batch in turn. Handed out a part at a time, the first
-callers' next calls are written while the rest are still being answered."""
+"""Replies a pump hands out before it lets their callers run, while another
+pump has nothing to do. Handed out all at once, a batch's callers would all
+come back at once, into one next batch: the server would wait while the
+client works and the client while the server does, each batch in turn.
+Handed out a part at a time, the first callers' next calls are written
+while the rest are still being answered. When every pump is busy (a
+thousand tasks fill two batches), the calls would only queue, and the pump
+hands the whole batch out."""
 RESTED = 0.001
 """Seconds unused after which a connection is checked before a write."""
 LINGER = 2.0
@@ -349,12 +352,14 @@ class Lane:
                     # script cache failed together load it once, together.
                     answered += not isinstance(reply, Exception)
                     if answered == HANDOUT and done < len(batch):
-                        # The callers answered so far run now, and their
-                        # next calls go out on the other pump while this one
-                        # answers the rest: the server works while the
-                        # client does.
                         answered = 0
-                        await asyncio.sleep(0)
+                        if self._idle or self._pumps < self._width:
+                            # The callers answered so far run now, and their
+                            # next calls go out on a pump that has nothing
+                            # to do while this one answers the rest: the
+                            # server works while the client does. With
+                            # every pump busy they would only queue.
+                            await asyncio.sleep(0)
             self._known[connection] = self._loop.time()
         except (Exception, asyncio.CancelledError) as err:
             # Whatever broke the exchange, every caller still waiting gets an
