@@ -12,6 +12,8 @@ from typing import Any
 
 import redis
 
+from atomlimit._steadfast import STEADFAST, Steadfast
+
 START = datetime(2026, 1, 1, 0, 0, 5, tzinfo=UTC).timestamp()
 """An arbitrary instant for controlled clocks, in epoch seconds."""
 SECOND = 1_000_000
@@ -101,3 +103,15 @@ def require_tool(name: str) -> None:
     if os.environ.get("ATOMLIMIT_REQUIRE_SERVERS"):
         pytest.fail(f"{name} is not installed, and ATOMLIMIT_REQUIRE_SERVERS is set")
     pytest.skip(f"{name} is not installed (apt-get install {name})")
+
+
+class Careless(Steadfast):
+    """`Steadfast` with the runner told nothing: the control of the
+    cancellation tests, where a cancellation drops a call's reply, or its
+    unsent end, at once."""
+
+    __slots__ = ()
+
+    def __enter__(self) -> Steadfast:
+        self._token = STEADFAST.set(None)
+        return self

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable
 from contextvars import ContextVar
+from types import TracebackType
 from typing import Any, TypeVar
 
 T = TypeVar("T")
@@ -20,7 +21,7 @@ class Steadfast:
     (all charged, or what was charged undone) or a model call's end (every
     hold settled or released, every lease returned).
 
-    While it is in force (`steadfast`), the runner's calls wait out their
+    While it is in force (``with Steadfast() as kept:``), the runner's calls wait out their
     task's cancellation instead of giving up: a call already queued is
     still written, and its reply read and acted on. ``cancelled`` records
     that a cancellation was held back; the work raises it at its end.
@@ -31,10 +32,24 @@ class Steadfast:
     paths (redirects, reloads, waits) run in a shielded task of their own.
     """
 
-    __slots__ = ("cancelled",)
+    __slots__ = ("_token", "cancelled")
 
     def __init__(self) -> None:
         self.cancelled = False
+        self._token: Any = None
+
+    def __enter__(self) -> Steadfast:
+        self._token = STEADFAST.set(self)
+        return self
+
+    def __exit__(
+        self, kind: type[BaseException] | None, err: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        STEADFAST.reset(self._token)
+        if self.cancelled and kind is not None and issubclass(kind, Exception):
+            # The work failed after a cancellation was held back: the
+            # cancellation is what the caller asked for, so it goes through.
+            raise asyncio.CancelledError from None
 
     async def outlast(self, work: Awaitable[T]) -> T:
         """``work``'s result; a cancellation meanwhile waits for it, and is recorded."""
@@ -47,13 +62,3 @@ class Steadfast:
 
 
 STEADFAST: ContextVar[Steadfast | None] = ContextVar("atomlimit_steadfast", default=None)
-
-
-def steadfast() -> tuple[Steadfast, Any]:
-    """Put a `Steadfast` in force for the calling task; reset the token after."""
-    state = Steadfast()
-    return state, STEADFAST.set(state)
-
-
-def end_steadfast(token: Any) -> None:
-    STEADFAST.reset(token)

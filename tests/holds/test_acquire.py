@@ -23,7 +23,7 @@ import pytest
 import redis
 import redis.asyncio
 from conftest import Target
-from helpers import START, evalsha_runs
+from helpers import START, Careless, evalsha_runs
 from proxy import StallingProxy
 from redis.asyncio.retry import Retry as AsyncRetry
 from redis.backoff import NoBackoff
@@ -51,7 +51,6 @@ from atomlimit._codecs import codec_of
 from atomlimit._engine import Engine
 from atomlimit._runner_steps import Flow, Plan
 from atomlimit._scripts import script
-from atomlimit._steadfast import STEADFAST, Steadfast
 from atomlimit._sync_runner import SyncRunner
 from atomlimit.cli.demo import _race
 
@@ -1493,12 +1492,6 @@ async def test_async_an_acquire_cancelled_at_any_point_leaves_nothing_held(
     assert found == (0, 0, 0)
 
 
-def _careless() -> tuple[Steadfast, Any]:
-    """`steadfast` with the runner told nothing: a cancellation drops the
-    acquire's reply (or its later subjects) at once."""
-    return Steadfast(), STEADFAST.set(None)
-
-
 @pytest.mark.parametrize("careless", [False, True], ids=["held back", "careless"])
 async def test_async_an_acquire_cancelled_on_the_wire_gives_back_what_it_took(
     stalling_proxy: StallingProxy, monkeypatch: pytest.MonkeyPatch, careless: bool
@@ -1508,7 +1501,7 @@ async def test_async_an_acquire_cancelled_on_the_wire_gives_back_what_it_took(
     # cancellation waits for the reply and the acquire gives back what it
     # took; the careless control leaves it held.
     if careless:
-        monkeypatch.setattr(async_limiter, "steadfast", _careless)
+        monkeypatch.setattr(async_limiter, "Steadfast", Careless)
     async with AsyncLimiter.from_url(stalling_proxy.url) as limiter:
         await limiter.hit(SWEEP_RATE, "warm-up")  # the connections made and checked
         stalling_proxy.delay = 0.02

@@ -23,7 +23,7 @@ from typing import Any
 
 import pytest
 from conftest import Target
-from helpers import Clock, evalsha_runs
+from helpers import Careless, Clock, evalsha_runs
 from proxy import StallingProxy
 from redis.crc import key_slot
 from servers import Cluster, Server
@@ -42,7 +42,6 @@ from atomlimit import (
 )
 from atomlimit._async import calls as async_calls
 from atomlimit._async import limiter as async_limiter
-from atomlimit._steadfast import STEADFAST, Steadfast
 
 RPM = RateLimit(name="rpm", limit=3, window="minute")
 TPM = RateLimit(name="tpm", limit=1600, window="minute")
@@ -960,11 +959,8 @@ async def test_async_without_holding_cancellation_back_a_cancelled_call_leaves_h
 ) -> None:
     # The control: the same calls, with the runner told nothing, so a
     # cancellation gives up the call's reply or its unsent end at once.
-    def careless() -> tuple[Steadfast, Any]:
-        return Steadfast(), STEADFAST.set(None)
-
-    monkeypatch.setattr(async_limiter, "steadfast", careless)
-    monkeypatch.setattr(async_calls, "steadfast", careless)
+    monkeypatch.setattr(async_limiter, "Steadfast", Careless)
+    monkeypatch.setattr(async_calls, "Steadfast", Careless)
     async with AsyncLimiter.from_url(server.url) as limiter:
         await limiter.hit(SWEPT_RPM, "warm-up")
         _, held, leases = await _cancelled_at_every_turn(limiter)

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any, Protocol, Self
 from atomlimit._acquire import Acquisition
 from atomlimit._model_call import Ending, Planned, denied, ending_calls
 from atomlimit._provider_headers import ProviderReport
-from atomlimit._steadfast import end_steadfast, steadfast  # unasync: async
+from atomlimit._steadfast import Steadfast  # unasync: async
 from atomlimit._waiting import pause
 from atomlimit.decision import Decision, Settlement
 from atomlimit.errors import InvalidInput, LimitExceeded
@@ -176,15 +176,8 @@ class AsyncModelCall:
         # The end is sent even when the task is cancelled in the block or
         # while the end is on its way: its holds are settled or released and
         # its leases returned before the cancellation goes through.
-        kept, token = steadfast()
-        try:
+        with Steadfast() as kept:
             results = await limiter._finish(calls)
-        except Exception:
-            if kept.cancelled:
-                raise asyncio.CancelledError from None
-            raise
-        finally:
-            end_steadfast(token)
         if kept.cancelled:
             raise asyncio.CancelledError
         # unasync: sync

@@ -55,7 +55,7 @@ from atomlimit._shell import (
     hit_calls,
     reserved_limit,
 )
-from atomlimit._steadfast import end_steadfast, steadfast  # unasync: async
+from atomlimit._steadfast import Steadfast  # unasync: async
 from atomlimit._waiting import deadline_after, pause
 from atomlimit._windows import from_us
 from atomlimit.breaker import Breaker
@@ -735,15 +735,8 @@ class AsyncLimiter:
         # still finishes before the cancellation goes through, so no partial
         # charge survives; leases and holds it took are then released, since
         # nobody holds their handles.
-        kept, token = steadfast()
-        try:
+        with Steadfast() as kept:
             found: Acquisition = await self._runner.drive(flow)
-        except Exception:
-            if kept.cancelled:
-                raise asyncio.CancelledError from None
-            raise
-        finally:
-            end_steadfast(token)
         if kept.cancelled:
             with contextlib.suppress(Exception):
                 for item, decision in found.held:
