@@ -109,7 +109,7 @@ local function fw_kind()
     -- reading it again when nothing has written it since.
     return {
       room = limit - used, used = used, held = 0, stop = stop, add = add, apply = add,
-      stored = stored,
+      stored = stored, status = false, grant = false,
       retry = function(cost)
         -- The whole limit is free again when this window ends.
         return cost <= limit and stop or 0

@@ -61,15 +61,15 @@ def acquire(
     backend failure part-way undoes what this send charged, then re-raises.
     """
     items, groups = checked if checked is not None else checked_items(engine, hits, guards)
-    if len(groups) > 1 or request_id is not None or any(i.codec.wait for i in items):
+    if unrecorded(items, groups, request_id):
+        # One subject is one atomic script, and a generated id is never sent
+        # twice: it only names the leases and holds taken.
+        rid, ttl = engine.record_ttl(None)[0], None
+    else:
         # Several subjects are undone from records; a caller's id is
         # remembered so that sending the acquire again replays it; a charge
         # that waits for replicas can fail after it was made.
         rid, ttl = engine.record_ttl(request_id)
-    else:
-        # One subject is one atomic script, and a generated id is never sent
-        # twice: it only names the leases and holds taken.
-        rid, ttl = engine.record_ttl(None)[0], None
     # The id a caller can send again: only a recorded acquire has one.
     visible = rid if ttl else None
     if len(groups) > 1 and engine.together:
@@ -140,8 +140,21 @@ def acquire(
     return _ended(items, decisions, False, rid)
 
 
+def unrecorded(items: Sequence[Item], groups: Sequence[Sequence[int]], request_id: object) -> bool:
+    """Whether an acquire is one script that keeps no record: one subject,
+    no caller's id to replay, no wait for replicas. Its flow sends that
+    script and nothing else (`charged_at_once` reads the reply)."""
+    return len(groups) == 1 and request_id is None and not any(i.codec.wait for i in items)
+
+
+def charged_at_once(items: list[Item], outcome: Charged, rid: str) -> Acquisition:
+    """The Acquisition of an `unrecorded` acquire from its one script's reply,
+    as its flow ends with it."""
+    return _ended(items, list(outcome.decisions), outcome.allowed, rid)
+
+
 def _ended(
-    items: list[Item], decisions: list[Decision[Any] | None], allowed: bool, rid: str
+    items: list[Item], decisions: Sequence[Decision[Any] | None], allowed: bool, rid: str
 ) -> Acquisition:
     """The Acquisition of every item decided: what it holds if allowed, else
     the first hit that said no."""

@@ -18,7 +18,7 @@ from datetime import timedelta
 from decimal import Decimal
 from typing import Any, NamedTuple
 
-from atomlimit._acquire import Acquisition
+from atomlimit._acquire import Acquisition, checked_items
 from atomlimit._codecs import GUARD, SLOW_START
 from atomlimit._engine import Engine, Item
 from atomlimit._errors import InvalidInput
@@ -90,6 +90,116 @@ def plan(
             roles.append(role)
             guards.append(flags if side is upstream and role in _GUARDED else 0)
     return Planned(hits, roles, guards)
+
+
+Checked = tuple[list[Item], list[list[int]]]
+"""A call's items, checked, and their indices grouped by subject (`checked_items`)."""
+
+
+class _Shape(NamedTuple):
+    """What every call of one upstream, client, limits and timeout plans
+    alike: all but the tokens and cost."""
+
+    upstream: Upstream
+    limits: ClientLimits | None
+    hits: list[Hit[Any]]
+    items: list[Item]
+    groups: list[list[int]]
+    roles: list[Role]
+    guards: list[int]
+    ttl: timedelta
+
+
+class CallShapes:
+    """The plans of a limiter's recent calls, kept by what each call names.
+
+    Planning a call checks its upstream, its client and each limit of both,
+    and finds every limit's keys: about a fifth of a call's work in the
+    client (``bench/call_work.py``), and the same on every call of one
+    upstream, client, limits and timeout. It is made once for those and
+    kept; each call then checks its own tokens and cost, as planning them
+    afresh would, in the same order and with the same errors.
+    """
+
+    __slots__ = ("_known",)
+
+    def __init__(self) -> None:
+        self._known: dict[tuple[int, int, str | None, timedelta], _Shape] = {}
+
+    def plan(
+        self,
+        engine: Engine,
+        upstream: object,
+        client: object,
+        tokens: object,
+        cost: object,
+        limits: object,
+        ttl: timedelta,
+    ) -> tuple[Planned, Checked]:
+        """The call's hits and its checked items, as `plan` then `checked_items` make them."""
+        if not ((client is None or type(client) is str) and type(ttl) is timedelta):
+            # Not a key a dict can take (or not a valid call): planned in full,
+            # which refuses what it must.
+            planned = plan(upstream, client, tokens, cost, limits, ttl)
+            return planned, checked_items(engine, planned.hits, planned.guards)
+        # By identity: the upstream and limits are kept in the shape, so an
+        # id is not reused while its shape is known. Without limits of its
+        # own the client names nothing, so every client shares one shape.
+        key = (id(upstream), id(limits), client if limits is not None else None, ttl)
+        shape = self._known.get(key)
+        if shape is None or shape.upstream is not upstream or shape.limits is not limits:
+            shape = _shaped(engine, upstream, client, limits, ttl)
+            if len(self._known) >= _MAX_SHAPES:
+                self._known.clear()
+            self._known[key] = shape
+        return _filled(shape, tokens, cost)
+
+
+_MAX_SHAPES = 256
+"""Call shapes a limiter keeps: an upstream per model, a client per caller
+with limits of its own."""
+
+
+def _shaped(
+    engine: Engine, upstream: object, client: object, limits: object, ttl: timedelta
+) -> _Shape:
+    """A call's plan with no tokens and no cost: every check of the call but theirs."""
+    planned = plan(upstream, client, 0, 0, limits, ttl)
+    items, groups = checked_items(engine, planned.hits, planned.guards)
+    assert isinstance(upstream, Upstream)
+    assert limits is None or isinstance(limits, ClientLimits)
+    return _Shape(upstream, limits, planned.hits, items, groups, planned.roles, planned.guards, ttl)
+
+
+def _filled(shape: _Shape, tokens: object, cost: object) -> tuple[Planned, Checked]:
+    """``shape`` with the call's tokens and cost, each checked by its limit as
+    `Engine.item` checks a cost."""
+    hits: list[Hit[Any]] = []
+    items: list[Item] = []
+    for hit, item, role in zip(shape.hits, shape.items, shape.roles, strict=True):
+        if role == "tokens":
+            amount = tokens
+        elif role == "spend":
+            amount = cost
+        else:
+            hits.append(hit)
+            items.append(item)
+            continue
+        units = item.codec.units(amount)
+        hits.append(Hit(hit.limit, hit.subject, amount, hold=shape.ttl))
+        items.append(
+            Item(
+                item.spec,
+                item.subject,
+                item.tag,
+                item.base,
+                item.codec,
+                units,
+                item.flags,
+                item.hold,
+            )
+        )
+    return Planned(hits, shape.roles, shape.guards), (items, shape.groups)
 
 
 @dataclass(slots=True)

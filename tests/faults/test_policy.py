@@ -25,6 +25,7 @@ from servers import Server, free_port, start_server
 from atomlimit import (
     AsyncLimiter,
     BackendError,
+    ClientLimits,
     Concurrency,
     Hit,
     InvalidInput,
@@ -33,6 +34,7 @@ from atomlimit import (
     RateLimit,
     SpendCap,
     UnsafeServer,
+    Upstream,
 )
 from atomlimit._codecs import codec_of
 from atomlimit._scripts import all_names, script
@@ -135,6 +137,35 @@ def test_the_default_raises_backend_error_from_every_call(down: Limiter) -> None
     for call in calls:
         with pytest.raises(BackendError):
             call()
+
+
+@pytest.mark.parametrize("own", [False, True], ids=["upstream only", "with a client's"])
+def test_a_model_call_on_no_server_raises_unapplied_naming_what_to_send_again(
+    down: Limiter, own: bool
+) -> None:
+    tokens = RateLimit(name="raise-tokens", limit=100, window="minute")
+    upstream = Upstream("u", requests=RAISE, tokens=tokens)
+    limits = ClientLimits(tokens=tokens) if own else None
+    with (
+        pytest.raises(BackendError) as failed,
+        down.call(upstream, client="c", tokens=2, limits=limits),
+    ):
+        pass
+    # Refused before it was written: nothing applied. An upstream's limits
+    # alone are one script with no record, which nobody could send again;
+    # with a client's they are recorded under the acquire's id.
+    assert failed.value.applied == "no"
+    assert (failed.value.request_id is not None) == own
+
+
+async def test_async_a_model_call_on_no_server_raises_unapplied() -> None:
+    async with dead_async_client() as client:
+        limiter = AsyncLimiter(client)
+        with pytest.raises(BackendError) as failed:
+            async with limiter.call(Upstream("u", requests=RAISE), tokens=2):
+                pass
+        assert failed.value.applied == "no"
+        assert failed.value.request_id is None
 
 
 async def test_async_the_default_raises_backend_error() -> None:

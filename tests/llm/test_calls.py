@@ -40,6 +40,7 @@ from atomlimit import (
     SpendCap,
     Upstream,
 )
+from atomlimit import _model_call as model_call
 from atomlimit._async import calls as async_calls
 from atomlimit._async import limiter as async_limiter
 
@@ -714,6 +715,69 @@ def _load(limiter: Limiter) -> None:
     with _call(limiter) as call:
         call.settle(tokens=10, cost=Decimal("0.01"))
         call.observe({"x-ratelimit-limit-tokens": "1600", "x-ratelimit-remaining-tokens": "1590"})
+
+
+def test_a_call_is_planned_once_per_upstream_client_and_timeout(
+    server: Server, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    requests = RateLimit(name="p-rpm", limit=100, window="minute")
+    tokens = RateLimit(name="p-tpm", limit=10**6, window="minute")
+    spend = SpendCap(name="p-usd", limit=Decimal(100), currency="USD", window="day")
+    upstream = Upstream("p:model", requests=requests, tokens=tokens)
+    own = ClientLimits(tokens=tokens, spend=spend)
+    planned: list[int] = []
+    checked = model_call.checked_items
+
+    def counting(*args: Any) -> Any:
+        planned.append(1)
+        return checked(*args)
+
+    def call(limiter: Limiter, tokens: Any, cost: Any, **options: Any) -> Any:
+        return limiter.call(upstream, client="c", tokens=tokens, cost=cost, limits=own, **options)
+
+    def used(limiter: Limiter) -> list[Any]:
+        return [
+            limiter.peek(tokens, "p:model", 0).used,
+            limiter.peek(tokens, "c", 0).used,
+            limiter.peek(spend, "c", 0).used,
+        ]
+
+    monkeypatch.setattr(model_call, "checked_items", counting)
+    with server.client() as client:
+        limiter = Limiter(client)
+        with call(limiter, 300, Decimal("0.50")):
+            pass
+        with call(limiter, 100, Decimal("0.20")):
+            pass
+        assert len(planned) == 1
+        # Each call's own tokens and cost, though its plan was kept.
+        assert used(limiter) == [400, 400, Decimal("0.70")]
+
+        # A bad amount is refused as on a first call, before anything is sent.
+        fresh = Limiter(client)
+        for bad in ((-1, Decimal(1)), (300, Decimal(-1)), (10**30, 0), ("300", 0), (1, 0.5)):
+            with pytest.raises(InvalidInput) as kept:
+                call(limiter, *bad)
+            with pytest.raises(InvalidInput) as first:
+                call(fresh, *bad)
+            assert str(kept.value) == str(first.value)
+        assert used(limiter) == [400, 400, Decimal("0.70")]
+
+        # Another client, timeout or upstream is a plan of its own.
+        with limiter.call(upstream, client="d", tokens=50, limits=own):
+            pass
+        assert limiter.peek(tokens, "d", 0).used == 50
+        with call(limiter, 1, 0, timeout=timedelta(seconds=30)):
+            pass
+        with limiter.call(Upstream("p:model", requests=requests), tokens=999) as narrower:
+            assert [d.spec for d in narrower.decisions] == [requests]
+        assert len(planned) == 5  # the fresh limiter's first, then these three
+        assert used(limiter) == [451, 401, Decimal("0.70")]
+
+        # Plans are kept for a bounded number of shapes.
+        for n in range(300):
+            limiter.call(upstream, client=f"c-{n}", limits=own)
+        assert len(limiter._shapes._known) <= 256
 
 
 def test_an_allowed_call_is_two_round_trips_on_one_server(server: Server) -> None:
