@@ -96,6 +96,9 @@ class AsyncRunner:
 
     async def run_many(self, calls: Sequence[Call]) -> list[Any]:
         """Send ``calls`` together; return their results, in order."""
+        if len(calls) == 1:
+            # A model call's usual end, one settle: what sending it alone does.
+            return [await self.run(calls[0])]
         outcomes = await self._send_many(calls)
         results = []
         for call, outcome in zip(calls, outcomes, strict=True):

@@ -484,15 +484,13 @@ class Engine:
         t, client_now = self.planned(local)
         record = (self._record(items, rid),) if record_ttl else ()
         fingerprint = ";".join(f"{i.kind}:{i.units}:{i.flags}" for i in items) if record else ""
-        wires = [item.wire(t) for item in items]
-        args = (
-            client_now,
-            record_ttl or "",
-            rid,
-            fingerprint,
-            len(items),
-            *(arg for _, encoded in wires for arg in encoded),
-        )
+        keys: list[str] = [*record]
+        args: list[Arg | Packed] = [client_now, record_ttl or "", rid, fingerprint, len(items)]
+        for item in items:
+            # Extended a tuple at a time: a generator per argument cost more.
+            item_keys, encoded = item.wire(t)
+            keys += item_keys
+            args += encoded
         replay = request_id if record else None
         wait = _wait(items)
         # A waited charge can fail after it was made: only a record makes
@@ -517,8 +515,7 @@ class Engine:
                 return decisions[0]
             return Charged(charged, decisions, rid, t, code == _REPLAYED)
 
-        keys = (*record, *(key for item_keys, _ in wires for key in item_keys))
-        return Call(script("charge"), keys, args, read, bool(record), replay, wait)
+        return Call(script("charge"), tuple(keys), tuple(args), read, bool(record), replay, wait)
 
     def charge_groups(
         self, groups: Sequence[Sequence[Item]], request_id: str, record_ttl: int, local: int

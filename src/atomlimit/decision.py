@@ -269,15 +269,25 @@ def decided(
     ``limit_source``: whose limit is in force; ``cached``: answered from the
     deny cache.
     """
-    decision: Decision[Any] = object.__new__(Decision)
-    _init(decision, allowed, limit, used, remaining, reset_us, retry_us, granted, held)
-    _SHADOW(decision, shadow_denied)
-    _SPEC(decision, spec)
-    _DEGRADED(decision, False)
-    _CAUSE(decision, None)
-    _LIMIT_SOURCE(decision, limit_source)
-    _CACHED(decision, cached)
-    return decision
+    # Filled as a plain object of the same slots, then made a Decision
+    # (`_Open`): a third of the cost of writing each slot through its guard.
+    d: Any = _Open()
+    d.allowed = allowed
+    d.limit = limit
+    d.used = used
+    d.remaining = remaining
+    d._reset = reset_us
+    d._retry = retry_us
+    d.granted = granted
+    d.held = held
+    d.shadow_denied = shadow_denied
+    d.spec = spec
+    d.degraded = False
+    d.cause = None
+    d.limit_source = limit_source
+    d.cached = cached
+    d.__class__ = Decision
+    return d  # type: ignore[no-any-return]
 
 
 class _Open(Generic[Amount]):
@@ -303,28 +313,13 @@ def denied_again(
     spec: Spec[Any],
     limit_source: Literal["spec", "override"] = "spec",
 ) -> Decision[Any]:
-    """A denial answered from the deny cache: what ``decided(False, limit,
-    used, remaining, reset_us, retry_us, granted, held, False, spec,
-    limit_source, cached=True)`` builds, for less: a plain object of the
-    same slots, filled, then made a Decision (the two share their layout),
-    which skips the checks of building one field by field."""
-    d: Any = _Open()
-    d.allowed = False
-    d.limit = limit
-    d.used = used
-    d.remaining = remaining
-    d._reset = reset_us
-    d._retry = retry_us
-    d.granted = granted
-    d.held = held
-    d.shadow_denied = False
-    d.spec = spec
-    d.degraded = False
-    d.cause = None
-    d.limit_source = limit_source
-    d.cached = True
-    d.__class__ = Decision
-    return d  # type: ignore[no-any-return]
+    """A denial answered from the deny cache: ``decided(False, limit, used,
+    remaining, reset_us, retry_us, granted, held, False, spec, limit_source,
+    cached=True)``."""
+    return decided(
+        False, limit, used, remaining, reset_us, retry_us, granted, held, False, spec,
+        limit_source, cached=True,
+    )  # fmt: skip
 
 
 # Writing through the slots' own descriptors skips __setattr__, which
