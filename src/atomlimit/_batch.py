@@ -41,8 +41,14 @@ from typing import Any, NamedTuple
 from atomlimit import _redis
 from atomlimit._redis import ReadOnlyError, RedisTimeoutError
 
-PUMPS = 2
-"""Pumps per server: one writes while the other waits for its replies."""
+PUMPS = 3
+"""Pumps per server, each on a connection of its own while it works: one
+writes while the others wait for their replies. Two keep a lane of hits
+busy; heavier scripts (a model call's acquire and settle) keep the server
+at a batch long enough that with two, both were often waiting on it while
+the client had nothing to do, and a third makes model calls about a tenth
+faster (``bench/call_throughput.py``). A pool too small for three (or
+two) gives the lane what it has (`Lane._turn`)."""
 MOST = 512
 """Calls per write at most, so one huge burst cannot make the first caller
 in it wait for the last one's reply."""
@@ -229,10 +235,17 @@ class Lane:
             connection = await self._take()
             await _redis.async_ready(connection, idle=self._rested(connection))
         except Exception as err:
-            # Nothing was written. Whatever failed (no connection to give, a
-            # refused connect, or an option the connection class rejects),
-            # the calls waiting get it once, as their outcome; the pump ends
-            # rather than trying again in a loop.
+            # Nothing was written.
+            if self._most > 1 and self._pumps > 1 and _redis.exhausted(err):
+                # The pool is at its size, and another pump serves the queue:
+                # this one ends, and the lane asks for no more pumps than it
+                # has, rather than fail calls a connection it holds can carry.
+                self._width = self._pumps - 1
+                return False
+            # Whatever else failed (the last pump finding no connection to
+            # give, a refused connect, or an option the connection class
+            # rejects), the calls waiting get it once, as their outcome; the
+            # pump ends rather than trying again in a loop.
             self._fail(self._next(), err, written=False)
             return False
         finally:

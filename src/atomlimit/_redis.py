@@ -44,6 +44,7 @@ from redis.exceptions import (
     AskError,
     BusyLoadingError,
     ClusterDownError,
+    MaxConnectionsError,
     MovedError,
     NoScriptError,
     ReadOnlyError,
@@ -88,6 +89,17 @@ raises LOADING as a connection error, though it is a reply."""
 
 
 # -- clients ---------------------------------------------------------------------
+
+
+def exhausted(err: BaseException) -> bool:
+    """Whether ``err`` is a pool's refusal of a connection past its size.
+
+    redis-py raises MaxConnectionsError for it; older asyncio pools raise a
+    plain ConnectionError that says the same.
+    """
+    return isinstance(err, MaxConnectionsError) or (
+        isinstance(err, RedisConnectionError) and str(err) == "Too many connections"
+    )
 
 
 def check_client(client: Any, kinds: tuple[type, ...]) -> Any:

@@ -208,6 +208,39 @@ async def test_your_own_pool_gets_its_connection_back_between_calls(server: Serv
         assert await client.get("own") == b"command"  # closing the limiter left it open
 
 
+@pytest.mark.parametrize("size", [1, 2])
+async def test_a_pool_smaller_than_the_lanes_pumps_serves_every_call(
+    server: Server, size: int
+) -> None:
+    # redis-py's default asyncio pool refuses a connection past its size
+    # rather than wait. A pump that finds it full while another pump holds
+    # a connection leaves the queue to that one; failing the calls, as the
+    # last pump must, failed every one of these before (then the breaker).
+    async with server.async_client(max_connections=size) as client:
+        limiter = AsyncLimiter(client)
+        outcomes = []
+        for _ in range(20):
+            outcomes += await asyncio.gather(
+                *(limiter.hit(MANY, f"small-{size}") for _ in range(64)), return_exceptions=True
+            )
+        used = (await limiter.peek(MANY, f"small-{size}", 0)).used
+        await limiter.aclose()
+
+    assert [o for o in outcomes if isinstance(o, BaseException)] == []
+    assert used == 20 * 64
+
+
+async def test_a_lane_takes_at_most_three_connections_under_load(server: Server) -> None:
+    with server.client() as admin:
+        before = admin.info("stats")["total_connections_received"]
+        async with AsyncLimiter.from_url(server.url) as limiter:
+            for _ in range(20):
+                await asyncio.gather(*(limiter.hit(MANY, f"load-{n}") for n in range(500)))
+        opened = admin.info("stats")["total_connections_received"] - before
+
+    assert 2 <= opened <= 3
+
+
 async def test_from_url_keeps_one_connection_for_a_lone_caller_and_closes_its_pumps(
     server: Server,
 ) -> None:
