@@ -92,6 +92,10 @@ def plan(
     return Planned(hits, roles, guards)
 
 
+Ended = list[Any]
+"""What a call's end sends back, in order: Settlements, and the corrections
+(Decisions) of the provider's figures."""
+
 Checked = tuple[list[Item], list[list[int]]]
 """A call's items, checked, and their indices grouped by subject (`checked_items`)."""
 
@@ -311,6 +315,8 @@ def ending_calls(
             )
         else:
             calls.append(engine.release(item, found.request_id, local))
+    if not ending.reports and ending.pause is None:
+        return calls  # the usual end: settles and releases alone
     guarded = [
         (item, role)
         for item, role in zip(items, roles, strict=True)

@@ -16,7 +16,7 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any, Protocol, Self
 
 from atomlimit._acquire import Acquisition
-from atomlimit._model_call import Ending, Planned, denied, ending_calls
+from atomlimit._model_call import Ended, Ending, Planned, denied, ending_calls
 from atomlimit._provider_headers import ProviderReport
 from atomlimit._steadfast import Steadfast  # unasync: async
 from atomlimit._waiting import pause
@@ -24,7 +24,7 @@ from atomlimit.decision import Decision, Settlement
 from atomlimit.errors import InvalidInput, LimitExceeded
 
 if TYPE_CHECKING:
-    from collections.abc import Sequence
+    from collections.abc import Awaitable, Sequence
 
     from atomlimit._async_runner import AsyncRunner
     from atomlimit._engine import Engine, Item
@@ -37,11 +37,11 @@ class _Shell(Protocol):
     _engine: Engine
     _runner: AsyncRunner
 
-    async def _take(
+    def _take(
         self, planned: Planned, checked: tuple[list[Item], list[list[int]]]
-    ) -> Acquisition: ...
+    ) -> Awaitable[Acquisition]: ...
 
-    async def _finish(self, calls: list[Call]) -> list[Any]: ...
+    def _finish(self, calls: list[Call]) -> Awaitable[Ended]: ...
 
     def _forgotten(self, items: Sequence[Item]) -> None: ...
 

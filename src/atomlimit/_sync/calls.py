@@ -16,7 +16,7 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any, Protocol, Self
 
 from atomlimit._acquire import Acquisition
-from atomlimit._model_call import Ending, Planned, denied, ending_calls
+from atomlimit._model_call import Ended, Ending, Planned, denied, ending_calls
 from atomlimit._provider_headers import ProviderReport
 from atomlimit._waiting import pause
 from atomlimit.decision import Decision, Settlement
@@ -40,7 +40,7 @@ class _Shell(Protocol):
         self, planned: Planned, checked: tuple[list[Item], list[list[int]]]
     ) -> Acquisition: ...
 
-    def _finish(self, calls: list[Call]) -> list[Any]: ...
+    def _finish(self, calls: list[Call]) -> Ended: ...
 
     def _forgotten(self, items: Sequence[Item]) -> None: ...
 
