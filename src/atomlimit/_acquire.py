@@ -98,7 +98,7 @@ def acquire(
         if whole is not None:
             found: list[Decision[Any] | None] = [None] * len(items)
             _fill(found, [i for group in groups for i in group], whole)
-            return _ended(items, found, whole.allowed, rid)
+            return _ended(items, found, whole.allowed, request_part(rid))
     decisions: list[Decision[Any] | None] = [None] * len(items)
     charged: list[tuple[list[int], int]] = []
     replayed: list[list[int]] = []
@@ -125,7 +125,7 @@ def acquire(
             _for_the_acquire(err, visible, "unknown" if replayed else err.applied)
         raise
     if len(charged) == len(groups):
-        return _ended(items, decisions, True, rid)
+        return _ended(items, decisions, True, request_part(rid))
     # Denied: a replayed charge here was stranded by an earlier send that
     # never finished (its later subjects have no record), so it goes too.
     yield from _undo_all(engine, items, charged, rid, decisions, visible)
@@ -137,7 +137,7 @@ def acquire(
         # Every charge is already taken back: only the report is missing.
         _for_the_acquire(err, visible, "no")
         raise
-    return _ended(items, decisions, False, rid)
+    return _ended(items, decisions, False, request_part(rid))
 
 
 def unrecorded(items: Sequence[Item], groups: Sequence[Sequence[int]], request_id: object) -> bool:
@@ -150,20 +150,21 @@ def unrecorded(items: Sequence[Item], groups: Sequence[Sequence[int]], request_i
 def charged_at_once(items: list[Item], outcome: Charged, rid: str) -> Acquisition:
     """The Acquisition of an `unrecorded` acquire from its one script's reply,
     as its flow ends with it."""
-    return _ended(items, list(outcome.decisions), outcome.allowed, rid)
+    return _ended(items, outcome.decisions, outcome.allowed, outcome.request_id)
 
 
 def _ended(
-    items: list[Item], decisions: Sequence[Decision[Any] | None], allowed: bool, rid: str
+    items: list[Item], decisions: Sequence[Decision[Any] | None], allowed: bool, part: str
 ) -> Acquisition:
     """The Acquisition of every item decided: what it holds if allowed, else
-    the first hit that said no."""
+    the first hit that said no. ``part`` is the request id as it stands in
+    keys (`request_part`)."""
     done = [d for d in decisions if d is not None]
     if allowed:
         held = [(item, done[i]) for i, item in enumerate(items) if item.holds]
-        return Acquisition(True, done, None, held, request_part(rid))
+        return Acquisition(True, done, None, held, part)
     denied_at = next(i for i, d in enumerate(done) if not d.allowed)
-    return Acquisition(False, done, denied_at, [], request_part(rid))
+    return Acquisition(False, done, denied_at, [], part)
 
 
 def undo(engine: Engine, hits: Sequence[Hit[Any]], request_id: str) -> Flow:

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import os
 import re
+from collections import deque
 from collections.abc import Sequence
 from datetime import timedelta
 from decimal import Decimal
@@ -585,9 +586,28 @@ GENERATED = re.compile(r"@[0-9a-f]{24}")
 """The ids made for calls that carry none (`new_id`)."""
 
 
+_MADE: deque[str] = deque()
+"""Ids made ahead, each of 12 random bytes. A call's acquire and its end
+take one each: read one at a time, the system call behind each cost a
+model call about 3 % of its client time under load. A deque's popleft is
+atomic, so threads sharing the process never get the same id."""
+_AHEAD = 64
+os.register_at_fork(after_in_child=_MADE.clear)  # a child makes its own
+
+
 def new_id() -> str:
-    """A fresh id for a call that has none; ``@`` never starts an encoded one."""
-    return f"@{os.urandom(12).hex()}"
+    """A fresh id for a call that has none; ``@`` never starts an encoded one.
+
+    As random as one read on its own: ids are made 64 at a time from the
+    operating system's random source, and a forked child drops those its
+    parent made.
+    """
+    while True:
+        try:
+            return _MADE.popleft()
+        except IndexError:
+            made = os.urandom(12 * _AHEAD).hex()
+            _MADE.extend(f"@{made[i : i + 24]}" for i in range(0, 24 * _AHEAD, 24))
 
 
 def item_reply(reply: Sequence[Any], index: int) -> Sequence[Any]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from decimal import Decimal
 
 import pytest
@@ -12,6 +13,7 @@ from hypothesis import strategies as st
 from redis.crc import key_slot
 
 from atomlimit import Limiter, RateLimit, SpendCap
+from atomlimit._codecs import GENERATED, new_id
 from atomlimit._engine import Engine
 from atomlimit._keys import MAX_ENCODED_PART, encode, subject_tag
 
@@ -94,3 +96,32 @@ def test_tricky_subjects_count_apart_on_a_real_server(target: Target, subject: s
     expected_other = 3 if subject == "a" else 1
     assert mine.used == (3 if subject == "a" else 2)
     assert other.used == expected_other
+
+
+# -- generated ids ------------------------------------------------------------
+
+
+def test_generated_ids_are_distinct_and_read_as_generated() -> None:
+    made = [new_id() for _ in range(10_000)]
+
+    assert len(set(made)) == len(made)
+    assert all(GENERATED.fullmatch(made_id) for made_id in made)
+
+
+def test_a_forked_child_makes_ids_its_parent_does_not() -> None:
+    # Ids are made ahead, several at a time: a child that kept its parent's
+    # would name its holds and leases with ids the parent also hands out.
+    new_id()  # the parent has ids made ahead
+    read, write = os.pipe()
+    child = os.fork()
+    if child == 0:  # pragma: no cover - the child reports through the pipe
+        os.write(write, " ".join(new_id() for _ in range(8)).encode())
+        os._exit(0)
+    os.close(write)
+    os.waitpid(child, 0)
+    with os.fdopen(read) as pipe:
+        theirs = set(pipe.read().split())
+    ours = {new_id() for _ in range(8)}
+
+    assert len(theirs) == 8
+    assert not theirs & ours
