@@ -263,7 +263,9 @@ class Guard:
         """The policy of an ``acquire`` (`degraded_acquisition`)."""
 
         def decide(cause: BackendError) -> Acquisition:
-            found = degraded_acquisition(engine, hits, self.now(), cause, self.local)
+            # A model call's hits are made when read (atomlimit._model_call).
+            made = hits if isinstance(hits, list | tuple) else list(hits)
+            found = degraded_acquisition(engine, made, self.now(), cause, self.local)
             self.note_degraded(
                 ", ".join(repr(d.spec.name) for d in found.decisions[:3] if d.spec), cause
             )

@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from decimal import Decimal
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, overload
 
 from atomlimit._acquire import Acquisition, checked_items
 from atomlimit._codecs import GUARD, SLOW_START
@@ -41,7 +41,7 @@ _QUOTAS: dict[Quota, Role] = {"requests": "requests", "tokens": "tokens"}
 class Planned(NamedTuple):
     """A call's hits, in acquire order, with the role and side of each."""
 
-    hits: list[Hit[Any]]
+    hits: Sequence[Hit[Any]]
     roles: list[Role]
     guards: list[int]
     """The guard flags of the upstream's own requests and tokens limits; 0
@@ -106,7 +106,7 @@ class _Shape(NamedTuple):
 
     upstream: Upstream
     limits: ClientLimits | None
-    hits: list[Hit[Any]]
+    hits: Sequence[Hit[Any]]
     items: list[Item]
     groups: list[list[int]]
     roles: list[Role]
@@ -175,22 +175,55 @@ def _shaped(
     return _Shape(upstream, limits, planned.hits, items, groups, planned.roles, planned.guards, ttl)
 
 
+class _Hits(Sequence[Hit[Any]]):
+    """A kept plan's hits with the call's tokens and cost, made when first
+    read: only a policy deciding without the server, or an acquire over
+    several subjects, reads them; a call's items carry the rest."""
+
+    __slots__ = ("_cost", "_made", "_shape", "_tokens")
+
+    def __init__(self, shape: _Shape, tokens: object, cost: object) -> None:
+        self._shape, self._tokens, self._cost = shape, tokens, cost
+        self._made: list[Hit[Any]] | None = None
+
+    def _hits(self) -> list[Hit[Any]]:
+        if self._made is None:
+            shape = self._shape
+            amounts = {"tokens": self._tokens, "spend": self._cost}
+            self._made = [
+                Hit(hit.limit, hit.subject, amounts[role], hold=shape.ttl)
+                if role in amounts
+                else hit
+                for hit, role in zip(shape.hits, shape.roles, strict=True)
+            ]
+        return self._made
+
+    @overload
+    def __getitem__(self, index: int) -> Hit[Any]: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> list[Hit[Any]]: ...
+
+    def __getitem__(self, index: int | slice) -> Hit[Any] | list[Hit[Any]]:
+        return self._hits()[index]
+
+    def __len__(self) -> int:
+        return len(self._shape.hits)
+
+
 def _filled(shape: _Shape, tokens: object, cost: object) -> tuple[Planned, Checked]:
     """``shape`` with the call's tokens and cost, each checked by its limit as
     `Engine.item` checks a cost."""
-    hits: list[Hit[Any]] = []
     items: list[Item] = []
-    for hit, item, role in zip(shape.hits, shape.items, shape.roles, strict=True):
+    for item, role in zip(shape.items, shape.roles, strict=True):
         if role == "tokens":
             amount = tokens
         elif role == "spend":
             amount = cost
         else:
-            hits.append(hit)
             items.append(item)
             continue
         units = item.codec.units(amount)
-        hits.append(Hit(hit.limit, hit.subject, amount, hold=shape.ttl))
         items.append(
             Item(
                 item.spec,
@@ -203,7 +236,7 @@ def _filled(shape: _Shape, tokens: object, cost: object) -> tuple[Planned, Check
                 item.hold,
             )
         )
-    return Planned(hits, shape.roles, shape.guards), (items, shape.groups)
+    return Planned(_Hits(shape, tokens, cost), shape.roles, shape.guards), (items, shape.groups)
 
 
 @dataclass(slots=True)

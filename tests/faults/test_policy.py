@@ -158,6 +158,24 @@ def test_a_model_call_on_no_server_raises_unapplied_naming_what_to_send_again(
     assert (failed.value.request_id is not None) == own
 
 
+def test_a_model_call_on_no_server_is_decided_locally_on_its_own_tokens(down: Limiter) -> None:
+    from fractions import Fraction
+
+    tokens = RateLimit(
+        name="local-tokens", limit=100, window="minute", on_backend_error="local",
+        local_share=Fraction(1, 2),
+    )  # fmt: skip
+    upstream = Upstream("u", tokens=tokens)
+    with down.call(upstream, tokens=30) as first:
+        assert first.decisions[0].degraded
+        assert first.decisions[0].granted == 30
+    # 30 of the local 50 are taken; the same call of 30 more no longer fits.
+    with pytest.raises(LimitExceeded), down.call(upstream, tokens=30):
+        pass
+    with down.call(upstream, tokens=20) as last:
+        assert last.decisions[0].granted == 20
+
+
 async def test_async_a_model_call_on_no_server_raises_unapplied() -> None:
     async with dead_async_client() as client:
         limiter = AsyncLimiter(client)
