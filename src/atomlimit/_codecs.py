@@ -224,17 +224,35 @@ class Codec(Generic[Amount]):
         under, which the spec may since have changed, or the override's
         (``overridden``); None: the spec's.
         """
-        amount = self.amount
         retry = max(retry_at - now, 1) if status == DENIED and retry_at else None
+        units = type(self).amount is _UNITS
+        limit_value: Any
         if limit is None:
             limit, limit_value = self.limit, self.limit_value
         else:
-            limit_value = amount(limit)
+            limit_value = limit if units else self.amount(limit)
+        remaining = max(limit - used - held, 0)
+        if units:
+            # Counted in units: the reply's integers are the amounts.
+            return decided(
+                status != DENIED,
+                limit_value,
+                used,
+                remaining,
+                stop,
+                retry,
+                grant,
+                held,
+                status == SHADOWED,
+                self.spec,
+                "override" if overridden else "spec",
+            )
+        amount = self.amount
         return decided(
             status != DENIED,
             limit_value,
             amount(used),
-            amount(max(limit - used - held, 0)),
+            amount(remaining),
             stop,
             retry,
             amount(grant),
@@ -268,6 +286,10 @@ class Codec(Generic[Amount]):
     def window(self, t: int) -> tuple[int, int]:
         """The planned window at ``t``; only windowed kinds have one."""
         raise NotImplementedError
+
+
+_UNITS = Codec.amount
+"""The amount of a codec that counts in units: the units themselves."""
 
 
 class _Windowed(Codec[Amount]):
