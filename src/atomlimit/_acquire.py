@@ -147,7 +147,7 @@ def unrecorded(items: Sequence[Item], groups: Sequence[Sequence[int]], request_i
     return len(groups) == 1 and request_id is None and not any(i.codec.wait for i in items)
 
 
-def charged_at_once(items: list[Item], outcome: Charged, rid: str) -> Acquisition:
+def charged_at_once(items: list[Item], outcome: Charged) -> Acquisition:
     """The Acquisition of an `unrecorded` acquire from its one script's reply,
     as its flow ends with it."""
     return _ended(items, outcome.decisions, outcome.allowed, outcome.request_id)

@@ -231,32 +231,24 @@ class Codec(Generic[Amount]):
             limit, limit_value = self.limit, self.limit_value
         else:
             limit_value = limit if units else self.amount(limit)
-        remaining = max(limit - used - held, 0)
-        if units:
-            # Counted in units: the reply's integers are the amounts.
-            return decided(
-                status != DENIED,
-                limit_value,
-                used,
-                remaining,
-                stop,
-                retry,
-                grant,
-                held,
-                status == SHADOWED,
-                self.spec,
-                "override" if overridden else "spec",
-            )
-        amount = self.amount
+        left: Any = max(limit - used - held, 0)
+        spent: Any = used
+        granted: Any = grant
+        kept: Any = held
+        if not units:
+            # A spend cap's integers are units of money; a count's are the
+            # amounts already.
+            amount = self.amount
+            left, spent, granted, kept = amount(left), amount(used), amount(grant), amount(held)
         return decided(
             status != DENIED,
             limit_value,
-            amount(used),
-            amount(remaining),
+            spent,
+            left,
             stop,
             retry,
-            amount(grant),
-            amount(held),
+            granted,
+            kept,
             status == SHADOWED,
             self.spec,
             "override" if overridden else "spec",

@@ -840,16 +840,12 @@ def _decisions(
     items: Sequence[Item], reply: Sequence[Any], now: int, charged: bool, replayed: bool = False
 ) -> list[Decision[Any]]:
     decisions = []
-    # Trailing limits (one per item) come only with a replay or an override.
-    limits = len(reply) == 2 + 7 * len(items)
-    first = 2
     for n, item in enumerate(items):
-        status, used, held, stop, retry_at, grant = reply[first : first + 6]
-        first += 6
+        status, used, held, stop, retry_at, grant = item_reply(reply, n)
         # A replay is the first decision: under the limit it was made with,
         # though the spec's limit may have changed since.
         # Outside a replay, a trailing limit is an override's.
-        limit = replayed_limit(reply, n, len(items)) if limits else None
+        limit = replayed_limit(reply, n, len(items))
         overridden = limit is not None and not replayed
         decisions.append(
             item.codec.decision(

@@ -610,8 +610,6 @@ class AsyncLimiter:
         model call a tenth of its client-side work."""
         engine, runner = self._engine, self._runner
         rid = engine.record_ttl(None)[0]
-        # A failure speaks for the acquire as it is: the call has no id to
-        # send it again with, as the flow's would not.
         # unasync: async
         with Steadfast() as kept:
             outcome: Charged = await runner.run(engine.charge(items, rid, None, runner.now()))
@@ -619,13 +617,13 @@ class AsyncLimiter:
         # outcome: Charged = runner.run(engine.charge(items, rid, None, runner.now()))
         # unasync: end
         # unasync: async
-        found = charged_at_once(items, outcome, rid)
+        found = charged_at_once(items, outcome)
         if kept.cancelled:
             await self._let_go(found)
             raise asyncio.CancelledError
         return found
         # unasync: sync
-        # return charged_at_once(items, outcome, rid)
+        # return charged_at_once(items, outcome)
         # unasync: end
 
     def _finish(self, calls: list[Call]) -> Awaitable[Ended]:

@@ -502,10 +502,8 @@ class Limiter:
         model call a tenth of its client-side work."""
         engine, runner = self._engine, self._runner
         rid = engine.record_ttl(None)[0]
-        # A failure speaks for the acquire as it is: the call has no id to
-        # send it again with, as the flow's would not.
         outcome: Charged = runner.run(engine.charge(items, rid, None, runner.now()))
-        return charged_at_once(items, outcome, rid)
+        return charged_at_once(items, outcome)
 
     def _finish(self, calls: list[Call]) -> Ended:
         """A call's end: every settle, release and correction in one round trip
