@@ -173,7 +173,7 @@ class AsyncRunner:
         if lane is not None and call.wait is None and asyncio.get_running_loop() is self._loop:
             # One server and the loop already checked: the common case, with
             # none of the bookkeeping that redirects and retries need.
-            wire = _wire.evalsha(call.script.sha_bytes, call.keys, call.args)
+            wire = call.encoded or _wire.evalsha(call.script.sha_bytes, call.keys, call.args)
             if kept is None:
                 outcome = await lane.submit(wire, 1)
             else:
@@ -208,7 +208,9 @@ class AsyncRunner:
         # in one write, with no task per call and no second pump woken for
         # them; only a failed one goes through the bookkeeping of redirects
         # and retries.
-        wire = b"".join(_wire.evalsha(c.script.sha_bytes, c.keys, c.args) for c in calls)
+        wire = b"".join(
+            c.encoded or _wire.evalsha(c.script.sha_bytes, c.keys, c.args) for c in calls
+        )
         if kept is None:
             replies = await lane.submit(wire, len(calls))
         else:

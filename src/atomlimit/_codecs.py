@@ -39,7 +39,7 @@ from atomlimit._money import MAX_UNITS, Amount, from_units, to_units
 from atomlimit._runner_steps import Wait
 from atomlimit._scripts import Script, script
 from atomlimit._windows import UNIT_LENGTHS, WindowPlan
-from atomlimit._wire import Arg, Packed
+from atomlimit._wire import Arg, Packed, Template
 from atomlimit.decision import Decision, decided
 from atomlimit.specs import Concurrency, RateLimit, Spec, SpendCap
 
@@ -86,6 +86,8 @@ GCRA_BASE = 1_735_689_600_000_000
 here (``lua/lib/gcra.lua``), so a float holds it to the microsecond."""
 
 
+ALWAYS = (-(2**63), 2**63)
+"""Every instant: the `span` of a kind whose keys and arguments never change."""
 _MAX_PACKS = 64
 """Encoded runs of item arguments one codec keeps (`Codec.packed`)."""
 
@@ -93,7 +95,17 @@ _MAX_PACKS = 64
 class Codec(Generic[Amount]):
     """One spec's view of its kind: the spec's constants, encoded once."""
 
-    __slots__ = ("_packs", "flags", "limit", "limit_value", "spec", "tail", "wires", "zero")
+    __slots__ = (
+        "_packs",
+        "flags",
+        "held_wires",
+        "limit",
+        "limit_value",
+        "spec",
+        "tail",
+        "wires",
+        "zero",
+    )
 
     spec: Spec[Amount]
     limit: int
@@ -122,6 +134,10 @@ class Codec(Generic[Amount]):
         self.wires: dict[tuple[Any, ...], tuple[tuple[str, ...], Packed, Packed]] = {}
         """An item's keys and encoded arguments around its cost, by base key,
         flags, hold and `era` (`atomlimit._engine.Item.wire`)."""
+        self.held_wires: dict[tuple[Any, ...], tuple[int, int, Template]] = {}
+        """A hold's settle and release, encoded but for their ids and costs,
+        by script, base key, flags and hold, with the instants they hold for
+        (`atomlimit._engine.Engine.settle`)."""
 
     # -- what a call sends ---------------------------------------------------
 
@@ -129,6 +145,10 @@ class Codec(Generic[Amount]):
         """What of the instant ``t`` the kind's keys and arguments depend on:
         None for a kind whose keys and arguments are the same at any instant."""
         return None
+
+    def span(self, t: int) -> tuple[int, int]:
+        """The instants of ``t``'s `era`, from the first to past the last."""
+        return ALWAYS
 
     def units(self, cost: object) -> int:
         """A cost in integer units, or InvalidInput."""
@@ -313,6 +333,10 @@ class _Windowed(Codec[Amount]):
     def era(self, t: int) -> int:
         # The window's start names its key and is sent with its stop.
         return self._at(t)[0]
+
+    def span(self, t: int) -> tuple[int, int]:
+        start, stop, _, _ = self._at(t)
+        return start, stop
 
     def window_key(self, base: str, t: int) -> str:
         """The key of the window at ``t``: the base key and the window's start in ms."""

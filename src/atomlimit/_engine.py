@@ -19,6 +19,7 @@ from typing import Any, Literal, NamedTuple
 
 from atomlimit import _keys, _override_plan
 from atomlimit._codecs import (
+    ALWAYS,
     CONCURRENCY,
     GENERATED,
     GUARD,
@@ -48,7 +49,7 @@ from atomlimit._inputs import (
 from atomlimit._inputs import hold_us as check_hold
 from atomlimit._runner_steps import Acked, Call, Wait
 from atomlimit._scripts import script
-from atomlimit._wire import Arg, Packed
+from atomlimit._wire import CALL_SLOT, COST_SLOTS, ID_SLOT, Arg, Packed, Template
 from atomlimit.decision import Decision, Settlement, SettleStatus
 from atomlimit.specs import Concurrency, RateLimit, Spec
 
@@ -177,6 +178,33 @@ class Held(NamedTuple):
     call: Call
     item: Item
     request_id: str
+
+
+class Kept:
+    """A call's encoding kept between its sends (`Engine.charge_kept`): the
+    instants it holds for, from the first to past the last, and the
+    `Template`; swapped whole, so threads never see half of one."""
+
+    __slots__ = ("current",)
+
+    def __init__(self) -> None:
+        self.current: tuple[int, int, Template] | None = None
+
+
+def _slotted(request_id: str) -> bool:
+    """Whether ``request_id`` can take an `ID_SLOT`'s place as it is: an id
+    as long as a generated one, whose encoding is as long too."""
+    return len(request_id) == len(ID_SLOT) and request_id[0] == "@" and request_id.isascii()
+
+
+def _spanned(items: Sequence[Item], t: int) -> tuple[int, int]:
+    """The instants around ``t`` in which every item's keys and arguments
+    stay what they are at ``t``."""
+    lo, hi = ALWAYS
+    for item in items:
+        start, stop = item.codec.span(t)
+        lo, hi = max(lo, start), min(hi, stop)
+    return lo, hi
 
 
 class Engine:
@@ -491,11 +519,67 @@ class Engine:
             item_keys, encoded = item.wire(t)
             keys += item_keys
             args += encoded
+        read, wait = self._charged(items, request_id, record_ttl, local, one, rid, t)
         replay = request_id if record else None
+        return Call(script("charge"), tuple(keys), tuple(args), read, bool(record), replay, wait)
+
+    def charge_kept(self, items: Sequence[Item], request_id: str, local: int, kept: Kept) -> Call:
+        """`charge` of ``items`` under ``request_id``, keeping no record,
+        encoded from what ``kept`` keeps while it holds (for a generated id,
+        which stands in keys and scripts as it is).
+
+        Every call of one shape (a model call's upstream and client: the
+        same limits of the same subjects, none waiting for replicas) sends
+        the same keys and arguments in a window but for its id and costs.
+        """
+        t, client_now = self.planned(local)
+        current = kept.current
+        if (
+            current is None
+            or client_now != ""
+            or not current[0] <= t < current[1]
+            or not GENERATED.fullmatch(request_id)
+        ):
+            call = self.charge(items, request_id, None, local)
+            if (
+                client_now == ""
+                and call.wait is None
+                and len(items) <= len(COST_SLOTS)
+                and GENERATED.fullmatch(request_id)
+            ):
+                # Planned again with stand-ins for the id and each item's
+                # cost: five arguments of the call's own, then (head, cost,
+                # tail) per item.
+                planned = list(call.args)
+                planned[2] = ID_SLOT
+                for n in range(len(items)):
+                    planned[6 + 3 * n] = COST_SLOTS[n]
+                lo, hi = _spanned(items, t)
+                template = Template(call.script.sha_bytes, call.keys, tuple(planned))
+                kept.current = (lo, hi, template)
+            return call
+        template = current[2]
+        values = [request_id, "", *[item.units for item in items]]
+        keys, args = template.filled(values)
+        read, _ = self._charged(items, request_id, None, local, False, request_id, t)
+        return Call(script("charge"), keys, args, read, False, None, None, template.wire(values))
+
+    def _charged(
+        self,
+        items: Sequence[Item],
+        request_id: str,
+        record_ttl: int | None,
+        local: int,
+        one: bool,
+        rid: str,
+        t: int,
+    ) -> tuple[Callable[[Any], Any], Wait | None]:
+        """How a charge planned at ``t`` reads its reply, and what it waits for."""
+        replay = request_id if record_ttl else None
         wait = _wait(items)
         # A waited charge can fail after it was made: only a record makes
         # sending it again safe, and every planner gives it one.
-        assert wait is None or record
+        assert wait is None or record_ttl
 
         def read(outcome: Any) -> Any:
             reply = outcome if wait is None else outcome.reply
@@ -515,7 +599,7 @@ class Engine:
                 return decisions[0]
             return Charged(charged, decisions, rid, t, code == _REPLAYED)
 
-        return Call(script("charge"), tuple(keys), tuple(args), read, bool(record), replay, wait)
+        return read, wait
 
     def charge_groups(
         self, groups: Sequence[Sequence[Item]], request_id: str, record_ttl: int, local: int
@@ -745,8 +829,7 @@ class Engine:
         """A settle or release of a hold on a rate limit (``lua/settle_hold.lua``)."""
         t, client_now = self.planned(local)
         statuses = _SETTLED if actual else _RELEASED
-        item_keys, encoded = item.wire(t)
-        args = (client_now, rid, *actual, self._outcome_ttl(rid), call, 1, *encoded)
+        ttl = self._outcome_ttl(rid)
 
         def read(reply: Sequence[Any]) -> Any:
             code, now = reply[0], reply[1]
@@ -756,7 +839,29 @@ class Engine:
             decision = _decisions([item], reply, now, True)[0]
             return Settlement(statuses[code - 1], decision.granted, decision)
 
+        # The reservation's id, the call's, the actual and the hold's cost
+        # change between ends of one limit and subject's holds; the rest is
+        # encoded once a window (`Template`).
+        wires = item.codec.held_wires
+        shape = (name, item.base, item.flags, item.hold, ttl)
+        slotted = client_now == "" and _slotted(rid) and _slotted(call)
+        kept = wires.get(shape) if slotted else None
+        values = [rid, call, *actual, item.units]
+        if kept is not None and kept[0] <= t < kept[1]:
+            keys, args = kept[2].filled(values)
+            return Call(script(name), keys, args, read, True, None, None, kept[2].wire(values))
+        item_keys, encoded = item.wire(t)
+        args = (client_now, rid, *actual, ttl, call, 1, *encoded)
         keys = (_keys.outcome_key(item.base, rid), *item_keys)
+        if slotted:
+            costs = COST_SLOTS[: len(actual) + 1]
+            head, _, tail = encoded
+            planned = (client_now, ID_SLOT, *costs[:-1], ttl, CALL_SLOT, 1, head, costs[-1], tail)
+            named = (_keys.outcome_key(item.base, ID_SLOT), *item_keys)
+            if len(wires) >= _MAX_WIRES:
+                wires.clear()  # past windows and subjects gone quiet
+            start, stop = item.codec.span(t)
+            wires[shape] = (start, stop, Template(script(name).sha_bytes, named, planned))
         return Call(script(name), keys, args, read, True)
 
     def _outcome_ttl(self, request_id: str) -> int:
@@ -840,12 +945,13 @@ def _decisions(
     items: Sequence[Item], reply: Sequence[Any], now: int, charged: bool, replayed: bool = False
 ) -> list[Decision[Any]]:
     decisions = []
+    count = len(items)
     for n, item in enumerate(items):
         status, used, held, stop, retry_at, grant = item_reply(reply, n)
         # A replay is the first decision: under the limit it was made with,
         # though the spec's limit may have changed since.
         # Outside a replay, a trailing limit is an override's.
-        limit = replayed_limit(reply, n, len(items))
+        limit = replayed_limit(reply, n, count)
         overridden = limit is not None and not replayed
         decisions.append(
             item.codec.decision(

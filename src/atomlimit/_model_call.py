@@ -20,7 +20,7 @@ from typing import Any, NamedTuple, overload
 
 from atomlimit._acquire import Acquisition, checked_items
 from atomlimit._codecs import GUARD, SLOW_START
-from atomlimit._engine import Engine, Item
+from atomlimit._engine import Engine, Item, Kept
 from atomlimit._errors import InvalidInput
 from atomlimit._inputs import MAX_SUBJECT, show
 from atomlimit._provider_headers import ProviderReport, Quota, read_headers
@@ -46,6 +46,8 @@ class Planned(NamedTuple):
     guards: list[int]
     """The guard flags of the upstream's own requests and tokens limits; 0
     for the other hits."""
+    kept: Kept | None = None
+    """The acquire's encoding, kept by a call's shape (`CallShapes`)."""
 
 
 def plan(
@@ -112,6 +114,7 @@ class _Shape(NamedTuple):
     roles: list[Role]
     guards: list[int]
     ttl: timedelta
+    kept: Kept
 
 
 class CallShapes:
@@ -172,7 +175,9 @@ def _shaped(
     items, groups = checked_items(engine, planned.hits, planned.guards)
     assert isinstance(upstream, Upstream)
     assert limits is None or isinstance(limits, ClientLimits)
-    return _Shape(upstream, limits, planned.hits, items, groups, planned.roles, planned.guards, ttl)
+    return _Shape(
+        upstream, limits, planned.hits, items, groups, planned.roles, planned.guards, ttl, Kept()
+    )
 
 
 class _Hits(Sequence[Hit[Any]]):
@@ -236,7 +241,8 @@ def _filled(shape: _Shape, tokens: object, cost: object) -> tuple[Planned, Check
                 item.hold,
             )
         )
-    return Planned(_Hits(shape, tokens, cost), shape.roles, shape.guards), (items, shape.groups)
+    planned = Planned(_Hits(shape, tokens, cost), shape.roles, shape.guards, shape.kept)
+    return planned, (items, shape.groups)
 
 
 @dataclass(slots=True)

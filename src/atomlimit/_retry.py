@@ -170,7 +170,7 @@ class Attempt:
     def wire(self) -> bytes:
         """The call's request: after ASKING when redirected, before WAIT when it waits."""
         call = self.call
-        wire = _wire.evalsha(call.script.sha_bytes, call.keys, call.args)
+        wire = call.encoded or _wire.evalsha(call.script.sha_bytes, call.keys, call.args)
         if call.wait is not None:
             wire += call.wait.wire
         if self.asking:

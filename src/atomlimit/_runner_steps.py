@@ -52,6 +52,9 @@ class Call(NamedTuple):
     send the call again themselves (``request_id=``)."""
     wait: Wait | None = None
     """Send WAIT after the script; ``read`` then gets an `Acked`."""
+    encoded: bytes | None = None
+    """The EVALSHA of ``script``, ``keys`` and ``args``, already encoded
+    (`atomlimit._wire.Template`); None: the runner encodes it."""
 
 
 class Plan(NamedTuple):

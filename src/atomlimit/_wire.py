@@ -10,6 +10,7 @@ call encodes only what varies: its keys, the clock and the cost.
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import Any
 
 Arg = str | int | bytes
 
@@ -95,3 +96,90 @@ def evalsha(sha: bytes, keys: tuple[str, ...], args: tuple[Arg | Packed, ...]) -
         head = b"*%d\r\n$7\r\nEVALSHA\r\n$40\r\n%b\r\n%b" % (count, sha, bulk(len(keys)))
         _HEADS[shape] = head
     return head + b"".join(parts)
+
+
+class Slot(str):
+    """A stand-in for a value that changes between sends of a `Template`:
+    planned in its place, its encoding marks where the value goes."""
+
+    __slots__ = ()
+
+
+ID_SLOT = Slot("@" + "\x01" * 24)
+"""A generated id (``@`` and 24 hex digits, `atomlimit._codecs.new_id`),
+wherever it stands, keys included: its length is always the same, so only
+the id itself is written in its place."""
+COST_SLOTS = tuple(Slot(chr(0x10 + n)) for n in range(8))
+"""Integer arguments, each encoded whole in its place, in slot order."""
+CALL_SLOT = Slot("@" + "\x06" * 24)
+"""A second generated id: a call's own, beside its request's."""
+
+
+class Template:
+    """A command planned once with `Slot` stand-ins, sent again with values
+    in their places: a send encodes only those.
+
+    A model call's acquire and its settle send a dozen keys and arguments
+    each, of which only the ids and the costs change between calls of one
+    upstream in one window; encoding all of them on every call was a sixth
+    of a call's client-side work.
+    """
+
+    __slots__ = ("_args", "_first", "_keys", "_named", "_rest", "_slotted")
+
+    def __init__(self, sha: bytes, keys: tuple[str, ...], args: tuple[Arg | Packed, ...]) -> None:
+        """``keys`` and ``args`` as planned with `ID_SLOT`, `CALL_SLOT` and
+        `COST_SLOTS` (each cost once, in order) standing in for the values."""
+        self._keys, self._args = keys, args
+        self._named = tuple(n for n, key in enumerate(keys) if ID_SLOT in key)
+        self._slotted = tuple((n, _SLOTS[a]) for n, a in enumerate(args) if type(a) is Slot)
+        wire = evalsha(sha, keys, args)
+        marks = [(ID_SLOT.encode(), 0), (CALL_SLOT.encode(), 1)]
+        marks += [(bulk(slot), 2 + n) for n, slot in enumerate(COST_SLOTS)]
+        found = sorted((at, len(mark), value) for mark, value in marks for at in _at(wire, mark))
+        fixed, order, done = [], [], 0
+        for at, size, value in found:
+            fixed.append(wire[done:at])
+            order.append(value)
+            done = at + size
+        fixed.append(wire[done:])
+        self._first = fixed[0]
+        self._rest = tuple(zip(order, fixed[1:], strict=True))
+
+    def wire(self, values: list[Any]) -> bytes:
+        """The command with ``values`` (the id, the call's id, then each
+        cost) in their places."""
+        encoded = [values[0].encode(), values[1].encode()]
+        for cost in values[2:]:
+            data = b"%d" % cost
+            encoded.append(b"$%d\r\n%b\r\n" % (len(data), data))
+        out = [self._first]
+        for index, fixed in self._rest:
+            out += (encoded[index], fixed)
+        return b"".join(out)
+
+    def filled(self, values: list[Any]) -> tuple[tuple[str, ...], tuple[Arg | Packed, ...]]:
+        """The keys and arguments with ``values`` in their places, as a `Call` carries them."""
+        keys = self._keys
+        if self._named:
+            named = list(keys)
+            for n in self._named:
+                named[n] = named[n].replace(ID_SLOT, values[0])
+            keys = tuple(named)
+        args = list(self._args)
+        for n, index in self._slotted:
+            args[n] = values[index]
+        return keys, tuple(args)
+
+
+_SLOTS: dict[str, int] = {ID_SLOT: 0, CALL_SLOT: 1, **{s: 2 + n for n, s in enumerate(COST_SLOTS)}}
+"""Each slot's place among a `Template`'s values."""
+
+
+def _at(data: bytes, mark: bytes) -> list[int]:
+    """Where ``mark`` starts in ``data``, each time."""
+    found, at = [], data.find(mark)
+    while at >= 0:
+        found.append(at)
+        at = data.find(mark, at + len(mark))
+    return found

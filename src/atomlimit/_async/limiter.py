@@ -43,6 +43,7 @@ from atomlimit._engine import (
     Charged,
     Engine,
     Item,
+    Kept,
     TimeSource,
 )
 from atomlimit._inputs import check_deadline, check_flag
@@ -556,7 +557,7 @@ class AsyncLimiter:
         planned, checked = self._shapes.plan(
             self._engine, upstream, client, tokens, cost, limits, timeout
         )
-        deadline = deadline_after(wait_timeout, time.monotonic())
+        deadline = None if wait_timeout is None else deadline_after(wait_timeout, time.monotonic())
         return AsyncModelCall(self, planned, checked, wait, deadline)
 
     async def pause(
@@ -599,22 +600,28 @@ class AsyncLimiter:
         fallback = self._guard.acquisition(self._engine, planned.hits)
         items, groups = checked
         if unrecorded(items, groups, None):
-            return self._guard.run("acquire", self._at_once, items, fallback)
+            return self._guard.run("acquire", self._at_once, (items, planned.kept), fallback)
         flow = acquire(self._engine, planned.hits, None, planned.guards, checked)
         return self._guard.run("acquire", self._whole, flow, fallback)
 
-    async def _at_once(self, items: list[Item]) -> Acquisition:
+    async def _at_once(self, step: tuple[list[Item], Kept | None]) -> Acquisition:
         """An acquire of one subject that keeps no record (`unrecorded`): its
         one script sent directly, not through the acquire's flow, which
         would send that script and nothing else. The flow's steps cost a
         model call a tenth of its client-side work."""
         engine, runner = self._engine, self._runner
+        items, encoding = step
         rid = engine.record_ttl(None)[0]
+        local = runner.now()
+        if encoding is None:
+            call = engine.charge(items, rid, None, local)
+        else:
+            call = engine.charge_kept(items, rid, local, encoding)
         # unasync: async
         with Steadfast() as kept:
-            outcome: Charged = await runner.run(engine.charge(items, rid, None, runner.now()))
+            outcome: Charged = await runner.run(call)
         # unasync: sync
-        # outcome: Charged = runner.run(engine.charge(items, rid, None, runner.now()))
+        # outcome: Charged = runner.run(call)
         # unasync: end
         # unasync: async
         found = charged_at_once(items, outcome)

@@ -153,9 +153,10 @@ class ModelCall:
             not found.held and not self._ending.reports and not self._ending.pause
         ):
             return
-        if any(decision.degraded for decision in found.decisions):
-            # Decided without the server: nothing is held there to finish.
-            return
+        for decision in found.decisions:
+            if decision.degraded:
+                # Decided without the server: nothing is held there to finish.
+                return
         limiter = self._limiter
         calls = ending_calls(
             limiter._engine,
@@ -168,5 +169,10 @@ class ModelCall:
         )
         results = limiter._finish(calls)
         limiter._forgotten(self._checked[0])
-        self.settlements = [r for r in results if isinstance(r, Settlement)]
-        self.corrections = [r for r in results if isinstance(r, Decision)]
+        # A lease given back reads as a bool, and is neither.
+        settlements, corrections = self.settlements, self.corrections
+        for result in results:
+            if isinstance(result, Settlement):
+                settlements.append(result)
+            elif isinstance(result, Decision):
+                corrections.append(result)

@@ -37,6 +37,7 @@ from atomlimit._engine import (
     Charged,
     Engine,
     Item,
+    Kept,
     TimeSource,
 )
 from atomlimit._inputs import check_flag
@@ -450,7 +451,7 @@ class Limiter:
         planned, checked = self._shapes.plan(
             self._engine, upstream, client, tokens, cost, limits, timeout
         )
-        deadline = deadline_after(wait_timeout, time.monotonic())
+        deadline = None if wait_timeout is None else deadline_after(wait_timeout, time.monotonic())
         return ModelCall(self, planned, checked, wait, deadline)
 
     def pause(
@@ -491,18 +492,24 @@ class Limiter:
         fallback = self._guard.acquisition(self._engine, planned.hits)
         items, groups = checked
         if unrecorded(items, groups, None):
-            return self._guard.run("acquire", self._at_once, items, fallback)
+            return self._guard.run("acquire", self._at_once, (items, planned.kept), fallback)
         flow = acquire(self._engine, planned.hits, None, planned.guards, checked)
         return self._guard.run("acquire", self._whole, flow, fallback)
 
-    def _at_once(self, items: list[Item]) -> Acquisition:
+    def _at_once(self, step: tuple[list[Item], Kept | None]) -> Acquisition:
         """An acquire of one subject that keeps no record (`unrecorded`): its
         one script sent directly, not through the acquire's flow, which
         would send that script and nothing else. The flow's steps cost a
         model call a tenth of its client-side work."""
         engine, runner = self._engine, self._runner
+        items, encoding = step
         rid = engine.record_ttl(None)[0]
-        outcome: Charged = runner.run(engine.charge(items, rid, None, runner.now()))
+        local = runner.now()
+        if encoding is None:
+            call = engine.charge(items, rid, None, local)
+        else:
+            call = engine.charge_kept(items, rid, local, encoding)
+        outcome: Charged = runner.run(call)
         return charged_at_once(items, outcome)
 
     def _finish(self, calls: list[Call]) -> Ended:
