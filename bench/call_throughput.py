@@ -18,18 +18,28 @@ With ``--whole-batches`` each row also runs with the lane handing a batch's
 replies out all at once (as before ``HANDOUT``, atomlimit/_batch.py), side
 by side, and prints each row's rate against that baseline.
 
+With ``--pin`` (Linux) this process runs on one CPU and the server on
+another, as if each had a host of its own. Unpinned on a machine of two
+CPUs, the scheduler now and then puts both on one CPU while the other
+idles; a call keeps the server busy ten times as long as a hit does, so
+that costs the call's row far more than the hit's, and the share moves
+between runs with whatever else the machine is doing.
+
     python bench/call_throughput.py --seconds 5 --rounds 3
     python bench/call_throughput.py --seconds 5 --rounds 3 --whole-batches
+    python bench/call_throughput.py --seconds 5 --rounds 3 --pin
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import statistics
 from collections.abc import Awaitable, Callable
 from decimal import Decimal
 
+import redis
 from load import closed_loop
 from server import redis_server
 
@@ -94,6 +104,18 @@ async def measure(url: str, seconds: float, rounds: int, whole: bool) -> dict[st
     return rates
 
 
+def pin(url: str) -> str:
+    """Put this process on one CPU and the server at ``url`` on another; say which."""
+    cpus = sorted(os.sched_getaffinity(0))
+    if len(cpus) < 2:
+        raise SystemExit("--pin needs two CPUs")
+    with redis.Redis.from_url(url) as probe:
+        server: int = probe.info("server")["process_id"]
+    os.sched_setaffinity(server, {cpus[1]})
+    os.sched_setaffinity(0, {cpus[0]})
+    return f"client on CPU {cpus[0]}, server on CPU {cpus[1]}"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     parser.add_argument("--seconds", type=float, default=5.0)
@@ -103,10 +125,18 @@ def main() -> None:
         action="store_true",
         help="also run each row with batches handed out whole, as a baseline",
     )
+    parser.add_argument(
+        "--pin", action="store_true", help="this process on one CPU, the server on another"
+    )
     args = parser.parse_args()
+    placed = "unpinned"
     with redis_server() as url:
+        if args.pin:
+            placed = pin(url)
         rates = asyncio.run(measure(url, args.seconds, args.rounds, args.whole_batches))
-    print(f"{TASKS} tasks, one server, median of {args.rounds} rounds of {args.seconds:g} s")
+    print(
+        f"{TASKS} tasks, one server, median of {args.rounds} rounds of {args.seconds:g} s, {placed}"
+    )
     print(f"{'row':<18} {'per second':>12} {'share of hit':>13} {'x whole':>8}")
     for suffix in ("", WHOLE) if args.whole_batches else ("",):
         hit = statistics.median(rates["hit" + suffix])

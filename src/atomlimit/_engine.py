@@ -519,7 +519,8 @@ class Engine:
             item_keys, encoded = item.wire(t)
             keys += item_keys
             args += encoded
-        read, wait = self._charged(items, request_id, record_ttl, local, one, rid, t)
+        wait = _wait(items)
+        read = self._charged(items, request_id, record_ttl, local, one, rid, t, wait)
         replay = request_id if record else None
         return Call(script("charge"), tuple(keys), tuple(args), read, bool(record), replay, wait)
 
@@ -561,7 +562,8 @@ class Engine:
         template = current[2]
         values = [request_id, "", *[item.units for item in items]]
         keys, args = template.filled(values)
-        read, _ = self._charged(items, request_id, None, local, False, request_id, t)
+        # Kept only for items that wait for no replicas, as these do.
+        read = self._charged(items, request_id, None, local, False, request_id, t, None)
         return Call(script("charge"), keys, args, read, False, None, None, template.wire(values))
 
     def _charged(
@@ -573,10 +575,10 @@ class Engine:
         one: bool,
         rid: str,
         t: int,
-    ) -> tuple[Callable[[Any], Any], Wait | None]:
-        """How a charge planned at ``t`` reads its reply, and what it waits for."""
+        wait: Wait | None,
+    ) -> Callable[[Any], Any]:
+        """How a charge planned at ``t``, waiting for ``wait``, reads its reply."""
         replay = request_id if record_ttl else None
-        wait = _wait(items)
         # A waited charge can fail after it was made: only a record makes
         # sending it again safe, and every planner gives it one.
         assert wait is None or record_ttl
@@ -599,7 +601,7 @@ class Engine:
                 return decisions[0]
             return Charged(charged, decisions, rid, t, code == _REPLAYED)
 
-        return read, wait
+        return read
 
     def charge_groups(
         self, groups: Sequence[Sequence[Item]], request_id: str, record_ttl: int, local: int
