@@ -7,11 +7,14 @@ counts them, on both sides of the wire:
 
 - client: each row of bench/call_throughput.py (``hit``, ``call``,
   ``call+client``) run by 8 asyncio tasks in a Python process under
-  callgrind, counting only the measured calls (instrumentation is switched
-  on after a warm-up);
-- server: one call's acquire and settle, as the client wrote them, sent
-  ``--replays`` times to a redis-server under callgrind, each with request
-  and settle ids of its own, and one hit's script likewise.
+  callgrind, twice: ``--calls`` calls, then three times as many. The
+  difference over the calls between counts only calls, not the start, the
+  warm-up or the exit. (Switching instrumentation on and off around the
+  calls instead counted the switch itself, whose cost moved with the
+  machine by as much as a change to the call.)
+- server: one call's acquire and settle, as the client wrote them to the
+  lane, sent ``--replays`` times to a redis-server under callgrind, each
+  with request and settle ids of its own, and one hit's script likewise.
 
 Each row prints instructions per call and its multiple of a hit's. With
 ``--src`` the client and the scripts are another checkout's, for a before
@@ -36,6 +39,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 ROWS = ("hit", "call", "call+client")
@@ -112,37 +116,34 @@ def _client_inner(url: str, row: str, calls: int) -> None:
                 for _ in range(calls // TASKS):
                     await decide("subject")
 
-            _switch(os.getpid(), True)
             await asyncio.gather(*(worker() for _ in range(TASKS)))
-            _switch(os.getpid(), False)
 
     asyncio.run(main())
 
 
 def _captured(url: str, row: str) -> list[bytes]:
-    """What one call of ``row`` writes, after a warm-up: its EVALSHA wires."""
+    """What one call of ``row`` writes, after a warm-up: what it hands its lane."""
     import call_throughput
 
-    from atomlimit import AsyncLimiter, _wire
+    from atomlimit import AsyncLimiter, _batch
 
     wires: list[bytes] = []
-    evalsha = _wire.evalsha
+    submit = _batch.Lane.submit
 
-    def spy(*args: object) -> bytes:
-        wire = evalsha(*args)  # type: ignore[arg-type]
+    def spy(lane: _batch.Lane, wire: bytes, *args: Any, **kwargs: Any) -> Any:
         wires.append(wire)
-        return wire
+        return submit(lane, wire, *args, **kwargs)
 
     async def main() -> None:
         async with AsyncLimiter.from_url(url) as limiter:
             decide = call_throughput.rows(limiter)[row]
             await decide("subject")
             wires.clear()
-            _wire.evalsha = spy  # type: ignore[assignment]
+            _batch.Lane.submit = spy  # type: ignore[method-assign]
             try:
                 await decide("subject")
             finally:
-                _wire.evalsha = evalsha
+                _batch.Lane.submit = submit  # type: ignore[method-assign]
 
     asyncio.run(main())
     return wires
@@ -159,28 +160,30 @@ def client_rows(src: Path, calls: int) -> dict[str, int]:
     try:
         with tempfile.TemporaryDirectory(prefix="atomlimit-callgrind-") as work:
             for row in ROWS:
-                out = Path(work) / f"client.{row}"
-                subprocess.run(
-                    [
-                        "valgrind",
-                        "--tool=callgrind",
-                        "--instr-atstart=no",
-                        f"--callgrind-out-file={out}",
-                        sys.executable,
-                        __file__,
-                        "--client-row",
-                        row,
-                        "--url",
-                        f"redis://127.0.0.1:{port}/0",
-                        "--calls",
-                        str(calls),
-                    ],
-                    check=True,
-                    env=env,
-                    stdout=subprocess.DEVNULL,
-                    stderr=subprocess.DEVNULL,
-                )
-                found[row] = _instructions(out) // calls
+                counted = []
+                for n in (calls, 3 * calls):
+                    out = Path(work) / f"client.{row}.{n}"
+                    subprocess.run(
+                        [
+                            "valgrind",
+                            "--tool=callgrind",
+                            f"--callgrind-out-file={out}",
+                            sys.executable,
+                            __file__,
+                            "--client-row",
+                            row,
+                            "--url",
+                            f"redis://127.0.0.1:{port}/0",
+                            "--calls",
+                            str(n),
+                        ],
+                        check=True,
+                        env=env,
+                        stdout=subprocess.DEVNULL,
+                        stderr=subprocess.DEVNULL,
+                    )
+                    counted.append(_instructions(out))
+                found[row] = (counted[1] - counted[0]) // (2 * calls)
     finally:
         _stop(port, server)
     return found
@@ -266,7 +269,9 @@ def _whole(reply: bytes) -> bool:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     parser.add_argument("--src", type=Path, default=ROOT / "src", help="the atomlimit to measure")
-    parser.add_argument("--calls", type=int, default=400, help="client calls per row")
+    parser.add_argument(
+        "--calls", type=int, default=400, help="client calls per row (then three times as many)"
+    )
     parser.add_argument("--replays", type=int, default=200, help="server replays per row")
     parser.add_argument("--client-row", choices=ROWS, help=argparse.SUPPRESS)
     parser.add_argument("--url", help=argparse.SUPPRESS)
