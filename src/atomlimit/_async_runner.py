@@ -50,6 +50,7 @@ class AsyncRunner:
         "_lanes",
         "_loads",
         "_loop",
+        "_refreshing",
         "_resends",
         "_single_lane",
         "_strict",
@@ -80,6 +81,8 @@ class AsyncRunner:
         """The lane of a standalone server, once a call has made it."""
         self._loop: asyncio.AbstractEventLoop | None = None
         self._warm: asyncio.Future[None] | None = None
+        self._refreshing: asyncio.Future[None] | None = None
+        """The refresh of the cluster's layout under way, if one is."""
         self.closed = False
         self.keep_connections = False
         """Whether idle lanes keep their connections: set where the pool is
@@ -366,9 +369,17 @@ class AsyncRunner:
             raise failure(lua.name, outcome)
 
     async def _refresh(self) -> None:
-        client = self.client
-        assert isinstance(client, AsyncRedisCluster)
-        await _redis.async_refresh(client)
+        """Learn the cluster's layout again, after MOVED. A call that meets
+        MOVED while a refresh is under way waits for that one: redis-py 6
+        makes every node object anew on each refresh and disconnects the
+        old ones, connections in use included, so a migration's burst of
+        MOVED replies, each refreshing, broke calls in flight on the lanes."""
+        running = self._refreshing
+        if running is None or running.done():
+            client = self.client
+            assert isinstance(client, AsyncRedisCluster)
+            running = self._refreshing = asyncio.ensure_future(_redis.async_refresh(client))
+        await asyncio.shield(running)
 
 
 class _NoNode(_redis.RedisError):

@@ -149,10 +149,14 @@ class Template:
     def wire(self, values: list[Any]) -> bytes:
         """The command with ``values`` (the id, the call's id, then each
         cost) in their places."""
+        common = _COMMON
         encoded = [values[0].encode(), values[1].encode()]
         for cost in values[2:]:
-            data = b"%d" % cost
-            encoded.append(b"$%d\r\n%b\r\n" % (len(data), data))
+            data = common.get(cost)
+            if data is None:
+                digits = b"%d" % cost
+                data = b"$%d\r\n%b\r\n" % (len(digits), digits)
+            encoded.append(data)
         out = [self._first]
         for index, fixed in self._rest:
             out += (encoded[index], fixed)

@@ -166,3 +166,52 @@ def test_a_call_naming_a_missing_key_fails_while_its_slot_migrates(cluster: Clus
 
     assert errors
     assert all(isinstance(err, redis.exceptions.RedisError) for err in errors)
+
+
+def _layout_reads(cluster: Cluster) -> int:
+    """How many times the nodes were asked for the cluster's layout."""
+    reads = 0
+    for node in cluster.nodes:
+        with node.client() as client:
+            stats = client.info("commandstats")
+        reads += sum(
+            stats.get(f"cmdstat_cluster|{sub}", {}).get("calls", 0) for sub in ("slots", "shards")
+        )
+    return reads
+
+
+def test_calls_that_meet_moved_together_share_one_refresh_of_the_layout(cluster: Cluster) -> None:
+    """A burst of MOVED replies learns the layout once, not once per call.
+
+    redis-py 6 makes every node object anew on each refresh and disconnects
+    the old ones, connections in use included: with each of a batch's calls
+    refreshing, a migration broke calls in flight on the lanes. Here every
+    call of one batch meets MOVED; refreshing once per MOVED, as each call
+    did, asks the nodes for the layout ``TASKS`` times.
+    """
+    tag = "{s:" + SUBJECT + "}"
+    slot = key_slot(tag.encode())
+    source, source_id, target, target_id = _owner(cluster, slot)
+
+    async def main() -> tuple[list[object], int]:
+        client = cluster.async_client()
+        limiter = AsyncLimiter(client)
+        try:
+            await limiter.hit(SPEC, SUBJECT)  # the layout learned, the lane made
+            # Moved while the client still routes the slot to the source.
+            _migrate(source, source_id, target, target_id, slot)
+            _settle(cluster, slot, target.port)
+            before = _layout_reads(cluster)
+            decisions = await asyncio.gather(*(limiter.hit(SPEC, SUBJECT) for _ in range(TASKS)))
+            return list(decisions), _layout_reads(cluster) - before
+        finally:
+            await client.aclose()
+
+    try:
+        decisions, reads = asyncio.run(main())
+    finally:
+        _migrate(target, target_id, source, source_id, slot)
+        _settle(cluster, slot, source.port)
+
+    assert all(getattr(d, "allowed", False) for d in decisions)
+    assert 1 <= reads < 5  # one per part of the batch handed out, at most, against TASKS
