@@ -136,8 +136,8 @@ class Codec(Generic[Amount]):
         flags, hold and `era` (`atomlimit._engine.Item.wire`)."""
         self.held_wires: dict[tuple[Any, ...], tuple[int, int, Template]] = {}
         """A hold's settle and release, encoded but for their ids and costs,
-        by script, base key, flags and hold, with the instants they hold for
-        (`atomlimit._engine.Engine.settle`)."""
+        by script, base key, flags, hold and outcome TTL, with the instants
+        they hold for (`atomlimit._engine.Engine.settle`)."""
 
     # -- what a call sends ---------------------------------------------------
 

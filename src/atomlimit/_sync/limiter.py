@@ -500,7 +500,8 @@ class Limiter:
         """An acquire of one subject that keeps no record (`unrecorded`): its
         one script sent directly, not through the acquire's flow, which
         would send that script and nothing else. The flow's steps cost a
-        model call a tenth of its client-side work."""
+        model call a tenth of its client-side work. With the call shape's
+        `Kept` encoding, the script is written from it (`Engine.charge_kept`)."""
         engine, runner = self._engine, self._runner
         items, encoding = step
         rid = engine.record_ttl(None)[0]
