@@ -26,6 +26,7 @@ from atomlimit._retry import (
     PAUSE,
     REPLANS,
     Attempt,
+    Moves,
     Next,
     failure,
     learn,
@@ -50,6 +51,7 @@ class AsyncRunner:
         "_lanes",
         "_loads",
         "_loop",
+        "_moves",
         "_refreshing",
         "_resends",
         "_single_lane",
@@ -83,6 +85,7 @@ class AsyncRunner:
         self._warm: asyncio.Future[None] | None = None
         self._refreshing: asyncio.Future[None] | None = None
         """The refresh of the cluster's layout under way, if one is."""
+        self._moves = Moves()
         self.closed = False
         self.keep_connections = False
         """Whether idle lanes keep their connections: set where the pool is
@@ -254,7 +257,9 @@ class AsyncRunner:
                 else:
                     attempt.load_first()
             elif step is Next.MOVED:
-                await self._refresh()
+                assert isinstance(self.client, AsyncRedisCluster)
+                if not self._moves.follow(self.client, attempt.outcome):
+                    await self._refresh()
             elif step is Next.WAIT:
                 await asyncio.sleep(PAUSE)
             elif step is Next.LOST:
@@ -291,10 +296,10 @@ class AsyncRunner:
             return lane
         assert isinstance(client, AsyncRedisCluster)
         await self._warmed(client)
-        node = _redis.node_for(client, key, asking)
+        node = _redis.node_for(client, key, self._moves.target(key, asking))
         if node is None:
             await self._refresh()
-            node = _redis.node_for(client, key, asking)
+            node = _redis.node_for(client, key, self._moves.target(key, asking))
         if node is None:
             host, port = asking or ("?", 0)
             raise failure("route", _NoNode(f"no node at {host}:{port}"))
@@ -369,16 +374,18 @@ class AsyncRunner:
             raise failure(lua.name, outcome)
 
     async def _refresh(self) -> None:
-        """Learn the cluster's layout again, after MOVED. A call that meets
-        MOVED while a refresh is under way waits for that one: redis-py 6
-        makes every node object anew on each refresh and disconnects the
-        old ones, connections in use included, so a migration's burst of
-        MOVED replies, each refreshing, broke calls in flight on the lanes."""
+        """Learn the cluster's layout again: a MOVED or a route named a node
+        it did not know (`Moves`). A call that needs a refresh while one is
+        under way waits for that one: redis-py 6 makes every node object
+        anew on each refresh and disconnects the old ones, connections in
+        use included, so a burst of refreshes broke calls in flight on the
+        lanes."""
         running = self._refreshing
         if running is None or running.done():
             client = self.client
             assert isinstance(client, AsyncRedisCluster)
             running = self._refreshing = asyncio.ensure_future(_redis.async_refresh(client))
+            running.add_done_callback(lambda _: self._moves.forget())
         await asyncio.shield(running)
 
 

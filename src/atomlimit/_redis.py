@@ -207,10 +207,14 @@ def slot(key: str) -> int:
 def node_for(client: Any, key: str, asking: tuple[str, int] | None) -> Any:
     """The cluster node a call on ``key`` goes to: the slot's owner, or the
     node an ASK named; None if the layout names no such node."""
-    manager = client.nodes_manager
     if asking is None:
-        return manager.get_node_from_slot(slot(key))
-    return manager.get_node(host=asking[0], port=asking[1])
+        return client.nodes_manager.get_node_from_slot(slot(key))
+    return node_at(client, *asking)
+
+
+def node_at(client: Any, host: str, port: int) -> Any:
+    """The cluster node at ``host``:``port``, or None if the layout names none."""
+    return client.nodes_manager.get_node(host=host, port=port)
 
 
 def node_pool(client: RedisCluster, node: Any) -> Any:

@@ -15,8 +15,9 @@ Replies that mean "nothing ran" are handled transparently:
 - LOADING (a server still reading its data after a restart), TRYAGAIN and
   CLUSTERDOWN (a slot migrating, a failover): wait a little, send again,
   for at most `SETTLE_FOR` seconds.
-- MOVED (learn the cluster's layout again) and ASK (send to the importing
-  node after ``ASKING``), `REDIRECTS` of them at most; but an ASK met while
+- MOVED (send to the node it names from now on, `Moves`; learn the
+  cluster's layout again only when that node is new to it) and ASK (send to
+  the importing node after ``ASKING``), `REDIRECTS` of them at most; but an ASK met while
   a call waits out TRYAGAIN or CLUSTERDOWN belongs to the migration being
   waited out, and is followed until `SETTLE_FOR` has passed.
 
@@ -32,7 +33,7 @@ import logging
 from enum import Enum
 from typing import Any, Protocol
 
-from atomlimit import _fitness, _wire
+from atomlimit import _fitness, _redis, _wire
 from atomlimit._batch import Lost, Replies
 from atomlimit._errors import Applied, BackendError, UnsafeServer
 from atomlimit._redis import (
@@ -69,6 +70,45 @@ UNSORTED = (BaseException, Lost, Replies)
 _log = logging.getLogger("atomlimit")
 
 
+class Moves:
+    """Where MOVED replies said slots went, ahead of the layout the client learned.
+
+    A MOVED reply names the slot's new owner. When the layout already knows
+    that node, the slot is sent there from then on, and the layout is not
+    learned again: redis-py 6 makes every node object anew when it learns
+    the layout, and disconnects the old ones with their connections in use,
+    so a migration's MOVED replies, each learning the layout, broke the
+    calls in flight beside them. A node the layout does not know means the
+    cluster grew: then the layout is learned again, and what was learned
+    here is dropped (`forget`), since the new layout holds it. At most one
+    entry per slot.
+    """
+
+    __slots__ = ("_to",)
+
+    def __init__(self) -> None:
+        self._to: dict[int, tuple[str, int]] = {}
+
+    def follow(self, client: Any, moved: MovedError) -> bool:
+        """Send ``moved``'s slot to the node it names from now on; False if
+        the client's layout knows no such node (learn the layout again)."""
+        if _redis.node_at(client, moved.host, moved.port) is None:
+            return False
+        self._to[moved.slot_id] = (moved.host, moved.port)
+        return True
+
+    def target(self, key: str, asking: tuple[str, int] | None) -> tuple[str, int] | None:
+        """The node a call on ``key`` goes to when not the layout's: the one an
+        ASK named, else the one a MOVED named for its slot, else None."""
+        if asking is not None or not self._to:
+            return asking
+        return self._to.get(_redis.slot(key))
+
+    def forget(self) -> None:
+        """Drop what MOVED replies said: the layout was learned again."""
+        self._to.clear()
+
+
 class Next(Enum):
     """What a call's reply asks the runner to do next."""
 
@@ -90,7 +130,8 @@ def classify(outcome: Any) -> Next:
     if isinstance(outcome, NoScriptError):
         return Next.LOAD
     # redis-py's MovedError is a kind of AskError: asked first, a MOVED
-    # would be followed as an ASK, and the slot map never learned again.
+    # would be followed as an ASK, and every later call on the slot would
+    # meet it again.
     if isinstance(outcome, MovedError):
         return Next.MOVED
     if isinstance(outcome, AskError):
@@ -129,7 +170,7 @@ class Attempt:
     """One call on its way through the replies that ask for it to be sent again.
 
     The rules live here once; each runner performs the fix that
-    `after` names (refresh the slot map, pause) and sends the call
+    `after` names (follow a MOVED, pause) and sends the call
     again, as `wire` then writes it.
     """
 

@@ -29,6 +29,7 @@ from atomlimit._retry import (
     REPLANS,
     UNSORTED,
     Attempt,
+    Moves,
     Next,
     failure,
     learn,
@@ -41,7 +42,7 @@ from atomlimit._runner_steps import Call, Command, Flow, Plan, Produce, Sleep, S
 class SyncRunner:
     """Performs steps over a ``redis.Redis`` or ``redis.RedisCluster``."""
 
-    __slots__ = ("_cluster", "_resends", "_strict", "client", "closed", "now")
+    __slots__ = ("_cluster", "_moves", "_resends", "_strict", "client", "closed", "now")
 
     def __init__(
         self,
@@ -55,6 +56,7 @@ class SyncRunner:
         self.now = now or clock_reader(None)
         """The local clock, epoch microseconds (see `atomlimit._clock.clock_reader`)."""
         self._cluster = _redis.is_cluster(client)
+        self._moves = Moves()
         self._resends = _redis.retries(client)
         self.closed = False
 
@@ -189,7 +191,8 @@ class SyncRunner:
     def _mend(self, attempt: Attempt, step: Next) -> None:
         """Do what a reply asked for before the call is sent again."""
         if step is Next.MOVED:
-            self._refresh()
+            if not self._moves.follow(self.client, attempt.outcome):
+                self._refresh()
         elif step is Next.WAIT:
             time.sleep(PAUSE)
         elif step is Next.LOST:
@@ -213,10 +216,10 @@ class SyncRunner:
         for i in todo:
             attempt = attempts[i]
             key = attempt.call.keys[0]
-            node = _redis.node_for(client, key, attempt.asking)
+            node = _redis.node_for(client, key, self._moves.target(key, attempt.asking))
             if node is None:
                 self._refresh()
-                node = _redis.node_for(client, key, attempt.asking)
+                node = _redis.node_for(client, key, self._moves.target(key, attempt.asking))
             if node is None:
                 host, port = attempt.asking or ("?", 0)
                 raise failure(attempt.call.script.name, _NoNode(f"no node at {host}:{port}"))
@@ -225,7 +228,9 @@ class SyncRunner:
         return routes
 
     def _refresh(self) -> None:
+        """Learn the cluster's layout again; it now holds what MOVED replies said."""
         _redis.refresh(self.client)  # type: ignore[arg-type]
+        self._moves.forget()
 
 
 class _NoNode(_redis.RedisError):

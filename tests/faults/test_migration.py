@@ -23,9 +23,11 @@ from contextlib import contextmanager
 import redis
 import redis.asyncio
 from redis.crc import key_slot
+from redis.exceptions import MovedError
 from servers import Cluster, Server
 
-from atomlimit import AsyncLimiter, RateLimit
+from atomlimit import AsyncLimiter, Limiter, RateLimit
+from atomlimit._retry import Moves
 
 SPEC = RateLimit(name="moving", limit=10**9, window="day")
 SUBJECT = "migrating"
@@ -180,20 +182,31 @@ def _layout_reads(cluster: Cluster) -> int:
     return reads
 
 
-def test_calls_that_meet_moved_together_share_one_refresh_of_the_layout(cluster: Cluster) -> None:
-    """A burst of MOVED replies learns the layout once, not once per call.
+def _moved_replies(node: Server) -> int:
+    """How many MOVED replies ``node`` has given."""
+    with node.client() as client:
+        stats = client.info("errorstats")
+    return int(stats.get("errorstat_MOVED", {}).get("count", 0))
 
-    redis-py 6 makes every node object anew on each refresh and disconnects
-    the old ones, connections in use included: with each of a batch's calls
-    refreshing, a migration broke calls in flight on the lanes. Here every
-    call of one batch meets MOVED; refreshing once per MOVED, as each call
-    did, asks the nodes for the layout ``TASKS`` times.
+
+def test_calls_that_meet_moved_follow_it_without_learning_the_layout_again(
+    cluster: Cluster,
+) -> None:
+    """A MOVED naming a node the layout knows is followed, and remembered.
+
+    redis-py 6 makes every node object anew each time the layout is learned
+    and disconnects the old ones, connections in use included: learning it
+    on MOVED broke calls in flight beside the one that met it. Here every
+    call of one batch meets MOVED; each is sent to the node it names, no
+    node is asked for the layout, and the next batch goes straight there.
+    Learning the layout once per MOVED, as the runner first did, asked for
+    it ``TASKS`` times; once per burst, as it did next, at least once.
     """
     tag = "{s:" + SUBJECT + "}"
     slot = key_slot(tag.encode())
     source, source_id, target, target_id = _owner(cluster, slot)
 
-    async def main() -> tuple[list[object], int]:
+    async def main() -> tuple[list[object], int, int]:
         client = cluster.async_client()
         limiter = AsyncLimiter(client)
         try:
@@ -201,17 +214,86 @@ def test_calls_that_meet_moved_together_share_one_refresh_of_the_layout(cluster:
             # Moved while the client still routes the slot to the source.
             _migrate(source, source_id, target, target_id, slot)
             _settle(cluster, slot, target.port)
-            before = _layout_reads(cluster)
-            decisions = await asyncio.gather(*(limiter.hit(SPEC, SUBJECT) for _ in range(TASKS)))
-            return list(decisions), _layout_reads(cluster) - before
+            reads, moved = _layout_reads(cluster), _moved_replies(source)
+            first = await asyncio.gather(*(limiter.hit(SPEC, SUBJECT) for _ in range(TASKS)))
+            met = _moved_replies(source) - moved
+            second = await asyncio.gather(*(limiter.hit(SPEC, SUBJECT) for _ in range(TASKS)))
+            assert _moved_replies(source) - moved == met  # the second batch met none
+            return [*first, *second], _layout_reads(cluster) - reads, met
         finally:
             await client.aclose()
 
     try:
-        decisions, reads = asyncio.run(main())
+        decisions, reads, met = asyncio.run(main())
     finally:
         _migrate(target, target_id, source, source_id, slot)
         _settle(cluster, slot, source.port)
 
     assert all(getattr(d, "allowed", False) for d in decisions)
-    assert 1 <= reads < 5  # one per part of the batch handed out, at most, against TASKS
+    assert met >= 1  # the first batch did go to the source and was sent on
+    assert reads == 0
+
+
+def test_a_sync_limiter_follows_moved_without_learning_the_layout_again(
+    cluster: Cluster,
+) -> None:
+    """The sync runner follows a MOVED as the async one does: once, then
+    straight to the new owner, with no node asked for the layout."""
+    tag = "{s:" + SUBJECT + "}"
+    slot = key_slot(tag.encode())
+    source, source_id, target, target_id = _owner(cluster, slot)
+    client = cluster.client()
+    limiter = Limiter(client)
+    try:
+        limiter.hit(SPEC, SUBJECT)  # the layout learned
+        _migrate(source, source_id, target, target_id, slot)
+        _settle(cluster, slot, target.port)
+        reads, moved = _layout_reads(cluster), _moved_replies(source)
+        decisions = [limiter.hit(SPEC, SUBJECT) for _ in range(TASKS)]
+        met, reads = _moved_replies(source) - moved, _layout_reads(cluster) - reads
+    finally:
+        client.close()
+        _migrate(target, target_id, source, source_id, slot)
+        _settle(cluster, slot, source.port)
+
+    assert all(d.allowed for d in decisions)
+    assert met == 1  # only the first hit went to the source
+    assert reads == 0
+
+
+def test_a_moved_naming_a_node_the_layout_lacks_asks_for_the_layout(cluster: Cluster) -> None:
+    """`Moves` follows only nodes the client knows; for another it says to
+    learn the layout, and learning it drops what MOVED replies said."""
+    tag = "{s:" + SUBJECT + "}"
+    slot = key_slot(tag.encode())
+    source, _, target, _ = _owner(cluster, slot)
+    key = f"{tag}:counter"
+    with cluster.client() as client:
+        moves = Moves()
+        assert moves.target(key, None) is None
+        assert not moves.follow(client, MovedError(f"{slot} 127.0.0.1:1"))
+        assert moves.target(key, None) is None
+        assert moves.follow(client, MovedError(f"{slot} 127.0.0.1:{target.port}"))
+        assert moves.target(key, None) == ("127.0.0.1", target.port)
+        assert moves.target(key, ("127.0.0.1", source.port)) == ("127.0.0.1", source.port)
+        assert moves.target("{another}:key", None) is None
+        moves.forget()
+        assert moves.target(key, None) is None
+
+
+def test_calls_that_need_the_layout_together_learn_it_once(cluster: Cluster) -> None:
+    """Concurrent refreshes of the layout share the one under way: each of
+    ``TASKS`` refreshing on its own asks the nodes ``TASKS`` times."""
+
+    async def main() -> int:
+        client = cluster.async_client()
+        limiter = AsyncLimiter(client)
+        try:
+            await limiter.hit(SPEC, SUBJECT)
+            before = _layout_reads(cluster)
+            await asyncio.gather(*(limiter._runner._refresh() for _ in range(TASKS)))
+            return _layout_reads(cluster) - before
+        finally:
+            await client.aclose()
+
+    assert 1 <= asyncio.run(main()) < 5
