@@ -18,10 +18,20 @@ counts them, on both sides of the wire:
 
 Each row prints instructions per call and its multiple of a hit's. With
 ``--src`` the client and the scripts are another checkout's, for a before
-and after on one machine (the command lines it writes are this tree's):
+and after on one machine (the command lines it writes are this tree's).
+
+With ``--stages`` it counts instead where the server's work on a call goes:
+each of the call's two scripts is sent in turn with its source cut short
+after each stage (``return 1`` inserted there, loaded under its own SHA),
+so each stage's row is what the script costs up to its end. A cut after
+nothing is a script that only returns: the cost of the command and of
+making its ``KEYS`` and ``ARGV``. The acquire's cuts run without settles,
+so holds pile up as the replays go; the settle's cuts run behind whole
+acquires, whose cost is taken off.
 
     python bench/call_work.py
     python bench/call_work.py --src ../other-checkout/src
+    python bench/call_work.py --stages
 
 It needs valgrind (Debian's package) and redis-server on PATH.
 """
@@ -220,6 +230,114 @@ def server_rows(src: Path, replays: int) -> dict[str, int]:
     return found
 
 
+_SHA = re.compile(rb"\$40\r\n([0-9a-f]{40})\r\n")
+_BEFORE = b"\0"
+"""Marks a stage's anchor as the line it ends before, not after."""
+ACQUIRE_STAGES = (
+    ("the command, KEYS and ARGV", None),
+    ("its functions made", _BEFORE + b"local run = "),
+    ("the clock read", b"\nlocal remember"),
+    ("items parsed (their counters read)", b"local items = parse_items(first_key, 5, run.now)"),
+    ("items checked", b"local checked, all = check_items(items, run)"),
+    ("items charged", b"  item_reply(reply, it.status, used, it.held, stop, 0, it.grant)\nend"),
+    ("the reply", b""),
+)
+SETTLE_STAGES = (
+    ("the command, KEYS and ARGV", None),
+    ("its functions made", _BEFORE + b"local run = "),
+    ("the item parsed (its counter read)", b"local items = parse_items(2, 6, run.now)"),
+    (
+        "the item checked (expired holds given back)",
+        b"local it = kind.check(item.keys, item.args, run)",
+    ),
+    ("the outcome record read", b"local before, by, was, charged = outcome_read(outcome)"),
+    ("the hold ended, the outcome written, the reply", b""),
+)
+
+
+def _cut(source: bytes, after: bytes | None) -> bytes:
+    """``source`` returning right after ``after`` (None: at once; b"": whole;
+    after `_BEFORE`: right before the line that starts with the rest)."""
+    if after is None:
+        return b"return 1"
+    if not after:
+        return source
+    if after.startswith(_BEFORE):
+        at = source.index(b"\n" + after[1:]) + 1
+    else:
+        at = source.index(after) + len(after)
+    return source[:at] + b"\nif true then return 1 end\n" + source[at:]
+
+
+class _Replanned(Exception):
+    """A replay was answered "outside the planned window": a minute ended."""
+
+
+def _sent(src: Path, source: bytes | None, which: int, replays: int) -> int:
+    """Instructions per replay of the call's wires ``0..which``, the last
+    one's script replaced by ``source`` (None: as it is). The bench's
+    upstream counts per minute, and replays under callgrind take seconds,
+    so a run that a minute's end cuts across is run again."""
+    for _ in range(3):
+        try:
+            return _sent_once(src, source, which, replays)
+        except _Replanned:
+            continue
+    raise SystemExit("stage: three runs in a row met a minute's end")
+
+
+def _sent_once(src: Path, source: bytes | None, which: int, replays: int) -> int:
+    sys.path[:0] = [str(src), str(ROOT / "bench")]
+    from atomlimit._scripts import all_names, script
+
+    with tempfile.TemporaryDirectory(prefix="atomlimit-callgrind-") as work:
+        out = Path(work) / "server.stage"
+        port = _free_port()
+        server = _serve(
+            port, "valgrind", "--tool=callgrind", "--instr-atstart=no",
+            f"--callgrind-out-file={out}",
+        )  # fmt: skip
+        try:
+            with socket.create_connection(("127.0.0.1", port)) as conn:
+                for name in all_names():
+                    _exchange(conn, _command(b"SCRIPT", b"LOAD", script(name).source))
+                wires = _captured(f"redis://127.0.0.1:{port}/0", "call")[: which + 1]
+                if source is not None:
+                    sha = _exchange(conn, _command(b"SCRIPT", b"LOAD", source)).split(b"\r\n")[1]
+                    wires[which] = _SHA.sub(b"$40\r\n" + sha + b"\r\n", wires[which])
+                sends = _replays(wires, replays)
+                _switch(server.pid, True)
+                for wire in sends:
+                    reply = _exchange(conn, wire)
+                    if reply.startswith(b"*2\r\n:-1\r\n"):
+                        raise _Replanned
+                    if reply.startswith(b"-"):
+                        raise SystemExit(f"stage: the server answered {reply[:80]!r}")
+                _switch(server.pid, False)
+        finally:
+            _stop(port, server)
+        return _instructions(out) // replays
+
+
+def stages(src: Path, replays: int) -> None:
+    sys.path[:0] = [str(src), str(ROOT / "bench")]
+    from atomlimit._scripts import script
+
+    acquire_alone = _sent(src, None, 0, replays)
+    for title, name, which, cuts in (
+        ("acquire", "charge", 0, ACQUIRE_STAGES),
+        ("settle", "settle_hold", 1, SETTLE_STAGES),
+    ):
+        print(f"{title} ({name}.lua), server instructions per call, up to the end of:")
+        before, source = 0, script(name).source
+        for stage, after in cuts:
+            counted = _sent(src, _cut(source, after), which, replays)
+            if which:
+                counted -= acquire_alone
+            print(f"  {stage:<50} {counted:>9,} {counted - before:>+9,}")
+            before = counted
+
+
 def _replays(wires: list[bytes], count: int) -> list[bytes]:
     """``wires`` sent ``count`` times, each time with ids of its own."""
     ids = list(dict.fromkeys(_ID.findall(b"".join(wires))))
@@ -273,6 +391,9 @@ def main() -> None:
         "--calls", type=int, default=400, help="client calls per row (then three times as many)"
     )
     parser.add_argument("--replays", type=int, default=200, help="server replays per row")
+    parser.add_argument(
+        "--stages", action="store_true", help="the server's work on a call, stage by stage"
+    )
     parser.add_argument("--client-row", choices=ROWS, help=argparse.SUPPRESS)
     parser.add_argument("--url", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -282,6 +403,9 @@ def main() -> None:
     if shutil.which("valgrind") is None:
         raise SystemExit("valgrind is not on PATH (Debian's package valgrind)")
     src = args.src.resolve()
+    if args.stages:
+        stages(src, args.replays)
+        return
     client = client_rows(src, args.calls)
     server = server_rows(src, args.replays)
     print(f"instructions per call, {src}")
