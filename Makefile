@@ -46,7 +46,7 @@ COMPAT_VENV ?= .venv-compat
 COMPAT_PINS := redis==6.2.0 pydantic==2.6.0
 COMPAT_TESTS := tests/core/test_limiter.py tests/batching tests/faults/test_connections.py \
 	tests/faults/test_reliability.py tests/faults/test_replication.py \
-	tests/faults/test_faults.py tests/faults/test_migration.py
+	tests/faults/test_faults.py tests/faults/test_migration.py tests/faults/test_cluster_failover.py
 
 $(COMPAT_VENV)/.ready: pyproject.toml
 	$(PYTHON) -m venv $(COMPAT_VENV)

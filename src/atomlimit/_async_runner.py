@@ -12,6 +12,7 @@ asked of redis-py goes through `atomlimit._redis`.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
@@ -239,7 +240,7 @@ class AsyncRunner:
     async def _recover(self, call: Call, lane: Lane | None, outcome: Any, raising: bool) -> Any:
         """Send ``call`` until its reply is final; ``outcome`` is a first send's
         on ``lane``, if any."""
-        attempt = Attempt(call, self._resends)
+        attempt = Attempt(call, self._resends, self._cluster)
         loop = asyncio.get_running_loop()
         while True:
             if outcome is None:
@@ -259,6 +260,11 @@ class AsyncRunner:
             elif step is Next.MOVED:
                 assert isinstance(self.client, AsyncRedisCluster)
                 if not self._moves.follow(self.client, attempt.outcome):
+                    await self._refresh()
+            elif step is Next.REROUTE:
+                with contextlib.suppress(*_redis.FAILURES, RedisClusterException):
+                    # No node could tell the layout: the call is sent as the
+                    # old one routes it, and fails again, within REDIRECTS.
                     await self._refresh()
             elif step is Next.WAIT:
                 await asyncio.sleep(PAUSE)

@@ -21,6 +21,12 @@ Replies that mean "nothing ran" are handled transparently:
   a call waits out TRYAGAIN or CLUSTERDOWN belongs to the migration being
   waited out, and is followed until `SETTLE_FOR` has passed.
 
+On a cluster, a call that could not reach its node at all (nothing was
+written: the connection was refused) learns the layout again and is sent
+to the slot's owner now, `REDIRECTS` times at most: after a failover the
+slot has a new owner, and no MOVED will ever say so, since the old one is
+gone.
+
 A call whose reply was lost after it was written is sent again only when a
 record on the server makes the second send a replay (``Call.replayable``),
 as often as the client's own retry policy allows; otherwise the caller gets
@@ -115,6 +121,7 @@ class Next(Enum):
     DONE = "done"
     LOAD = "load"
     MOVED = "moved"
+    REROUTE = "reroute"
     ASK = "ask"
     WAIT = "wait"
     LOST = "lost"
@@ -177,6 +184,7 @@ class Attempt:
     __slots__ = (
         "asking",
         "call",
+        "cluster",
         "deadline",
         "loading",
         "misses",
@@ -188,10 +196,13 @@ class Attempt:
         "written",
     )
 
-    def __init__(self, call: Call, resends: int) -> None:
+    def __init__(self, call: Call, resends: int, cluster: bool = False) -> None:
         self.call = call
         self.resends = resends
         """How often a lost reply may be sent again: the client's retries."""
+        self.cluster = cluster
+        """Whether a call that could not reach its node may find another
+        owner of its slot (`Next.REROUTE`)."""
         self.asking: tuple[str, int] | None = None
         """Send to this node after ASKING: the slot is moving there."""
         self.loading = False
@@ -269,6 +280,13 @@ class Attempt:
                 self.asking = (outcome.host, outcome.port)
                 self.replies += 1
             return step
+        if step is Next.LOST and self.cluster and not outcome.written:
+            # Nothing reached a server, so sending again is safe whatever
+            # the call; the slot may have a new owner (a failover).
+            self.redirects += 1
+            if self.redirects > REDIRECTS:
+                return None
+            return Next.REROUTE
         if step is Next.LOST and self.call.replayable and self.tries < self.resends:
             self.tries += 1
             return step

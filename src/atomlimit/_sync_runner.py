@@ -12,6 +12,7 @@ rules in `atomlimit._retry`, shared with the async runner.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 import weakref
@@ -153,7 +154,7 @@ class SyncRunner:
         (`atomlimit._retry`); a lost reply is sent again only for a
         replayable call, as often as the client's retry policy allows.
         """
-        attempts = [Attempt(call, self._resends) for call in calls]
+        attempts = [Attempt(call, self._resends, self._cluster) for call in calls]
         outcomes: list[Any] = [None] * len(calls)
         todo = list(range(len(calls)))
         while todo:
@@ -192,6 +193,11 @@ class SyncRunner:
         """Do what a reply asked for before the call is sent again."""
         if step is Next.MOVED:
             if not self._moves.follow(self.client, attempt.outcome):
+                self._refresh()
+        elif step is Next.REROUTE:
+            with contextlib.suppress(*_redis.FAILURES, RedisClusterException):
+                # No node could tell the layout: the call is sent as the old
+                # one routes it, and fails again, within REDIRECTS.
                 self._refresh()
         elif step is Next.WAIT:
             time.sleep(PAUSE)

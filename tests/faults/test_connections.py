@@ -211,6 +211,23 @@ def test_moves_while_waiting_out_a_migration_stay_bounded() -> None:
     assert None not in steps[:-1]
 
 
+def test_a_refused_call_on_a_cluster_is_rerouted_boundedly_and_only_there() -> None:
+    # A refused connection wrote nothing: on a cluster the slot may have a
+    # new owner (a failover), so the call learns the layout and goes again,
+    # whatever it is; a written one, or one on a single server, does not.
+    call = Engine().hit(RATE, "s", 1, None, False, 1_700_000_000_000_000)
+    refused = Lost(ConnectionError("Error 111 connecting"), written=False)
+    attempt = Attempt(call, resends=0, cluster=True)
+    steps = [attempt.after(refused, now=0.0) for _ in range(REDIRECTS + 1)]
+    assert steps[:-1] == [Next.REROUTE] * REDIRECTS
+    assert steps[-1] is None
+    assert attempt.result().applied == "no"
+
+    written = Lost(ConnectionError("Connection closed by server"), written=True)
+    assert Attempt(call, resends=0, cluster=True).after(written, now=0.0) is None
+    assert Attempt(call, resends=0).after(refused, now=0.0) is None
+
+
 def test_a_loading_server_is_waited_out_not_reported_as_unknown(
     server_kind: str, server_pool: ServerPool
 ) -> None:
