@@ -25,7 +25,9 @@ On a cluster, a call that could not reach its node at all (nothing was
 written: the connection was refused) learns the layout again and is sent
 to the slot's owner now, `REDIRECTS` times at most: after a failover the
 slot has a new owner, and no MOVED will ever say so, since the old one is
-gone.
+gone. The first time at once; then after `PAUSE` each time, so that a node
+that is down with no failover yet costs each call a few layout reads, not
+a stream of them.
 
 A call whose reply was lost after it was written is sent again only when a
 record on the server makes the second send a replay (``Call.replayable``),
@@ -191,6 +193,7 @@ class Attempt:
         "outcome",
         "redirects",
         "replies",
+        "reroutes",
         "resends",
         "tries",
         "written",
@@ -213,6 +216,8 @@ class Attempt:
         """How many replies the wire brings back."""
         self.tries = 0
         self.redirects = 0
+        self.reroutes = 0
+        """How often the call was sent again after its node refused it."""
         self.deadline: float | None = None
         self.written = False
         """Some send of this call may have reached the server."""
@@ -284,6 +289,7 @@ class Attempt:
             # Nothing reached a server, so sending again is safe whatever
             # the call; the slot may have a new owner (a failover).
             self.redirects += 1
+            self.reroutes += 1
             if self.redirects > REDIRECTS:
                 return None
             return Next.REROUTE

@@ -195,6 +195,8 @@ class SyncRunner:
             if not self._moves.follow(self.client, attempt.outcome):
                 self._refresh()
         elif step is Next.REROUTE:
+            if attempt.reroutes > 1:
+                time.sleep(PAUSE)
             with contextlib.suppress(*_redis.FAILURES, RedisClusterException):
                 # No node could tell the layout: the call is sent as the old
                 # one routes it, and fails again, within REDIRECTS.

@@ -221,6 +221,7 @@ def test_a_refused_call_on_a_cluster_is_rerouted_boundedly_and_only_there() -> N
     steps = [attempt.after(refused, now=0.0) for _ in range(REDIRECTS + 1)]
     assert steps[:-1] == [Next.REROUTE] * REDIRECTS
     assert steps[-1] is None
+    assert attempt.reroutes == REDIRECTS + 1  # the runners pause before each but the first
     assert attempt.result().applied == "no"
 
     written = Lost(ConnectionError("Connection closed by server"), written=True)
