@@ -22,7 +22,8 @@ from conftest import ServerPool
 from redis.crc import key_slot
 from servers import HOST, Cluster, Server, start_cluster, wait_until
 
-from atomlimit import AsyncLimiter, Decision, Limiter, RateLimit
+from atomlimit import AsyncLimiter, BackendError, Decision, Limiter, RateLimit
+from atomlimit._retry import REDIRECTS
 
 SPEC = RateLimit(name="failing-over", limit=10**9, window="day")
 SUBJECT = "failing-over"
@@ -34,6 +35,19 @@ class _Failover:
 
     def __init__(self, cluster: Cluster, replica: Server, master: Server) -> None:
         self.cluster, self.replica, self.master = cluster, replica, master
+
+    def layout_reads(self) -> int:
+        """How many times the live nodes were asked for the layout."""
+        reads = 0
+        for node in (*self.cluster.nodes, self.replica):
+            if node.running:
+                with node.client() as client:
+                    stats = client.info("commandstats")
+                reads += sum(
+                    stats.get(f"cmdstat_cluster|{sub}", {}).get("calls", 0)
+                    for sub in ("slots", "shards")
+                )
+        return reads
 
     def take_over(self) -> None:
         """Stop the master; make the replica master; wait until the live
@@ -135,3 +149,33 @@ def test_a_sync_limiter_follows_a_failover_to_the_new_master(failover: _Failover
     assert all(d.allowed for d in before)
     assert all(d.allowed for d in after)
     assert failover.counted() == 2 * HITS
+
+
+def test_a_master_down_with_no_takeover_fails_the_call_after_a_few_layout_reads(
+    failover: _Failover,
+) -> None:
+    """Until a replica takes over, the slot has no owner to find: the call
+    fails as one that reached no server, after at most `REDIRECTS` layout
+    reads, not a stream of them."""
+
+    async def main() -> tuple[BaseException | None, int]:
+        client = failover.cluster.async_client()
+        limiter = AsyncLimiter(client)
+        try:
+            await limiter.hit(SPEC, SUBJECT)
+            failover.master.stop()
+            reads = failover.layout_reads()
+            try:
+                await limiter.hit(SPEC, SUBJECT)
+            except BackendError as err:
+                return err, failover.layout_reads() - reads
+            return None, failover.layout_reads() - reads
+        finally:
+            await client.aclose()
+
+    err, reads = asyncio.run(main())
+    print(f"the layout was read {reads} times before the call failed: {err}")
+
+    assert isinstance(err, BackendError)
+    assert err.applied == "no"
+    assert 1 <= reads <= REDIRECTS
