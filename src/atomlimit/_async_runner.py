@@ -383,11 +383,11 @@ class AsyncRunner:
 
     async def _refresh(self) -> None:
         """Learn the cluster's layout again: a MOVED or a route named a node
-        it did not know (`Moves`). A call that needs a refresh while one is
-        under way waits for that one: redis-py 6 makes every node object
-        anew on each refresh and disconnects the old ones, connections in
-        use included, so a burst of refreshes broke calls in flight on the
-        lanes."""
+        it did not know (`Moves`), or a node refused a call (a failover). A
+        call that needs a refresh while one is under way waits for that one:
+        redis-py 6 makes every node object anew on each refresh and
+        disconnects the old ones, connections in use included, so a burst of
+        refreshes broke calls in flight on the lanes."""
         running = self._refreshing
         if running is None or running.done():
             client = self.client

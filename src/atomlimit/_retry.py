@@ -2,7 +2,9 @@
 
 Pure: each rule takes a reply (or a `Lost`) and an
 instant as plain values, so the sync and async runners differ only in how
-they send, and the rules are tested without a server.
+they send, and the rules are tested without a server. The one piece of
+state, where MOVED replies said slots went (`Moves`), is kept here too, so
+both runners route by it alike.
 
 Replies that mean "nothing ran" are handled transparently:
 
@@ -16,10 +18,11 @@ Replies that mean "nothing ran" are handled transparently:
   CLUSTERDOWN (a slot migrating, a failover): wait a little, send again,
   for at most `SETTLE_FOR` seconds.
 - MOVED (send to the node it names from now on, `Moves`; learn the
-  cluster's layout again only when that node is new to it) and ASK (send to
-  the importing node after ``ASKING``), `REDIRECTS` of them at most; but an ASK met while
-  a call waits out TRYAGAIN or CLUSTERDOWN belongs to the migration being
-  waited out, and is followed until `SETTLE_FOR` has passed.
+  cluster's layout again only when that node is new to it) and ASK (send
+  to the importing node after ``ASKING``), `REDIRECTS` of them at most; but
+  an ASK met while a call waits out TRYAGAIN or CLUSTERDOWN belongs to the
+  migration being waited out, and is followed until `SETTLE_FOR` has
+  passed.
 
 On a cluster, a call that could not reach its node at all (nothing was
 written: the connection was refused) learns the layout again and is sent
