@@ -27,7 +27,9 @@ so each stage's row is what the script costs up to its end. A cut after
 nothing is a script that only returns: the cost of the command and of
 making its ``KEYS`` and ``ARGV``. The acquire's cuts run without settles,
 so holds pile up as the replays go; the settle's cuts run behind whole
-acquires, whose cost is taken off.
+acquires, whose cost is taken off. Keep the default 200 replays or more:
+Lua's collector works in steps that fewer replays do not average out (at
+50, the acquire's stages summed to 284,000 against 325,000).
 
     python bench/call_work.py
     python bench/call_work.py --src ../other-checkout/src
@@ -200,34 +202,7 @@ def client_rows(src: Path, calls: int) -> dict[str, int]:
 
 
 def server_rows(src: Path, replays: int) -> dict[str, int]:
-    sys.path[:0] = [str(src), str(ROOT / "bench")]
-    from atomlimit._scripts import all_names, script
-
-    found = {}
-    with tempfile.TemporaryDirectory(prefix="atomlimit-callgrind-") as work:
-        for row in ("hit", "call"):
-            out = Path(work) / f"server.{row}"
-            port = _free_port()
-            server = _serve(
-                port, "valgrind", "--tool=callgrind", "--instr-atstart=no",
-                f"--callgrind-out-file={out}",
-            )  # fmt: skip
-            try:
-                with socket.create_connection(("127.0.0.1", port)) as conn:
-                    for name in all_names():
-                        _exchange(conn, _command(b"SCRIPT", b"LOAD", script(name).source))
-                    wires = _captured(f"redis://127.0.0.1:{port}/0", row)
-                    sends = _replays(wires, replays)
-                    _switch(server.pid, True)
-                    for wire in sends:
-                        reply = _exchange(conn, wire)
-                        if reply.startswith((b"-", b"*2\r\n:-1\r\n")):
-                            raise SystemExit(f"{row}: the server answered {reply[:80]!r}")
-                    _switch(server.pid, False)
-            finally:
-                _stop(port, server)
-            found[row] = _instructions(out) // replays
-    return found
+    return {row: _sent(src, row, replays) for row in ("hit", "call")}
 
 
 _SHA = re.compile(rb"\$40\r\n([0-9a-f]{40})\r\n")
@@ -273,25 +248,28 @@ class _Replanned(Exception):
     """A replay was answered "outside the planned window": a minute ended."""
 
 
-def _sent(src: Path, source: bytes | None, which: int, replays: int) -> int:
-    """Instructions per replay of the call's wires ``0..which``, the last
-    one's script replaced by ``source`` (None: as it is). The bench's
-    upstream counts per minute, and replays under callgrind take seconds,
-    so a run that a minute's end cuts across is run again."""
+def _sent(
+    src: Path, row: str, replays: int, source: bytes | None = None, which: int | None = None
+) -> int:
+    """Server instructions per replay of what one call of ``row`` writes:
+    with ``which``, only its wires up to that one, whose script is replaced
+    by ``source`` (None: as it is). The call's upstream counts per minute,
+    and replays under callgrind take seconds, so a run that a minute's end
+    cuts across is run again."""
     for _ in range(3):
         try:
-            return _sent_once(src, source, which, replays)
+            return _sent_once(src, row, replays, source, which)
         except _Replanned:
             continue
-    raise SystemExit("stage: three runs in a row met a minute's end")
+    raise SystemExit(f"{row}: three runs in a row met a minute's end")
 
 
-def _sent_once(src: Path, source: bytes | None, which: int, replays: int) -> int:
+def _sent_once(src: Path, row: str, replays: int, source: bytes | None, which: int | None) -> int:
     sys.path[:0] = [str(src), str(ROOT / "bench")]
     from atomlimit._scripts import all_names, script
 
     with tempfile.TemporaryDirectory(prefix="atomlimit-callgrind-") as work:
-        out = Path(work) / "server.stage"
+        out = Path(work) / f"server.{row}"
         port = _free_port()
         server = _serve(
             port, "valgrind", "--tool=callgrind", "--instr-atstart=no",
@@ -301,10 +279,12 @@ def _sent_once(src: Path, source: bytes | None, which: int, replays: int) -> int
             with socket.create_connection(("127.0.0.1", port)) as conn:
                 for name in all_names():
                     _exchange(conn, _command(b"SCRIPT", b"LOAD", script(name).source))
-                wires = _captured(f"redis://127.0.0.1:{port}/0", "call")[: which + 1]
+                wires = _captured(f"redis://127.0.0.1:{port}/0", row)
+                if which is not None:
+                    wires = wires[: which + 1]
                 if source is not None:
                     sha = _exchange(conn, _command(b"SCRIPT", b"LOAD", source)).split(b"\r\n")[1]
-                    wires[which] = _SHA.sub(b"$40\r\n" + sha + b"\r\n", wires[which])
+                    wires[-1] = _SHA.sub(b"$40\r\n" + sha + b"\r\n", wires[-1])
                 sends = _replays(wires, replays)
                 _switch(server.pid, True)
                 for wire in sends:
@@ -312,7 +292,7 @@ def _sent_once(src: Path, source: bytes | None, which: int, replays: int) -> int
                     if reply.startswith(b"*2\r\n:-1\r\n"):
                         raise _Replanned
                     if reply.startswith(b"-"):
-                        raise SystemExit(f"stage: the server answered {reply[:80]!r}")
+                        raise SystemExit(f"{row}: the server answered {reply[:80]!r}")
                 _switch(server.pid, False)
         finally:
             _stop(port, server)
@@ -323,7 +303,7 @@ def stages(src: Path, replays: int) -> None:
     sys.path[:0] = [str(src), str(ROOT / "bench")]
     from atomlimit._scripts import script
 
-    acquire_alone = _sent(src, None, 0, replays)
+    acquire_alone = _sent(src, "call", replays, None, 0)
     for title, name, which, cuts in (
         ("acquire", "charge", 0, ACQUIRE_STAGES),
         ("settle", "settle_hold", 1, SETTLE_STAGES),
@@ -331,7 +311,7 @@ def stages(src: Path, replays: int) -> None:
         print(f"{title} ({name}.lua), server instructions per call, up to the end of:")
         before, source = 0, script(name).source
         for stage, after in cuts:
-            counted = _sent(src, _cut(source, after), which, replays)
+            counted = _sent(src, "call", replays, _cut(source, after), which)
             if which:
                 counted -= acquire_alone
             print(f"  {stage:<50} {counted:>9,} {counted - before:>+9,}")
