@@ -475,6 +475,7 @@ def test_a_flood_of_gunicorn_workers_admits_exactly_the_limit_and_the_naive_view
     with serving(gunicorn(workers=4, threads=4), server, **env) as base:
         exact = hey(f"{base}/flood", 3000, 100)
         naive = hey(f"{base}/naive", 3000, 100)
+    print(f"atomlimit: {exact}; the naive view: {naive}")
 
     assert exact == {200: 500, 429: 2500}
     assert naive[200] > 500
