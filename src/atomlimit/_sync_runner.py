@@ -145,7 +145,7 @@ class SyncRunner:
                 return result
             if step is Next.LOAD:
                 attempt.load_first()
-            self._mend(attempt, step)
+            self._mend([(attempt, step)])
 
     def _exchange(self, calls: list[Call]) -> list[Any]:
         """Each call's reply, or the BackendError it ended in, in order.
@@ -159,6 +159,7 @@ class SyncRunner:
         todo = list(range(len(calls)))
         while todo:
             again: list[int] = []
+            mends: list[tuple[Attempt, Next]] = []
             for server, indices in self._route(attempts, todo).items():
                 self._vet(server)
                 sent = [attempts[i] for i in indices]
@@ -174,8 +175,9 @@ class SyncRunner:
                         # the calls behind it on the same connection run after it.
                         loading.add(attempt.call.script.sha)
                         attempt.load_first()
-                    self._mend(attempt, step)
+                    mends.append((attempt, step))
                     again.append(i)
+            self._mend(mends)
             todo = again
         return outcomes
 
@@ -189,22 +191,33 @@ class SyncRunner:
                 return
         vet(fit, self._strict)
 
-    def _mend(self, attempt: Attempt, step: Next) -> None:
-        """Do what a reply asked for before the call is sent again."""
-        if step is Next.MOVED:
-            if not self._moves.follow(self.client, attempt.outcome):
-                self._refresh()
-        elif step is Next.REROUTE:
-            if attempt.reroutes > 1:
-                time.sleep(PAUSE)
+    def _mend(self, mends: list[tuple[Attempt, Next]]) -> None:
+        """Do what a round's replies asked for before its calls are sent again:
+        once for the round, not once per call. One thread sends a round's
+        calls together, so a pause or a refresh per call would add up (fifty
+        calls refused by a dead node slept fifty pauses a round, one after
+        another); the longest pause and one refresh serve them all."""
+        pause, refresh, rerouted = 0.0, False, False
+        for attempt, step in mends:
+            if step is Next.MOVED:
+                refresh = not self._moves.follow(self.client, attempt.outcome) or refresh
+            elif step is Next.REROUTE:
+                rerouted = True
+                if attempt.reroutes > 1:
+                    pause = max(pause, PAUSE)
+            elif step is Next.WAIT:
+                pause = max(pause, PAUSE)
+            elif step is Next.LOST:
+                pause = max(pause, resend_pause(attempt.tries))
+        if pause:
+            time.sleep(pause)
+        if refresh:
+            self._refresh()
+        elif rerouted:
             with contextlib.suppress(*_redis.FAILURES, RedisClusterException):
-                # No node could tell the layout: the call is sent as the old
-                # one routes it, and fails again, within REDIRECTS.
+                # No node could tell the layout: the calls are sent as the old
+                # one routes them, and fail again, within REDIRECTS.
                 self._refresh()
-        elif step is Next.WAIT:
-            time.sleep(PAUSE)
-        elif step is Next.LOST:
-            time.sleep(resend_pause(attempt.tries))
 
     def _route(self, attempts: list[Attempt], todo: list[int]) -> dict[_Connections, list[int]]:
         """The connections of the server each call goes to."""
