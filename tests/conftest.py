@@ -197,21 +197,25 @@ class ServerPool:
             self._cluster = None
 
 
-_WEB = Path(__file__).resolve().parent / "web"
+_TESTS = Path(__file__).resolve().parent
+_EDGE_SENSITIVE = (_TESTS / "web", _TESTS / "llm")
+"""The test folders whose tests count against per-minute limits on the server's clock."""
 MINUTE_EDGE = 2.0
-"""Seconds before the turn of a minute in which no web test starts."""
+"""Seconds before the turn of a minute in which no such test starts."""
 
 
 @pytest.fixture(autouse=True)
-def web_tests_clear_of_a_minute_edge(request: pytest.FixtureRequest) -> None:
-    """Start each web test at least `MINUTE_EDGE` seconds before the clock's minute turns.
+def tests_clear_of_a_minute_edge(request: pytest.FixtureRequest) -> None:
+    """Start each web or model-call test at least `MINUTE_EDGE` seconds
+    before the clock's minute turns.
 
-    Most web tests count requests against per-minute limits, in fixed
-    windows the server's clock opens (the servers run on this machine, on
-    its clock). A test whose requests straddled the turn would see its
-    counts start again part-way; a web test takes well under `MINUTE_EDGE`.
+    Most web tests, and the model calls' tests whose limits the server's
+    clock decides, count against per-minute limits, in fixed windows the
+    server's clock opens (the servers run on this machine, on its clock). A
+    test whose requests straddled the turn would see its counts start again
+    part-way; such a test takes well under `MINUTE_EDGE`.
     """
-    if not request.node.path.is_relative_to(_WEB):
+    if not any(request.node.path.is_relative_to(folder) for folder in _EDGE_SENSITIVE):
         return
     into_minute = time.time() % 60
     if into_minute > 60 - MINUTE_EDGE:
