@@ -33,13 +33,19 @@ class Acquisition(NamedTuple):
     """What an acquire found, before the shell wraps leases and holds."""
 
     allowed: bool
-    decisions: list[Decision[Any]]
+    decisions: Sequence[Decision[Any]]
+    """A list, or for a model call's acquire a `LaterDecisions`, made when
+    first read (`made_decisions`)."""
     denied_at: int | None
     """Index of the first hit, in the caller's order, whose limit said no."""
-    held: list[tuple[Item, Decision[Any]]]
-    """Items that hold something (leases, reservations) after an allowed acquire."""
+    held: list[tuple[Item, int]]
+    """Items that hold something (leases, reservations) after an allowed
+    acquire, each with the index of its decision."""
     request_id: str
     """The id the acquire ran under, as it names leases and holds."""
+    degraded: bool = False
+    """Decided without the server (the limits' failure policy): nothing is
+    held there."""
 
 
 def acquire(
@@ -149,8 +155,15 @@ def unrecorded(items: Sequence[Item], groups: Sequence[Sequence[int]], request_i
 
 def charged_at_once(items: list[Item], outcome: Charged) -> Acquisition:
     """The Acquisition of an `unrecorded` acquire from its one script's reply,
-    as its flow ends with it."""
-    return _ended(items, outcome.decisions, outcome.allowed, outcome.request_id)
+    as its flow ends with it.
+
+    The script decides every item, so an allowed one's decisions are taken
+    as they are, unread (a model call's are made when first read).
+    """
+    if outcome.allowed:
+        held = [(item, n) for n, item in enumerate(items) if item.holds]
+        return Acquisition(True, outcome.decisions, None, held, outcome.request_id)
+    return _ended(items, outcome.decisions, False, outcome.request_id)
 
 
 def _ended(
@@ -161,7 +174,7 @@ def _ended(
     keys (`request_part`)."""
     done = [d for d in decisions if d is not None]
     if allowed:
-        held = [(item, done[i]) for i, item in enumerate(items) if item.holds]
+        held = [(item, n) for n, item in enumerate(items) if item.holds]
         return Acquisition(True, done, None, held, part)
     denied_at = next(i for i, d in enumerate(done) if not d.allowed)
     return Acquisition(False, done, denied_at, [], part)

@@ -131,6 +131,6 @@ def degraded_acquisition(
             decisions[n] = decision
     allowed = all(d.allowed for d in decisions)
     denied_at = None if allowed else next(n for n, d in enumerate(decisions) if not d.allowed)
-    held = [(i, d) for i, d in zip(items, decisions, strict=True) if i.holds] if allowed else []
+    held = [(i, n) for n, i in enumerate(items) if i.holds] if allowed else []
     rid = request_part(engine.record_ttl(None)[0])
-    return Acquisition(allowed, decisions, denied_at, held, rid)
+    return Acquisition(allowed, decisions, denied_at, held, rid, degraded=True)

@@ -13,9 +13,10 @@ several subjects in `atomlimit._acquire`.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from datetime import timedelta
-from typing import Any, Literal, NamedTuple
+from functools import partial
+from typing import Any, Literal, NamedTuple, overload
 
 from atomlimit import _keys, _override_plan
 from atomlimit._codecs import (
@@ -157,11 +158,107 @@ class Item(NamedTuple):
         return keys, (head, self.units, tail)
 
 
+class LaterDecisions(Sequence[Decision[Any]]):
+    """A charge's decisions, made from its reply when first read.
+
+    A model call's acquire and end are read on every call, and most callers
+    never look at their decisions: making the call's three at once was about
+    an eighth of its client-side work (``bench/call_client.py``). Made once,
+    on the first read of any of them, then kept.
+    """
+
+    __slots__ = ("_made", "_make")
+
+    def __init__(self, make: Callable[[], list[Decision[Any]]]) -> None:
+        self._make: Callable[[], list[Decision[Any]]] | None = make
+        self._made: list[Decision[Any]] | None = None
+
+    def made(self) -> list[Decision[Any]]:
+        """Every decision, made now if not yet."""
+        made = self._made
+        if made is None:
+            assert self._make is not None
+            made = self._made = self._make()
+            self._make = None  # nor the reply it reads, needed again
+        return made
+
+    @overload
+    def __getitem__(self, index: int) -> Decision[Any]: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> list[Decision[Any]]: ...
+
+    def __getitem__(self, index: int | slice) -> Decision[Any] | list[Decision[Any]]:
+        return self.made()[index]
+
+    def __len__(self) -> int:
+        return len(self.made())
+
+    def __iter__(self) -> Iterator[Decision[Any]]:
+        return iter(self.made())
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, LaterDecisions):
+            other = other.made()
+        return self.made() == other
+
+    def __repr__(self) -> str:
+        return repr(self.made())
+
+
+def made_decisions(decisions: Sequence[Decision[Any]]) -> list[Decision[Any]]:
+    """``decisions`` as a list: a `LaterDecisions`' own, made now if not yet."""
+    if isinstance(decisions, LaterDecisions):
+        return decisions.made()
+    return decisions if isinstance(decisions, list) else list(decisions)
+
+
+class LaterSettlement:
+    """A model call's settle or release, its Settlement made when first read,
+    as a `LaterDecisions` is."""
+
+    __slots__ = ("_made", "_make")
+
+    def __init__(self, make: Callable[[], Settlement[Any]]) -> None:
+        self._make: Callable[[], Settlement[Any]] | None = make
+        self._made: Settlement[Any] | None = None
+
+    def made(self) -> Settlement[Any]:
+        """The Settlement, made now if not yet."""
+        made = self._made
+        if made is None:
+            assert self._make is not None
+            made = self._made = self._make()
+            self._make = None
+        return made
+
+
+def _held_settlement(
+    item: Item, reply: Sequence[Any], now: int, status: SettleStatus
+) -> Settlement[Any]:
+    """The Settlement of a hold on a rate limit from its script's reply."""
+    decision = _decisions([item], reply, now, True)[0]
+    return Settlement(status, decision.granted, decision)
+
+
+def _spend_settlement(
+    codec: Codec[Any], reply: Sequence[Any], now: int, status: SettleStatus
+) -> Settlement[Any]:
+    """The Settlement of a spend cap's reservation from its script's reply."""
+    code, used, held, stop, retry_at, grant = item_reply(reply, 0)
+    limit = replayed_limit(reply, 0, 1)  # an override's, while one is in force
+    decision = codec.decision(
+        code, used, held, stop, retry_at, grant, now, limit, limit is not None
+    )
+    return Settlement(status, decision.granted, decision)
+
+
 class Charged(NamedTuple):
     """The reply to a charge: every item's decision, and what a later undo needs."""
 
     allowed: bool
-    decisions: list[Decision[Any]]
+    decisions: Sequence[Decision[Any]]
+    """A list, or for a model call's acquire (``later``) a `LaterDecisions`."""
     request_id: str
     at: int
     """The planned instant: an undo plans the same windows."""
@@ -447,32 +544,36 @@ class Engine:
         self._locate(spec, "")
         return f"{self._ns}{_keys.SUBJECT_TAG}*}}{codec_of(spec).tail}:{_keys.OVERRIDE}"
 
-    def settle(self, item: Item, request_id: str, actual: object, local: int) -> Call:
-        """Plan charging a reservation's actual cost: reads as a Settlement."""
+    def settle(
+        self, item: Item, request_id: str, actual: object, local: int, later: bool = False
+    ) -> Call:
+        """Plan charging a reservation's actual cost: reads as a Settlement,
+        or with ``later`` as a `LaterSettlement`."""
         units = item.codec.units(actual)
         call = self._new_id()  # names this call, so a second send replays it
         if not isinstance(item.codec, Spend):
-            return self._hold_outcome("settle_hold", item, request_id, (units,), call, local)
+            return self._hold_outcome("settle_hold", item, request_id, (units,), call, local, later)
 
         def args(t: int, client_now: int | str) -> tuple[Arg, ...]:
             start, stop = item.codec.window(t)
             ttl = self._outcome_ttl(request_id)
             return (client_now, request_id, units, ttl, item.codec.limit, start, stop, call)
 
-        return self._outcome("settle", item, request_id, args, _SETTLED, local)
+        return self._outcome("settle", item, request_id, args, _SETTLED, local, later)
 
-    def release(self, item: Item, request_id: str, local: int) -> Call:
-        """Plan dropping a reservation's hold: reads as a Settlement."""
+    def release(self, item: Item, request_id: str, local: int, later: bool = False) -> Call:
+        """Plan dropping a reservation's hold: reads as a Settlement, or with
+        ``later`` as a `LaterSettlement`."""
         call = self._new_id()
         if not isinstance(item.codec, Spend):
-            return self._hold_outcome("release_hold", item, request_id, (), call, local)
+            return self._hold_outcome("release_hold", item, request_id, (), call, local, later)
 
         def args(t: int, client_now: int | str) -> tuple[Arg, ...]:
             start, stop = item.codec.window(t)
             ttl = self._outcome_ttl(request_id)
             return (client_now, request_id, ttl, item.codec.limit, start, stop, call)
 
-        return self._outcome("release", item, request_id, args, _RELEASED, local)
+        return self._outcome("release", item, request_id, args, _RELEASED, local, later)
 
     def renew(self, item: Item, request_id: str, local: int) -> Call:
         """Plan extending a lease: reads as True if it was still held."""
@@ -501,12 +602,14 @@ class Engine:
         record_ttl: int | None,
         local: int,
         one: bool = False,
+        later: bool = False,
     ) -> Call:
         """Plan charging every item, all or none, in one script, under ``request_id``.
 
         With ``record_ttl`` the charge is recorded under the id for that many
         milliseconds, so a second send replays it. Reads as Charged, or with
-        ``one`` as the only item's Decision.
+        ``one`` as the only item's Decision; with ``later``, an allowed
+        charge's decisions are made when first read (`LaterDecisions`).
         """
         rid = request_part(request_id) if request_id else ""
         t, client_now = self.planned(local)
@@ -520,7 +623,7 @@ class Engine:
             keys += item_keys
             args += encoded
         wait = _wait(items)
-        read = self._charged(items, request_id, record_ttl, local, one, rid, t, wait)
+        read = self._charged(items, request_id, record_ttl, local, one, rid, t, wait, later)
         replay = request_id if record else None
         return Call(script("charge"), tuple(keys), tuple(args), read, bool(record), replay, wait)
 
@@ -541,7 +644,7 @@ class Engine:
             or not current[0] <= t < current[1]
             or not GENERATED.fullmatch(request_id)
         ):
-            call = self.charge(items, request_id, None, local)
+            call = self.charge(items, request_id, None, local, later=True)
             if (
                 client_now == ""
                 and call.wait is None
@@ -563,7 +666,7 @@ class Engine:
         values = [request_id, "", *[item.units for item in items]]
         keys, args = template.filled(values)
         # Kept only for items that wait for no replicas, as these do.
-        read = self._charged(items, request_id, None, local, False, request_id, t, None)
+        read = self._charged(items, request_id, None, local, False, request_id, t, None, True)
         return Call(script("charge"), keys, args, read, False, None, None, template.wire(values))
 
     def _charged(
@@ -576,8 +679,10 @@ class Engine:
         rid: str,
         t: int,
         wait: Wait | None,
+        later: bool = False,
     ) -> Callable[[Any], Any]:
-        """How a charge planned at ``t``, waiting for ``wait``, reads its reply."""
+        """How a charge planned at ``t``, waiting for ``wait``, reads its reply;
+        with ``later``, an allowed charge's decisions are made when first read."""
         replay = request_id if record_ttl else None
         # A waited charge can fail after it was made: only a record makes
         # sending it again safe, and every planner gives it one.
@@ -588,7 +693,7 @@ class Engine:
             code, now = reply[0], reply[1]
             self.observe(now, local)
             if code == REPLAN:
-                return self.charge(items, request_id, record_ttl, local, one)
+                return self.charge(items, request_id, record_ttl, local, one, later)
             if code == REUSED:
                 names = ", ".join(repr(i.spec.name) for i in items)
                 raise RequestIdReused(f"request_id was already charged for other costs ({names})")
@@ -596,10 +701,15 @@ class Engine:
             if wait is not None and charged:
                 # A denial wrote nothing, so only a charge must be confirmed.
                 confirm(outcome, wait, replay)
-            decisions = _decisions(items, reply, now, charged, replayed=code == _REPLAYED)
+            replayed = code == _REPLAYED
+            if later and charged:
+                # A denial's decisions are read at once, to say which limit.
+                made = LaterDecisions(partial(_decisions, items, reply, now, charged, replayed))
+                return Charged(charged, made, rid, t, replayed)
+            decisions = _decisions(items, reply, now, charged, replayed=replayed)
             if one:
                 return decisions[0]
-            return Charged(charged, decisions, rid, t, code == _REPLAYED)
+            return Charged(charged, decisions, rid, t, replayed)
 
         return read
 
@@ -796,6 +906,7 @@ class Engine:
         args: Callable[[int, int | str], tuple[Arg, ...]],
         statuses: tuple[SettleStatus, ...],
         local: int,
+        later: bool = False,
     ) -> Call:
         t, client_now = self.planned(local)
         codec = item.codec
@@ -804,13 +915,12 @@ class Engine:
             code, now = reply[0], reply[1]
             self.observe(now, local)
             if code == REPLAN:
-                return self._outcome(name, item, rid, args, statuses, local)
-            status, used, held, stop, retry_at, grant = item_reply(reply, 0)
-            limit = replayed_limit(reply, 0, 1)  # an override's, while one is in force
-            decision = codec.decision(
-                status, used, held, stop, retry_at, grant, now, limit, limit is not None
-            )
-            return Settlement(statuses[code - 1], decision.granted, decision)
+                return self._outcome(name, item, rid, args, statuses, local, later)
+            if later:
+                return LaterSettlement(
+                    partial(_spend_settlement, codec, reply, now, statuses[code - 1])
+                )
+            return _spend_settlement(codec, reply, now, statuses[code - 1])
 
         keys = (
             *codec.state_keys(item.base, t),
@@ -827,6 +937,7 @@ class Engine:
         actual: tuple[int, ...],
         call: str,
         local: int,
+        later: bool = False,
     ) -> Call:
         """A settle or release of a hold on a rate limit (``lua/settle_hold.lua``)."""
         t, client_now = self.planned(local)
@@ -837,9 +948,12 @@ class Engine:
             code, now = reply[0], reply[1]
             self.observe(now, local)
             if code == REPLAN:
-                return self._hold_outcome(name, item, rid, actual, call, local)
-            decision = _decisions([item], reply, now, True)[0]
-            return Settlement(statuses[code - 1], decision.granted, decision)
+                return self._hold_outcome(name, item, rid, actual, call, local, later)
+            if later:
+                return LaterSettlement(
+                    partial(_held_settlement, item, reply, now, statuses[code - 1])
+                )
+            return _held_settlement(item, reply, now, statuses[code - 1])
 
         # The reservation's id, the call's, the actual and the hold's cost
         # change between ends of one limit and subject's holds; the rest is

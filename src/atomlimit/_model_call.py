@@ -345,15 +345,15 @@ def ending_calls(
         if not item.hold:
             calls.append(engine.drop_lease(item, found.request_id, local))
             continue
+        # Each Settlement is made when the call's own is first read
+        # (`AsyncModelCall.settlements`).
         actual = ending.tokens if role == "tokens" else ending.cost
+        if actual is None and settled:
+            actual = item.codec.amount(item.units)
         if actual is not None:
-            calls.append(engine.settle(item, found.request_id, actual, local))
-        elif settled:
-            calls.append(
-                engine.settle(item, found.request_id, item.codec.amount(item.units), local)
-            )
+            calls.append(engine.settle(item, found.request_id, actual, local, later=True))
         else:
-            calls.append(engine.release(item, found.request_id, local))
+            calls.append(engine.release(item, found.request_id, local, later=True))
     if not ending.reports and ending.pause is None:
         return calls  # the usual end: settles and releases alone
     guarded = [

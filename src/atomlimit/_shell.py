@@ -71,7 +71,8 @@ def acquired(
     hold: Callable[[Decision[Any], Item, str], ReservationT],
 ) -> Acquired[LeaseT, ReservationT]:
     """What an acquire returns: its decisions, and a handle for each hold it took."""
-    leases = tuple(lease(d, i, found.request_id) for i, d in found.held if not i.hold)
-    holds = tuple(hold(d, i, found.request_id) for i, d in found.held if i.hold)
+    decisions = found.decisions
+    leases = tuple(lease(decisions[n], i, found.request_id) for i, n in found.held if not i.hold)
+    holds = tuple(hold(decisions[n], i, found.request_id) for i, n in found.held if i.hold)
     denied_by = None if found.denied_at is None else hits[found.denied_at]
     return Acquired(found.allowed, tuple(found.decisions), denied_by, leases, holds)

@@ -799,8 +799,8 @@ class AsyncLimiter:
     async def _let_go(self, found: Acquisition) -> None:
         """Release what a cancelled acquire took: nobody holds its handles."""
         with contextlib.suppress(Exception):
-            for item, decision in found.held:
+            for item, n in found.held:
                 handle = self._reservation_of if item.hold else self._lease_of
-                await handle(decision, item, found.request_id).release()
+                await handle(found.decisions[n], item, found.request_id).release()
 
     # unasync: end

@@ -16,6 +16,7 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any, Protocol, Self
 
 from atomlimit._acquire import Acquisition
+from atomlimit._engine import LaterSettlement, made_decisions
 from atomlimit._model_call import Ended, Ending, Planned, denied, ending_calls
 from atomlimit._provider_headers import ProviderReport
 from atomlimit._waiting import pause
@@ -65,10 +66,9 @@ class ModelCall:
         "_found",
         "_limiter",
         "_planned",
+        "_settlements",
         "_wait",
         "corrections",
-        "decisions",
-        "settlements",
     )
 
     def __init__(
@@ -86,13 +86,27 @@ class ModelCall:
         self._deadline = deadline
         self._ending = Ending()
         self._found: Acquisition | None = None
-        self.decisions: list[Decision[Any]] = []
-        """Every limit's Decision when the call was admitted, upstream's first."""
-        self.settlements: list[Settlement[Any]] = []
-        """What the block's end did to each reservation, once it has run."""
+        self._settlements: list[Settlement[Any] | LaterSettlement] = []
         self.corrections: list[Decision[Any]] = []
         """The upstream's limits after the provider's figures were applied
         at the block's end (``granted``: units charged to match them)."""
+
+    @property
+    def decisions(self) -> list[Decision[Any]]:
+        """Every limit's Decision when the call was admitted, upstream's first."""
+        # Made on first read, not when the block opens: most calls never
+        # read them (`atomlimit._engine.LaterDecisions`).
+        return [] if self._found is None else made_decisions(self._found.decisions)
+
+    @property
+    def settlements(self) -> list[Settlement[Any]]:
+        """What the block's end did to each reservation, once it has run."""
+        # Made on first read, as the decisions are.
+        settled = self._settlements
+        for n, result in enumerate(settled):
+            if isinstance(result, LaterSettlement):
+                settled[n] = result.made()
+        return settled  # type: ignore[return-value]  # every one made just now
 
     @property
     def request_id(self) -> str | None:
@@ -142,7 +156,6 @@ class ModelCall:
                 raise LimitExceeded(decision)
             time.sleep(sleep)
         self._found = found
-        self.decisions = found.decisions
         return self
 
     def __exit__(
@@ -153,10 +166,9 @@ class ModelCall:
             not found.held and not self._ending.reports and not self._ending.pause
         ):
             return
-        for decision in found.decisions:
-            if decision.degraded:
-                # Decided without the server: nothing is held there to finish.
-                return
+        if found.degraded:
+            # Decided without the server: nothing is held there to finish.
+            return
         limiter = self._limiter
         calls = ending_calls(
             limiter._engine,
@@ -170,9 +182,9 @@ class ModelCall:
         results = limiter._finish(calls)
         limiter._forgotten(self._checked[0])
         # A lease given back reads as a bool, and is neither.
-        settlements, corrections = self.settlements, self.corrections
+        settlements, corrections = self._settlements, self.corrections
         for result in results:
-            if isinstance(result, Settlement):
+            if isinstance(result, LaterSettlement | Settlement):
                 settlements.append(result)
             elif isinstance(result, Decision):
                 corrections.append(result)
