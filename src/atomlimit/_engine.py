@@ -13,10 +13,10 @@ several subjects in `atomlimit._acquire`.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from datetime import timedelta
 from functools import partial
-from typing import Any, Literal, NamedTuple, overload
+from typing import Any, Literal, NamedTuple
 
 from atomlimit import _keys, _override_plan
 from atomlimit._codecs import (
@@ -48,6 +48,7 @@ from atomlimit._inputs import (
     whole_ms,
 )
 from atomlimit._inputs import hold_us as check_hold
+from atomlimit._later import Later
 from atomlimit._runner_steps import Acked, Call, Wait
 from atomlimit._scripts import script
 from atomlimit._wire import CALL_SLOT, COST_SLOTS, ID_SLOT, Arg, Packed, Template
@@ -158,52 +159,15 @@ class Item(NamedTuple):
         return keys, (head, self.units, tail)
 
 
-class LaterDecisions(Sequence[Decision[Any]]):
+class LaterDecisions(Later[Decision[Any]]):
     """A charge's decisions, made from its reply when first read.
 
     A model call's acquire and end are read on every call, and most callers
     never look at their decisions: making the call's three at once was about
-    an eighth of its client-side work (``bench/call_client.py``). Made once,
-    on the first read of any of them, then kept.
+    an eighth of its client-side work (``bench/call_client.py``).
     """
 
-    __slots__ = ("_made", "_make")
-
-    def __init__(self, make: Callable[[], list[Decision[Any]]]) -> None:
-        self._make: Callable[[], list[Decision[Any]]] | None = make
-        self._made: list[Decision[Any]] | None = None
-
-    def made(self) -> list[Decision[Any]]:
-        """Every decision, made now if not yet."""
-        made = self._made
-        if made is None:
-            assert self._make is not None
-            made = self._made = self._make()
-            self._make = None  # nor the reply it reads, needed again
-        return made
-
-    @overload
-    def __getitem__(self, index: int) -> Decision[Any]: ...
-
-    @overload
-    def __getitem__(self, index: slice) -> list[Decision[Any]]: ...
-
-    def __getitem__(self, index: int | slice) -> Decision[Any] | list[Decision[Any]]:
-        return self.made()[index]
-
-    def __len__(self) -> int:
-        return len(self.made())
-
-    def __iter__(self) -> Iterator[Decision[Any]]:
-        return iter(self.made())
-
-    def __eq__(self, other: object) -> bool:
-        if isinstance(other, LaterDecisions):
-            other = other.made()
-        return self.made() == other
-
-    def __repr__(self) -> str:
-        return repr(self.made())
+    __slots__ = ()
 
 
 def made_decisions(decisions: Sequence[Decision[Any]]) -> list[Decision[Any]]:

@@ -16,13 +16,15 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from decimal import Decimal
-from typing import Any, NamedTuple, overload
+from functools import partial
+from typing import Any, NamedTuple
 
 from atomlimit._acquire import Acquisition, checked_items
 from atomlimit._codecs import GUARD, SLOW_START
 from atomlimit._engine import Engine, Item, Kept
 from atomlimit._errors import InvalidInput
 from atomlimit._inputs import MAX_SUBJECT, show
+from atomlimit._later import Later
 from atomlimit._provider_headers import ProviderReport, Quota, read_headers
 from atomlimit._runner_steps import Call
 from atomlimit.decision import Decision
@@ -180,40 +182,15 @@ def _shaped(
     )
 
 
-class _Hits(Sequence[Hit[Any]]):
-    """A kept plan's hits with the call's tokens and cost, made when first
-    read: only a policy deciding without the server, or an acquire over
-    several subjects, reads them; a call's items carry the rest."""
-
-    __slots__ = ("_cost", "_made", "_shape", "_tokens")
-
-    def __init__(self, shape: _Shape, tokens: object, cost: object) -> None:
-        self._shape, self._tokens, self._cost = shape, tokens, cost
-        self._made: list[Hit[Any]] | None = None
-
-    def _hits(self) -> list[Hit[Any]]:
-        if self._made is None:
-            shape = self._shape
-            amounts = {"tokens": self._tokens, "spend": self._cost}
-            self._made = [
-                Hit(hit.limit, hit.subject, amounts[role], hold=shape.ttl)
-                if role in amounts
-                else hit
-                for hit, role in zip(shape.hits, shape.roles, strict=True)
-            ]
-        return self._made
-
-    @overload
-    def __getitem__(self, index: int) -> Hit[Any]: ...
-
-    @overload
-    def __getitem__(self, index: slice) -> list[Hit[Any]]: ...
-
-    def __getitem__(self, index: int | slice) -> Hit[Any] | list[Hit[Any]]:
-        return self._hits()[index]
-
-    def __len__(self) -> int:
-        return len(self._shape.hits)
+def _made_hits(shape: _Shape, tokens: object, cost: object) -> list[Hit[Any]]:
+    """A kept plan's hits with the call's tokens and cost. Made when first
+    read (`Later`): only a policy deciding without the server, or an
+    acquire over several subjects, reads them; a call's items carry the rest."""
+    amounts = {"tokens": tokens, "spend": cost}
+    return [
+        Hit(hit.limit, hit.subject, amounts[role], hold=shape.ttl) if role in amounts else hit
+        for hit, role in zip(shape.hits, shape.roles, strict=True)
+    ]
 
 
 def _filled(shape: _Shape, tokens: object, cost: object) -> tuple[Planned, Checked]:
@@ -241,7 +218,8 @@ def _filled(shape: _Shape, tokens: object, cost: object) -> tuple[Planned, Check
                 item.hold,
             )
         )
-    planned = Planned(_Hits(shape, tokens, cost), shape.roles, shape.guards, shape.kept)
+    hits = Later(partial(_made_hits, shape, tokens, cost), len(shape.hits))
+    planned = Planned(hits, shape.roles, shape.guards, shape.kept)
     return planned, (items, shape.groups)
 
 

@@ -45,6 +45,7 @@ LAYERS = {
         "_rates",
         "_keys",
         "_wire",
+        "_later",
         "_scripts",
         "_runner_steps",
         "_codecs",
